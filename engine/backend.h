@@ -1,0 +1,137 @@
+// Backend: the one op interface every device implements (CPU reference now, CUDA next).
+// Contract: each op takes one plain params struct (pointers, sizes, strides, scalars) built on
+// the host and returns a Status; no op allocates persistent memory or exits the process.
+// Pointers refer to memory of the backend's device; element types are the backend's
+// compute dtype (f32 on the CPU backend). Shapes are written as (B, T, C) comments, with
+// B batch rows, T positions, C hidden width, H heads, D head dim, V vocabulary.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "absl/status/status.h"
+
+namespace engine {
+
+enum class DeviceKind { kCpu, kCuda };
+
+// C = alpha * op(A) * op(B) + beta * C, row-major. op(X) = X or X^T.
+struct GemmParams {
+  bool transpose_a = false;
+  bool transpose_b = false;
+  int64_t m = 0, n = 0, k = 0;  // op(A) is (m, k), op(B) is (k, n), C is (m, n)
+  float alpha = 1.0f, beta = 0.0f;
+  const float* a = nullptr; int64_t lda = 0;
+  const float* b = nullptr; int64_t ldb = 0;
+  float* c = nullptr; int64_t ldc = 0;
+};
+
+// y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim; keeps mean and rstd.
+struct LayerNormParams {
+  int64_t rows = 0, width = 0;   // x, y: (rows, width)
+  float eps = 1e-5f;
+  const float* x = nullptr;
+  const float* weight = nullptr; const float* bias = nullptr;  // (width)
+  float* y = nullptr;
+  float* mean = nullptr; float* rstd = nullptr;                // (rows), may be null
+  // Backward only: dy in, dx out (accumulated when accumulate_dx), dweight/dbias accumulated,
+  // each may be null when nobody needs it.
+  const float* dy = nullptr;
+  float* dx = nullptr; bool accumulate_dx = false;
+  float* dweight = nullptr; float* dbias = nullptr;
+};
+
+// tanh-approximation GELU, elementwise over n values.
+struct GeluParams {
+  int64_t n = 0;
+  const float* x = nullptr; float* y = nullptr;
+  const float* dy = nullptr; float* dx = nullptr;  // backward
+};
+
+// out[r] = table[ids[r]]; backward scatters-adds rows of dout into dtable.
+struct EmbeddingParams {
+  int64_t rows = 0, width = 0, vocab = 0;
+  const int32_t* ids = nullptr;      // (rows)
+  const float* table = nullptr;      // (vocab, width)
+  float* out = nullptr;              // (rows, width)
+  const float* dout = nullptr; float* dtable = nullptr;  // backward
+};
+
+// Per-(batch row, head) attention statistics, accumulated over valid query rows (METHOD.md 2).
+struct HeadStatsAccumulator {
+  double* bos_mass_sum = nullptr;    // (B, H): sum over valid rows t of A[t, first valid key]
+  double* entropy_sum = nullptr;     // (B, H): sum over rows of -sum_j A ln A
+  double* local_mass_sum = nullptr;  // (B, H): sum over rows of A[t, t-2..t]
+  int64_t* rows = nullptr;           // (B): number of valid query rows
+};
+
+// Fused causal ALiBi attention over a fused QKV activation, flash-style (no (T, T) buffer).
+// s[i, j] = q_i . k_j * scale + slope_h * pos_j, j <= i, masked keys skipped.
+struct AlibiAttentionParams {
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
+  float scale = 0.0f;                    // 1/sqrt(head_dim)
+  const float* qkv = nullptr;            // (B, T, H, 3, D): BLOOM's per-head interleaved Q, K, V
+  const float* slopes = nullptr;         // (H)
+  const int32_t* positions = nullptr;    // (B, T) key positions (cumsum(mask) - 1)
+  const uint8_t* mask = nullptr;         // (B, T) 1 = real token, 0 = padding; null = all real
+  float* out = nullptr;                  // (B, T, H * D)
+  float* lse = nullptr;                  // (B, H, T) row log-sum-exp, kept for backward
+  HeadStatsAccumulator stats;            // all null = statistics off
+  // Backward only.
+  const float* dout = nullptr;           // (B, T, H * D)
+  float* dqkv = nullptr;                 // (B, T, H, 3, D)
+};
+
+// Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the
+// (rows, V) logits are never held at once.
+struct ClassifierParams {
+  int64_t rows = 0, width = 0, vocab = 0;
+  int64_t vocab_chunk = 8192;
+  const float* hidden = nullptr;     // (rows, width) after ln_f
+  const float* embedding = nullptr;  // (V, width)
+  const int32_t* targets = nullptr;  // (rows), -1 = not scored
+  float* logits = nullptr;           // optional (rows, V) output
+  float* row_loss = nullptr;         // (rows) -log p(target), 0 for unscored rows
+  float* dhidden = nullptr;          // optional: gradient of sum-of-scored-losses * loss_scale
+  float* dembedding = nullptr;       // optional, accumulated
+  float loss_scale = 1.0f;
+};
+
+// AdamW over the compact trainable state: element i of the compact buffers belongs to arena
+// element index[i]; frozen elements are simply never listed, so they cannot move.
+struct MaskedAdamWParams {
+  int64_t n = 0;                     // trainable elements
+  const int64_t* index = nullptr;    // (n) arena element offsets
+  float* params = nullptr;           // arena base
+  float* master = nullptr;           // (n) fp32 master copy, may be null when params are fp32
+  const float* grad = nullptr;       // (n)
+  float* m = nullptr; float* v = nullptr;  // (n)
+  float lr = 0.0f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  float grad_scale = 1.0f;           // multiplies grad (clipping)
+  int64_t step = 1;                  // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind kind() const = 0;
+  virtual std::string_view name() const = 0;
+
+  virtual absl::Status gemm(const GemmParams& p) = 0;
+  virtual absl::Status layernorm_forward(const LayerNormParams& p) = 0;
+  virtual absl::Status layernorm_backward(const LayerNormParams& p) = 0;
+  virtual absl::Status gelu_forward(const GeluParams& p) = 0;
+  virtual absl::Status gelu_backward(const GeluParams& p) = 0;
+  virtual absl::Status embedding_forward(const EmbeddingParams& p) = 0;
+  virtual absl::Status embedding_backward(const EmbeddingParams& p) = 0;
+  virtual absl::Status alibi_attention_forward(const AlibiAttentionParams& p) = 0;
+  virtual absl::Status alibi_attention_backward(const AlibiAttentionParams& p) = 0;
+  virtual absl::Status classifier_cross_entropy(const ClassifierParams& p) = 0;
+  virtual absl::Status masked_adamw(const MaskedAdamWParams& p) = 0;
+};
+
+// The CPU reference backend (fp32, OpenMP, BLAS GEMM).
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace engine

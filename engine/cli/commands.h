@@ -1,0 +1,24 @@
+// The `engine` subcommands. Each returns a process exit code: 0 success, 1 runtime failure
+// (message already printed to stderr as one line), 2 usage error.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace engine::cli {
+
+// `args` are the positional arguments after the subcommand name (flags already parsed).
+using CommandFn = int (*)(const std::vector<std::string>& args);
+
+struct Command {
+  const char* name;
+  const char* summary;
+  CommandFn run;
+};
+
+int run_info(const std::vector<std::string>& args);
+
+// Prints "engine: <message>" on one line to stderr and returns 1.
+int fail(const std::string& message);
+
+}  // namespace engine::cli

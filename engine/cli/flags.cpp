@@ -1,0 +1,12 @@
+#include "engine/cli/flags.h"
+
+#include "absl/flags/flag.h"
+
+ABSL_FLAG(std::string, model, "", "model directory (HF layout: config.json + *.safetensors)");
+ABSL_FLAG(std::string, data, "", "input data: .txt, .jsonl or an engine token file");
+ABSL_FLAG(std::string, out, "", "output path");
+ABSL_FLAG(bool, json, false, "print machine-readable JSON instead of a readable summary");
+ABSL_FLAG(int, seq_len, 512, "sequence length in tokens");
+ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
+ABSL_FLAG(int, seed, 1234, "random seed");
+ABSL_FLAG(std::string, device, "cpu", "compute device: cpu or cuda");

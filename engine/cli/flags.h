@@ -1,0 +1,16 @@
+// Flags shared by several `engine` subcommands. Subcommand-specific flags are defined in the
+// subcommand's own file. Flags follow Abseil's syntax: --name=value or --name value.
+#pragma once
+
+#include <string>
+
+#include "absl/flags/declare.h"
+
+ABSL_DECLARE_FLAG(std::string, model);
+ABSL_DECLARE_FLAG(std::string, data);
+ABSL_DECLARE_FLAG(std::string, out);
+ABSL_DECLARE_FLAG(bool, json);
+ABSL_DECLARE_FLAG(int, seq_len);
+ABSL_DECLARE_FLAG(int, threads);
+ABSL_DECLARE_FLAG(int, seed);
+ABSL_DECLARE_FLAG(std::string, device);

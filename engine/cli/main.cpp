@@ -1,0 +1,48 @@
+// `engine`: command-line entry point. Parses flags, dispatches to a subcommand, and is the only
+// place where library errors become exit codes.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "engine/cli/commands.h"
+
+namespace engine::cli {
+
+int fail(const std::string& message) {
+  std::fprintf(stderr, "engine: %s\n", message.c_str());
+  return 1;
+}
+
+namespace {
+
+constexpr Command kCommands[] = {
+    {"info", "print a model directory's architecture, parameters and files", run_info},
+};
+
+void print_commands() {
+  std::fprintf(stderr, "usage: engine <command> [flags]\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(stderr, "\n`engine <command> --help` lists the flags.\n");
+}
+
+}  // namespace
+}  // namespace engine::cli
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("engine <command> [flags]: find and repair collapsed BLOOM heads");
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() < 2) {
+    engine::cli::print_commands();
+    return 2;
+  }
+  const std::string name = positional[1];
+  std::vector<std::string> rest(positional.begin() + 2, positional.end());
+  for (const engine::cli::Command& c : engine::cli::kCommands) {
+    if (name == c.name) return c.run(rest);
+  }
+  std::fprintf(stderr, "engine: unknown command '%s'\n", name.c_str());
+  engine::cli::print_commands();
+  return 2;
+}
