@@ -52,7 +52,7 @@ struct HeadCounts {
 
 struct DiagnosisReport {
   static constexpr int kVersion = 1;
-  nlohmann::json model;   // {"name", "n_layer", "n_head", "hidden_size", "head_dim", ...}
+  nlohmann::json model = nlohmann::json::object();  // {"name", "n_layer", "n_head", ...}
   int64_t sequences = 0, tokens = 0, seq_len = 0;
   Thresholds thresholds;
   int64_t n_layer = 0, n_head = 0;
