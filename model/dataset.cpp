@@ -2,6 +2,7 @@
 #include "model/dataset.h"
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -142,7 +143,11 @@ absl::Status read_tokens(const std::string& path, const DataReadOptions& o, cons
     if (auto s = sink(std::span(file->ids).subspan(begin, end - begin)); !s.ok()) return s;
     begin = end;
   }
-  if (o.progress) o.progress(file->ids.size() * 4);
+  if (o.progress) {
+    std::error_code ec;
+    const uint64_t on_disk = std::filesystem::file_size(path, ec);
+    o.progress(ec ? 0 : on_disk);
+  }
   return absl::OkStatus();
 }
 

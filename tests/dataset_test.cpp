@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include "model/token_file.h"
 #include "nlohmann/json.hpp"
@@ -233,6 +234,58 @@ TEST_F(DatasetTest, SeparatorIsABlankLineAndJoiningMatchesTokenizingTheJoinedTex
   manual.insert(manual.end(), sep->begin(), sep->end());
   manual.insert(manual.end(), b->begin(), b->end());
   EXPECT_EQ(manual, *joined);
+}
+
+}  // namespace
+}  // namespace engine
+
+namespace engine {
+namespace {
+
+// The CLI end to end: fixture texts as a .txt -> `engine tokenize` -> token file whose documents
+// hold the ids `tokenizers` produced -> `engine detokenize` -> the original documents.
+TEST_F(DatasetTest, CliTokenizeAndDetokenizeRoundTrip) {
+  std::string text;
+  std::vector<Case> expected;
+  for (const Case& c : single_line_cases()) {
+    if (c.text.find_first_not_of(' ') == std::string::npos) continue;
+    text += c.text + "\n\n";
+    expected.push_back(c);
+  }
+  const std::string in = write("in.txt", text);
+  const std::string tok = (dir_ / "out.tok.zst").string();
+  const std::string jsonl = (dir_ / "out.jsonl").string();
+  const std::string back = (dir_ / "back.txt").string();
+  const std::string cli = std::string(ENGINE_CLI_PATH) + " ";
+  const std::string tokenizer = "--tokenizer " + kFixtures + "tokenizer.json ";
+  ASSERT_EQ(std::system((cli + "tokenize " + tokenizer + "--in " + in + " --out " + tok +
+                         " 2>/dev/null").c_str()), 0);
+  ASSERT_EQ(std::system((cli + "tokenize " + tokenizer + in + " --out " + jsonl + " 2>/dev/null").c_str()), 0);
+  ASSERT_EQ(std::system((cli + "detokenize " + tokenizer + "--in " + tok + " --out " + back +
+                         " 2>/dev/null").c_str()), 0);
+  auto file = read_token_file(tok, {.tokenizer_fingerprint = tokenizer_->fingerprint()});
+  ASSERT_TRUE(file.ok()) << file.status();
+  ASSERT_EQ(file->document_ends.size(), expected.size());
+  std::ifstream lines(jsonl);
+  std::string line;
+  uint64_t begin = 0;
+  std::string expected_text;
+  for (size_t d = 0; d < expected.size(); ++d) {
+    const uint64_t end = file->document_ends[d];
+    EXPECT_EQ(std::vector<uint32_t>(file->ids.begin() + begin, file->ids.begin() + end),
+              expected[d].ids);
+    ASSERT_TRUE(std::getline(lines, line));
+    EXPECT_EQ(Json::parse(line)["input_ids"].get<std::vector<uint32_t>>(), expected[d].ids);
+    begin = end;
+    expected_text += expected[d].text + (d + 1 < expected.size() ? "\n\n" : "\n");
+  }
+  std::ifstream b(back, std::ios::binary);
+  std::stringstream ss;
+  ss << b.rdbuf();
+  EXPECT_EQ(ss.str(), expected_text);
+  // A missing input is exit code 1 with a one-line message.
+  EXPECT_NE(std::system((cli + "tokenize " + tokenizer + "--in " + (dir_ / "none.txt").string() +
+                         " --out " + tok + " 2>/dev/null").c_str()), 0);
 }
 
 }  // namespace
