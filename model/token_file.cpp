@@ -265,7 +265,7 @@ absl::Status TokenFileWriter::add_document(std::span<const uint32_t> ids) {
                                                 header_.vocab_size, ")"));
     }
   }
-  if (std::fwrite(ids.data(), 4, ids.size(), file_) != ids.size()) {
+  if (!ids.empty() && std::fwrite(ids.data(), 4, ids.size(), file_) != ids.size()) {
     return absl::DataLossError(absl::StrCat(raw_path_, ": write failed: ", errno_text()));
   }
   header_.token_count += ids.size();
@@ -329,7 +329,8 @@ absl::Status compress_file(const std::string& from, const std::string& to) {
 absl::Status TokenFileWriter::close() {
   if (!file_) return absl::FailedPreconditionError(absl::StrCat(path_, ": writer is closed"));
   const size_t n = document_ends_.size();
-  bool ok = std::fwrite(document_ends_.data(), 8, n, file_) == n;
+  // fwrite with a null buffer is undefined even for zero items, hence the n > 0 guards.
+  bool ok = n == 0 || std::fwrite(document_ends_.data(), 8, n, file_) == n;
   unsigned char h[TokenFileHeader::kHeaderBytes] = {};
   std::memcpy(h + kOffMagic, TokenFileHeader::kMagic, sizeof TokenFileHeader::kMagic);
   store<uint32_t>(h + kOffVersion, TokenFileHeader::kVersion);
