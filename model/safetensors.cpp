@@ -250,6 +250,12 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
   }
   const std::string_view text(reinterpret_cast<const char*>(data + kLengthPrefixBytes), n);
   if (!is_valid_utf8(text)) return header_error(file_name, "header is not valid UTF-8");
+  // JSON never contains a raw NUL, but nlohmann's lexer treats one as end of input and would
+  // silently accept whatever follows it.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return header_error(file_name,
+                        absl::StrCat("header is not valid JSON: NUL byte at header offset ", nul));
+  }
 
   DuplicateKeyFinder duplicates;
   const json root = json::parse(
