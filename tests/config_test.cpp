@@ -148,7 +148,8 @@ TEST(BloomConfig, LoadsFromFileAndReportsBadFiles) {
 
   absl::StatusOr<BloomConfig> m = load_bloom_config(dir / "config_test_missing.json");
   ASSERT_FALSE(m.ok());
-  EXPECT_THAT(std::string(m.status().message()), HasSubstr("config_test_missing.json: cannot open"));
+  EXPECT_THAT(std::string(m.status().message()),
+              HasSubstr("config_test_missing.json: cannot open"));
   std::filesystem::remove(good);
   std::filesystem::remove(bad);
 }
@@ -159,10 +160,10 @@ TEST(BloomConfig, LoadsFromFileAndReportsBadFiles) {
 // tolerance is 1e-6 relative (about 8 ulp); a wrong exponent or head order is off by >= 2x.
 TEST(AlibiSlopes, MatchTransformers) {
   const std::vector<double> six{0x1p-2, 0x1p-4, 0x1p-6, 0x1p-8, 0x1p-1, 0x1p-3};
-  const std::vector<double> sixteen{
-      0x1.6a09e6p-1, 0x1.fffffep-2, 0x1.6a09e6p-2, 0x1.fffffep-3, 0x1.6a09e4p-3, 0x1.fffffcp-4,
-      0x1.6a09e4p-4, 0x1.fffffcp-5, 0x1.6a09e2p-5, 0x1.fffffap-6, 0x1.6a09e2p-6, 0x1.fffffap-7,
-      0x1.6a09e0p-7, 0x1.fffff8p-8, 0x1.6a09e0p-8, 0x1.fffff6p-9};
+  const std::vector<double> sixteen{0x1.6a09e6p-1, 0x1.fffffep-2, 0x1.6a09e6p-2, 0x1.fffffep-3,
+                                    0x1.6a09e4p-3, 0x1.fffffcp-4, 0x1.6a09e4p-4, 0x1.fffffcp-5,
+                                    0x1.6a09e2p-5, 0x1.fffffap-6, 0x1.6a09e2p-6, 0x1.fffffap-7,
+                                    0x1.6a09e0p-7, 0x1.fffff8p-8, 0x1.6a09e0p-8, 0x1.fffff6p-9};
   for (const std::vector<double>* ref : {&six, &sixteen}) {
     const std::vector<float> got = alibi_slopes(static_cast<int64_t>(ref->size()));
     ASSERT_EQ(got.size(), ref->size());

@@ -33,7 +33,7 @@ BloomConfig tiny_config() {
   c.hidden_size = 16;
   c.n_layer = 2;
   c.n_head = 4;
-  c.raw = nlohmann::json{{"vocab_size", 37}, {"hidden_size", 16}, {"n_layer", 2},
+  c.raw = nlohmann::json{{"vocab_size", 37}, {"hidden_size", 16},     {"n_layer", 2},
                          {"n_head", 4},      {"model_type", "bloom"}, {"custom_key", "kept"}};
   return c;
 }
@@ -58,8 +58,7 @@ void expect_same_weights(const BloomModel& a, const BloomModel& b) {
     absl::StatusOr<TensorView> other = b.arena.view(p.name);
     ASSERT_TRUE(other.ok()) << p.name;
     ASSERT_EQ(other->shape, p.shape);
-    EXPECT_EQ(std::memcmp(a.arena.view(p).data, other->data, p.numel * sizeof(float)), 0)
-        << p.name;
+    EXPECT_EQ(std::memcmp(a.arena.view(p).data, other->data, p.numel * sizeof(float)), 0) << p.name;
   }
 }
 
@@ -247,9 +246,10 @@ TEST_F(ModelDirectory, PickleOnlyPointsToConverter) {
 TEST_F(ModelDirectory, MissingTensor) {
   std::vector<SafetensorsWriteEntry> e = entries_of(model_, [](const std::string& n) { return n; });
   e.erase(e.begin() + 5);  // h.0.self_attention.query_key_value.weight
-  EXPECT_THAT(load_error(directory_with("missing", e)),
-              HasSubstr("tensor h.0.self_attention.query_key_value.weight (48, 16) is missing from the "
-                        "weights (1 of 29 parameters missing)"));
+  EXPECT_THAT(
+      load_error(directory_with("missing", e)),
+      HasSubstr("tensor h.0.self_attention.query_key_value.weight (48, 16) is missing from the "
+                "weights (1 of 29 parameters missing)"));
 }
 
 TEST_F(ModelDirectory, UnexpectedTensor) {
@@ -310,8 +310,8 @@ struct CliResult {
 CliResult run_cli(const std::string& args, const fs::path& scratch) {
   const fs::path out = scratch / "cli.out";
   const fs::path err = scratch / "cli.err";
-  const std::string cmd = std::string("'") + ENGINE_CLI_PATH + "' " + args + " >'" +
-                          out.string() + "' 2>'" + err.string() + "'";
+  const std::string cmd = std::string("'") + ENGINE_CLI_PATH + "' " + args + " >'" + out.string() +
+                          "' 2>'" + err.string() + "'";
   const int status = std::system(cmd.c_str());
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out), read_file(err)};
 }
@@ -357,9 +357,10 @@ TEST_F(ModelDirectory, CliErrorsAreOneLine) {
   e = entries_of(model_, [](const std::string& n) { return n; });
   e[1].shape = {4, 4};
   const fs::path shape = directory_with("shape", e);
-  expect_cli_failure(run_cli("export --model '" + shape.string() + "' --out '" +
-                                 (dir_ / "x").string() + "'", dir_),
-                     "word_embeddings_layernorm.weight: shape (4, 4) does not match (16)");
+  expect_cli_failure(
+      run_cli("export --model '" + shape.string() + "' --out '" + (dir_ / "x").string() + "'",
+              dir_),
+      "word_embeddings_layernorm.weight: shape (4, 4) does not match (16)");
   const std::string bytes = read_file(dir_ / "model" / "model.safetensors");
   write_text(dir_ / "model" / "model.safetensors", bytes.substr(0, bytes.size() - 1));
   expect_cli_failure(run_cli("info --model '" + (dir_ / "model").string() + "'", dir_),
@@ -369,14 +370,16 @@ TEST_F(ModelDirectory, CliErrorsAreOneLine) {
 TEST_F(ModelDirectory, CliExportRoundTrips) {
   const fs::path out = dir_ / "exported";
   const CliResult r = run_cli("export --model '" + (dir_ / "model").string() + "' --out '" +
-                                  out.string() + "' --dtype bf16", dir_);
+                                  out.string() + "' --dtype bf16",
+                              dir_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   absl::StatusOr<BloomModel> m = load_model_directory(out);
   ASSERT_TRUE(m.ok()) << m.status();
   EXPECT_EQ(m->source_dtype, DType::kBF16);
   expect_same_weights(model_, *m);
-  const CliResult bad = run_cli("export --model '" + (dir_ / "model").string() + "' --out '" +
-                                    out.string() + "' --dtype f8", dir_);
+  const CliResult bad = run_cli(
+      "export --model '" + (dir_ / "model").string() + "' --out '" + out.string() + "' --dtype f8",
+      dir_);
   EXPECT_EQ(bad.exit_code, 2);
 }
 

@@ -204,19 +204,23 @@ TEST_F(SafetensorsValidation, TensorBeyondFile) {
 TEST_F(SafetensorsValidation, HugeNumbersOverflow) {
   // 2^62 * 4 elements overflow int64; 2^61 * 2 elements of 4 bytes overflow the byte count.
   EXPECT_THAT(open_error(crafted(R"({"w":{"dtype":"F32","shape":[4611686018427387904, 4],)"
-                                 R"("data_offsets":[0,4]}})", 4)),
+                                 R"("data_offsets":[0,4]}})",
+                                 4)),
               HasSubstr("tensor w: element count of shape [4611686018427387904,4] overflows"));
   EXPECT_THAT(open_error(crafted(R"({"w":{"dtype":"F32","shape":[2305843009213693952, 2],)"
-                                 R"("data_offsets":[0,4]}})", 4)),
+                                 R"("data_offsets":[0,4]}})",
+                                 4)),
               HasSubstr("tensor w: byte size of shape"));
   EXPECT_THAT(open_error(crafted(R"({"w":{"dtype":"U8","shape":[1],)"
-                                 R"("data_offsets":[18446744073709551615,0]}})", 1)),
+                                 R"("data_offsets":[18446744073709551615,0]}})",
+                                 1)),
               HasSubstr("are not non-negative 64-bit integers"));
   EXPECT_THAT(open_error(crafted(R"({"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1e30]}})", 1)),
               HasSubstr("are not non-negative 64-bit integers"));
   // Offsets far beyond the file, consistent with the shape: must fail, not read out of bounds.
   EXPECT_THAT(open_error(crafted(R"({"w":{"dtype":"U8","shape":[4611686018427387904],)"
-                                 R"("data_offsets":[0,4611686018427387904]}})", 1)),
+                                 R"("data_offsets":[0,4611686018427387904]}})",
+                                 1)),
               HasSubstr("run past the end"));
 }
 
@@ -225,7 +229,8 @@ TEST_F(SafetensorsValidation, DuplicateNames) {
                         R"("a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})";
   EXPECT_THAT(open_error(crafted(h, 8)), HasSubstr("duplicate tensor name \"a\""));
   EXPECT_THAT(open_error(crafted(R"({"a":{"dtype":"F32","dtype":"F16","shape":[1],)"
-                                 R"("data_offsets":[0,4]}})", 4)),
+                                 R"("data_offsets":[0,4]}})",
+                                 4)),
               HasSubstr("duplicate key \"dtype\""));
 }
 
@@ -314,12 +319,12 @@ TEST_F(SafetensorsWrite, SameInputSameBytes) {
 
 TEST_F(SafetensorsWrite, RejectsBadEntries) {
   const float x = 1.0f;
-  absl::Status dup = write_safetensors(dir_ / "d.safetensors",
-                                       {{"x", {1}, DType::kF32, DType::kF32, &x},
-                                        {"x", {1}, DType::kF32, DType::kF32, &x}});
+  absl::Status dup = write_safetensors(
+      dir_ / "d.safetensors",
+      {{"x", {1}, DType::kF32, DType::kF32, &x}, {"x", {1}, DType::kF32, DType::kF32, &x}});
   EXPECT_THAT(std::string(dup.message()), HasSubstr("tensor x: duplicate name"));
-  absl::Status widen = write_safetensors(dir_ / "w.safetensors",
-                                         {{"x", {1}, DType::kF32, DType::kF16, &x}});
+  absl::Status widen =
+      write_safetensors(dir_ / "w.safetensors", {{"x", {1}, DType::kF32, DType::kF16, &x}});
   EXPECT_THAT(std::string(widen.message()), HasSubstr("cannot store F16 data as F32"));
   EXPECT_FALSE(fs::exists(dir_ / "d.safetensors"));
 }
@@ -360,8 +365,8 @@ TEST_F(SafetensorsWrite, FailedWriteKeepsOldFileAndLeavesNoTemporary) {
 TEST_F(SafetensorsWrite, ParentIsAFile) {
   write_raw(dir_ / "plain", "x");
   const float x = 1.0f;
-  absl::Status s =
-      write_safetensors(dir_ / "plain" / "m.safetensors", {{"x", {1}, DType::kF32, DType::kF32, &x}});
+  absl::Status s = write_safetensors(dir_ / "plain" / "m.safetensors",
+                                     {{"x", {1}, DType::kF32, DType::kF32, &x}});
   EXPECT_FALSE(s.ok());
   EXPECT_THAT(std::string(s.message()), HasSubstr("cannot create temporary file"));
   EXPECT_EQ(read_file(dir_ / "plain"), "x");
