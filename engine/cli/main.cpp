@@ -20,6 +20,7 @@ namespace {
 constexpr Command kCommands[] = {
     {"info", "print a model directory's architecture, parameters and files", run_info},
     {"export", "load a model directory and write it as a Hugging Face directory", run_export},
+    {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan},
 };
 
 void print_commands() {

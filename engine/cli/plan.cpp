@@ -1,0 +1,84 @@
+// `engine plan --report report.json --out plan.json [selection]`: a diagnosis report becomes a
+// surgery plan (surgery/plan_select.h has the selection rules).
+#include <fstream>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cli/commands.h"
+#include "engine/cli/flags.h"
+#include "engine/io.h"
+#include "surgery/plan_select.h"
+
+ABSL_FLAG(std::string, report, "", "plan: diagnosis report (report.json)");
+ABSL_FLAG(std::string, select, "collapsed", "plan: collapsed | sink | dead | all-in-band");
+ABSL_FLAG(std::string, heads, "", "plan: explicit targets LAYER:HEAD,... (overrides --select)");
+ABSL_FLAG(std::string, layers, "", "plan: keep only layers A-B");
+ABSL_FLAG(std::string, head_indices, "", "plan: keep only head indices A-B");
+ABSL_FLAG(std::string, exclude, "", "plan: drop these LAYER:HEAD,...");
+ABSL_FLAG(std::string, init, "xavier_uniform", "plan: QKV re-init: xavier_uniform | xavier_normal | keep");
+ABSL_FLAG(std::string, comment, "", "plan: free-text comment stored in the plan");
+
+namespace engine::cli {
+
+int run_plan(const std::vector<std::string>& args) {
+  const std::string report_path = absl::GetFlag(FLAGS_report);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  if (report_path.empty() || out.empty()) {
+    std::cerr << "usage: engine plan --report report.json --out plan.json [--select collapsed|sink|"
+                 "dead|all-in-band] [--heads L:H,...] [--layers A-B] [--head-indices A-B] "
+                 "[--exclude L:H,...] [--init xavier_uniform|xavier_normal|keep] [--seed S]\n";
+    return 2;
+  }
+  auto report = load_report(report_path);
+  if (!report.ok()) return fail(std::string(report.status().message()));
+
+  PlanSelection sel;
+  sel.select = absl::GetFlag(FLAGS_select);
+  if (!absl::GetFlag(FLAGS_heads).empty()) {
+    auto heads = parse_head_list(absl::GetFlag(FLAGS_heads), "heads");
+    if (!heads.ok()) return fail(std::string(heads.status().message()));
+    sel.heads = *heads;
+  }
+  if (!absl::GetFlag(FLAGS_exclude).empty()) {
+    auto ex = parse_head_list(absl::GetFlag(FLAGS_exclude), "exclude");
+    if (!ex.ok()) return fail(std::string(ex.status().message()));
+    sel.exclude = *ex;
+  }
+  if (!absl::GetFlag(FLAGS_layers).empty()) {
+    auto r = parse_index_range(absl::GetFlag(FLAGS_layers), "layers");
+    if (!r.ok()) return fail(std::string(r.status().message()));
+    sel.layers = *r;
+  }
+  if (!absl::GetFlag(FLAGS_head_indices).empty()) {
+    auto r = parse_index_range(absl::GetFlag(FLAGS_head_indices), "head-indices");
+    if (!r.ok()) return fail(std::string(r.status().message()));
+    sel.head_indices = *r;
+  }
+  auto targets = select_heads(*report, sel);
+  if (!targets.ok()) return fail(absl::StrCat(report_path, ": ", targets.status().message()));
+
+  SurgeryPlan plan;
+  plan.targets = *targets;
+  const std::string init = absl::GetFlag(FLAGS_init);
+  if (init == "xavier_uniform") {
+    plan.qkv_weight = QkvWeightInit::kXavierUniform;
+  } else if (init == "xavier_normal") {
+    plan.qkv_weight = QkvWeightInit::kXavierNormal;
+  } else if (init == "keep") {
+    plan.qkv_weight = QkvWeightInit::kKeep;
+  } else {
+    return fail(absl::StrCat("--init: \"", init, "\" is not xavier_uniform, xavier_normal or keep"));
+  }
+  plan.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  plan.comment = absl::GetFlag(FLAGS_comment);
+  if (plan.comment.empty()) {
+    plan.comment = absl::StrCat("from ", report_path, " (select ", sel.heads.empty() ? sel.select : "heads", ")");
+  }
+  const std::string text = plan_to_json(plan).dump(2) + "\n";
+  if (auto s = write_string_atomically(out, text); !s.ok()) return fail(std::string(s.message()));
+  std::cout << "plan: " << plan.targets.size() << " target heads written to " << out << "\n";
+  return 0;
+}
+
+}  // namespace engine::cli

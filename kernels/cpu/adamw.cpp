@@ -1,0 +1,71 @@
+#include "kernels/cpu/adamw.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace engine::cpu {
+
+namespace {
+absl::Status check(const MaskedAdamWParams& p, bool needs_state) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("masked optimizer: n = ", p.n));
+  if (p.n > 0 && (p.index == nullptr || p.params == nullptr || p.grad == nullptr)) {
+    return absl::InvalidArgumentError("masked optimizer: null index, params or grad");
+  }
+  if (needs_state && p.n > 0 && (p.m == nullptr || p.v == nullptr)) {
+    return absl::InvalidArgumentError("masked AdamW: null moment buffers");
+  }
+  if (needs_state && p.step < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("masked AdamW: step ", p.step, " (1-based)"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status masked_adamw(const MaskedAdamWParams& p) {
+  if (auto s = check(p, true); !s.ok()) return s;
+  // Bias corrections in double: 1 - beta^t loses precision in float for small t and beta near 1.
+  const double correction1 = 1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(p.step));
+  const double correction2 = 1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step));
+  const float step_size = static_cast<float>(p.lr / correction1);
+  const float inv_sqrt_correction2 = static_cast<float>(1.0 / std::sqrt(correction2));
+  const float decay = 1.0f - p.lr * p.weight_decay;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n; ++i) {
+    float* target = p.params + p.index[i];
+    float w = p.master != nullptr ? p.master[i] : *target;
+    const float g = p.grad[i] * p.grad_scale;
+    const float m = p.beta1 * p.m[i] + (1.0f - p.beta1) * g;
+    const float v = p.beta2 * p.v[i] + (1.0f - p.beta2) * g * g;
+    p.m[i] = m;
+    p.v[i] = v;
+    w *= decay;
+    w -= step_size * m / (std::sqrt(v) * inv_sqrt_correction2 + p.eps);
+    if (p.master != nullptr) p.master[i] = w;
+    *target = w;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status masked_sgd(const MaskedAdamWParams& p) {
+  if (auto s = check(p, false); !s.ok()) return s;
+  const float scale = p.lr * p.grad_scale;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < p.n; ++i) {
+    float* target = p.params + p.index[i];
+    float w = p.master != nullptr ? p.master[i] : *target;
+    w -= scale * p.grad[i];
+    if (p.master != nullptr) p.master[i] = w;
+    *target = w;
+  }
+  return absl::OkStatus();
+}
+
+double global_grad_norm(const float* grad, int64_t n) {
+  double sum = 0.0;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(grad[i]) * grad[i];
+  return std::sqrt(sum);
+}
+
+}  // namespace engine::cpu
