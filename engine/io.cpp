@@ -145,18 +145,16 @@ absl::Status write_file_atomically(const std::filesystem::path& target,
 
 absl::Status write_string_atomically(const std::filesystem::path& target,
                                      const std::string& contents) {
-  return write_file_atomically(target, [&](AtomicFileWriter& w) {
-    return w.write(contents.data(), contents.size());
-  });
+  return write_file_atomically(
+      target, [&](AtomicFileWriter& w) { return w.write(contents.data(), contents.size()); });
 }
 
 absl::Status copy_file_atomically(const std::filesystem::path& source,
                                   const std::filesystem::path& target) {
   absl::StatusOr<MappedFile> in = MappedFile::open(source);
   if (!in.ok()) return in.status();
-  return write_file_atomically(target, [&](AtomicFileWriter& w) {
-    return w.write(in->data(), in->size());
-  });
+  return write_file_atomically(
+      target, [&](AtomicFileWriter& w) { return w.write(in->data(), in->size()); });
 }
 
 }  // namespace engine

@@ -52,8 +52,8 @@ class AtomicFileWriter {
   uint64_t bytes_written() const { return bytes_written_; }
 
  private:
-  friend absl::Status write_file_atomically(
-      const std::filesystem::path&, const std::function<absl::Status(AtomicFileWriter&)>&);
+  friend absl::Status write_file_atomically(const std::filesystem::path&,
+                                            const std::function<absl::Status(AtomicFileWriter&)>&);
   AtomicFileWriter(int fd, std::filesystem::path target) : fd_(fd), target_(std::move(target)) {}
 
   int fd_;

@@ -23,10 +23,11 @@ std::vector<BloomParameterSpec> bloom_parameter_specs(const BloomConfig& c) {
     const std::string p = absl::StrCat("h.", l, ".");
     specs.push_back({p + "input_layernorm.weight", {C}, G::kLayerNorm, l});
     specs.push_back({p + "input_layernorm.bias", {C}, G::kLayerNorm, l});
-    specs.push_back({p + "self_attention.query_key_value.weight", {kQkvParts * C, C},
-                     G::kAttention, l});  // (3C, C), rows interleaved per head
-    specs.push_back({p + "self_attention.query_key_value.bias", {kQkvParts * C}, G::kAttention,
-                     l});
+    specs.push_back({p + "self_attention.query_key_value.weight",
+                     {kQkvParts * C, C},
+                     G::kAttention,
+                     l});  // (3C, C), rows interleaved per head
+    specs.push_back({p + "self_attention.query_key_value.bias", {kQkvParts * C}, G::kAttention, l});
     specs.push_back({p + "self_attention.dense.weight", {C, C}, G::kAttention, l});
     specs.push_back({p + "self_attention.dense.bias", {C}, G::kAttention, l});
     specs.push_back({p + "post_attention_layernorm.weight", {C}, G::kLayerNorm, l});

@@ -16,8 +16,14 @@
 namespace engine {
 
 // Which part of the model a parameter belongs to (for reports such as `engine info`).
-enum class BloomParameterGroup { kEmbedding, kEmbeddingLayerNorm, kAttention, kMlp, kLayerNorm,
-                                 kFinalLayerNorm };
+enum class BloomParameterGroup {
+  kEmbedding,
+  kEmbeddingLayerNorm,
+  kAttention,
+  kMlp,
+  kLayerNorm,
+  kFinalLayerNorm
+};
 
 struct BloomParameterSpec {
   std::string name;

@@ -47,7 +47,8 @@ absl::StatusOr<int64_t> read_size(const json& j, const std::string& source, cons
     if (it->is_number_unsigned()) {
       const uint64_t u = it->get<uint64_t>();
       if (u > static_cast<uint64_t>(kMaxSizeField)) {
-        return field_error(source, key, absl::StrCat("is ", u, ", above the limit ", kMaxSizeField));
+        return field_error(source, key,
+                           absl::StrCat("is ", u, ", above the limit ", kMaxSizeField));
       }
       v = static_cast<int64_t>(u);
     } else {
@@ -58,17 +59,17 @@ absl::StatusOr<int64_t> read_size(const json& j, const std::string& source, cons
       return field_error(source, key, absl::StrCat("is ", v, ", above the limit ", kMaxSizeField));
     }
     if (found && found->second != v) {
-      return field_error(source, key,
-                         absl::StrCat("(", v, ") disagrees with ", found->first, " (",
-                                      found->second, ")"));
+      return field_error(
+          source, key,
+          absl::StrCat("(", v, ") disagrees with ", found->first, " (", found->second, ")"));
     }
     found = std::make_pair(std::string(key), v);
   }
   if (!found) {
     return field_error(source, f.name,
-                       *f.alias == '\0' ? "is missing"
-                                        : absl::StrCat("is missing (also looked for ", f.alias,
-                                                       ")"));
+                       *f.alias == '\0'
+                           ? "is missing"
+                           : absl::StrCat("is missing (also looked for ", f.alias, ")"));
   }
   return found->second;
 }
@@ -91,8 +92,9 @@ absl::StatusOr<BloomConfig> parse_bloom_config(const json& j, const std::string&
                        absl::StrCat("is ", it->dump(), "; only false is supported"));
   }
   if (const auto it = j.find("tie_word_embeddings"); it != j.end() && *it != true) {
-    return field_error(source_name, "tie_word_embeddings",
-                       absl::StrCat("is ", it->dump(), "; BLOOM ties the LM head to the embedding"));
+    return field_error(
+        source_name, "tie_word_embeddings",
+        absl::StrCat("is ", it->dump(), "; BLOOM ties the LM head to the embedding"));
   }
 
   BloomConfig c;
@@ -106,9 +108,9 @@ absl::StatusOr<BloomConfig> parse_bloom_config(const json& j, const std::string&
   if (v = read_size(j, source_name, kLayers); !v.ok()) return v.status();
   c.n_layer = *v;
   if (c.hidden_size % c.n_head != 0) {
-    return field_error(source_name, "hidden_size",
-                       absl::StrCat("(", c.hidden_size, ") is not divisible by n_head (", c.n_head,
-                                    ")"));
+    return field_error(
+        source_name, "hidden_size",
+        absl::StrCat("(", c.hidden_size, ") is not divisible by n_head (", c.n_head, ")"));
   }
 
   c.layer_norm_epsilon = kDefaultLayerNormEpsilon;

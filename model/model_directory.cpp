@@ -66,7 +66,8 @@ absl::StatusOr<WeightSource> find_weights(const fs::path& dir) {
     }
     const auto wm = j.find("weight_map");
     if (wm == j.end() || !wm->is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat(name, ": field weight_map is missing or not an object"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": field weight_map is missing or not an object"));
     }
     std::map<std::string, std::string> weight_map;
     std::set<std::string> files;
@@ -78,9 +79,9 @@ absl::StatusOr<WeightSource> find_weights(const fs::path& dir) {
       const std::string f = file.get<std::string>();
       // Shards must sit next to the index: a path could otherwise point anywhere on disk.
       if (f.empty() || f == "." || f == ".." || f.find('/') != std::string::npos) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            name, ": weight_map entry for tensor ", tensor, " names \"", f,
-            "\", which is not a plain file name in the model directory"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(name, ": weight_map entry for tensor ", tensor, " names \"", f,
+                         "\", which is not a plain file name in the model directory"));
       }
       weight_map.emplace(tensor, f);
       if (files.insert(f).second) src.files.push_back(dir / f);
@@ -111,10 +112,10 @@ void convert_weights_to_f32(DType from, const uint8_t* src, float* dst, size_t n
     if (aligned) {
       convert_to_f32(from, src + start * element, dst + start, count);
     } else {
-      std::vector<uint8_t> bounce(count * element + element);
-      uint8_t* aligned_start = bounce.data() + (element - reinterpret_cast<uintptr_t>(bounce.data()) % element) % element;
-      std::memcpy(aligned_start, src + start * element, count * element);
-      convert_to_f32(from, aligned_start, dst + start, count);
+      // float storage is aligned for every weight dtype (4, 2 bytes).
+      std::vector<float> bounce((count * element + sizeof(float) - 1) / sizeof(float));
+      std::memcpy(bounce.data(), src + start * element, count * element);
+      convert_to_f32(from, bounce.data(), dst + start, count);
     }
   }
 }
@@ -133,21 +134,20 @@ absl::Status check_tied_head(const SafetensorsFile& file, const SafetensorsTenso
         shape_string(embedding.shape), "; BLOOM ties the LM head to the embedding"));
   }
   if (!is_float_weight(head)) {
-    return absl::InvalidArgumentError(absl::StrCat(where, "dtype ", head.dtype_name,
-                                                   " is not a float weight type"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, "dtype ", head.dtype_name, " is not a float weight type"));
   }
   const size_t n = static_cast<size_t>(head.numel);
   std::vector<float> converted(std::min(n, kConversionChunkElements));
   const float* emb = embedding.as<float>();
   for (size_t start = 0; start < n; start += kConversionChunkElements) {
     const size_t count = std::min(kConversionChunkElements, n - start);
-    convert_weights_to_f32(*head.dtype,
-                           file.tensor_data(head) + start * head.element_size,
+    convert_weights_to_f32(*head.dtype, file.tensor_data(head) + start * head.element_size,
                            converted.data(), count);
     if (std::memcmp(converted.data(), emb + start, count * sizeof(float)) != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, "differs from ", kEmbeddingName,
-          "; BLOOM ties the two and the engine cannot load an untied LM head"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, "differs from ", kEmbeddingName,
+                       "; BLOOM ties the two and the engine cannot load an untied LM head"));
     }
   }
   return absl::OkStatus();
@@ -180,7 +180,7 @@ struct LoadPlan {
   struct Placement {
     std::string name;  // canonical parameter name
     size_t file;
-    size_t tensor;     // index into files[file].header().tensors
+    size_t tensor;  // index into files[file].header().tensors
   };
   std::vector<Placement> placements;
   std::vector<Placement> tied_heads;  // lm_head.weight tensors, checked once data is loaded
@@ -264,13 +264,12 @@ absl::StatusOr<LoadPlan> plan_model_directory(const fs::path& dir) {
   }
   if (plan.source.weight_map) {
     for (const auto& [tensor, file] : *plan.source.weight_map) {
-      const auto pos =
-          std::find(plan.source.files.begin(), plan.source.files.end(), dir / file);
+      const auto pos = std::find(plan.source.files.begin(), plan.source.files.end(), dir / file);
       const SafetensorsFile& f = plan.files[static_cast<size_t>(pos - plan.source.files.begin())];
       if (f.header().find(tensor) == nullptr) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(plan.source.index.string(), ": tensor ", tensor, " is listed in ", file,
-                         " but that file does not contain it"));
+        return absl::InvalidArgumentError(absl::StrCat(plan.source.index.string(), ": tensor ",
+                                                       tensor, " is listed in ", file,
+                                                       " but that file does not contain it"));
       }
     }
   }
@@ -333,8 +332,7 @@ absl::StatusOr<BloomModel> load_model_directory(const fs::path& dir) {
   if (!embedding.ok()) return embedding.status();
   for (const LoadPlan::Placement& head : plan->tied_heads) {
     const SafetensorsFile& f = plan->files[head.file];
-    if (absl::Status s = check_tied_head(f, f.header().tensors[head.tensor], *embedding);
-        !s.ok()) {
+    if (absl::Status s = check_tied_head(f, f.header().tensors[head.tensor], *embedding); !s.ok()) {
       return s;
     }
   }
@@ -352,9 +350,9 @@ absl::Status save_model_directory(const BloomModel& m, const fs::path& dir, DTyp
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir, ec)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir.string(), ": cannot create output directory: ",
-                     ec ? ec.message() : "a file is in the way"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        dir.string(),
+        ": cannot create output directory: ", ec ? ec.message() : "a file is in the way"));
   }
 
   std::vector<SafetensorsWriteEntry> entries;
@@ -367,7 +365,7 @@ absl::Status save_model_directory(const BloomModel& m, const fs::path& dir, DTyp
   nlohmann::json config = bloom_config_to_json(m.config);
   // transformers reads the stored dtype from "torch_dtype" (4.x) or "dtype" (5.x); keep whichever
   // the source had truthful about the file we just wrote.
-  const char* torch_name = dtype == DType::kF32 ? "float32"
+  const char* torch_name = dtype == DType::kF32   ? "float32"
                            : dtype == DType::kF16 ? "float16"
                                                   : "bfloat16";
   for (const char* key : {"torch_dtype", "dtype"}) {

@@ -29,9 +29,9 @@ namespace engine {
 
 struct BloomModel {
   BloomConfig config;
-  ParameterArena arena;               // f32, declared by declare_bloom_parameters
-  std::filesystem::path source;       // directory it was loaded from (empty if built in memory)
-  DType source_dtype = DType::kF32;   // dtype of word_embeddings.weight in the source files
+  ParameterArena arena;              // f32, declared by declare_bloom_parameters
+  std::filesystem::path source;      // directory it was loaded from (empty if built in memory)
+  DType source_dtype = DType::kF32;  // dtype of word_embeddings.weight in the source files
 };
 
 // Tokenizer files a model directory may carry; copied verbatim on save.

@@ -34,14 +34,12 @@ struct DTypeSpelling {
 // engine DType can be loaded. Sub-byte float formats (F4, F6_*) are rejected as unknown: no BLOOM
 // checkpoint uses them and their byte counts need packing rules.
 constexpr DTypeSpelling kDTypes[] = {
-    {"BOOL", 1, std::nullopt},        {"U8", 1, DType::kU8},
-    {"I8", 1, std::nullopt},          {"F8_E5M2", 1, std::nullopt},
-    {"F8_E4M3", 1, std::nullopt},     {"F8_E8M0", 1, std::nullopt},
-    {"I16", 2, std::nullopt},         {"U16", 2, std::nullopt},
-    {"F16", 2, DType::kF16},          {"BF16", 2, DType::kBF16},
-    {"I32", 4, DType::kI32},          {"U32", 4, DType::kU32},
-    {"F32", 4, DType::kF32},          {"F64", 8, std::nullopt},
-    {"I64", 8, DType::kI64},          {"U64", 8, std::nullopt},
+    {"BOOL", 1, std::nullopt},    {"U8", 1, DType::kU8},        {"I8", 1, std::nullopt},
+    {"F8_E5M2", 1, std::nullopt}, {"F8_E4M3", 1, std::nullopt}, {"F8_E8M0", 1, std::nullopt},
+    {"I16", 2, std::nullopt},     {"U16", 2, std::nullopt},     {"F16", 2, DType::kF16},
+    {"BF16", 2, DType::kBF16},    {"I32", 4, DType::kI32},      {"U32", 4, DType::kU32},
+    {"F32", 4, DType::kF32},      {"F64", 8, std::nullopt},     {"I64", 8, DType::kI64},
+    {"U64", 8, std::nullopt},
 };
 
 const DTypeSpelling* find_dtype(const std::string& name) {
@@ -111,8 +109,8 @@ std::string offsets_string(uint64_t begin, uint64_t end) {
 }
 
 absl::StatusOr<SafetensorsTensorInfo> parse_tensor_entry(const std::string& file,
-                                                        const std::string& name,
-                                                        const json& entry) {
+                                                         const std::string& name,
+                                                         const json& entry) {
   if (!entry.is_object()) return tensor_error(file, name, "entry is not a JSON object");
   SafetensorsTensorInfo info;
   info.name = name;
@@ -135,15 +133,15 @@ absl::StatusOr<SafetensorsTensorInfo> parse_tensor_entry(const std::string& file
   for (const json& dim : *shape_it) {
     const std::optional<uint64_t> d = as_index(dim);
     if (!d) {
-      return tensor_error(file, name,
-                          absl::StrCat("shape dimension ", dim.dump(),
-                                       " is not a non-negative 64-bit integer"));
+      return tensor_error(
+          file, name,
+          absl::StrCat("shape dimension ", dim.dump(), " is not a non-negative 64-bit integer"));
     }
     info.shape.push_back(static_cast<int64_t>(*d));
     if (*d != 0 && numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / *d) {
-      return tensor_error(file, name,
-                          absl::StrCat("element count of shape ", shape_it->dump(),
-                                       " overflows 64 bits"));
+      return tensor_error(
+          file, name,
+          absl::StrCat("element count of shape ", shape_it->dump(), " overflows 64 bits"));
     }
     numel *= *d;
   }
@@ -157,30 +155,30 @@ absl::StatusOr<SafetensorsTensorInfo> parse_tensor_entry(const std::string& file
   const std::optional<uint64_t> begin = as_index((*off_it)[0]);
   const std::optional<uint64_t> end = as_index((*off_it)[1]);
   if (!begin || !end) {
-    return tensor_error(file, name,
-                        absl::StrCat("data_offsets ", off_it->dump(),
-                                     " are not non-negative 64-bit integers"));
+    return tensor_error(
+        file, name,
+        absl::StrCat("data_offsets ", off_it->dump(), " are not non-negative 64-bit integers"));
   }
   if (*end < *begin) {
-    return tensor_error(file, name,
-                        absl::StrCat("data offsets ", offsets_string(*begin, *end),
-                                     " end before they begin"));
+    return tensor_error(
+        file, name,
+        absl::StrCat("data offsets ", offsets_string(*begin, *end), " end before they begin"));
   }
   info.begin = *begin;
   info.end = *end;
 
   if (numel > std::numeric_limits<uint64_t>::max() / info.element_size) {
     return tensor_error(file, name,
-                        absl::StrCat("byte size of shape ", shape_it->dump(), " ",
-                                     info.dtype_name, " overflows 64 bits"));
+                        absl::StrCat("byte size of shape ", shape_it->dump(), " ", info.dtype_name,
+                                     " overflows 64 bits"));
   }
   const uint64_t nbytes = numel * info.element_size;
   if (nbytes != info.end - info.begin) {
-    return tensor_error(file, name,
-                        absl::StrCat("shape ", shape_it->dump(), " ", info.dtype_name, " needs ",
-                                     nbytes, " bytes but data offsets ",
-                                     offsets_string(info.begin, info.end), " hold ",
-                                     info.end - info.begin));
+    return tensor_error(
+        file, name,
+        absl::StrCat("shape ", shape_it->dump(), " ", info.dtype_name, " needs ", nbytes,
+                     " bytes but data offsets ", offsets_string(info.begin, info.end), " hold ",
+                     info.end - info.begin));
   }
   return info;
 }
@@ -232,11 +230,10 @@ const SafetensorsTensorInfo* SafetensorsHeader::find(std::string_view name) cons
 }
 
 absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, size_t file_size,
-                                                          const std::string& file_name) {
+                                                           const std::string& file_name) {
   if (file_size < kLengthPrefixBytes || data == nullptr) {
-    return header_error(file_name,
-                        absl::StrCat("file is ", file_size,
-                                     " bytes, too short for the 8-byte header length"));
+    return header_error(file_name, absl::StrCat("file is ", file_size,
+                                                " bytes, too short for the 8-byte header length"));
   }
   uint64_t n = 0;
   for (size_t i = 0; i < kLengthPrefixBytes; ++i) n |= static_cast<uint64_t>(data[i]) << (8 * i);
@@ -250,6 +247,12 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
   }
   const std::string_view text(reinterpret_cast<const char*>(data + kLengthPrefixBytes), n);
   if (!is_valid_utf8(text)) return header_error(file_name, "header is not valid UTF-8");
+  // JSON never contains a raw NUL, but nlohmann's lexer treats one as end of input and would
+  // silently accept whatever follows it.
+  if (const size_t nul = text.find('\0'); nul != std::string_view::npos) {
+    return header_error(file_name,
+                        absl::StrCat("header is not valid JSON: NUL byte at header offset ", nul));
+  }
 
   DuplicateKeyFinder duplicates;
   const json root = json::parse(
@@ -262,11 +265,11 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
   if (!root.is_object()) return header_error(file_name, "header is not a JSON object");
   if (duplicates.duplicate) {
     // Depth 1 keys are the top-level names (tensors and __metadata__).
-    return header_error(file_name, duplicates.duplicate_depth == 1
-                                       ? absl::StrCat("duplicate tensor name \"",
-                                                      *duplicates.duplicate, "\"")
-                                       : absl::StrCat("duplicate key \"", *duplicates.duplicate,
-                                                      "\" inside a header entry"));
+    return header_error(
+        file_name,
+        duplicates.duplicate_depth == 1
+            ? absl::StrCat("duplicate tensor name \"", *duplicates.duplicate, "\"")
+            : absl::StrCat("duplicate key \"", *duplicates.duplicate, "\" inside a header entry"));
   }
 
   SafetensorsHeader header;
@@ -277,8 +280,8 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
       if (!value.is_object()) return header_error(file_name, "__metadata__ is not a JSON object");
       for (const auto& [mkey, mvalue] : value.items()) {
         if (!mvalue.is_string()) {
-          return header_error(file_name, absl::StrCat("__metadata__ value of \"", mkey,
-                                                      "\" is not a string"));
+          return header_error(file_name,
+                              absl::StrCat("__metadata__ value of \"", mkey, "\" is not a string"));
         }
         header.metadata.emplace(mkey, mvalue.get<std::string>());
       }
@@ -300,12 +303,12 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
   for (const SafetensorsTensorInfo& t : header.tensors) {
     const std::string range = offsets_string(t.begin, t.end);
     if (t.begin > expected) {
-      return tensor_error(file_name, t.name,
-                          expected == 0
-                              ? absl::StrCat("data offsets ", range,
-                                             " do not start at 0: the first tensor must")
-                              : absl::StrCat("data offsets ", range, " leave a gap after byte ",
-                                             expected, " of the data section"));
+      return tensor_error(
+          file_name, t.name,
+          expected == 0
+              ? absl::StrCat("data offsets ", range, " do not start at 0: the first tensor must")
+              : absl::StrCat("data offsets ", range, " leave a gap after byte ", expected,
+                             " of the data section"));
     }
     if (t.begin < expected) {
       return tensor_error(file_name, t.name,
@@ -320,10 +323,9 @@ absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, 
     expected = t.end;
   }
   if (expected != data_bytes) {
-    return header_error(file_name,
-                        absl::StrCat(data_bytes - expected, " trailing bytes after the last tensor",
-                                     " (tensors cover ", expected, " of ", data_bytes,
-                                     " data bytes)"));
+    return header_error(
+        file_name, absl::StrCat(data_bytes - expected, " trailing bytes after the last tensor",
+                                " (tensors cover ", expected, " of ", data_bytes, " data bytes)"));
   }
   return header;
 }
@@ -367,8 +369,8 @@ absl::Status write_safetensors(const std::filesystem::path& file,
     }
     if (!names.insert(t.name).second) return tensor_error(file_name, t.name, "duplicate name");
     const bool same = t.dtype == t.source_dtype;
-    const bool narrowing = t.source_dtype == DType::kF32 &&
-                           (t.dtype == DType::kF16 || t.dtype == DType::kBF16);
+    const bool narrowing =
+        t.source_dtype == DType::kF32 && (t.dtype == DType::kF16 || t.dtype == DType::kBF16);
     if (!same && !narrowing) {
       return tensor_error(file_name, t.name,
                           absl::StrCat("cannot store ", dtype_name(t.source_dtype), " data as ",
@@ -376,8 +378,8 @@ absl::Status write_safetensors(const std::filesystem::path& file,
     }
     const int64_t numel = checked_numel(t.shape);
     const uint64_t element = dtype_size(t.dtype);
-    if (numel < 0 || static_cast<uint64_t>(numel) >
-                         std::numeric_limits<uint64_t>::max() / element - offset) {
+    if (numel < 0 ||
+        static_cast<uint64_t>(numel) > std::numeric_limits<uint64_t>::max() / element - offset) {
       return tensor_error(file_name, t.name, "invalid shape or byte size overflow");
     }
     if (numel > 0 && t.source == nullptr) return tensor_error(file_name, t.name, "no data");

@@ -35,19 +35,19 @@ inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
 
 struct SafetensorsTensorInfo {
   std::string name;
-  std::string dtype_name;        // as spelled in the header ("F16")
-  size_t element_size = 0;       // bytes per element of dtype_name
-  std::optional<DType> dtype;    // the engine dtype, when the engine can represent it
-  std::vector<int64_t> shape;    // () for a scalar
+  std::string dtype_name;      // as spelled in the header ("F16")
+  size_t element_size = 0;     // bytes per element of dtype_name
+  std::optional<DType> dtype;  // the engine dtype, when the engine can represent it
+  std::vector<int64_t> shape;  // () for a scalar
   int64_t numel = 0;
-  uint64_t begin = 0;            // [begin, end) relative to the start of the data section
+  uint64_t begin = 0;  // [begin, end) relative to the start of the data section
   uint64_t end = 0;
 };
 
 struct SafetensorsHeader {
-  uint64_t header_bytes = 0;   // N, the JSON length
-  uint64_t data_start = 0;     // 8 + N: file offset of the data section
-  std::vector<SafetensorsTensorInfo> tensors;  // sorted by data offset
+  uint64_t header_bytes = 0;                    // N, the JSON length
+  uint64_t data_start = 0;                      // 8 + N: file offset of the data section
+  std::vector<SafetensorsTensorInfo> tensors;   // sorted by data offset
   std::map<std::string, std::string> metadata;  // the "__metadata__" object, if any
 
   // nullptr when absent.
@@ -57,7 +57,7 @@ struct SafetensorsHeader {
 // Parses and validates the header of the safetensors file whose complete contents are
 // data[0, file_size). `file_name` only labels error messages.
 absl::StatusOr<SafetensorsHeader> parse_safetensors_header(const uint8_t* data, size_t file_size,
-                                                          const std::string& file_name);
+                                                           const std::string& file_name);
 
 // A validated, memory-mapped safetensors file.
 class SafetensorsFile {
@@ -91,10 +91,9 @@ struct SafetensorsWriteEntry {
 // The metadata transformers and the reference library write for PyTorch tensors.
 std::map<std::string, std::string> default_safetensors_metadata();
 
-absl::Status write_safetensors(const std::filesystem::path& file,
-                               const std::vector<SafetensorsWriteEntry>& tensors,
-                               const std::map<std::string, std::string>& metadata =
-                                   default_safetensors_metadata());
+absl::Status write_safetensors(
+    const std::filesystem::path& file, const std::vector<SafetensorsWriteEntry>& tensors,
+    const std::map<std::string, std::string>& metadata = default_safetensors_metadata());
 
 // True when `bytes` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool is_valid_utf8(std::string_view bytes);

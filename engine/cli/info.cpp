@@ -37,12 +37,24 @@ ParameterCounts count_parameters(const BloomConfig& c) {
     int64_t numel = 1;
     for (int64_t d : s.shape) numel *= d;
     switch (s.group) {
-      case BloomParameterGroup::kEmbedding: n.embedding += numel; break;
-      case BloomParameterGroup::kEmbeddingLayerNorm: n.embedding_layernorm += numel; break;
-      case BloomParameterGroup::kAttention: n.attention += numel; break;
-      case BloomParameterGroup::kMlp: n.mlp += numel; break;
-      case BloomParameterGroup::kLayerNorm: n.layernorms += numel; break;
-      case BloomParameterGroup::kFinalLayerNorm: n.final_layernorm += numel; break;
+      case BloomParameterGroup::kEmbedding:
+        n.embedding += numel;
+        break;
+      case BloomParameterGroup::kEmbeddingLayerNorm:
+        n.embedding_layernorm += numel;
+        break;
+      case BloomParameterGroup::kAttention:
+        n.attention += numel;
+        break;
+      case BloomParameterGroup::kMlp:
+        n.mlp += numel;
+        break;
+      case BloomParameterGroup::kLayerNorm:
+        n.layernorms += numel;
+        break;
+      case BloomParameterGroup::kFinalLayerNorm:
+        n.final_layernorm += numel;
+        break;
     }
     n.total += numel;
   }
@@ -67,9 +79,10 @@ int run_info(const std::vector<std::string>& args) {
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::ordered_json j;
     j["model"] = dir;
-    j["architecture"] = {{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-                         {"n_layer", c.n_layer},       {"n_head", c.n_head},
-                         {"head_dim", c.head_dim()},   {"layer_norm_epsilon", c.layer_norm_epsilon}};
+    j["architecture"] = {
+        {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+        {"n_layer", c.n_layer},       {"n_head", c.n_head},
+        {"head_dim", c.head_dim()},   {"layer_norm_epsilon", c.layer_norm_epsilon}};
     j["source_dtype"] = dtype_name(info->source_dtype);
     j["parameters"] = {{"embedding", n.embedding},
                        {"embedding_layernorm", n.embedding_layernorm},
@@ -92,11 +105,12 @@ int run_info(const std::vector<std::string>& args) {
   }
 
   std::printf("model: %s\n", dir.c_str());
-  std::printf("architecture: BLOOM, vocab %lld, hidden %lld, layers %lld, heads %lld, "
-              "head_dim %lld, layer_norm_epsilon %g\n",
-              static_cast<long long>(c.vocab_size), static_cast<long long>(c.hidden_size),
-              static_cast<long long>(c.n_layer), static_cast<long long>(c.n_head),
-              static_cast<long long>(c.head_dim()), c.layer_norm_epsilon);
+  std::printf(
+      "architecture: BLOOM, vocab %lld, hidden %lld, layers %lld, heads %lld, "
+      "head_dim %lld, layer_norm_epsilon %g\n",
+      static_cast<long long>(c.vocab_size), static_cast<long long>(c.hidden_size),
+      static_cast<long long>(c.n_layer), static_cast<long long>(c.n_head),
+      static_cast<long long>(c.head_dim()), c.layer_norm_epsilon);
   std::printf("source dtype: %s\n", dtype_name(info->source_dtype));
   std::printf("parameters:\n");
   auto row = [](const char* label, int64_t total, int64_t per_layer) {
