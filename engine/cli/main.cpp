@@ -19,6 +19,7 @@ namespace {
 
 constexpr Command kCommands[] = {
     {"info", "print a model directory's architecture, parameters and files", run_info},
+    {"export", "load a model directory and write it as a Hugging Face directory", run_export},
 };
 
 void print_commands() {

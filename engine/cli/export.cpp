@@ -1,0 +1,47 @@
+// `engine export --model DIR --out DIR [--dtype f32|f16|bf16]`: loads a model directory and
+// writes it back as a Hugging Face directory (config.json, model.safetensors, tokenizer files)
+// that transformers' BloomForCausalLM.from_pretrained loads.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cli/commands.h"
+#include "engine/cli/flags.h"
+#include "model/model_directory.h"
+
+ABSL_FLAG(std::string, dtype, "f32", "export: dtype of the written weights: f32, f16 or bf16");
+
+namespace engine::cli {
+
+int run_export(const std::vector<std::string>& args) {
+  const std::string model = absl::GetFlag(FLAGS_model);
+  const std::string out = absl::GetFlag(FLAGS_out);
+  const std::string dtype_text = absl::GetFlag(FLAGS_dtype);
+  if (model.empty() || out.empty() || !args.empty()) {
+    std::fprintf(stderr, "usage: engine export --model DIR --out DIR [--dtype f32|f16|bf16]\n");
+    return 2;
+  }
+  DType dtype;
+  if (dtype_text == "f32") {
+    dtype = DType::kF32;
+  } else if (dtype_text == "f16") {
+    dtype = DType::kF16;
+  } else if (dtype_text == "bf16") {
+    dtype = DType::kBF16;
+  } else {
+    std::fprintf(stderr, "engine: export: --dtype must be f32, f16 or bf16, got '%s'\n",
+                 dtype_text.c_str());
+    return 2;
+  }
+  absl::StatusOr<BloomModel> m = load_model_directory(model);
+  if (!m.ok()) return fail(std::string(m.status().message()));
+  if (absl::Status s = save_model_directory(*m, out, dtype); !s.ok()) {
+    return fail(std::string(s.message()));
+  }
+  std::printf("exported %s -> %s (%s)\n", model.c_str(), out.c_str(), dtype_name(dtype));
+  return 0;
+}
+
+}  // namespace engine::cli

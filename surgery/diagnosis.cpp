@@ -1,0 +1,467 @@
+#include "surgery/diagnosis.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace engine {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr double kSensitivityLow = 0.4;
+constexpr double kSensitivityHigh = 0.6;
+
+Spread spread_of(double sum, double sum_sq, double min, double max, int64_t n) {
+  Spread s;
+  if (n == 0) return s;
+  s.mean = sum / static_cast<double>(n);
+  const double var = std::max(0.0, sum_sq / static_cast<double>(n) - s.mean * s.mean);
+  s.std = std::sqrt(var);
+  s.min = min;
+  s.max = max;
+  return s;
+}
+
+absl::Status bad(const std::string& source, const std::string& field, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(source, ": field \"", field, "\": ", what));
+}
+
+absl::StatusOr<double> number_field(const json& j, const std::string& key, const std::string& source,
+                                    const std::string& where) {
+  if (!j.contains(key)) return bad(source, where + key, "missing");
+  if (!j[key].is_number()) return bad(source, where + key, "expected a number");
+  return j[key].get<double>();
+}
+
+absl::StatusOr<int64_t> int_field(const json& j, const std::string& key, const std::string& source,
+                                  const std::string& where) {
+  if (!j.contains(key)) return bad(source, where + key, "missing");
+  if (!j[key].is_number_integer()) return bad(source, where + key, "expected an integer");
+  return j[key].get<int64_t>();
+}
+
+// Heatmap colour for a value in [0, 1]: white -> deep red.
+std::string heat_colour(double v) {
+  v = std::clamp(v, 0.0, 1.0);
+  const int g = static_cast<int>(std::lround(255 * (1.0 - v)));
+  const int r = static_cast<int>(std::lround(255 - 75 * v));
+  return absl::StrFormat("#%02x%02x%02x", r, g, g);
+}
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '&': out += "&amp;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* head_class_name(HeadClass c) {
+  switch (c) {
+    case HeadClass::kHealthy: return "HEALTHY";
+    case HeadClass::kLowEntropy: return "LOW_ENTROPY";
+    case HeadClass::kSink: return "SINK";
+    case HeadClass::kDead: return "DEAD";
+  }
+  return "?";
+}
+
+char head_class_mark(HeadClass c) {
+  switch (c) {
+    case HeadClass::kHealthy: return '.';
+    case HeadClass::kLowEntropy: return 'l';
+    case HeadClass::kSink: return 's';
+    case HeadClass::kDead: return 'D';
+  }
+  return '?';
+}
+
+absl::StatusOr<HeadClass> head_class_from_name(const std::string& name) {
+  for (HeadClass c : {HeadClass::kHealthy, HeadClass::kLowEntropy, HeadClass::kSink, HeadClass::kDead}) {
+    if (name == head_class_name(c)) return c;
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown head class \"", name, "\""));
+}
+
+HeadClass classify(double bos_mass, double entropy, const Thresholds& t) {
+  if (bos_mass > t.dead) return HeadClass::kDead;
+  if (bos_mass > t.sink) return HeadClass::kSink;
+  if (entropy < t.low_entropy) return HeadClass::kLowEntropy;
+  return HeadClass::kHealthy;
+}
+
+DiagnosisAccumulator::DiagnosisAccumulator(int64_t n_layer, int64_t n_head)
+    : n_layer_(n_layer),
+      n_head_(n_head),
+      bos_(static_cast<size_t>(n_layer * n_head)),
+      entropy_(bos_.size()),
+      local_(bos_.size()) {}
+
+absl::Status DiagnosisAccumulator::add(const SequenceHeadStats& s, int64_t tokens) {
+  const size_t n = bos_.size();
+  if (s.bos_mass.size() != n || s.entropy.size() != n || s.local_mass.size() != n) {
+    return absl::InvalidArgumentError(absl::StrCat("head statistics of size ", s.bos_mass.size(),
+                                                   " for a model of ", n_layer_, " x ", n_head_,
+                                                   " heads"));
+  }
+  auto update = [first = sequences_ == 0](Running& r, double v) {
+    r.sum += v;
+    r.sum_sq += v * v;
+    r.min = first ? v : std::min(r.min, v);
+    r.max = first ? v : std::max(r.max, v);
+  };
+  for (size_t i = 0; i < n; ++i) {
+    update(bos_[i], s.bos_mass[i]);
+    update(entropy_[i], s.entropy[i]);
+    update(local_[i], s.local_mass[i]);
+  }
+  ++sequences_;
+  tokens_ += tokens;
+  return absl::OkStatus();
+}
+
+DiagnosisReport DiagnosisAccumulator::finish(const Thresholds& thresholds,
+                                             const std::vector<float>& slopes, json model,
+                                             int64_t seq_len) const {
+  DiagnosisReport r;
+  r.model = std::move(model);
+  r.sequences = sequences_;
+  r.tokens = tokens_;
+  r.seq_len = seq_len;
+  r.thresholds = thresholds;
+  r.n_layer = n_layer_;
+  r.n_head = n_head_;
+  for (int64_t l = 0; l < n_layer_; ++l) {
+    for (int64_t h = 0; h < n_head_; ++h) {
+      const size_t i = static_cast<size_t>(l * n_head_ + h);
+      HeadSummary s;
+      s.layer = l;
+      s.head = h;
+      s.slope = h < static_cast<int64_t>(slopes.size()) ? slopes[h] : 0.0;
+      s.bos_mass = spread_of(bos_[i].sum, bos_[i].sum_sq, bos_[i].min, bos_[i].max, sequences_);
+      s.entropy = spread_of(entropy_[i].sum, entropy_[i].sum_sq, entropy_[i].min, entropy_[i].max,
+                            sequences_);
+      s.local_mass = spread_of(local_[i].sum, local_[i].sum_sq, local_[i].min, local_[i].max,
+                               sequences_);
+      r.heads.push_back(s);
+    }
+  }
+  classify_report(r);
+  return r;
+}
+
+void classify_report(DiagnosisReport& r) {
+  r.counts = HeadCounts{};
+  r.class_changes_sink_040 = 0;
+  r.class_changes_sink_060 = 0;
+  std::vector<int64_t> collapsed_layers(static_cast<size_t>(r.n_head), 0);
+  Thresholds low = r.thresholds, high = r.thresholds;
+  low.sink = kSensitivityLow;
+  high.sink = kSensitivityHigh;
+  for (HeadSummary& h : r.heads) {
+    h.cls = classify(h.bos_mass.mean, h.entropy.mean, r.thresholds);
+    switch (h.cls) {
+      case HeadClass::kHealthy: ++r.counts.healthy; break;
+      case HeadClass::kLowEntropy: ++r.counts.low_entropy; break;
+      case HeadClass::kSink: ++r.counts.sink; break;
+      case HeadClass::kDead: ++r.counts.dead; break;
+    }
+    if (is_collapsed(h.cls)) ++collapsed_layers[static_cast<size_t>(h.head)];
+    if (classify(h.bos_mass.mean, h.entropy.mean, low) != h.cls) ++r.class_changes_sink_040;
+    if (classify(h.bos_mass.mean, h.entropy.mean, high) != h.cls) ++r.class_changes_sink_060;
+  }
+  r.collapsed_fraction_by_head.assign(static_cast<size_t>(r.n_head), 0.0);
+  r.band.clear();
+  for (int64_t h = 0; h < r.n_head; ++h) {
+    const double f = r.n_layer > 0 ? static_cast<double>(collapsed_layers[h]) / r.n_layer : 0.0;
+    r.collapsed_fraction_by_head[h] = f;
+    if (f > r.band_threshold) r.band.push_back(h);
+  }
+}
+
+json report_to_json(const DiagnosisReport& r) {
+  json heads = json::array();
+  for (const HeadSummary& h : r.heads) {
+    heads.push_back({{"layer", h.layer},
+                     {"head", h.head},
+                     {"slope", h.slope},
+                     {"bos_mass", h.bos_mass.mean},
+                     {"bos_mass_std", h.bos_mass.std},
+                     {"bos_mass_min", h.bos_mass.min},
+                     {"bos_mass_max", h.bos_mass.max},
+                     {"entropy", h.entropy.mean},
+                     {"entropy_std", h.entropy.std},
+                     {"entropy_min", h.entropy.min},
+                     {"entropy_max", h.entropy.max},
+                     {"local_mass", h.local_mass.mean},
+                     {"local_mass_std", h.local_mass.std},
+                     {"local_mass_min", h.local_mass.min},
+                     {"local_mass_max", h.local_mass.max},
+                     {"class", head_class_name(h.cls)}});
+  }
+  return json{{"version", DiagnosisReport::kVersion},
+              {"model", r.model},
+              {"data", {{"sequences", r.sequences}, {"tokens", r.tokens}, {"seq_len", r.seq_len}}},
+              {"thresholds",
+               {{"dead", r.thresholds.dead},
+                {"sink", r.thresholds.sink},
+                {"low_entropy", r.thresholds.low_entropy}}},
+              {"heads", heads},
+              {"counts",
+               {{"HEALTHY", r.counts.healthy},
+                {"LOW_ENTROPY", r.counts.low_entropy},
+                {"SINK", r.counts.sink},
+                {"DEAD", r.counts.dead},
+                {"collapsed", r.counts.collapsed()}}},
+              {"band",
+               {{"threshold", r.band_threshold},
+                {"collapsed_fraction_by_head", r.collapsed_fraction_by_head},
+                {"heads", r.band}}},
+              {"sensitivity",
+               {{"sink_0.4_class_changes", r.class_changes_sink_040},
+                {"sink_0.6_class_changes", r.class_changes_sink_060}}}};
+}
+
+absl::StatusOr<DiagnosisReport> report_from_json(const json& j, const std::string& source) {
+  if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  auto version = int_field(j, "version", source, "");
+  if (!version.ok()) return version.status();
+  if (*version != DiagnosisReport::kVersion) {
+    return bad(source, "version", absl::StrCat("unsupported value ", *version));
+  }
+  DiagnosisReport r;
+  r.model = j.value("model", json::object());
+  if (!r.model.is_object()) return bad(source, "model", "expected an object");
+  if (j.contains("data")) {
+    const json& d = j["data"];
+    if (!d.is_object()) return bad(source, "data", "expected an object");
+    r.sequences = d.value("sequences", int64_t{0});
+    r.tokens = d.value("tokens", int64_t{0});
+    r.seq_len = d.value("seq_len", int64_t{0});
+  }
+  if (!j.contains("thresholds") || !j["thresholds"].is_object()) {
+    return bad(source, "thresholds", "missing or not an object");
+  }
+  for (auto [key, dst] : {std::pair<const char*, double*>{"dead", &r.thresholds.dead},
+                          {"sink", &r.thresholds.sink},
+                          {"low_entropy", &r.thresholds.low_entropy}}) {
+    auto v = number_field(j["thresholds"], key, source, "thresholds.");
+    if (!v.ok()) return v.status();
+    *dst = *v;
+  }
+  if (!j.contains("heads") || !j["heads"].is_array() || j["heads"].empty()) {
+    return bad(source, "heads", "missing, not an array, or empty");
+  }
+  int64_t max_layer = -1, max_head = -1;
+  for (size_t i = 0; i < j["heads"].size(); ++i) {
+    const json& e = j["heads"][i];
+    const std::string where = absl::StrCat("heads[", i, "].");
+    if (!e.is_object()) return bad(source, absl::StrCat("heads[", i, "]"), "expected an object");
+    HeadSummary h;
+    auto layer = int_field(e, "layer", source, where);
+    if (!layer.ok()) return layer.status();
+    auto head = int_field(e, "head", source, where);
+    if (!head.ok()) return head.status();
+    if (*layer < 0 || *head < 0) return bad(source, where + "layer", "negative index");
+    h.layer = *layer;
+    h.head = *head;
+    for (auto [key, dst] : {std::pair<const char*, Spread*>{"bos_mass", &h.bos_mass},
+                            {"entropy", &h.entropy},
+                            {"local_mass", &h.local_mass}}) {
+      auto v = number_field(e, key, source, where);
+      if (!v.ok()) return v.status();
+      dst->mean = *v;
+      dst->std = e.value(std::string(key) + "_std", 0.0);
+      dst->min = e.value(std::string(key) + "_min", *v);
+      dst->max = e.value(std::string(key) + "_max", *v);
+    }
+    h.slope = e.value("slope", 0.0);
+    max_layer = std::max(max_layer, h.layer);
+    max_head = std::max(max_head, h.head);
+    r.heads.push_back(h);
+  }
+  r.n_layer = max_layer + 1;
+  r.n_head = max_head + 1;
+  if (static_cast<int64_t>(r.heads.size()) != r.n_layer * r.n_head) {
+    return bad(source, "heads", absl::StrCat(r.heads.size(), " entries do not cover a ", r.n_layer,
+                                             " x ", r.n_head, " grid"));
+  }
+  std::sort(r.heads.begin(), r.heads.end(), [](const HeadSummary& a, const HeadSummary& b) {
+    return a.layer != b.layer ? a.layer < b.layer : a.head < b.head;
+  });
+  for (size_t i = 0; i < r.heads.size(); ++i) {
+    if (r.heads[i].layer * r.n_head + r.heads[i].head != static_cast<int64_t>(i)) {
+      return bad(source, "heads", absl::StrCat("duplicate entry for layer ", r.heads[i].layer,
+                                               " head ", r.heads[i].head));
+    }
+  }
+  classify_report(r);
+  return r;
+}
+
+absl::StatusOr<DiagnosisReport> load_report(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open report"));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  json j = json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
+  return report_from_json(j, path);
+}
+
+std::string render_grid(const DiagnosisReport& r) {
+  std::string out = "layer  ";
+  for (int64_t h = 0; h < r.n_head; ++h) absl::StrAppend(&out, h % 10);
+  out += "   (head index mod 10)\n";
+  for (int64_t l = 0; l < r.n_layer; ++l) {
+    absl::StrAppend(&out, absl::StrFormat("%5d  ", l));
+    for (int64_t h = 0; h < r.n_head; ++h) out += head_class_mark(r.at(l, h).cls);
+    out += '\n';
+  }
+  absl::StrAppend(&out, "legend: . HEALTHY  l LOW_ENTROPY  s SINK  D DEAD\n");
+  absl::StrAppend(&out, "HEALTHY ", r.counts.healthy, "  LOW_ENTROPY ", r.counts.low_entropy,
+                  "  SINK ", r.counts.sink, "  DEAD ", r.counts.dead, "  collapsed ",
+                  r.counts.collapsed(), " of ", r.heads.size(), "\n");
+  std::string band;
+  for (int64_t h : r.band) absl::StrAppend(&band, band.empty() ? "" : ",", h);
+  absl::StrAppend(&out, "band (head indices collapsed in > ",
+                  static_cast<int>(r.band_threshold * 100), "% of layers): ",
+                  band.empty() ? "none" : band, "\n");
+  absl::StrAppend(&out, "sink threshold sensitivity: ", r.class_changes_sink_040,
+                  " heads change class at 0.4, ", r.class_changes_sink_060, " at 0.6\n");
+  return out;
+}
+
+std::string render_csv(const DiagnosisReport& r) {
+  std::string out =
+      "layer,head,slope,bos_mass,bos_mass_std,bos_mass_min,bos_mass_max,entropy,entropy_std,"
+      "local_mass,local_mass_std,class\n";
+  for (const HeadSummary& h : r.heads) {
+    absl::StrAppend(&out, absl::StrFormat("%d,%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%.9g,%s\n",
+                                          h.layer, h.head, h.slope, h.bos_mass.mean, h.bos_mass.std,
+                                          h.bos_mass.min, h.bos_mass.max, h.entropy.mean,
+                                          h.entropy.std, h.local_mass.mean, h.local_mass.std,
+                                          head_class_name(h.cls)));
+  }
+  return out;
+}
+
+std::string render_svg(const DiagnosisReport& r) {
+  // Layout constants (pixels): cell size of the heatmap and the scatter panel.
+  constexpr int kCell = 18, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 50;
+  const int grid_w = static_cast<int>(r.n_head) * kCell;
+  const int grid_h = static_cast<int>(r.n_layer) * kCell;
+  const int width = kMargin + grid_w + kGap + kScatterW + kMargin;
+  const int height = kMargin + std::max(grid_h, kScatterH) + kMargin + 20;
+  std::string s = absl::StrFormat(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+      "font-family=\"sans-serif\" font-size=\"10\">\n",
+      width, height);
+  absl::StrAppend(&s, absl::StrFormat(
+      "<text x=\"%d\" y=\"16\" font-size=\"12\">bos_mass per head (rows: layers, columns: heads)"
+      "</text>\n", kMargin));
+  for (const HeadSummary& h : r.heads) {
+    const int x = kMargin + static_cast<int>(h.head) * kCell;
+    const int y = kMargin + static_cast<int>(h.layer) * kCell;
+    absl::StrAppend(&s, absl::StrFormat(
+        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"#ccc\">"
+        "<title>layer %d head %d: bos_mass %.3f, entropy %.3f, %s</title></rect>\n",
+        x, y, kCell, kCell, heat_colour(h.bos_mass.mean), h.layer, h.head, h.bos_mass.mean,
+        h.entropy.mean, head_class_name(h.cls)));
+    if (h.cls != HeadClass::kHealthy) {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%c</text>\n", x + kCell / 2,
+          y + kCell / 2 + 4, head_class_mark(h.cls)));
+    }
+  }
+  for (int64_t l = 0; l < r.n_layer; ++l) {
+    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>\n",
+                                        kMargin - 4, kMargin + l * kCell + kCell / 2 + 4, l));
+  }
+  for (int64_t h = 0; h < r.n_head; ++h) {
+    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n",
+                                        kMargin + h * kCell + kCell / 2, kMargin - 4, h));
+  }
+  // Scatter: ALiBi slope (log2, x) against bos_mass (y).
+  const int sx = kMargin + grid_w + kGap, sy = kMargin;
+  double lo = 0, hi = 0;
+  bool first = true;
+  for (const HeadSummary& h : r.heads) {
+    if (h.slope <= 0) continue;
+    const double v = std::log2(h.slope);
+    lo = first ? v : std::min(lo, v);
+    hi = first ? v : std::max(hi, v);
+    first = false;
+  }
+  if (hi - lo < 1e-9) hi = lo + 1;
+  absl::StrAppend(&s, absl::StrFormat(
+      "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n"
+      "<text x=\"%d\" y=\"%d\" font-size=\"12\">bos_mass vs ALiBi slope (log2)</text>\n"
+      "<text x=\"%d\" y=\"%d\">%.1f</text><text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.1f</text>\n",
+      sx, sy, kScatterW, kScatterH, sx, sy - 8, sx, sy + kScatterH + 14, lo, sx + kScatterW,
+      sy + kScatterH + 14, hi));
+  for (const HeadSummary& h : r.heads) {
+    if (h.slope <= 0) continue;
+    const double fx = (std::log2(h.slope) - lo) / (hi - lo);
+    const double fy = std::clamp(h.bos_mass.mean, 0.0, 1.0);
+    absl::StrAppend(&s, absl::StrFormat(
+        "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"><title>layer %d head %d</title>"
+        "</circle>\n",
+        sx + fx * kScatterW, sy + (1.0 - fy) * kScatterH,
+        is_collapsed(h.cls) ? "#b00" : "#36c", h.layer, h.head));
+  }
+  s += "</svg>\n";
+  return s;
+}
+
+std::string render_html(const DiagnosisReport& r) {
+  std::string name = r.model.is_object() && r.model.contains("name") && r.model["name"].is_string()
+                         ? r.model["name"].get<std::string>()
+                         : "model";
+  std::string html = absl::StrCat(
+      "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Head diagnosis: ",
+      xml_escape(name),
+      "</title>\n<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+      "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>\n",
+      "<h1>Head diagnosis: ", xml_escape(name), "</h1>\n");
+  absl::StrAppend(&html, absl::StrFormat(
+      "<p>%d sequences, %d tokens, sequence length %d. Thresholds: dead %.2f, sink %.2f, low "
+      "entropy %.2f.</p>\n",
+      r.sequences, r.tokens, r.seq_len, r.thresholds.dead, r.thresholds.sink,
+      r.thresholds.low_entropy));
+  absl::StrAppend(&html, "<table><tr><th>HEALTHY</th><th>LOW_ENTROPY</th><th>SINK</th><th>DEAD</th>"
+                         "<th>collapsed</th></tr><tr>",
+                  absl::StrFormat("<td>%d</td><td>%d</td><td>%d</td><td>%d</td><td>%d</td>",
+                                  r.counts.healthy, r.counts.low_entropy, r.counts.sink,
+                                  r.counts.dead, r.counts.collapsed()),
+                  "</tr></table>\n");
+  absl::StrAppend(&html, render_svg(r));
+  absl::StrAppend(&html, "<h2>Heads</h2>\n<table><tr><th>layer</th><th>head</th><th>slope</th>"
+                         "<th>bos_mass</th><th>std</th><th>entropy</th><th>local_mass</th>"
+                         "<th>class</th></tr>\n");
+  for (const HeadSummary& h : r.heads) {
+    absl::StrAppend(&html, absl::StrFormat(
+        "<tr><td>%d</td><td>%d</td><td>%.4g</td><td>%.4f</td><td>%.4f</td><td>%.4f</td>"
+        "<td>%.4f</td><td>%s</td></tr>\n",
+        h.layer, h.head, h.slope, h.bos_mass.mean, h.bos_mass.std, h.entropy.mean,
+        h.local_mass.mean, head_class_name(h.cls)));
+  }
+  html += "</table>\n</body></html>\n";
+  return html;
+}
+
+}  // namespace engine

@@ -1,0 +1,164 @@
+#include "surgery/head_surgery.h"
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace engine {
+namespace {
+
+// Parameter names as released BLOOM checkpoints spell them (model/bloom_layout declares them).
+std::string qkv_weight_name(int64_t layer) {
+  return absl::StrCat("h.", layer, ".self_attention.query_key_value.weight");
+}
+std::string qkv_bias_name(int64_t layer) {
+  return absl::StrCat("h.", layer, ".self_attention.query_key_value.bias");
+}
+std::string dense_weight_name(int64_t layer) {
+  return absl::StrCat("h.", layer, ".self_attention.dense.weight");
+}
+
+// SplitMix64 finaliser: a bijective 64-bit mixer with good avalanche, used as a counter-based
+// generator so each element's draw is a pure function of (seed, layer, head, element).
+uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Uniform in (0, 1): 53 random bits, offset by half a step so 0 is never returned (log-safe).
+double unit_uniform(uint64_t bits) {
+  constexpr double kStep = 1.0 / 9007199254740992.0;  // 2^-53
+  return (static_cast<double>(bits >> 11) + 0.5) * kStep;
+}
+
+constexpr double kTwoPi = 6.283185307179586;
+
+// Fills the (3D, C) row block: Xavier with fan_in = C and fan_out = 3D (the block the research
+// code re-initialised as one tensor), gain 1.
+void xavier_fill(const TensorView& rows, QkvWeightInit init, uint64_t seed, const HeadTarget& t) {
+  const int64_t fan_out = rows.shape[0];
+  const int64_t fan_in = rows.shape[1];
+  const uint64_t stream = mix64(seed ^ mix64(static_cast<uint64_t>(t.layer) << 32 |
+                                             static_cast<uint64_t>(t.head)));
+  float* w = rows.as<float>();
+  const int64_t n = rows.numel();
+  if (init == QkvWeightInit::kXavierUniform) {
+    const double bound = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
+    for (int64_t i = 0; i < n; ++i) {
+      const double u = unit_uniform(mix64(stream + static_cast<uint64_t>(i)));
+      w[i] = static_cast<float>((2.0 * u - 1.0) * bound);
+    }
+  } else {
+    const double stddev = std::sqrt(2.0 / static_cast<double>(fan_in + fan_out));
+    for (int64_t i = 0; i < n; ++i) {  // Box-Muller on two independent counter draws
+      const uint64_t base = stream + 2 * static_cast<uint64_t>(i);
+      const double u1 = unit_uniform(mix64(base));
+      const double u2 = unit_uniform(mix64(base + 1));
+      w[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2));
+    }
+  }
+}
+
+void zero_view(const TensorView& v) {
+  const int64_t rows = v.rank() == 2 ? v.shape[0] : 1;
+  const int64_t cols = v.shape.back();
+  const int64_t stride = v.rank() == 2 ? v.strides[0] : 0;
+  float* base = v.as<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) base[r * stride + c] = 0.0f;
+  }
+}
+
+absl::Status check_arena(const ParameterArena& arena) {
+  if (arena.dtype() != DType::kF32) {
+    return absl::UnimplementedError(absl::StrCat("surgery needs an f32 parameter arena, got ",
+                                                 dtype_name(arena.dtype())));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorView> expect_shape(const ParameterArena& arena, const std::string& name,
+                                        std::vector<int64_t> shape) {
+  auto v = arena.view(name);
+  if (!v.ok()) return v.status();
+  if (v->shape != shape) {
+    return absl::InvalidArgumentError(absl::StrCat("parameter ", name, " has shape ",
+                                                   shape_string(v->shape), ", expected ",
+                                                   shape_string(shape)));
+  }
+  return v;
+}
+
+}  // namespace
+
+absl::StatusOr<HeadSlices> head_slices(const ParameterArena& arena, const HeadGeometry& g,
+                                       const HeadTarget& t) {
+  if (t.layer < 0 || t.layer >= g.n_layer || t.head < 0 || t.head >= g.n_head) {
+    return absl::OutOfRangeError(absl::StrCat("head (layer ", t.layer, ", head ", t.head,
+                                              ") is outside a model of ", g.n_layer, " layers x ",
+                                              g.n_head, " heads"));
+  }
+  const int64_t d = g.head_dim;
+  const int64_t c = g.hidden();
+  auto qkv_w = expect_shape(arena, qkv_weight_name(t.layer), {3 * c, c});
+  if (!qkv_w.ok()) return qkv_w.status();
+  auto qkv_b = expect_shape(arena, qkv_bias_name(t.layer), {3 * c});
+  if (!qkv_b.ok()) return qkv_b.status();
+  auto dense = expect_shape(arena, dense_weight_name(t.layer), {c, c});
+  if (!dense.ok()) return dense.status();
+
+  HeadSlices s;
+  auto rows = qkv_w->rows(3 * d * t.head, 3 * d * (t.head + 1));
+  if (!rows.ok()) return rows.status();
+  s.qkv_weight_rows = *rows;
+  auto bias_rows = qkv_b->rows(3 * d * t.head, 3 * d * (t.head + 1));
+  if (!bias_rows.ok()) return bias_rows.status();
+  s.qkv_bias_rows = *bias_rows;
+  auto cols = dense->cols(d * t.head, d * (t.head + 1));
+  if (!cols.ok()) return cols.status();
+  s.dense_columns = *cols;
+  return s;
+}
+
+absl::StatusOr<FrozenMask> surgery_mask(const ParameterArena& arena, const HeadGeometry& g,
+                                        const SurgeryPlan& plan) {
+  if (absl::Status s = validate_plan(plan, g, "plan"); !s.ok()) return s;
+  FrozenMask mask(arena.size_elements());
+  for (const HeadTarget& t : plan.targets) {
+    auto slices = head_slices(arena, g, t);
+    if (!slices.ok()) return slices.status();
+    if (plan.trainable.qkv_weight) {
+      if (auto s = mask.mark_trainable(slices->qkv_weight_rows); !s.ok()) return s;
+    }
+    if (plan.trainable.qkv_bias) {
+      if (auto s = mask.mark_trainable(slices->qkv_bias_rows); !s.ok()) return s;
+    }
+    if (plan.trainable.dense_columns) {
+      if (auto s = mask.mark_trainable(slices->dense_columns); !s.ok()) return s;
+    }
+  }
+  return mask;
+}
+
+absl::StatusOr<FrozenMask> apply_surgery(ParameterArena& arena, const HeadGeometry& g,
+                                         const SurgeryPlan& plan) {
+  if (absl::Status s = check_arena(arena); !s.ok()) return s;
+  // Building the mask first validates every target and view before any weight changes.
+  auto mask = surgery_mask(arena, g, plan);
+  if (!mask.ok()) return mask.status();
+  for (const HeadTarget& t : plan.targets) {
+    auto slices = head_slices(arena, g, t);
+    if (!slices.ok()) return slices.status();
+    if (plan.qkv_weight != QkvWeightInit::kKeep) {
+      xavier_fill(slices->qkv_weight_rows, plan.qkv_weight, plan.seed, t);
+    }
+    if (plan.qkv_bias == QkvBiasInit::kZero) zero_view(slices->qkv_bias_rows);
+    if (plan.dense_columns == DenseColumnsInit::kZero) zero_view(slices->dense_columns);
+  }
+  return mask;
+}
+
+}  // namespace engine

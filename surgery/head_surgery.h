@@ -1,0 +1,38 @@
+// Surgery on attention heads, as views into the parameter arena (METHOD.md section 3).
+// Contract: a plan never copies the model. For each target (layer l, head h) with head dim d:
+//   - rows [3dh, 3d(h+1)) of h.l.self_attention.query_key_value.weight (the head's Q, K, V block)
+//   - the same rows of h.l.self_attention.query_key_value.bias
+//   - columns [dh, d(h+1)) of h.l.self_attention.dense.weight
+// are re-initialised in place as the plan says, and the slices the plan names trainable are
+// marked in a FrozenMask. The same plan and seed always produce bit-identical weights, whatever
+// the order of the targets (each element's random draw depends only on seed, layer, head, index).
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "engine/arena.h"
+#include "engine/tensor.h"
+#include "surgery/frozen_mask.h"
+#include "surgery/plan.h"
+
+namespace engine {
+
+struct HeadSlices {
+  TensorView qkv_weight_rows;  // (3D, C)
+  TensorView qkv_bias_rows;    // (3D)
+  TensorView dense_columns;    // (C, D), row stride C
+};
+
+// Views of one head's slices. Errors name the missing parameter or the out-of-range head.
+absl::StatusOr<HeadSlices> head_slices(const ParameterArena& arena, const HeadGeometry& geometry,
+                                       const HeadTarget& target);
+
+// Re-initialises every target as the plan says and returns the mask of trainable elements.
+// Validates the plan against the geometry first; on error nothing has been modified.
+absl::StatusOr<FrozenMask> apply_surgery(ParameterArena& arena, const HeadGeometry& geometry,
+                                         const SurgeryPlan& plan);
+
+// The mask a plan implies, without touching any weight (for resuming a run).
+absl::StatusOr<FrozenMask> surgery_mask(const ParameterArena& arena, const HeadGeometry& geometry,
+                                        const SurgeryPlan& plan);
+
+}  // namespace engine

@@ -1,0 +1,68 @@
+// SurgeryPlan: which heads to operate on and how (plan.json, version 1; docs/FORMATS.md).
+// Contract: parsing is strict (unknown keys, wrong types, duplicates and empty target lists are
+// errors naming the field and value); omitted fields take the published method's defaults;
+// `plan_to_json` writes exactly the documented form, so parse(write(p)) == p.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace engine {
+
+struct HeadTarget {
+  int64_t layer = 0;
+  int64_t head = 0;
+  bool operator==(const HeadTarget&) const = default;
+  bool operator<(const HeadTarget& o) const {
+    return layer != o.layer ? layer < o.layer : head < o.head;
+  }
+};
+
+enum class QkvWeightInit { kXavierUniform, kXavierNormal, kKeep };
+enum class QkvBiasInit { kZero, kKeep };
+enum class DenseColumnsInit { kZero, kKeep };
+
+// Which slices of each target head the optimizer may change.
+struct TrainableSlices {
+  bool qkv_weight = true;
+  bool qkv_bias = true;
+  bool dense_columns = true;
+  bool operator==(const TrainableSlices&) const = default;
+};
+
+struct SurgeryPlan {
+  static constexpr int kVersion = 1;
+  std::vector<HeadTarget> targets;
+  QkvWeightInit qkv_weight = QkvWeightInit::kXavierUniform;
+  QkvBiasInit qkv_bias = QkvBiasInit::kZero;
+  DenseColumnsInit dense_columns = DenseColumnsInit::kZero;
+  TrainableSlices trainable;
+  uint64_t seed = 0;
+  std::string comment;
+  bool operator==(const SurgeryPlan&) const = default;
+};
+
+// The model shape a plan is checked against.
+struct HeadGeometry {
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t head_dim = 0;
+  int64_t hidden() const { return n_head * head_dim; }
+};
+
+// `source` names the file (or "<string>") in error messages.
+absl::StatusOr<SurgeryPlan> parse_plan(const nlohmann::json& j, const std::string& source);
+absl::StatusOr<SurgeryPlan> parse_plan_text(const std::string& text, const std::string& source);
+absl::StatusOr<SurgeryPlan> load_plan(const std::string& path);
+nlohmann::json plan_to_json(const SurgeryPlan& plan);
+
+// Every target inside the model: layer < n_layer, head < n_head.
+absl::Status validate_plan(const SurgeryPlan& plan, const HeadGeometry& geometry,
+                           const std::string& source);
+
+}  // namespace engine
