@@ -18,6 +18,8 @@ struct Command {
 
 int run_info(const std::vector<std::string>& args);
 int run_export(const std::vector<std::string>& args);
+int run_tokenize(const std::vector<std::string>& args);
+int run_detokenize(const std::vector<std::string>& args);
 
 // Prints "engine: <message>" on one line to stderr and returns 1.
 int fail(const std::string& message);

@@ -20,6 +20,8 @@ namespace {
 constexpr Command kCommands[] = {
     {"info", "print a model directory's architecture, parameters and files", run_info},
     {"export", "load a model directory and write it as a Hugging Face directory", run_export},
+    {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize},
+    {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize},
 };
 
 void print_commands() {
