@@ -8,8 +8,11 @@
 //     callers is still "read logits at real positions only".
 //   loss (mean next-token cross-entropy): abs error <= 1e-5.
 //   bos_mass, entropy, local_mass per (batch row, layer, head): abs error <= 1e-5.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 

@@ -4,8 +4,12 @@
 // tolerance 1e-5 as in bloom_forward_test), transformers' greedy generation ids, and, for
 // overlapping windows, the Hugging Face loop (prev_end / trg_len) re-implemented here on top of
 // bloom_forward (tolerance 1e-5: same forward, different batching).
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
