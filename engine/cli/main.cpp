@@ -23,6 +23,8 @@ constexpr Command kCommands[] = {
     {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan},
     {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize},
     {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize},
+    {"eval", "sliding-window perplexity of a model over a data file", run_eval},
+    {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate},
 };
 
 void print_commands() {

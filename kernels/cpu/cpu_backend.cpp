@@ -1,4 +1,5 @@
-// CpuBackend: the reference backend. Ops not yet written for the CPU say so by status.
+// CpuBackend: the reference backend, forwarding to kernels/cpu/<op>.cpp. Ops not yet written
+// for the CPU say so by status.
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
 #include "kernels/cpu/ops.h"
@@ -15,15 +16,33 @@ class CpuBackend final : public Backend {
   DeviceKind kind() const override { return DeviceKind::kCpu; }
   std::string_view name() const override { return "cpu"; }
   absl::Status gemm(const GemmParams& p) override { return cpu::gemm(p); }
-  absl::Status layernorm_forward(const LayerNormParams&) override { return not_yet("layernorm_forward"); }
-  absl::Status layernorm_backward(const LayerNormParams&) override { return not_yet("layernorm_backward"); }
-  absl::Status gelu_forward(const GeluParams&) override { return not_yet("gelu_forward"); }
-  absl::Status gelu_backward(const GeluParams&) override { return not_yet("gelu_backward"); }
-  absl::Status embedding_forward(const EmbeddingParams&) override { return not_yet("embedding_forward"); }
-  absl::Status embedding_backward(const EmbeddingParams&) override { return not_yet("embedding_backward"); }
-  absl::Status alibi_attention_forward(const AlibiAttentionParams&) override { return not_yet("alibi_attention_forward"); }
-  absl::Status alibi_attention_backward(const AlibiAttentionParams&) override { return not_yet("alibi_attention_backward"); }
-  absl::Status classifier_cross_entropy(const ClassifierParams&) override { return not_yet("classifier_cross_entropy"); }
+  absl::Status layernorm_forward(const LayerNormParams& p) override {
+    return cpu::layernorm_forward(p);
+  }
+  absl::Status layernorm_backward(const LayerNormParams& p) override {
+    return cpu::layernorm_backward(p);
+  }
+  absl::Status gelu_forward(const GeluParams& p) override {
+    return cpu::gelu_forward(p);
+  }
+  absl::Status gelu_backward(const GeluParams& p) override {
+    return cpu::gelu_backward(p);
+  }
+  absl::Status embedding_forward(const EmbeddingParams& p) override {
+    return cpu::embedding_forward(p);
+  }
+  absl::Status embedding_backward(const EmbeddingParams& p) override {
+    return cpu::embedding_backward(p);
+  }
+  absl::Status alibi_attention_forward(const AlibiAttentionParams& p) override {
+    return cpu::alibi_attention_forward(p);
+  }
+  absl::Status alibi_attention_backward(const AlibiAttentionParams& p) override {
+    return cpu::alibi_attention_backward(p);
+  }
+  absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
+    return cpu::classifier_cross_entropy(p);
+  }
   absl::Status masked_adamw(const MaskedAdamWParams&) override { return not_yet("masked_adamw"); }
 };
 

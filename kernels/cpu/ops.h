@@ -1,6 +1,6 @@
 // The CPU reference implementations of the Backend ops (fp32). Each op lives in its own file
 // kernels/cpu/<op>.cpp; CpuBackend (cpu_backend.cpp) forwards to these free functions so tests
-// and benchmarks can call them directly.
+// and benchmarks can call them directly. Contracts are in engine/backend.h and atop each file.
 #pragma once
 
 #include "absl/status/status.h"
@@ -9,5 +9,14 @@
 namespace engine::cpu {
 
 absl::Status gemm(const GemmParams& p);
+absl::Status layernorm_forward(const LayerNormParams& p);
+absl::Status layernorm_backward(const LayerNormParams& p);
+absl::Status gelu_forward(const GeluParams& p);
+absl::Status gelu_backward(const GeluParams& p);
+absl::Status embedding_forward(const EmbeddingParams& p);
+absl::Status embedding_backward(const EmbeddingParams& p);
+absl::Status alibi_attention_forward(const AlibiAttentionParams& p);
+absl::Status alibi_attention_backward(const AlibiAttentionParams& p);
+absl::Status classifier_cross_entropy(const ClassifierParams& p);
 
 }  // namespace engine::cpu

@@ -1,0 +1,159 @@
+// Tied LM head + log-softmax + next-token cross-entropy, computed in vocabulary chunks.
+// Contract: logits = hidden . embedding^T (rows, V); row_loss[r] = logsumexp(logits[r]) -
+// logits[r, targets[r]] for scored rows (target >= 0), 0 otherwise. The (rows, V) logits are never
+// held unless the caller passes `logits`: rows are processed in blocks of kRowBlock against
+// vocabulary chunks of vocab_chunk columns with an online (running max, running sum) log-sum-exp.
+// Gradients, when asked for, are those of loss_scale * sum of scored row losses:
+//   dlogits = loss_scale * (softmax - onehot(target)) for scored rows, 0 for unscored rows,
+//   dhidden = dlogits . embedding (overwritten), dembedding += dlogits^T . hidden;
+// they need a second pass over the chunks that recomputes the logits (or reads `logits`).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vector_math.h"
+
+namespace engine::cpu {
+namespace {
+
+// Rows per block: bounds the chunk buffer at kRowBlock * vocab_chunk floats (8 MiB at the default
+// chunk) while keeping each GEMM large enough to run near peak.
+constexpr int64_t kRowBlock = 256;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+absl::Status check(const ClassifierParams& p) {
+  if (p.rows < 0 || p.width <= 0 || p.vocab <= 0 || p.vocab_chunk <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("classifier_cross_entropy: bad shape rows=", p.rows, " width=", p.width,
+                     " vocab=", p.vocab, " vocab_chunk=", p.vocab_chunk));
+  }
+  if (p.hidden == nullptr || p.embedding == nullptr) {
+    return absl::InvalidArgumentError(
+        "classifier_cross_entropy: hidden and embedding are required");
+  }
+  if (p.targets != nullptr) {
+    for (int64_t r = 0; r < p.rows; ++r) {
+      if (p.targets[r] < -1 || p.targets[r] >= p.vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("classifier_cross_entropy: target ", p.targets[r], " at row ", r,
+                         " is outside the vocabulary [0, ", p.vocab, ") and is not -1"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status classifier_cross_entropy(const ClassifierParams& p) {
+  if (absl::Status s = check(p); !s.ok()) return s;
+  const int64_t W = p.width, V = p.vocab;
+  const int64_t chunk = std::min(p.vocab_chunk, V);
+  const bool want_grad = p.dhidden != nullptr || p.dembedding != nullptr;
+  // Logits of the current (row block, chunk) go straight into the caller's buffer when there is
+  // one, otherwise into this scratch.
+  std::vector<float> scratch(p.logits == nullptr ? static_cast<size_t>(kRowBlock * chunk) : 0);
+  std::vector<float> dlogits(want_grad ? static_cast<size_t>(kRowBlock * chunk) : 0);
+  std::vector<float> row_max(kRowBlock), row_lse(kRowBlock), target_logit(kRowBlock);
+  std::vector<double> row_sum(kRowBlock);
+
+  // Points *z at the (nr, nc) logits of rows r0.. and vocabulary v0.., row stride *ld.
+  auto chunk_logits = [&](int64_t r0, int64_t nr, int64_t v0, int64_t nc, const float** z,
+                          int64_t* ld) -> absl::Status {
+    float* dst = p.logits != nullptr ? p.logits + r0 * V + v0 : scratch.data();
+    *ld = p.logits != nullptr ? V : nc;
+    *z = dst;
+    GemmParams g;
+    g.transpose_b = true;
+    g.m = nr, g.n = nc, g.k = W;
+    g.a = p.hidden + r0 * W, g.lda = W;
+    g.b = p.embedding + v0 * W, g.ldb = W;
+    g.c = dst, g.ldc = *ld;
+    return gemm(g);
+  };
+
+  for (int64_t r0 = 0; r0 < p.rows; r0 += kRowBlock) {
+    const int64_t nr = std::min(kRowBlock, p.rows - r0);
+    std::fill_n(row_max.begin(), nr, kNegInf);
+    std::fill_n(row_sum.begin(), nr, 0.0);
+    std::fill_n(target_logit.begin(), nr, 0.0f);
+    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+      const int64_t nc = std::min(chunk, V - v0);
+      int64_t ld = 0;
+      const float* z = nullptr;
+      if (absl::Status s = chunk_logits(r0, nr, v0, nc, &z, &ld); !s.ok()) return s;
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* zr = z + r * ld;
+        float m = kNegInf;
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < nc; ++c) m = std::max(m, zr[c]);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < nc; ++c) sum += exp_approx(zr[c] - m);
+        const float new_max = std::max(row_max[r], m);
+        row_sum[r] = row_sum[r] * std::exp(static_cast<double>(row_max[r]) - new_max) +
+                     static_cast<double>(sum) * std::exp(static_cast<double>(m) - new_max);
+        row_max[r] = new_max;
+        const int32_t t = p.targets != nullptr ? p.targets[r0 + r] : -1;
+        if (t >= v0 && t < v0 + nc) target_logit[r] = zr[t - v0];
+      }
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      row_lse[r] = static_cast<float>(row_max[r] + std::log(row_sum[r]));
+      const int32_t t = p.targets != nullptr ? p.targets[r0 + r] : -1;
+      if (p.row_loss != nullptr) p.row_loss[r0 + r] = t >= 0 ? row_lse[r] - target_logit[r] : 0.0f;
+    }
+    if (!want_grad) continue;
+
+    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+      const int64_t nc = std::min(chunk, V - v0);
+      int64_t ld = V;
+      const float* z = nullptr;
+      if (p.logits != nullptr) {
+        z = p.logits + r0 * V + v0;  // already computed by the first pass
+      } else if (absl::Status s = chunk_logits(r0, nr, v0, nc, &z, &ld); !s.ok()) {
+        return s;
+      }
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        const float* zr = z + r * ld;
+        float* dz = dlogits.data() + r * nc;
+        const int32_t t = p.targets != nullptr ? p.targets[r0 + r] : -1;
+        if (t < 0) {
+          std::fill_n(dz, nc, 0.0f);
+          continue;
+        }
+        const float lse = row_lse[r];
+#pragma omp simd
+        for (int64_t c = 0; c < nc; ++c) dz[c] = p.loss_scale * exp_approx(zr[c] - lse);
+        if (t >= v0 && t < v0 + nc) dz[t - v0] -= p.loss_scale;
+      }
+      if (p.dhidden != nullptr) {
+        GemmParams g;  // (nr, nc) . (nc, W) -> (nr, W)
+        g.m = nr, g.n = W, g.k = nc;
+        g.a = dlogits.data(), g.lda = nc;
+        g.b = p.embedding + v0 * W, g.ldb = W;
+        g.c = p.dhidden + r0 * W, g.ldc = W;
+        g.beta = v0 == 0 ? 0.0f : 1.0f;
+        if (absl::Status s = gemm(g); !s.ok()) return s;
+      }
+      if (p.dembedding != nullptr) {
+        GemmParams g;  // (nc, nr) . (nr, W) -> (nc, W), accumulated
+        g.transpose_a = true;
+        g.m = nc, g.n = W, g.k = nr;
+        g.a = dlogits.data(), g.lda = nc;
+        g.b = p.hidden + r0 * W, g.ldb = W;
+        g.c = p.dembedding + v0 * W, g.ldc = W;
+        g.beta = 1.0f;
+        if (absl::Status s = gemm(g); !s.ok()) return s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace engine::cpu

@@ -1,0 +1,70 @@
+// Token embedding lookup and its backward scatter-add.
+// Contract: forward out[r] = table[ids[r]] for (rows) ids; backward dtable[ids[r]] += dout[r]
+// (accumulated, duplicate ids summed). Ids outside [0, vocab) are an error naming the row; the
+// check runs before anything is written.
+#include <cstring>
+
+#include <omp.h>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
+
+namespace engine::cpu {
+namespace {
+
+absl::Status check_ids(const EmbeddingParams& p, const char* op) {
+  if (p.rows < 0 || p.width <= 0 || p.vocab <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": bad shape rows=", p.rows,
+                                                   " width=", p.width, " vocab=", p.vocab));
+  }
+  if (p.ids == nullptr && p.rows > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ids are required"));
+  }
+  for (int64_t r = 0; r < p.rows; ++r) {
+    if (p.ids[r] < 0 || p.ids[r] >= p.vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": token id ", p.ids[r], " at row ", r,
+                                                     " is outside the vocabulary [0, ", p.vocab,
+                                                     ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status embedding_forward(const EmbeddingParams& p) {
+  if (absl::Status s = check_ids(p, "embedding_forward"); !s.ok()) return s;
+  if (p.table == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("embedding_forward: table and out are required");
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < p.rows; ++r) {
+    std::memcpy(p.out + r * p.width, p.table + static_cast<int64_t>(p.ids[r]) * p.width,
+                sizeof(float) * p.width);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status embedding_backward(const EmbeddingParams& p) {
+  if (absl::Status s = check_ids(p, "embedding_backward"); !s.ok()) return s;
+  if (p.dout == nullptr || p.dtable == nullptr) {
+    return absl::InvalidArgumentError("embedding_backward: dout and dtable are required");
+  }
+  // Rows are processed in order and the width is split across threads, so two rows with the same
+  // id never race and the summation order is deterministic.
+#pragma omp parallel
+  {
+    const int64_t threads = omp_get_num_threads();
+    const int64_t tid = omp_get_thread_num();
+    const int64_t begin = p.width * tid / threads;
+    const int64_t end = p.width * (tid + 1) / threads;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      const float* src = p.dout + r * p.width;
+      float* dst = p.dtable + static_cast<int64_t>(p.ids[r]) * p.width;
+      for (int64_t i = begin; i < end; ++i) dst[i] += src[i];
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace engine::cpu

@@ -1,0 +1,54 @@
+// tanh-form GELU as BLOOM defines it: y = 0.5 x (1 + tanh(c x (1 + a x^2))), c = 0.79788456
+// (sqrt(2/pi) rounded as in the released model code), a = 0.044715.
+// Contract: forward y = gelu(x); backward dx = gelu'(x) * dy (the exact derivative of the same
+// formula); x and y, or x and dx, may alias.
+#include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/vector_math.h"
+
+namespace engine::cpu {
+namespace {
+
+constexpr float kGeluC = 0.79788456f;
+constexpr float kGeluA = 0.044715f;
+
+absl::Status check(const GeluParams& p, const char* op, bool backward) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative n=", p.n));
+  if (p.x == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": x is required"));
+  if (!backward && p.y == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": y is required"));
+  }
+  if (backward && (p.dy == nullptr || p.dx == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": dy and dx are required"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status gelu_forward(const GeluParams& p) {
+  if (absl::Status s = check(p, "gelu_forward", false); !s.ok()) return s;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float x = p.x[i];
+    const float t = tanh_approx(kGeluC * x * (1.0f + kGeluA * x * x));
+    p.y[i] = x * 0.5f * (1.0f + t);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status gelu_backward(const GeluParams& p) {
+  if (absl::Status s = check(p, "gelu_backward", true); !s.ok()) return s;
+  constexpr float kThreeA = 3.0f * kGeluA;
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float x = p.x[i];
+    const float t = tanh_approx(kGeluC * x * (1.0f + kGeluA * x * x));
+    const float du = kGeluC * (1.0f + kThreeA * x * x);
+    const float grad = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    p.dx[i] = grad * p.dy[i];
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace engine::cpu

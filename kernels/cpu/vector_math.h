@@ -1,0 +1,56 @@
+// Elementwise float math written so that GCC/Clang vectorise the loops that call it.
+// Contract: exp_approx(x) equals expf(x) to within a few ulp for x in [kExpMinArg, kExpMaxArg]
+// and is clamped outside that range (so it never returns inf or a denormal); callers that need an
+// exact zero for masked entries select it themselves. tanh_approx is built on exp_approx.
+//
+// Why not std::exp: without -ffast-math the libm call cannot be vectorised, and in the attention
+// inner loop one exp per score costs more than the head_dim-long dot product that made the score.
+#pragma once
+
+#include <bit>
+#include <cstdint>
+
+namespace engine::cpu {
+
+// exp underflows to a denormal below about -87.34 and overflows above about 88.72; clamping
+// keeps the exponent-bit construction below inside the normal range.
+inline constexpr float kExpMinArg = -87.0f;
+inline constexpr float kExpMaxArg = 88.0f;
+
+inline float exp_approx(float x) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  // ln 2 split into a part exact in float and a remainder (Cody-Waite range reduction).
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  // Adding 1.5 * 2^23 rounds to the nearest integer and leaves that integer in the low mantissa
+  // bits, which gives both n (as float) and its int32 form without a conversion instruction.
+  constexpr float kRoundMagic = 12582912.0f;
+  // Minimax coefficients of (exp(r) - 1 - r) / r^2 on |r| <= ln2 / 2 (Cephes expf).
+  constexpr float kC0 = 5.0000001201e-1f, kC1 = 1.6666665459e-1f, kC2 = 4.1665795894e-2f,
+                  kC3 = 8.3334519073e-3f, kC4 = 1.3981999507e-3f, kC5 = 1.9875691500e-4f;
+  constexpr int32_t kExponentBias = 127;
+  constexpr int kMantissaBits = 23;
+
+  x = x < kExpMinArg ? kExpMinArg : x;
+  x = x > kExpMaxArg ? kExpMaxArg : x;
+  const float t = x * kLog2e + kRoundMagic;
+  const float n = t - kRoundMagic;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = kC5;
+  p = p * r + kC4;
+  p = p * r + kC3;
+  p = p * r + kC2;
+  p = p * r + kC1;
+  p = p * r + kC0;
+  const float er = p * (r * r) + r + 1.0f;
+  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRoundMagic);
+  const float scale = std::bit_cast<float>((ni + kExponentBias) << kMantissaBits);
+  return er * scale;
+}
+
+// tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits +-1 for large |u| because exp_approx saturates.
+inline float tanh_approx(float u) {
+  return 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f);
+}
+
+}  // namespace engine::cpu

@@ -1,0 +1,425 @@
+// BLOOM forward pass; contract in bloom_forward.h.
+#include "model/bloom_forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+
+namespace engine {
+namespace {
+
+absl::StatusOr<const float*> tensor(const BloomModel& model, const std::string& name) {
+  absl::StatusOr<TensorView> v = model.arena.view(name);
+  if (!v.ok()) return v.status();
+  if (v->dtype != DType::kF32) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " is not f32"));
+  }
+  return v->as<const float>();
+}
+
+// y = x W^T + bias (+ residual): W is (out, in) as torch.nn.Linear stores it. The bias (and the
+// residual) are written first and the product accumulated on top with beta = 1.
+absl::Status linear(Backend& backend, const float* x, int64_t rows, int64_t in, const float* w,
+                    const float* bias, int64_t out, float* y, const float* residual = nullptr) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * out;
+    if (residual != nullptr) {
+      const float* res = residual + r * out;
+      for (int64_t i = 0; i < out; ++i) yr[i] = res[i] + bias[i];
+    } else {
+      std::copy_n(bias, out, yr);
+    }
+  }
+  GemmParams g;
+  g.transpose_b = true;
+  g.m = rows, g.n = out, g.k = in;
+  g.a = x, g.lda = in;
+  g.b = w, g.ldb = in;
+  g.c = y, g.ldc = out;
+  g.beta = 1.0f;
+  return backend.gemm(g);
+}
+
+absl::Status layernorm(Backend& backend, const float* x, int64_t rows, int64_t width, float eps,
+                       const float* weight, const float* bias, float* y, float* mean,
+                       float* rstd) {
+  LayerNormParams p;
+  p.rows = rows, p.width = width, p.eps = eps;
+  p.x = x, p.weight = weight, p.bias = bias, p.y = y, p.mean = mean, p.rstd = rstd;
+  return backend.layernorm_forward(p);
+}
+
+void size_block(BlockActivations& a, int64_t rows, int64_t batch, int64_t seq,
+                const BloomConfig& c) {
+  const int64_t C = c.hidden_size;
+  a.x.resize(rows * C);
+  a.ln1.resize(rows * C);
+  a.ln1_mean.resize(rows);
+  a.ln1_rstd.resize(rows);
+  a.qkv.resize(rows * 3 * C);
+  a.attn.resize(rows * C);
+  a.lse.resize(batch * c.n_head * seq);
+  a.x_mid.resize(rows * C);
+  a.ln2.resize(rows * C);
+  a.ln2_mean.resize(rows);
+  a.ln2_rstd.resize(rows);
+  a.fc1.resize(rows * 4 * C);
+  a.gelu.resize(rows * 4 * C);
+}
+
+// Where one block reads and writes.
+struct BlockCall {
+  int64_t batch = 0;
+  int64_t rows_per_batch = 0;   // new positions per batch row
+  int64_t past = 0;             // cached positions before them (batch 1 only)
+  const int32_t* positions = nullptr;  // (B, past + new) or null = derive from mask
+  const uint8_t* mask = nullptr;       // (B, past + new) or null
+  float* qkv_store = nullptr;   // (B, past + new, 3C): rows [past, past + new) are written
+  const float* x_in = nullptr;  // (rows, C)
+  float* x_out = nullptr;       // (rows, C), may alias x_in
+  HeadStatsAccumulator stats;
+};
+
+absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockWeights& w,
+                       const std::vector<float>& slopes, const BlockCall& call,
+                       BlockActivations& a) {
+  const int64_t C = c.hidden_size, H = c.n_head, D = c.head_dim();
+  const int64_t rows = call.batch * call.rows_per_batch;
+  const float eps = static_cast<float>(c.layer_norm_epsilon);
+  float* qkv = call.qkv_store + call.past * 3 * C;
+  if (absl::Status s = layernorm(backend, call.x_in, rows, C, eps, w.ln1_weight, w.ln1_bias,
+                                 a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = linear(backend, a.ln1.data(), rows, C, w.qkv_weight, w.qkv_bias, 3 * C, qkv);
+      !s.ok()) {
+    return s;
+  }
+  AlibiAttentionParams ap;
+  ap.batch = call.batch, ap.seq = call.past + call.rows_per_batch, ap.heads = H, ap.head_dim = D;
+  ap.query_begin = call.past;
+  ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  ap.qkv = call.qkv_store;
+  ap.slopes = slopes.data();
+  ap.positions = call.positions;
+  ap.mask = call.mask;
+  ap.out = a.attn.data();
+  // The saved lse is only meaningful (and sized) for full-sequence calls.
+  ap.lse = call.past == 0 ? a.lse.data() : nullptr;
+  ap.stats = call.stats;
+  if (absl::Status s = backend.alibi_attention_forward(ap); !s.ok()) return s;
+  if (absl::Status s = linear(backend, a.attn.data(), rows, C, w.dense_weight, w.dense_bias, C,
+                              a.x_mid.data(), call.x_in);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = layernorm(backend, a.x_mid.data(), rows, C, eps, w.ln2_weight, w.ln2_bias,
+                                 a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data());
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = linear(backend, a.ln2.data(), rows, C, w.fc1_weight, w.fc1_bias, 4 * C,
+                              a.fc1.data());
+      !s.ok()) {
+    return s;
+  }
+  GeluParams gp;
+  gp.n = rows * 4 * C;
+  gp.x = a.fc1.data(), gp.y = a.gelu.data();
+  if (absl::Status s = backend.gelu_forward(gp); !s.ok()) return s;
+  return linear(backend, a.gelu.data(), rows, 4 * C, w.fc2_weight, w.fc2_bias, C, call.x_out,
+                a.x_mid.data());
+}
+
+absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
+  if (in.batch <= 0 || in.seq <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("forward: empty input (batch ", in.batch, ", seq ", in.seq, ")"));
+  }
+  if (in.ids == nullptr) return absl::InvalidArgumentError("forward: input ids are missing");
+  for (int64_t b = 0; b < in.batch; ++b) {
+    for (int64_t t = 0; t < in.seq; ++t) {
+      const int64_t k = b * in.seq + t;
+      if (in.ids[k] < 0 || in.ids[k] >= c.vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("forward: input id ", in.ids[k], " at batch row ", b, " position ", t,
+                         " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+      if (in.mask != nullptr && in.mask[k] > 1) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("forward: attention mask value ", static_cast<int>(in.mask[k]),
+                         " at batch row ", b, " position ", t, " is not 0 or 1"));
+      }
+      if (in.targets != nullptr && (in.targets[k] < -1 || in.targets[k] >= c.vocab_size)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("forward: target ", in.targets[k], " at batch row ", b, " position ", t,
+                         " is neither -1 nor inside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
+  BloomWeights w;
+  auto get = [&](const std::string& name, const float** dst) -> absl::Status {
+    absl::StatusOr<const float*> p = tensor(model, name);
+    if (!p.ok()) return p.status();
+    *dst = *p;
+    return absl::OkStatus();
+  };
+  struct Named {
+    std::string name;
+    const float** dst;
+  };
+  std::vector<Named> names = {
+      {"word_embeddings.weight", &w.embedding},
+      {"word_embeddings_layernorm.weight", &w.emb_ln_weight},
+      {"word_embeddings_layernorm.bias", &w.emb_ln_bias},
+      {"ln_f.weight", &w.lnf_weight},
+      {"ln_f.bias", &w.lnf_bias},
+  };
+  w.blocks.resize(model.config.n_layer);
+  for (int64_t l = 0; l < model.config.n_layer; ++l) {
+    BloomBlockWeights& b = w.blocks[l];
+    const std::string h = absl::StrCat("h.", l, ".");
+    names.push_back({h + "input_layernorm.weight", &b.ln1_weight});
+    names.push_back({h + "input_layernorm.bias", &b.ln1_bias});
+    names.push_back({h + "self_attention.query_key_value.weight", &b.qkv_weight});
+    names.push_back({h + "self_attention.query_key_value.bias", &b.qkv_bias});
+    names.push_back({h + "self_attention.dense.weight", &b.dense_weight});
+    names.push_back({h + "self_attention.dense.bias", &b.dense_bias});
+    names.push_back({h + "post_attention_layernorm.weight", &b.ln2_weight});
+    names.push_back({h + "post_attention_layernorm.bias", &b.ln2_bias});
+    names.push_back({h + "mlp.dense_h_to_4h.weight", &b.fc1_weight});
+    names.push_back({h + "mlp.dense_h_to_4h.bias", &b.fc1_bias});
+    names.push_back({h + "mlp.dense_4h_to_h.weight", &b.fc2_weight});
+    names.push_back({h + "mlp.dense_4h_to_h.bias", &b.fc2_bias});
+  }
+  for (const Named& n : names) {
+    if (absl::Status s = get(n.name, n.dst); !s.ok()) return s;
+  }
+  return w;
+}
+
+absl::Status check_finite_parameters(const BloomModel& model) {
+  if (model.arena.dtype() != DType::kF32) {
+    return absl::InvalidArgumentError("check_finite_parameters: arena is not f32");
+  }
+  for (const ParameterInfo& info : model.arena.parameters()) {
+    const float* data = model.arena.view(info).as<const float>();
+    for (int64_t i = 0; i < info.numel; ++i) {
+      if (!std::isfinite(data[i])) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", info.name, ": element ", i, " is ", std::isnan(data[i]) ? "NaN" : "Inf"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<int32_t> next_token_targets(const int32_t* ids, const uint8_t* mask, int64_t batch,
+                                        int64_t seq) {
+  std::vector<int32_t> targets(batch * seq, -1);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t + 1 < seq; ++t) {
+      const int64_t k = b * seq + t;
+      const bool real = mask == nullptr || (mask[k] != 0 && mask[k + 1] != 0);
+      if (real) targets[k] = ids[k + 1];
+    }
+  }
+  return targets;
+}
+
+absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& backend,
+                                            const ForwardInputs& in) {
+  const BloomConfig& c = model.config;
+  if (absl::Status s = validate(c, in); !s.ok()) return s;
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  if (!weights.ok()) return weights.status();
+  const int64_t B = in.batch, T = in.seq, C = c.hidden_size, H = c.n_head, L = c.n_layer;
+  const int64_t rows = B * T;
+  const float eps = static_cast<float>(c.layer_norm_epsilon);
+  const std::vector<float> slopes = alibi_slopes(H);
+
+  auto act = std::make_unique<BloomActivations>();
+  act->batch = B, act->seq = T;
+  act->positions.resize(rows);
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t count = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const bool real = in.mask == nullptr || in.mask[b * T + t] != 0;
+      count += real ? 1 : 0;
+      act->positions[b * T + t] = real ? count - 1 : 0;
+    }
+  }
+  act->blocks.resize(in.keep_activations ? L : 1);
+  for (BlockActivations& a : act->blocks) size_block(a, rows, B, T, c);
+  act->embedded.resize(rows * C);
+  act->emb_ln_mean.resize(rows);
+  act->emb_ln_rstd.resize(rows);
+
+  EmbeddingParams ep;
+  ep.rows = rows, ep.width = C, ep.vocab = c.vocab_size;
+  ep.ids = in.ids, ep.table = weights->embedding, ep.out = act->embedded.data();
+  if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
+  if (absl::Status s = layernorm(backend, act->embedded.data(), rows, C, eps,
+                                 weights->emb_ln_weight, weights->emb_ln_bias,
+                                 act->blocks[0].x.data(), act->emb_ln_mean.data(),
+                                 act->emb_ln_rstd.data());
+      !s.ok()) {
+    return s;
+  }
+
+  ForwardResult result;
+  HeadStats& st = result.stats;
+  if (in.want_stats) {
+    st.n_layer = L, st.batch = B, st.n_head = H;
+    st.bos_mass.assign(L * B * H, 0.0);
+    st.entropy.assign(L * B * H, 0.0);
+    st.local_mass.assign(L * B * H, 0.0);
+    st.rows.assign(B, 0);
+  }
+  act->final_x.resize(rows * C);
+  for (int64_t l = 0; l < L; ++l) {
+    BlockActivations& a = act->blocks[in.keep_activations ? l : 0];
+    BlockCall call;
+    call.batch = B, call.rows_per_batch = T, call.past = 0;
+    call.positions = act->positions.data();
+    call.mask = in.mask;
+    call.qkv_store = a.qkv.data();
+    call.x_in = a.x.data();
+    const bool last = l + 1 == L;
+    // Kept: the next block's input buffer; shared: the block's own input, which is dead once
+    // the attention residual has been formed.
+    call.x_out = last ? act->final_x.data()
+                      : (in.keep_activations ? act->blocks[l + 1].x.data() : a.x.data());
+    if (in.want_stats) {
+      call.stats.bos_mass_sum = st.bos_mass.data() + l * B * H;
+      call.stats.entropy_sum = st.entropy.data() + l * B * H;
+      call.stats.local_mass_sum = st.local_mass.data() + l * B * H;
+      call.stats.rows = l == 0 ? st.rows.data() : nullptr;
+    }
+    if (absl::Status s = run_block(backend, c, weights->blocks[l], slopes, call, a); !s.ok()) {
+      return s;
+    }
+  }
+  if (L == 0) act->final_x = act->blocks[0].x;
+  if (in.want_stats) {
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t b = 0; b < B; ++b) {
+        const double n = static_cast<double>(std::max<int64_t>(st.rows[b], 1));
+        for (int64_t h = 0; h < H; ++h) {
+          const int64_t k = (l * B + b) * H + h;
+          st.bos_mass[k] /= n;
+          st.entropy[k] /= n;
+          st.local_mass[k] /= n;
+        }
+      }
+    }
+  }
+
+  act->lnf.resize(rows * C);
+  act->lnf_mean.resize(rows);
+  act->lnf_rstd.resize(rows);
+  if (absl::Status s = layernorm(backend, act->final_x.data(), rows, C, eps, weights->lnf_weight,
+                                 weights->lnf_bias, act->lnf.data(), act->lnf_mean.data(),
+                                 act->lnf_rstd.data());
+      !s.ok()) {
+    return s;
+  }
+  if (in.targets != nullptr || in.want_logits) {
+    result.row_loss.assign(rows, 0.0f);
+    if (in.want_logits) result.logits.resize(rows * c.vocab_size);
+    ClassifierParams cp;
+    cp.rows = rows, cp.width = C, cp.vocab = c.vocab_size, cp.vocab_chunk = in.vocab_chunk;
+    cp.hidden = act->lnf.data();
+    cp.embedding = weights->embedding;
+    cp.targets = in.targets;
+    cp.logits = in.want_logits ? result.logits.data() : nullptr;
+    cp.row_loss = result.row_loss.data();
+    if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
+    if (in.targets != nullptr) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (in.targets[r] >= 0) {
+          sum += result.row_loss[r];
+          ++result.scored;
+        }
+      }
+      result.loss = result.scored > 0 ? sum / static_cast<double>(result.scored) : 0.0;
+    }
+  }
+  if (in.keep_activations) result.activations = std::move(act);
+  return result;
+}
+
+KvCache::KvCache(const BloomConfig& config, int64_t capacity)
+    : capacity_(capacity), row_width_(3 * config.hidden_size),
+      qkv_(static_cast<size_t>(config.n_layer * capacity * 3 * config.hidden_size)) {}
+
+absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Backend& backend,
+                                                     KvCache& cache, const int32_t* ids,
+                                                     int64_t count) {
+  const BloomConfig& c = model.config;
+  if (count <= 0) return absl::InvalidArgumentError("decode: no new tokens");
+  if (cache.length_ + count > cache.capacity_) {
+    return absl::OutOfRangeError(absl::StrCat("decode: ", cache.length_, " cached + ", count,
+                                              " new tokens exceed the cache capacity ",
+                                              cache.capacity_));
+  }
+  ForwardInputs in;
+  in.batch = 1, in.seq = count, in.ids = ids;
+  if (absl::Status s = validate(c, in); !s.ok()) return s;
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  if (!weights.ok()) return weights.status();
+  const int64_t C = c.hidden_size;
+  const float eps = static_cast<float>(c.layer_norm_epsilon);
+  const std::vector<float> slopes = alibi_slopes(c.n_head);
+
+  BlockActivations a;
+  size_block(a, count, 1, cache.length_ + count, c);
+  std::vector<float> embedded(count * C);
+  EmbeddingParams ep;
+  ep.rows = count, ep.width = C, ep.vocab = c.vocab_size;
+  ep.ids = ids, ep.table = weights->embedding, ep.out = embedded.data();
+  if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
+  if (absl::Status s = layernorm(backend, embedded.data(), count, C, eps, weights->emb_ln_weight,
+                                 weights->emb_ln_bias, a.x.data(), nullptr, nullptr);
+      !s.ok()) {
+    return s;
+  }
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    BlockCall call;
+    call.batch = 1, call.rows_per_batch = count, call.past = cache.length_;
+    call.qkv_store = cache.layer(l);
+    call.x_in = a.x.data();
+    call.x_out = a.x.data();
+    if (absl::Status s = run_block(backend, c, weights->blocks[l], slopes, call, a); !s.ok()) {
+      return s;
+    }
+  }
+  cache.length_ += count;
+  std::vector<float> last(C);
+  if (absl::Status s = layernorm(backend, a.x.data() + (count - 1) * C, 1, C, eps,
+                                 weights->lnf_weight, weights->lnf_bias, last.data(), nullptr,
+                                 nullptr);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<float> logits(c.vocab_size);
+  float unused_loss = 0.0f;
+  ClassifierParams cp;
+  cp.rows = 1, cp.width = C, cp.vocab = c.vocab_size;
+  cp.hidden = last.data(), cp.embedding = weights->embedding;
+  cp.logits = logits.data(), cp.row_loss = &unused_loss;
+  if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
+  return logits;
+}
+
+}  // namespace engine

@@ -1,0 +1,135 @@
+// The BLOOM forward pass over the Backend ops, as transformers computes it (METHOD.md section 1):
+// embedding -> word_embeddings_layernorm -> blocks -> ln_f -> tied LM head + cross-entropy.
+// Contract:
+// - One Backend op call per graph node (layernorm, linear = bias broadcast + gemm, fused ALiBi
+//   attention, gelu, classifier); every intermediate lives in a BloomActivations workspace, one
+//   set per layer when `keep_activations` (what a backward pass / tape needs), else one set reused
+//   by every layer (inference).
+// - Padding follows transformers: key positions are cumsum(mask) - 1, padded keys are never
+//   attended; outputs at padded positions are computed but carry no meaning (see the attention
+//   kernel's Note [fully padded query rows]); the statistics cover real query rows only.
+// - Loss: targets (B, T) give, per position, the id it should predict (already shifted), -1 = not
+//   scored; loss = mean of -log p(target) over scored positions.
+// - Errors (bad shapes, ids outside the vocabulary, mask values other than 0/1, missing tensors)
+//   are one line naming the input or tensor; nothing is printed.
+// - Incremental decoding (KvCache, batch 1): the fused QKV rows of every past position are kept
+//   per layer, so each step only runs the new tokens (ALiBi needs no position re-encoding).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "model/model_directory.h"
+
+namespace engine {
+
+// Pointers to one block's parameters inside the arena (f32).
+struct BloomBlockWeights {
+  const float* ln1_weight; const float* ln1_bias;   // (C)
+  const float* qkv_weight; const float* qkv_bias;   // (3C, C), (3C), per-head interleaved
+  const float* dense_weight; const float* dense_bias;  // (C, C), (C)
+  const float* ln2_weight; const float* ln2_bias;   // (C)
+  const float* fc1_weight; const float* fc1_bias;   // dense_h_to_4h (4C, C), (4C)
+  const float* fc2_weight; const float* fc2_bias;   // dense_4h_to_h (C, 4C), (C)
+};
+
+struct BloomWeights {
+  const float* embedding;                          // (V, C), also the LM head
+  const float* emb_ln_weight; const float* emb_ln_bias;  // (C)
+  std::vector<BloomBlockWeights> blocks;           // (L)
+  const float* lnf_weight; const float* lnf_bias;  // (C)
+};
+
+// Looks up every tensor by its released-checkpoint name; NotFound names the missing one.
+absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model);
+
+// Fails on the first parameter holding NaN or Inf, naming the tensor and the element index.
+absl::Status check_finite_parameters(const BloomModel& model);
+
+// One block's intermediates, rows = B * T.
+struct BlockActivations {
+  std::vector<float> x;           // (rows, C) block input (residual stream)
+  std::vector<float> ln1, ln1_mean, ln1_rstd;  // (rows, C), (rows), (rows)
+  std::vector<float> qkv;         // (rows, 3C) = (B, T, H, 3, D)
+  std::vector<float> attn;        // (rows, C) attention output before `dense`
+  std::vector<float> lse;         // (B, H, T)
+  std::vector<float> x_mid;       // (rows, C) residual after attention
+  std::vector<float> ln2, ln2_mean, ln2_rstd;
+  std::vector<float> fc1;         // (rows, 4C) before GELU
+  std::vector<float> gelu;        // (rows, 4C)
+};
+
+struct BloomActivations {
+  int64_t batch = 0, seq = 0;
+  std::vector<int32_t> positions;       // (B, T) ALiBi key positions
+  std::vector<float> embedded;          // (rows, C) word embeddings
+  std::vector<float> emb_ln_mean, emb_ln_rstd;  // (rows)
+  std::vector<BlockActivations> blocks;  // (L) when kept, else (1) shared by every layer
+  std::vector<float> final_x;           // (rows, C) residual stream after the last block
+  std::vector<float> lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
+};
+
+struct ForwardInputs {
+  int64_t batch = 0, seq = 0;
+  const int32_t* ids = nullptr;      // (B, T)
+  const uint8_t* mask = nullptr;     // (B, T) 1 = real token, 0 = padding; null = all real
+  const int32_t* targets = nullptr;  // (B, T) next-token ids, -1 = not scored; null = no loss
+  bool want_logits = false;          // return (B, T, V) logits
+  bool want_stats = false;           // return per-(layer, batch row, head) statistics
+  bool keep_activations = false;     // keep every layer's intermediates (for a backward pass)
+  int64_t vocab_chunk = 8192;        // classifier chunk width
+};
+
+// Means over the real query rows of each batch row (METHOD.md section 2).
+struct HeadStats {
+  int64_t n_layer = 0, batch = 0, n_head = 0;
+  std::vector<double> bos_mass, entropy, local_mass;  // (L, B, H)
+  std::vector<int64_t> rows;                          // (B) real query rows
+  double at(const std::vector<double>& v, int64_t l, int64_t b, int64_t h) const {
+    return v[(l * batch + b) * n_head + h];
+  }
+};
+
+struct ForwardResult {
+  double loss = 0.0;                // mean over scored positions; 0 when none are scored
+  int64_t scored = 0;               // number of scored positions
+  std::vector<float> row_loss;      // (B, T) -log p(target), 0 where not scored
+  std::vector<float> logits;        // (B, T, V) when want_logits
+  HeadStats stats;                  // filled when want_stats
+  std::unique_ptr<BloomActivations> activations;  // when keep_activations
+};
+
+absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& backend,
+                                            const ForwardInputs& in);
+
+// targets[b, t] = ids[b, t + 1] when positions t and t + 1 are both real, else -1: the standard
+// causal-LM labelling (transformers' labels = input_ids with padding ignored, shifted by one).
+std::vector<int32_t> next_token_targets(const int32_t* ids, const uint8_t* mask, int64_t batch,
+                                        int64_t seq);
+
+// Fused QKV rows of every position decoded so far, per layer, for one sequence (batch 1).
+class KvCache {
+ public:
+  KvCache(const BloomConfig& config, int64_t capacity);
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  float* layer(int64_t l) { return qkv_.data() + l * capacity_ * row_width_; }  // (capacity, 3C)
+
+ private:
+  friend absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel&, Backend&,
+                                                              KvCache&, const int32_t*, int64_t);
+  int64_t capacity_ = 0, row_width_ = 0, length_ = 0;
+  std::vector<float> qkv_;  // (L, capacity, 3C)
+};
+
+// Runs `count` new tokens of a batch-1 sequence after the cached ones, appends their QKV rows to
+// the cache and returns the logits (V) of the last new token. Fails when the cache is full.
+absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Backend& backend,
+                                                     KvCache& cache, const int32_t* ids,
+                                                     int64_t count);
+
+}  // namespace engine

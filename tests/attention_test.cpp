@@ -1,0 +1,346 @@
+// Tests of the CPU fused ALiBi attention (kernels/cpu/attention.cpp) against an independent naive
+// double-precision reference that materialises the full (T, T) probability matrix.
+// Tolerances (float kernel vs double reference, inputs ~N(0, 1), |scores| up to ~100 from ALiBi):
+//   outputs and lse: abs error <= 5e-5 * max(1, |ref|), since a float score of magnitude ~100
+//     carries ~1e-5 absolute rounding that moves each probability by that relative amount;
+//   statistics (means over rows): abs error <= 1e-5;
+//   backward vs central finite differences of the double reference: abs error <= 2e-4 * max(1, |fd|).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/ops.h"
+
+namespace engine {
+namespace {
+
+enum class Padding { kNone, kLeft, kRight };
+
+struct Case {
+  int64_t batch, seq, heads, head_dim;
+  Padding padding;
+};
+
+// BLOOM's slopes (METHOD.md section 1), written out independently of the model code.
+std::vector<float> slopes_for(int64_t n) {
+  int64_t p = 1;
+  while (p * 2 <= n) p *= 2;
+  std::vector<float> s;
+  for (int64_t k = 1; k <= p; ++k) s.push_back(static_cast<float>(std::pow(2.0, -8.0 * k / p)));
+  for (int64_t j = 1; j <= n - p; ++j) {
+    s.push_back(static_cast<float>(std::pow(2.0, -4.0 * (2 * j - 1) / p)));
+  }
+  return s;
+}
+
+struct Inputs {
+  Case c;
+  std::vector<float> qkv;      // (B, T, H, 3, D)
+  std::vector<uint8_t> mask;   // (B, T)
+  std::vector<float> slopes;   // (H)
+};
+
+Inputs make_inputs(const Case& c, uint32_t seed) {
+  Inputs in{c, {}, {}, slopes_for(c.heads)};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  in.qkv.resize(c.batch * c.seq * c.heads * 3 * c.head_dim);
+  for (float& x : in.qkv) x = normal(rng);
+  in.mask.assign(c.batch * c.seq, 1);
+  for (int64_t b = 0; b < c.batch; ++b) {
+    // Batch row b gets b * 3 padding tokens (capped so at least one real token remains), so rows
+    // differ and row 0 is unpadded.
+    const int64_t pad = std::min<int64_t>(b * 3, c.seq - 1);
+    for (int64_t k = 0; k < pad; ++k) {
+      if (c.padding == Padding::kLeft) in.mask[b * c.seq + k] = 0;
+      if (c.padding == Padding::kRight) in.mask[b * c.seq + c.seq - 1 - k] = 0;
+    }
+  }
+  return in;
+}
+
+struct Reference {
+  std::vector<double> out;  // (B, T, H * D)
+  std::vector<double> lse;  // (B, H, T)
+  std::vector<double> bos, entropy, local;  // (B, H) means over real rows
+};
+
+// Naive attention in double: full probability rows, transformers' semantics including uniform
+// attention over all T keys for a query with no real key at or before it.
+Reference naive_attention(const Case& c, const std::vector<double>& qkv,
+                          const std::vector<uint8_t>& mask, const std::vector<float>& slopes) {
+  const int64_t B = c.batch, T = c.seq, H = c.heads, D = c.head_dim;
+  Reference ref;
+  ref.out.assign(B * T * H * D, 0.0);
+  ref.lse.assign(B * H * T, 0.0);
+  ref.bos.assign(B * H, 0.0);
+  ref.entropy.assign(B * H, 0.0);
+  ref.local.assign(B * H, 0.0);
+  auto at = [&](int64_t b, int64_t t, int64_t h, int64_t part, int64_t d) {
+    return qkv[(((b * T + t) * H + h) * 3 + part) * D + d];
+  };
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> pos(T);
+    int64_t count = 0, first = -1, real_rows = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const bool real = mask[b * T + t] != 0;
+      if (real && first < 0) first = t;
+      count += real;
+      pos[t] = real ? count - 1 : 0;
+      real_rows += real;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t i = 0; i < T; ++i) {
+        std::vector<double> prob(T, 0.0), s(T, 0.0);
+        double mx = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j) {
+          if (!mask[b * T + j]) continue;
+          double dotp = 0.0;
+          for (int64_t d = 0; d < D; ++d) dotp += at(b, i, h, 0, d) * at(b, j, h, 1, d);
+          s[j] = dotp * scale + static_cast<double>(slopes[h]) * pos[j];
+          mx = std::max(mx, s[j]);
+        }
+        double lse;
+        if (mx == -INFINITY) {
+          for (int64_t j = 0; j < T; ++j) prob[j] = 1.0 / T;
+          lse = std::log(static_cast<double>(T));
+        } else {
+          double sum = 0.0;
+          for (int64_t j = 0; j <= i; ++j) {
+            if (mask[b * T + j]) sum += std::exp(s[j] - mx);
+          }
+          lse = mx + std::log(sum);
+          for (int64_t j = 0; j <= i; ++j) {
+            if (mask[b * T + j]) prob[j] = std::exp(s[j] - lse);
+          }
+        }
+        ref.lse[(b * H + h) * T + i] = lse;
+        for (int64_t j = 0; j < T; ++j) {
+          for (int64_t d = 0; d < D; ++d) {
+            ref.out[((b * T + i) * H + h) * D + d] += prob[j] * at(b, j, h, 2, d);
+          }
+        }
+        if (!mask[b * T + i]) continue;
+        ref.bos[b * H + h] += prob[first] / real_rows;
+        double ent = 0.0, loc = 0.0;
+        for (int64_t j = 0; j <= i; ++j) {
+          if (prob[j] > 0.0) ent -= prob[j] * std::log(prob[j]);
+          if (mask[b * T + j] && pos[j] >= pos[i] - 2) loc += prob[j];
+        }
+        ref.entropy[b * H + h] += ent / real_rows;
+        ref.local[b * H + h] += loc / real_rows;
+      }
+    }
+  }
+  return ref;
+}
+
+std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+struct KernelResult {
+  std::vector<float> out, lse;
+  std::vector<double> bos, entropy, local;
+  std::vector<int64_t> rows;
+};
+
+KernelResult run_kernel(const Inputs& in, bool stats, int64_t query_begin = 0) {
+  const Case& c = in.c;
+  KernelResult r;
+  r.out.assign(c.batch * (c.seq - query_begin) * c.heads * c.head_dim, -7.0f);
+  r.lse.assign(c.batch * c.heads * c.seq, -7.0f);
+  r.bos.assign(c.batch * c.heads, 0.0);
+  r.entropy = r.bos;
+  r.local = r.bos;
+  r.rows.assign(c.batch, 0);
+  AlibiAttentionParams p;
+  p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+  p.query_begin = query_begin;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.qkv = in.qkv.data();
+  p.slopes = in.slopes.data();
+  p.mask = in.mask.data();
+  p.out = r.out.data();
+  p.lse = r.lse.data();
+  if (stats) {
+    p.stats.bos_mass_sum = r.bos.data();
+    p.stats.entropy_sum = r.entropy.data();
+    p.stats.local_mass_sum = r.local.data();
+    p.stats.rows = r.rows.data();
+  }
+  absl::Status s = cpu::alibi_attention_forward(p);
+  EXPECT_TRUE(s.ok()) << s;
+  return r;
+}
+
+std::string describe(const Case& c) {
+  const char* pad[] = {"none", "left", "right"};
+  return "B=" + std::to_string(c.batch) + " T=" + std::to_string(c.seq) +
+         " H=" + std::to_string(c.heads) + " D=" + std::to_string(c.head_dim) +
+         " pad=" + pad[static_cast<int>(c.padding)];
+}
+
+std::vector<Case> sweep() {
+  std::vector<Case> cases;
+  const int64_t dims[] = {8, 16, 64, 80, 96, 128};
+  const int64_t seqs[] = {1, 2, 3, 17, 64, 65, 200};
+  int k = 0;
+  for (int64_t d : dims) {
+    for (int64_t t : seqs) {
+      for (Padding pad : {Padding::kNone, Padding::kLeft, Padding::kRight}) {
+        const int64_t heads = 1 + (k++ % 6);
+        cases.push_back({2, t, heads, d, pad});
+      }
+    }
+  }
+  return cases;
+}
+
+TEST(AlibiAttentionForward, MatchesNaiveReferenceWithStatistics) {
+  uint32_t seed = 1;
+  for (const Case& c : sweep()) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = make_inputs(c, seed++);
+    const Reference ref = naive_attention(c, to_double(in.qkv), in.mask, in.slopes);
+    const KernelResult got = run_kernel(in, /*stats=*/true);
+    for (size_t i = 0; i < ref.out.size(); ++i) {
+      ASSERT_NEAR(got.out[i], ref.out[i], 5e-5 * std::max(1.0, std::abs(ref.out[i]))) << "out " << i;
+    }
+    for (size_t i = 0; i < ref.lse.size(); ++i) {
+      ASSERT_NEAR(got.lse[i], ref.lse[i], 5e-5 * std::max(1.0, std::abs(ref.lse[i]))) << "lse " << i;
+    }
+    for (int64_t b = 0; b < c.batch; ++b) {
+      int64_t real = 0;
+      for (int64_t t = 0; t < c.seq; ++t) real += in.mask[b * c.seq + t];
+      ASSERT_EQ(got.rows[b], real);
+      for (int64_t h = 0; h < c.heads; ++h) {
+        const int64_t bh = b * c.heads + h;
+        EXPECT_NEAR(got.bos[bh] / real, ref.bos[bh], 1e-5) << "bos b=" << b << " h=" << h;
+        EXPECT_NEAR(got.entropy[bh] / real, ref.entropy[bh], 1e-5) << "entropy b=" << b << " h=" << h;
+        EXPECT_NEAR(got.local[bh] / real, ref.local[bh], 1e-5) << "local b=" << b << " h=" << h;
+      }
+    }
+  }
+}
+
+TEST(AlibiAttentionForward, StatisticsDoNotChangeOutputs) {
+  for (const Case& c : {Case{2, 65, 3, 64, Padding::kLeft}, Case{3, 130, 2, 80, Padding::kRight}}) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = make_inputs(c, 99);
+    const KernelResult off = run_kernel(in, false);
+    const KernelResult on = run_kernel(in, true);
+    ASSERT_EQ(0, std::memcmp(off.out.data(), on.out.data(), off.out.size() * sizeof(float)));
+    ASSERT_EQ(0, std::memcmp(off.lse.data(), on.lse.data(), off.lse.size() * sizeof(float)));
+  }
+}
+
+TEST(AlibiAttentionForward, SharpAttentionKeepsEntropyAccurate) {
+  // Large scores (|q|, |k| ~ 6) make rows nearly one-hot: entropy is then a small difference of
+  // large numbers unless the running sum of p * s is kept relative to the running max.
+  Case c{1, 150, 4, 16, Padding::kNone};
+  Inputs in = make_inputs(c, 5);
+  for (float& x : in.qkv) x *= 6.0f;
+  const Reference ref = naive_attention(c, to_double(in.qkv), in.mask, in.slopes);
+  const KernelResult got = run_kernel(in, true);
+  for (int64_t h = 0; h < c.heads; ++h) {
+    EXPECT_NEAR(got.entropy[h] / c.seq, ref.entropy[h], 1e-5) << "h=" << h;
+    EXPECT_NEAR(got.bos[h] / c.seq, ref.bos[h], 1e-5) << "h=" << h;
+    EXPECT_NEAR(got.local[h] / c.seq, ref.local[h], 1e-5) << "h=" << h;
+  }
+}
+
+TEST(AlibiAttentionForward, QueryBeginComputesTheTailRowsOnly) {
+  Case c{2, 90, 3, 16, Padding::kRight};
+  const Inputs in = make_inputs(c, 11);
+  const KernelResult full = run_kernel(in, false);
+  for (int64_t begin : {0, 1, 63, 64, 89}) {
+    SCOPED_TRACE(begin);
+    const KernelResult tail = run_kernel(in, false, begin);
+    const int64_t width = c.heads * c.head_dim;
+    for (int64_t b = 0; b < c.batch; ++b) {
+      for (int64_t t = begin; t < c.seq; ++t) {
+        for (int64_t x = 0; x < width; ++x) {
+          ASSERT_EQ(tail.out[(b * (c.seq - begin) + t - begin) * width + x],
+                    full.out[(b * c.seq + t) * width + x]);
+        }
+      }
+    }
+  }
+}
+
+TEST(AlibiAttentionForward, RejectsBadShapes) {
+  AlibiAttentionParams p;
+  p.batch = 1, p.seq = 4, p.heads = 0, p.head_dim = 8;
+  EXPECT_FALSE(cpu::alibi_attention_forward(p).ok());
+  p.heads = 1;
+  p.query_begin = 5;
+  EXPECT_FALSE(cpu::alibi_attention_forward(p).ok());
+}
+
+// sum_{b,t,h,d} w * out for the double reference: the scalar whose gradient the backward computes
+// when dout = w.
+double weighted_output(const Case& c, const std::vector<double>& qkv,
+                       const std::vector<uint8_t>& mask, const std::vector<float>& slopes,
+                       const std::vector<float>& w) {
+  const Reference ref = naive_attention(c, qkv, mask, slopes);
+  double sum = 0.0;
+  for (size_t i = 0; i < w.size(); ++i) sum += w[i] * ref.out[i];
+  return sum;
+}
+
+TEST(AlibiAttentionBackward, MatchesFiniteDifferencesOfNaiveReference) {
+  const Case cases[] = {
+      {1, 1, 1, 8, Padding::kNone},   {2, 3, 2, 8, Padding::kLeft},
+      {2, 17, 3, 16, Padding::kRight}, {2, 17, 2, 8, Padding::kLeft},
+      {1, 70, 2, 16, Padding::kNone},  {2, 65, 1, 64, Padding::kLeft},
+  };
+  // Finite differences are exact to ~1e-9 at this step in double; checking every element of the
+  // larger cases would be slow, so those check a fixed random subset.
+  constexpr double kStep = 1e-4;
+  constexpr size_t kMaxChecked = 300;
+  uint32_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = make_inputs(c, seed++);
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> dout(c.batch * c.seq * c.heads * c.head_dim);
+    for (float& x : dout) x = normal(rng);
+
+    KernelResult fwd = run_kernel(in, false);
+    std::vector<float> dqkv(in.qkv.size(), -7.0f);
+    AlibiAttentionParams p;
+    p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    p.qkv = in.qkv.data();
+    p.slopes = in.slopes.data();
+    p.mask = in.mask.data();
+    p.out = fwd.out.data();
+    p.lse = fwd.lse.data();
+    p.dout = dout.data();
+    p.dqkv = dqkv.data();
+    ASSERT_TRUE(cpu::alibi_attention_backward(p).ok());
+
+    std::vector<size_t> idx(in.qkv.size());
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+    std::shuffle(idx.begin(), idx.end(), rng);
+    if (idx.size() > kMaxChecked) idx.resize(kMaxChecked);
+    std::vector<double> x = to_double(in.qkv);
+    for (size_t i : idx) {
+      const double saved = x[i];
+      x[i] = saved + kStep;
+      const double up = weighted_output(c, x, in.mask, in.slopes, dout);
+      x[i] = saved - kStep;
+      const double down = weighted_output(c, x, in.mask, in.slopes, dout);
+      x[i] = saved;
+      const double fd = (up - down) / (2 * kStep);
+      ASSERT_NEAR(dqkv[i], fd, 2e-4 * std::max(1.0, std::abs(fd))) << "element " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace engine
