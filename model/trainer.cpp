@@ -186,6 +186,16 @@ nlohmann::json mask_summary(const BloomModel& model, const FrozenMask& mask) {
           {"trainable_per_tensor", per_tensor}};
 }
 
+// The architecture fields of a config: what a checkpoint must share with its base model (the
+// stored dtype and other metadata may differ, e.g. an f16 base saved as f32 checkpoints).
+nlohmann::json architecture_json(const BloomConfig& c) {
+  return {{"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"n_layer", c.n_layer},
+          {"n_head", c.n_head},
+          {"layer_norm_epsilon", c.layer_norm_epsilon}};
+}
+
 const char* schedule_name(ScheduleKind k) { return k == ScheduleKind::kCosine ? "cosine" : "constant"; }
 const char* optimizer_name(OptimizerKind k) { return k == OptimizerKind::kAdamW ? "adamw" : "sgd"; }
 
@@ -415,7 +425,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   schedule.kind = o.schedule;
   const nlohmann::json recipe = recipe_json(o, total, schedule.warmup, *data.train);
   const nlohmann::json plan_json = o.plan.has_value() ? plan_to_json(*o.plan) : nlohmann::json();
-  const nlohmann::json config_json = bloom_config_to_json(config);
+  const nlohmann::json config_json = architecture_json(config);
 
   BloomModel model;
   int64_t start_step = 0;
@@ -439,7 +449,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     if (!diff.empty()) return mismatch(absl::StrCat("training recipe: ", diff));
     absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
     if (!loaded.ok()) return loaded.status();
-    if (bloom_config_to_json(loaded->config) != config_json) return mismatch("model configuration");
+    if (architecture_json(loaded->config) != config_json) return mismatch("model configuration");
     // Every frozen element must be the base model's (after surgery), bit for bit.
     const uint32_t* want = reinterpret_cast<const uint32_t*>(base->arena.base());
     const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
