@@ -38,7 +38,8 @@ std::string read_file(const fs::path& p) {
 class TrainCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / "engine_train_cli_test";
+    // One directory per test process: ctest runs these tests in parallel.
+    dir_ = fs::temp_directory_path() / ("engine_train_cli_test." + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     // 80 documents of 10-30 random ids inside the fixture vocabulary (260).
