@@ -9,7 +9,11 @@
 #include "model/bloom_forward.h"
 #include "model/config.h"
 #include "model/model_directory.h"
+#include "model/dataset.h"
 #include "model/perplexity.h"
+#include "model/trainer.h"
+#include "surgery/corpus_scan.h"
+#include "surgery/diagnosis.h"
 #include "surgery/frozen_mask.h"
 #include "surgery/head_surgery.h"
 #include "surgery/plan.h"
@@ -164,6 +168,111 @@ Result<Perplexity> Model::perplexity(const std::vector<std::vector<int32_t>>& do
   p.nll = r->mean_nll();
   p.ppl = std::exp(p.nll);
   return p;
+}
+
+Result<Diagnosis> Model::diagnose(const std::vector<std::vector<int32_t>>& sequences,
+                                  const DiagnoseOptions& options) const {
+  engine::DiagnoseOptions o;
+  o.seq_len = options.seq_len;
+  o.batch = options.batch;
+  o.thresholds = Thresholds{options.dead, options.sink, options.low_entropy};
+  o.model_name = impl_->model.source.filename().string();
+  if (auto s = validate_thresholds(o.thresholds); !s.ok()) return fail<Diagnosis>(s);
+  if (options.seq_len < 1) return Result<Diagnosis>::failure("diagnose: seq_len must be >= 1");
+  std::vector<TokenSequence> cut;
+  for (const auto& s : sequences) {
+    cut.emplace_back(s.begin(), s.begin() + std::min<int64_t>(options.seq_len, s.size()));
+  }
+  auto report = diagnose_sequences(impl_->model, *impl_->backend, cut, o);
+  if (!report.ok()) return fail<Diagnosis>(report.status());
+  Diagnosis d;
+  d.sequences = report->sequences;
+  d.tokens = report->tokens;
+  d.healthy = report->counts.healthy;
+  d.low_entropy = report->counts.low_entropy;
+  d.sink = report->counts.sink;
+  d.dead = report->counts.dead;
+  for (const HeadSummary& h : report->heads) {
+    d.heads.push_back(HeadDiagnosis{h.layer, h.head, h.slope, h.bos_mass.mean, h.bos_mass.std,
+                                    h.entropy.mean, h.entropy.std, h.local_mass.mean,
+                                    head_class_name(h.cls)});
+  }
+  d.report_json = report_to_json(*report).dump(2);
+  return d;
+}
+
+Result<TrainSummary> Model::train(const std::vector<std::vector<int32_t>>& documents,
+                                  const TrainOptions& options,
+                                  const std::function<void(const TrainProgress&)>& on_step,
+                                  const std::atomic<bool>* cancel) {
+  if (options.steps < 1 || options.batch < 1 || options.grad_accum < 1 || options.seq_len < 2) {
+    return Result<TrainSummary>::failure(
+        "train: steps, batch and grad_accum must be >= 1 and seq_len >= 2");
+  }
+  OptimizerOptions opt;
+  if (options.optimizer == "adamw") {
+    opt.kind = OptimizerKind::kAdamW;
+  } else if (options.optimizer == "sgd") {
+    opt.kind = OptimizerKind::kSgd;
+  } else {
+    return Result<TrainSummary>::failure("train: optimizer \"" + options.optimizer +
+                                         "\" is not adamw or sgd");
+  }
+  opt.beta1 = options.beta1;
+  opt.beta2 = options.beta2;
+  opt.weight_decay = options.weight_decay;
+  opt.clip = options.clip;
+
+  Corpus corpus;
+  for (const auto& doc : documents) {
+    for (int32_t id : doc) {
+      if (id < 0 || id >= impl_->model.config.vocab_size) {
+        return Result<TrainSummary>::failure("train: token id " + std::to_string(id) +
+                                             " is outside the vocabulary");
+      }
+      corpus.ids.push_back(static_cast<uint32_t>(id));
+    }
+    corpus.document_ends.push_back(corpus.ids.size());
+  }
+  const std::vector<uint32_t> separator(options.separator.begin(), options.separator.end());
+  ChunkOptions chunk;
+  chunk.seq_len = options.seq_len;
+  chunk.seed = options.seed;
+  auto data = ChunkedDataset::build(corpus, separator, chunk);
+  if (!data.ok()) return fail<TrainSummary>(data.status());
+  if (data->train_size() == 0) {
+    return Result<TrainSummary>::failure("train: the documents hold fewer than seq_len tokens");
+  }
+
+  if (!impl_->mask) impl_->mask = FrozenMask::all_trainable(impl_->model.arena);
+  Trainer trainer(impl_->model, *impl_->backend, *impl_->mask, opt);
+  LrSchedule schedule;
+  schedule.peak = options.lr;
+  schedule.total = options.steps;
+  schedule.warmup = options.warmup >= 0 ? options.warmup : LrSchedule::default_warmup(options.steps);
+  schedule.kind = options.cosine ? ScheduleKind::kCosine : ScheduleKind::kConstant;
+
+  TrainSummary summary;
+  summary.trainable_elements = trainer.trainable_count();
+  uint64_t next_chunk = 0;
+  for (int64_t step = 1; step <= options.steps; ++step) {
+    if (cancel != nullptr && cancel->load()) {
+      summary.cancelled = true;
+      break;
+    }
+    std::vector<MicroBatch> micro;
+    for (int64_t a = 0; a < options.grad_accum; ++a) {
+      micro.push_back(chunk_micro_batch(*data, next_chunk, options.batch));
+      next_chunk += static_cast<uint64_t>(options.batch);
+    }
+    auto r = trainer.step(micro, schedule.lr(step));
+    if (!r.ok()) return fail<TrainSummary>(r.status());
+    if (step == 1) summary.first_loss = r->loss;
+    summary.last_loss = r->loss;
+    summary.steps = step;
+    if (on_step) on_step(TrainProgress{step, options.steps, r->loss, r->grad_norm, r->lr});
+  }
+  return summary;
 }
 
 Result<SurgerySummary> Model::apply_plan(const Plan& plan) {

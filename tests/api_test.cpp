@@ -2,11 +2,17 @@
 #include <engine/engine.h>
 
 #include <cmath>
+#include <atomic>
+#include <cstring>
 #include <filesystem>
+#include <map>
+
+#include <unistd.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "model/safetensors.h"
 #include "tests/reference_data.h"
 
 namespace {
@@ -123,6 +129,126 @@ TEST(PublicApi, PerplexityIsExpOfMeanNll) {
   auto f = model->forward(docs);
   ASSERT_TRUE(f.ok());
   EXPECT_NEAR(p->nll, f->loss, 1e-6);
+}
+
+}  // namespace
+
+namespace {
+
+// Tensor bytes of a saved model directory, by name.
+std::map<std::string, std::vector<uint8_t>> tensors_of(const std::filesystem::path& dir) {
+  std::map<std::string, std::vector<uint8_t>> out;
+  auto f = engine::SafetensorsFile::open(dir / "model.safetensors");
+  EXPECT_TRUE(f.ok()) << f.status();
+  if (!f.ok()) return out;
+  for (const auto& t : f->header().tensors) {
+    const uint8_t* p = f->tensor_data(t);
+    out[t.name].assign(p, p + (t.end - t.begin));
+  }
+  return out;
+}
+
+std::vector<std::vector<int32_t>> toy_documents() {
+  std::vector<std::vector<int32_t>> docs;
+  for (int d = 0; d < 6; ++d) {
+    std::vector<int32_t> doc;
+    for (int t = 0; t < 40; ++t) doc.push_back(4 + (d * 31 + t * 7) % 250);
+    docs.push_back(doc);
+  }
+  return docs;
+}
+
+TEST(PublicApi, TrainWithPlanMovesOnlyTheTargetSlices) {
+  auto model = api::Model::load(fixture_model_dir("bloom-h4-l2").string());
+  ASSERT_TRUE(model.ok());
+  auto summary = model->apply_plan(api::Plan::for_targets({{1, 2}}, 3));
+  ASSERT_TRUE(summary.ok()) << summary.error();
+  const auto root = std::filesystem::temp_directory_path() /
+                    ("engine_api_train." + std::to_string(::getpid()));
+  std::filesystem::remove_all(root);
+  ASSERT_TRUE(model->save((root / "before").string()).ok());
+
+  api::TrainOptions opt;
+  opt.steps = 6;
+  opt.seq_len = 32;
+  opt.lr = 1e-2;
+  std::vector<api::TrainProgress> seen;
+  auto trained = model->train(toy_documents(), opt,
+                              [&](const api::TrainProgress& p) { seen.push_back(p); });
+  ASSERT_TRUE(trained.ok()) << trained.error();
+  EXPECT_EQ(trained->steps, 6);
+  EXPECT_EQ(trained->trainable_elements, summary->trainable_elements);
+  ASSERT_EQ(seen.size(), 6u);
+  EXPECT_EQ(seen.back().step, 6);
+  ASSERT_TRUE(model->save((root / "after").string()).ok());
+
+  auto before = tensors_of(root / "before");
+  auto after = tensors_of(root / "after");
+  ASSERT_EQ(before.size(), after.size());
+  const int64_t c = 64, d = 16, head = 2;
+  for (const auto& [name, bytes] : before) {
+    const std::vector<uint8_t>& now = after[name];
+    ASSERT_EQ(now.size(), bytes.size()) << name;
+    std::vector<bool> target(bytes.size() / 4, false);  // f32 elements of the trainable slices
+    if (name == "h.1.self_attention.query_key_value.weight") {
+      for (int64_t r = 3 * d * head; r < 3 * d * (head + 1); ++r)
+        for (int64_t k = 0; k < c; ++k) target[r * c + k] = true;
+    } else if (name == "h.1.self_attention.query_key_value.bias") {
+      for (int64_t r = 3 * d * head; r < 3 * d * (head + 1); ++r) target[r] = true;
+    } else if (name == "h.1.self_attention.dense.weight") {
+      for (int64_t r = 0; r < c; ++r)
+        for (int64_t k = d * head; k < d * (head + 1); ++k) target[r * c + k] = true;
+    }
+    int64_t moved = 0;
+    for (size_t e = 0; e < target.size(); ++e) {
+      const bool same = std::memcmp(&bytes[4 * e], &now[4 * e], 4) == 0;
+      if (!target[e]) ASSERT_TRUE(same) << name << " element " << e << " is frozen but moved";
+      moved += !same;
+    }
+    if (name == "h.1.self_attention.dense.weight") EXPECT_GT(moved, 0);
+  }
+  std::filesystem::remove_all(root);
+}
+
+TEST(PublicApi, TrainCancelsAndLossFalls) {
+  auto model = api::Model::load(fixture_model_dir("bloom-h4-l2").string());
+  ASSERT_TRUE(model.ok());
+  std::atomic<bool> cancel{false};
+  api::TrainOptions opt;
+  opt.steps = 30;
+  opt.seq_len = 32;
+  opt.lr = 3e-3;
+  opt.warmup = 0;
+  opt.cosine = false;
+  auto r = model->train(toy_documents(), opt, [&](const api::TrainProgress& p) {
+    if (p.step == 20) cancel = true;
+  }, &cancel);
+  ASSERT_TRUE(r.ok()) << r.error();
+  EXPECT_TRUE(r->cancelled);
+  EXPECT_EQ(r->steps, 20);
+  EXPECT_LT(r->last_loss, r->first_loss);
+  opt.optimizer = "lion";
+  EXPECT_THAT(model->train(toy_documents(), opt).error(), HasSubstr("\"lion\""));
+}
+
+TEST(PublicApi, DiagnoseMatchesFixtureMeans) {
+  auto model = api::Model::load(fixture_model_dir("bloom-h6-l3").string());
+  ASSERT_TRUE(model.ok());
+  ReferenceData ref("bloom-h6-l3");
+  std::vector<int64_t> shape;
+  const auto seqs = batch_case(ref, &shape);
+  auto d = model->diagnose(seqs, {});
+  ASSERT_TRUE(d.ok()) << d.error();
+  EXPECT_EQ(d->sequences, 3);
+  EXPECT_EQ(d->heads.size(), 18u);
+  const std::vector<float> bos = ref.get<float>("batch.bos_mass");  // (B, L, H)
+  for (const api::HeadDiagnosis& h : d->heads) {
+    double mean = 0;
+    for (int b = 0; b < 3; ++b) mean += bos[(b * 3 + h.layer) * 6 + h.head] / 3.0;
+    EXPECT_NEAR(h.bos_mass, mean, 1e-5) << h.layer << "," << h.head;
+  }
+  EXPECT_EQ(d->healthy + d->low_entropy + d->sink + d->dead, 18);
+  EXPECT_THAT(d->report_json, HasSubstr("\"version\": 1"));
 }
 
 }  // namespace

@@ -7,12 +7,14 @@
 // library never exits or aborts the process on bad input.
 //
 // Thread-safety: a Model is not internally synchronised. Const member functions may run
-// concurrently with each other on one Model; a non-const call (apply_plan, train_step_sgd, ...)
-// needs exclusive access. Different Model objects are fully independent (no global mutable
+// concurrently with each other on one Model; a non-const call (apply_plan, train) needs
+// exclusive access. Different Model objects are fully independent (no global mutable
 // state), so two models can be used from two threads at once.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -125,6 +127,59 @@ class Plan {
   std::unique_ptr<Impl> impl_;
 };
 
+// Diagnosis of many sequences (METHOD.md section 2): per head, the mean over sequences of the
+// per-sequence statistics, their spread, and the class the thresholds give the means.
+struct DiagnoseOptions {
+  int64_t seq_len = 512;  // longer sequences are truncated
+  int64_t batch = 4;      // sequences per forward pass
+  double dead = 0.95, sink = 0.5, low_entropy = 0.5;
+};
+
+struct HeadDiagnosis {
+  int64_t layer = 0, head = 0;
+  double slope = 0;
+  double bos_mass = 0, bos_mass_std = 0, entropy = 0, entropy_std = 0, local_mass = 0;
+  std::string cls;  // "HEALTHY", "LOW_ENTROPY", "SINK" or "DEAD"
+};
+
+struct Diagnosis {
+  int64_t sequences = 0, tokens = 0;
+  int64_t healthy = 0, low_entropy = 0, sink = 0, dead = 0;
+  std::vector<HeadDiagnosis> heads;  // layer-major
+  std::string report_json;           // report.json version 1 (docs/FORMATS.md)
+  int64_t collapsed() const { return sink + dead; }
+};
+
+// Training on token-id documents (joined by `separator`, cut into seq_len chunks, seeded
+// order). Trains the elements apply_plan made trainable, or every parameter when no plan was
+// applied.
+struct TrainOptions {
+  int64_t steps = 10;
+  int64_t seq_len = 128;
+  int64_t batch = 1;
+  int64_t grad_accum = 1;
+  double lr = 5e-5;
+  int64_t warmup = -1;         // -1 = min(100, steps / 4)
+  bool cosine = true;          // else constant after warm-up
+  std::string optimizer = "adamw";  // or "sgd"
+  double beta1 = 0.9, beta2 = 0.999, weight_decay = 0.0;
+  double clip = 1.0;           // global-norm clip over trainable elements; 0 disables
+  uint64_t seed = 1234;
+  std::vector<int32_t> separator;  // ids placed between documents (none by default)
+};
+
+struct TrainProgress {
+  int64_t step = 0, total_steps = 0;
+  double loss = 0, grad_norm = 0, lr = 0;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double first_loss = 0, last_loss = 0;
+  int64_t trainable_elements = 0;
+  bool cancelled = false;
+};
+
 // What apply_plan did: how many elements became trainable (the optimizer's state size).
 struct SurgerySummary {
   int64_t targets = 0;
@@ -146,6 +201,18 @@ class Model {
   // Hugging Face sliding-window perplexity over documents of token ids.
   Result<Perplexity> perplexity(const std::vector<std::vector<int32_t>>& documents,
                                 const PerplexityOptions& options = {}) const;
+
+  // Diagnoses every head over `sequences` of token ids.
+  Result<Diagnosis> diagnose(const std::vector<std::vector<int32_t>>& sequences,
+                             const DiagnoseOptions& options = {}) const;
+
+  // Trains for options.steps optimizer steps with a fresh optimizer state. `on_step` (optional) is called after every step
+  // on the calling thread; setting `*cancel` (optional) stops after the current step, which is
+  // reported as cancelled, not as an error. Frozen elements never change.
+  Result<TrainSummary> train(const std::vector<std::vector<int32_t>>& documents,
+                             const TrainOptions& options,
+                             const std::function<void(const TrainProgress&)>& on_step = {},
+                             const std::atomic<bool>* cancel = nullptr);
 
   // Checks the plan against this model, re-initialises the target heads in place and records
   // which elements are trainable. Nothing changes when it fails.
