@@ -16,6 +16,7 @@
 #include "kernels/cpu/adamw.h"
 #include "model/bloom_backward.h"
 #include "model/perplexity.h"
+#include "surgery/diagnosis.h"
 #include "surgery/head_surgery.h"
 
 namespace engine {
@@ -355,6 +356,72 @@ std::string first_difference(const nlohmann::json& got, const nlohmann::json& wa
 
 }  // namespace
 
+absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
+                                    const std::vector<std::vector<int32_t>>& chunks,
+                                    const std::vector<HeadTarget>& targets,
+                                    const HeadScan* before_surgery) {
+  const int64_t L = model.config.n_layer, H = model.config.n_head;
+  DiagnosisAccumulator acc(L, H);
+  int64_t seq_len = 0;
+  for (const std::vector<int32_t>& chunk : chunks) {
+    ForwardInputs in;
+    in.batch = 1, in.seq = static_cast<int64_t>(chunk.size());
+    in.ids = chunk.data();
+    in.want_stats = true;
+    absl::StatusOr<ForwardResult> r = bloom_forward(model, backend, in);
+    if (!r.ok()) return r.status();
+    SequenceHeadStats s;
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < H; ++h) {
+        s.bos_mass.push_back(r->stats.at(r->stats.bos_mass, l, 0, h));
+        s.entropy.push_back(r->stats.at(r->stats.entropy, l, 0, h));
+        s.local_mass.push_back(r->stats.at(r->stats.local_mass, l, 0, h));
+      }
+    }
+    if (absl::Status st = acc.add(s, r->stats.rows[0]); !st.ok()) return st;
+    seq_len = std::max<int64_t>(seq_len, in.seq);
+  }
+  const DiagnosisReport report =
+      acc.finish(Thresholds{}, alibi_slopes(H), nlohmann::json::object(), seq_len);
+  HeadScan scan;
+  for (const HeadSummary& head : report.heads) scan.bos_mass.push_back(head.bos_mass.mean);
+  std::vector<uint8_t> is_target(static_cast<size_t>(L * H), 0), target_layer(L, 0);
+  int64_t revived = 0;
+  for (const HeadTarget& t : targets) {
+    is_target[t.layer * H + t.head] = 1;
+    target_layer[t.layer] = 1;
+    revived += is_collapsed(report.at(t.layer, t.head).cls) ? 0 : 1;
+  }
+  scan.summary = {{"scan_sequences", report.sequences},
+                  {"healthy", report.counts.healthy},
+                  {"low_entropy", report.counts.low_entropy},
+                  {"sink", report.counts.sink},
+                  {"dead", report.counts.dead},
+                  {"collapsed", report.counts.collapsed()},
+                  {"targets", targets.size()},
+                  {"targets_not_collapsed", revived},
+                  {"bos_mass", scan.bos_mass}};
+  if (before_surgery != nullptr) {
+    int64_t inside = 0, outside = 0;
+    nlohmann::json drifted = nlohmann::json::array();
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < H; ++h) {
+        const size_t k = static_cast<size_t>(l * H + h);
+        if (is_target[k] != 0) continue;
+        if (std::abs(scan.bos_mass[k] - before_surgery->bos_mass[k]) >
+            HeadScan::kDriftThreshold) {
+          (target_layer[l] != 0 ? inside : outside) += 1;
+          drifted.push_back({l, h});
+        }
+      }
+    }
+    scan.summary["drift_inside_zone"] = inside;
+    scan.summary["drift_outside_zone"] = outside;
+    scan.summary["drifted_heads"] = drifted;
+  }
+  return scan;
+}
+
 absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const TrainData& data,
                                             Backend& backend) {
   using Clock = std::chrono::steady_clock;
@@ -401,8 +468,20 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     return absl::InvalidArgumentError(absl::StrCat(o.model_dir.string(), ": ",
                                                    std::string(s.message())));
   }
-  const BloomConfig& config = base->config;
+  const BloomConfig config = base->config;
   const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
+  // The reference for drift: the base model's heads before surgery.
+  std::optional<HeadScan> base_scan;
+  const std::vector<HeadTarget> targets =
+      o.plan.has_value() ? o.plan->targets : std::vector<HeadTarget>{};
+  if (o.plan.has_value()) {
+    if (absl::Status s = validate_plan(*o.plan, geometry, "surgery plan"); !s.ok()) return s;
+  }
+  if (!data.scan_chunks.empty()) {
+    absl::StatusOr<HeadScan> scan = scan_heads(*base, backend, data.scan_chunks, {}, nullptr);
+    if (!scan.ok()) return scan.status();
+    base_scan = std::move(*scan);
+  }
   std::optional<FrozenMask> mask;
   if (o.plan.has_value()) {
     // Surgery on the base weights: the reference every frozen element must keep.
@@ -505,6 +584,13 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                       resume_step >= 0 ? absl::StrCat("resumed at step ", resume_step)
                                        : std::string("from the start")));
 
+  if (base_scan.has_value()) {
+    nlohmann::json line = base_scan->summary;
+    line["event"] = "scan";
+    line["step"] = 0;
+    line["before_surgery"] = true;
+    metrics.write(line);
+  }
   const int64_t checkpoint_every =
       o.checkpoint_every > 0 ? o.checkpoint_every : (o.eval_every > 0 ? o.eval_every : steps_per_epoch);
   std::string last_good = resume_step >= 0 ? (o.out_dir / absl::StrCat("step_", resume_step)).string()
@@ -524,8 +610,29 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                           {"mask", summary},
                           {"best", best}};
   };
+  auto scan = [&](int64_t step) -> absl::Status {
+    if (!base_scan.has_value()) return absl::OkStatus();
+    absl::StatusOr<HeadScan> now = scan_heads(model, backend, data.scan_chunks, targets, &*base_scan);
+    if (!now.ok()) return now.status();
+    nlohmann::json line = now->summary;
+    line["event"] = "scan";
+    line["step"] = step;
+    metrics.write(line);
+    log(absl::StrFormat("scan  step %d: %d collapsed of %d heads, %d/%d targets not collapsed, "
+                        "%d frozen heads drifted (%d inside the surgical layers)",
+                        step, line["collapsed"].get<int64_t>(),
+                        config.n_layer * config.n_head,
+                        line["targets_not_collapsed"].get<int64_t>(), targets.size(),
+                        line["drift_inside_zone"].get<int64_t>() +
+                            line["drift_outside_zone"].get<int64_t>(),
+                        line["drift_inside_zone"].get<int64_t>()));
+    return absl::OkStatus();
+  };
   auto evaluate = [&](int64_t step) -> absl::StatusOr<std::optional<double>> {
-    if (data.eval_chunks.empty()) return std::optional<double>();
+    if (data.eval_chunks.empty()) {
+      if (absl::Status s = scan(step); !s.ok()) return s;
+      return std::optional<double>();
+    }
     PerplexityOptions po;
     po.seq_len = o.seq_len, po.stride = o.seq_len, po.batch = o.batch;
     absl::StatusOr<PerplexityResult> r =
@@ -536,6 +643,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                    {"eval_ppl", ppl}, {"eval_tokens", r->tokens_scored}});
     log(absl::StrFormat("eval  step %d: held-out perplexity %.4f over %d tokens", step, ppl,
                         r->tokens_scored));
+    if (absl::Status s = scan(step); !s.ok()) return s;
     return std::optional<double>(ppl);
   };
 

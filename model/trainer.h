@@ -114,11 +114,27 @@ struct TrainRunOptions {
   std::function<void(const std::string&)> log;
 };
 
-// Data for a run: training chunks with their seeded order, and held-out chunks (may be empty).
+// Data for a run: training chunks with their seeded order, held-out chunks (may be empty), and
+// the sequences of the head scan (may be empty: no scan).
 struct TrainData {
   const ChunkedDataset* train = nullptr;
   std::vector<std::vector<int32_t>> eval_chunks;
+  std::vector<std::vector<int32_t>> scan_chunks;
 };
+
+// A head scan (METHOD.md section 2, default thresholds) compared with the scan of the base model
+// before surgery (section 5): class counts, how many targets are no longer collapsed, and the
+// frozen heads whose bos_mass moved by more than kDriftThreshold, split into those in layers that
+// hold a target ("inside" the surgical zone) and all others ("outside").
+struct HeadScan {
+  static constexpr double kDriftThreshold = 0.05;
+  std::vector<double> bos_mass;  // (L, H) means over the scan sequences
+  nlohmann::json summary;        // the metrics fields
+};
+absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
+                                    const std::vector<std::vector<int32_t>>& chunks,
+                                    const std::vector<HeadTarget>& targets,
+                                    const HeadScan* before_surgery);
 
 struct TrainRunResult {
   int64_t steps = 0;               // optimizer steps at the end

@@ -272,6 +272,58 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_NE(metrics.find("\"tokens_per_s\""), std::string::npos);
 }
 
+// The head scan at each evaluation, on the fixture sequences that start with <s> (layer 0 of
+// bloom-h4-l2 has constructed sink heads 2 and 3, which the plan re-initialises): class counts,
+// targets no longer collapsed, and drift of the frozen heads against the base model. Frozen heads
+// of layer 0 see unchanged inputs and weights, so they cannot drift; layer 1 (no target, outside
+// the surgical zone) sees layer 0's changed output.
+TEST_F(TrainRunTest, ScanReportsRevivedTargetsAndDriftOnlyDownstream) {
+  const ChunkedDataset ds = make_dataset();
+  TrainData data = data_of(ds);
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
+  for (int64_t b = 0; b + 1 < d.batch; ++b) {  // the rows that start with <s>
+    data.scan_chunks.emplace_back(d.ids.begin() + b * d.seq, d.ids.begin() + (b + 1) * d.seq);
+  }
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  TrainRunOptions o = options("scan");
+  o.plan = plan_for({{0, 2}, {0, 3}}, false);
+  o.steps = 4;
+  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  std::ifstream in(o.out_dir / "metrics.jsonl");
+  std::vector<nlohmann::json> scans;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j["event"] == "scan") scans.push_back(std::move(j));
+  }
+  ASSERT_EQ(scans.size(), 3u);  // before surgery, steps 2 and 4
+  EXPECT_EQ(scans[0]["before_surgery"], true);
+  EXPECT_GE(scans[0]["collapsed"].get<int64_t>(), 1) << scans[0];
+  EXPECT_EQ(scans[0]["targets"], 0);
+  const std::vector<double> before = scans[0]["bos_mass"].get<std::vector<double>>();
+  for (size_t i = 1; i < scans.size(); ++i) {
+    const nlohmann::json& j = scans[i];
+    EXPECT_EQ(j["targets"], 2);
+    EXPECT_EQ(j["targets_not_collapsed"], 2) << j;
+    EXPECT_EQ(j["healthy"].get<int64_t>() + j["low_entropy"].get<int64_t>() +
+                  j["sink"].get<int64_t>() + j["dead"].get<int64_t>(),
+              8);
+    const std::vector<double> now = j["bos_mass"].get<std::vector<double>>();
+    ASSERT_EQ(now.size(), 8u);
+    // Layer 0's frozen heads: bit-identical statistics. Layer 1: moved.
+    EXPECT_EQ(now[0], before[0]);
+    EXPECT_EQ(now[1], before[1]);
+    double moved = 0.0;
+    int64_t outside = 0;
+    for (int h = 4; h < 8; ++h) {
+      moved = std::max(moved, std::abs(now[h] - before[h]));
+      outside += std::abs(now[h] - before[h]) > HeadScan::kDriftThreshold ? 1 : 0;
+    }
+    EXPECT_GT(moved, 1e-3) << j;
+    EXPECT_EQ(j["drift_inside_zone"], 0) << j;
+    EXPECT_EQ(j["drift_outside_zone"], outside) << j;
+  }
+}
+
 TEST_F(TrainRunTest, BadInputsFailBeforeAnyWork) {
   const ChunkedDataset ds = make_dataset();
   const TrainData data = data_of(ds);
