@@ -76,7 +76,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     in.ids = mb.ids.data();
     in.mask = mb.mask.empty() ? nullptr : mb.mask.data();
     in.targets = mb.targets.data();
-    absl::StatusOr<ForwardResult> f = bloom_forward_backward(model_, backend_, in, grads_, scale);
+    absl::StatusOr<ForwardResult> f = bloom_forward_backward(model_, backend_, in, grads_, scale, recompute_);
     if (!f.ok()) {
       return absl::Status(f.status().code(), absl::StrCat("step ", r.step, ": ",
                                                           std::string(f.status().message())));
@@ -557,6 +557,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
   }
   Trainer trainer(model, backend, *mask, o.optimizer);
+  trainer.set_recompute(o.recompute);
   if (resume_step >= 0) {
     if (absl::Status s = read_optimizer_state(
             o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);

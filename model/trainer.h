@@ -78,6 +78,8 @@ class Trainer {
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }
   void set_step_count(int64_t step) { step_ = step; }
+  // Activation recomputation per block (bloom_backward.h): less memory, same results.
+  void set_recompute(bool on) { recompute_ = on; }
 
  private:
   BloomModel& model_;
@@ -86,6 +88,7 @@ class Trainer {
   CompactGradients grads_;
   std::vector<float> m_, v_;
   int64_t step_ = 0;
+  bool recompute_ = false;
 };
 
 // sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
@@ -107,6 +110,7 @@ struct TrainRunOptions {
   int64_t checkpoint_every = 0;      // 0 = eval_every, or once per epoch when that is 0 too
   uint64_t seed = 1234;
   bool resume = false;
+  bool recompute = false;            // per-block activation recomputation (same results)
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;

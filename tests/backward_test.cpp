@@ -6,6 +6,7 @@
 // finite-difference check of the whole graph on a model without reference gradients.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -205,6 +206,29 @@ TEST(SurgeryGradients, FullTrainingRunsEveryBackwardKernel) {
   EXPECT_EQ(backend.layernorm_backward_calls, 2 * 2 + 2);
   EXPECT_EQ(backend.embedding_backward_calls, 1);
   EXPECT_EQ(backend.classifier_table_grads, 1);
+}
+
+// --recompute runs the same ops on the same values in the same order: bit-identical gradients,
+// with everything trainable and with targets only in the top layers (the segment loop stops).
+TEST(Recompute, GivesBitIdenticalGradients) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h6-l3");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CaseData d = load_case(Reference("bloom-h6-l3"), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<FrozenMask> surgical =
+      surgery_mask(model->arena, geometry_of(model->config), keep_plan({{1, 2}, {2, 0}}));
+  ASSERT_TRUE(surgical.ok()) << surgical.status();
+  for (const FrozenMask& mask : {FrozenMask::all_trainable(model->arena), *surgical}) {
+    CompactGradients kept = compact_for(mask), recomputed = compact_for(mask);
+    absl::StatusOr<ForwardResult> a = bloom_forward_backward(*model, *backend, inputs_of(d), kept);
+    absl::StatusOr<ForwardResult> b =
+        bloom_forward_backward(*model, *backend, inputs_of(d), recomputed, 1.0, true);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->loss, b->loss);
+    ASSERT_EQ(kept.size(), recomputed.size());
+    EXPECT_EQ(std::memcmp(kept.data(), recomputed.data(), kept.size() * sizeof(float)), 0)
+        << mask.trainable_count() << " trainable";
+  }
 }
 
 // Central differences along unit directions u: (loss(w + h u) - loss(w - h u)) / 2h against

@@ -1,7 +1,7 @@
 // `engine train --model DIR --data FILE --out DIR [--surgery plan.json] [--epochs E | --steps N]
 // [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5] [--warmup N] [--schedule cosine|constant]
 // [--clip 1.0] [--optimizer adamw|sgd] [--eval_data FILE | --holdout F] [--eval_every N]
-// [--checkpoint_every N] [--scan_data FILE] [--seed S] [--resume] [--skip_nonfinite]`: surgery-aware training
+// [--checkpoint_every N] [--scan_data FILE] [--seed S] [--resume] [--recompute] [--skip_nonfinite]`: surgery-aware training
 // (model/trainer.h, docs/TRAINING.md). Step lines go to stdout; OUT/metrics.jsonl gets one JSON
 // object per step and evaluation; checkpoints are OUT/step_N/, OUT/best/, OUT/final/.
 #include <algorithm>
@@ -41,6 +41,8 @@ ABSL_FLAG(int, eval_every, 0, "train: steps between held-out evaluations (0 = at
 ABSL_FLAG(int, checkpoint_every, 0,
           "train: steps between checkpoints (0 = --eval_every, or once per epoch)");
 ABSL_FLAG(bool, resume, false, "train: continue from the last complete OUT/step_N");
+ABSL_FLAG(bool, recompute, false,
+          "train: recompute each block's activations in the backward (less memory, same result)");
 ABSL_FLAG(bool, skip_nonfinite, false, "train: skip steps with a NaN/Inf loss or gradient");
 ABSL_FLAG(int, stop_after, 0, "train: stop after this many steps without a final checkpoint "
                               "(for interruption tests; 0 = off)");
@@ -126,6 +128,7 @@ int run_train(const std::vector<std::string>& args) {
   o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   o.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
   o.resume = absl::GetFlag(FLAGS_resume);
+  o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
