@@ -135,6 +135,44 @@ TEST(TrainerStep, SurgeryRunKeepsFrozenBitsAndLowersTheLoss) {
   EXPECT_GT(moved, mask->trainable_count() * 9 / 10);
 }
 
+// Gradient accumulation: two micro-batches of one row each give the same SGD step as one
+// micro-batch holding both rows (every row of "batch" has the same number of scored tokens, so
+// the mean of the two means is the mean over both). Float sums run in another order: the bound
+// is the gradient rule's 1e-5 x max term, taken over the whole update.
+TEST(TrainerStep, AccumulatedMicroBatchesEqualOneLargerBatch) {
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
+  auto rows = [&](int64_t b0, int64_t n) {
+    MicroBatch mb;
+    mb.batch = n, mb.seq = d.seq;
+    mb.ids.assign(d.ids.begin() + b0 * d.seq, d.ids.begin() + (b0 + n) * d.seq);
+    mb.targets.assign(d.targets.begin() + b0 * d.seq, d.targets.begin() + (b0 + n) * d.seq);
+    return mb;
+  };
+  std::vector<std::vector<float>> updated;
+  for (const std::vector<MicroBatch>& micro : {std::vector<MicroBatch>{rows(0, 2)},
+                                                std::vector<MicroBatch>{rows(0, 1), rows(1, 1)}}) {
+    absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::unique_ptr<Backend> backend = make_cpu_backend();
+    OptimizerOptions opt;
+    opt.kind = OptimizerKind::kSgd;
+    opt.clip = 0.0;
+    Trainer trainer(*model, *backend, FrozenMask::all_trainable(model->arena), opt);
+    const std::vector<float> before = snapshot(*model);
+    ASSERT_TRUE(trainer.step(micro, 1.0).ok());
+    std::vector<float> delta = snapshot(*model);
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] -= before[i];
+    updated.push_back(std::move(delta));
+  }
+  double max_abs = 0.0, worst = 0.0;
+  for (size_t i = 0; i < updated[0].size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(double{updated[0][i]}));
+    worst = std::max(worst, std::abs(double{updated[0][i]} - updated[1][i]));
+  }
+  EXPECT_GT(max_abs, 0.0);
+  EXPECT_LE(worst, 1e-5 * max_abs);
+}
+
 TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
   absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
   ASSERT_TRUE(model.ok()) << model.status();
