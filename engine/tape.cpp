@@ -9,7 +9,9 @@ namespace engine {
 
 CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements,
                                    std::vector<int64_t> indices)
-    : words_(std::move(words)), elements_(elements), indices_(std::move(indices)),
+    : words_(std::move(words)),
+      elements_(elements),
+      indices_(std::move(indices)),
       values_(indices_.size(), 0.0f) {}
 
 void CompactGradients::zero() { std::fill(values_.begin(), values_.end(), 0.0f); }
@@ -111,7 +113,8 @@ absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int 
 absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float loss_scale) {
   const int n = static_cast<int>(entries_.size());
   bool external_grad = false;
-  for (const Value& v : values_) external_grad = external_grad || (v.producer < 0 && v.requires_grad);
+  for (const Value& v : values_)
+    external_grad = external_grad || (v.producer < 0 && v.requires_grad);
   // prefix[i]: some entry in [0, i] has a trainable parameter, or an input of the segment needs
   // a gradient.
   std::vector<uint8_t> prefix(n, 0);
@@ -219,8 +222,14 @@ absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float
                 p.accumulate_dx = gx.written;
               }
               std::vector<float> dw, db;
-              if (want_w) dw.assign(static_cast<size_t>(e.width), 0.0f), p.dweight = dw.data();
-              if (want_b) db.assign(static_cast<size_t>(e.width), 0.0f), p.dbias = db.data();
+              if (want_w) {
+                dw.assign(static_cast<size_t>(e.width), 0.0f);
+                p.dweight = dw.data();
+              }
+              if (want_b) {
+                db.assign(static_cast<size_t>(e.width), 0.0f);
+                p.dbias = db.data();
+              }
               if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
               if (absl::Status s = backend.layernorm_backward(p); !s.ok()) return s;
               if (p.dx != nullptr) g[e.x].written = true;

@@ -95,7 +95,8 @@ struct TapeEmbedding {
 struct TapeLayerNorm {
   int64_t rows = 0, width = 0;
   float eps = 1e-5f;
-  const float* mean = nullptr; const float* rstd = nullptr;  // saved moments (rows)
+  const float* mean = nullptr;
+  const float* rstd = nullptr;  // saved moments (rows)
   TapeParameter weight, bias;
   int x = -1, y = -1;
 };

@@ -51,11 +51,11 @@ absl::StatusOr<GraphParams> graph_params(const BloomModel& model) {
     g.blocks.push_back(BlockParams{
         param(h + "input_layernorm.weight"), param(h + "input_layernorm.bias"),
         param(h + "self_attention.query_key_value.weight"),
-        param(h + "self_attention.query_key_value.bias"),
-        param(h + "self_attention.dense.weight"), param(h + "self_attention.dense.bias"),
-        param(h + "post_attention_layernorm.weight"), param(h + "post_attention_layernorm.bias"),
-        param(h + "mlp.dense_h_to_4h.weight"), param(h + "mlp.dense_h_to_4h.bias"),
-        param(h + "mlp.dense_4h_to_h.weight"), param(h + "mlp.dense_4h_to_h.bias")});
+        param(h + "self_attention.query_key_value.bias"), param(h + "self_attention.dense.weight"),
+        param(h + "self_attention.dense.bias"), param(h + "post_attention_layernorm.weight"),
+        param(h + "post_attention_layernorm.bias"), param(h + "mlp.dense_h_to_4h.weight"),
+        param(h + "mlp.dense_h_to_4h.bias"), param(h + "mlp.dense_4h_to_h.weight"),
+        param(h + "mlp.dense_4h_to_h.bias")});
   }
   if (!missing.ok()) return missing;
   return g;
@@ -148,8 +148,8 @@ bool block_trainable(CompactGradients& grads, const BlockParams& b) {
 
 absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
                                                      const ForwardInputs& in,
-                                                     CompactGradients& grads,
-                                                     double gradient_scale, bool recompute) {
+                                                     CompactGradients& grads, double gradient_scale,
+                                                     bool recompute) {
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
@@ -176,14 +176,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.slopes = slopes.data();
   shape.positions = act.positions.data();
   shape.mask = in.mask;
-  const float loss_scale =
-      static_cast<float>(gradient_scale / static_cast<double>(result->scored));
+  const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
 
   if (!recompute) {
     // One tape over every kept intermediate.
     Tape tape;
-    int x = record_embedding(tape, shape, *params, act, in.ids, c.vocab_size,
-                             act.blocks[0].x.data());
+    int x =
+        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.blocks[0].x.data());
     for (int64_t l = 0; l < L; ++l) {
       const float* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
@@ -231,8 +230,8 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   }
   if (below[0] != 0) {
     Tape tape;
-    const int x0 = record_embedding(tape, shape, *params, act, in.ids, c.vocab_size,
-                                    act.block_inputs.data());
+    const int x0 =
+        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.block_inputs.data());
     if (absl::Status s = tape.backward_from(backend, grads, x0, dx.data()); !s.ok()) return s;
   }
   result->activations.reset();

@@ -55,12 +55,12 @@ struct MicroBatch {
 };
 
 struct StepResult {
-  int64_t step = 0;         // 1-based optimizer step just taken (or skipped)
-  double loss = 0.0;        // mean of the micro-batch losses
-  double grad_norm = 0.0;   // before clipping
+  int64_t step = 0;        // 1-based optimizer step just taken (or skipped)
+  double loss = 0.0;       // mean of the micro-batch losses
+  double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
-  int64_t tokens = 0;       // scored tokens
-  bool finite = true;       // false: nothing was updated
+  int64_t tokens = 0;  // scored tokens
+  bool finite = true;  // false: nothing was updated
 };
 
 class Trainer {
@@ -96,21 +96,21 @@ class Trainer {
 double deterministic_norm(const float* g, int64_t n);
 
 struct TrainRunOptions {
-  std::filesystem::path model_dir;   // --model (the base checkpoint)
-  std::filesystem::path out_dir;     // --out
-  std::optional<SurgeryPlan> plan;   // --surgery; none = every parameter trainable
+  std::filesystem::path model_dir;  // --model (the base checkpoint)
+  std::filesystem::path out_dir;    // --out
+  std::optional<SurgeryPlan> plan;  // --surgery; none = every parameter trainable
   int64_t seq_len = 512, batch = 1, grad_accum = 8;
-  int64_t epochs = 1;                // used when steps == 0
-  int64_t steps = 0;                 // total optimizer steps; 0 = from epochs
+  int64_t epochs = 1;  // used when steps == 0
+  int64_t steps = 0;   // total optimizer steps; 0 = from epochs
   double lr = 5e-5;
-  int64_t warmup = -1;               // -1 = min(100, total / 4)
+  int64_t warmup = -1;  // -1 = min(100, total / 4)
   ScheduleKind schedule = ScheduleKind::kCosine;
   OptimizerOptions optimizer;
-  int64_t eval_every = 0;            // optimizer steps between evaluations; 0 = at the end only
-  int64_t checkpoint_every = 0;      // 0 = eval_every, or once per epoch when that is 0 too
+  int64_t eval_every = 0;        // optimizer steps between evaluations; 0 = at the end only
+  int64_t checkpoint_every = 0;  // 0 = eval_every, or once per epoch when that is 0 too
   uint64_t seed = 1234;
   bool resume = false;
-  bool recompute = false;            // per-block activation recomputation (same results)
+  bool recompute = false;  // per-block activation recomputation (same results)
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;

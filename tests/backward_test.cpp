@@ -67,8 +67,7 @@ TEST_P(FixtureGradients, EveryParameterMatchesTransformers) {
   const CaseData d = load_case(ref, gc.name);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
-  absl::StatusOr<ForwardResult> r =
-      bloom_forward_backward(*model, *backend, inputs_of(d), grads);
+  absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
   ASSERT_TRUE(r.ok()) << r.status();
   const double loss = ref.get<float>(std::string(gc.name) + ".loss")[0];
   EXPECT_LE(std::abs(r->loss - loss), kLossTol * std::abs(loss));
@@ -240,8 +239,7 @@ TEST(Recompute, GivesBitIdenticalGradients) {
 // bound is relative: 2e-2 |g . u| + 5e-4. A wrong sign, a missing term or a dropped ALiBi bias
 // in the backward shows up as an error of order |g . u|.
 TEST(FiniteDifference, WholeGraphAlongPerTensorGradientDirections) {
-  absl::StatusOr<BloomModel> model =
-      load_model_directory(kFixtures / "models" / "bloom-h3-d32-l4");
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h3-d32-l4");
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref("bloom-h3-d32-l4");
   const CaseData d = load_case(ref, "left_pad");
@@ -258,12 +256,16 @@ TEST(FiniteDifference, WholeGraphAlongPerTensorGradientDirections) {
   constexpr double kStep = 1e-2;
   constexpr double kRelative = 2e-2;
   constexpr double kAbsolute = 5e-4;
-  const std::vector<std::string> names = {
-      "word_embeddings.weight", "word_embeddings_layernorm.weight",
-      "h.0.self_attention.query_key_value.weight", "h.1.self_attention.query_key_value.weight",
-      "h.3.self_attention.query_key_value.bias", "h.2.self_attention.dense.weight",
-      "h.1.input_layernorm.bias", "h.3.mlp.dense_h_to_4h.weight", "h.0.mlp.dense_4h_to_h.bias",
-      "ln_f.weight"};
+  const std::vector<std::string> names = {"word_embeddings.weight",
+                                          "word_embeddings_layernorm.weight",
+                                          "h.0.self_attention.query_key_value.weight",
+                                          "h.1.self_attention.query_key_value.weight",
+                                          "h.3.self_attention.query_key_value.bias",
+                                          "h.2.self_attention.dense.weight",
+                                          "h.1.input_layernorm.bias",
+                                          "h.3.mlp.dense_h_to_4h.weight",
+                                          "h.0.mlp.dense_4h_to_h.bias",
+                                          "ln_f.weight"};
   for (const std::string& name : names) {
     absl::StatusOr<TensorView> v = model->arena.view(name);
     ASSERT_TRUE(v.ok()) << v.status();

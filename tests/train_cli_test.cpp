@@ -60,15 +60,24 @@ class TrainCli : public ::testing::Test {
   // Arguments of a deterministic run writing to OUT (one thread: bit-identity across runs needs
   // the same thread count).
   std::vector<std::string> args(const std::string& out) const {
-    return {ENGINE_CLI_PATH,       "train",
-            "--model",             kModel.string(),
-            "--data",              (dir_ / "data.jsonl").string(),
-            "--surgery",           (dir_ / "plan.json").string(),
-            "--out",               (dir_ / out).string(),
-            "--seq_len=16",        "--batch=2",
-            "--grad_accum=2",      "--steps=40",
-            "--lr=2e-3",           "--eval_every=10",
-            "--checkpoint_every=2", "--holdout=0.1",
+    return {ENGINE_CLI_PATH,
+            "train",
+            "--model",
+            kModel.string(),
+            "--data",
+            (dir_ / "data.jsonl").string(),
+            "--surgery",
+            (dir_ / "plan.json").string(),
+            "--out",
+            (dir_ / out).string(),
+            "--seq_len=16",
+            "--batch=2",
+            "--grad_accum=2",
+            "--steps=40",
+            "--lr=2e-3",
+            "--eval_every=10",
+            "--checkpoint_every=2",
+            "--holdout=0.1",
             "--threads=1"};
   }
   static pid_t spawn(const std::vector<std::string>& argv, const fs::path& log) {

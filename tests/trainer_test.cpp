@@ -106,8 +106,8 @@ TEST(TrainerStep, SurgeryRunKeepsFrozenBitsAndLowersTheLoss) {
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref("bloom-h4-l2");
   const CaseData d = load_case(ref, "right_pad");
-  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, geometry_of(model->config),
-                                                  plan_for({{1, 1}, {1, 3}}, false));
+  absl::StatusOr<FrozenMask> mask =
+      apply_surgery(model->arena, geometry_of(model->config), plan_for({{1, 1}, {1, 3}}, false));
   ASSERT_TRUE(mask.ok()) << mask.status();
   const std::vector<float> start = snapshot(*model);
   std::unique_ptr<Backend> backend = make_cpu_backend();
@@ -149,8 +149,8 @@ TEST(TrainerStep, AccumulatedMicroBatchesEqualOneLargerBatch) {
     return mb;
   };
   std::vector<std::vector<float>> updated;
-  for (const std::vector<MicroBatch>& micro : {std::vector<MicroBatch>{rows(0, 2)},
-                                                std::vector<MicroBatch>{rows(0, 1), rows(1, 1)}}) {
+  for (const std::vector<MicroBatch>& micro :
+       {std::vector<MicroBatch>{rows(0, 2)}, std::vector<MicroBatch>{rows(0, 1), rows(1, 1)}}) {
     absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
     ASSERT_TRUE(model.ok()) << model.status();
     std::unique_ptr<Backend> backend = make_cpu_backend();
@@ -187,8 +187,7 @@ TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
   const std::vector<MicroBatch> micro = {micro_of(d)};
   absl::StatusOr<StepResult> r = trainer.step(micro, 1e-3);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("step 1: non-finite"), absl::string_view::npos)
-      << r.status();
+  EXPECT_NE(r.status().message().find("step 1: non-finite"), absl::string_view::npos) << r.status();
   EXPECT_EQ(std::memcmp(before.data(), snapshot(*model).data(), before.size() * sizeof(float)), 0);
 
   OptimizerOptions skip;
@@ -236,9 +235,8 @@ class TrainRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_trainer_test_", ::testing::UnitTest::GetInstance()
-                                                     ->current_test_info()
-                                                     ->name());
+            absl::StrCat("engine_trainer_test_",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);
   }
@@ -283,8 +281,8 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   absl::StatusOr<TrainRunResult> resumed = run_training(second, data, *backend);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->steps, 6);
-  for (const char* file : {"final/model.safetensors", "final/optimizer.bin", "step_4/model.safetensors",
-                           "best/model.safetensors"}) {
+  for (const char* file : {"final/model.safetensors", "final/optimizer.bin",
+                           "step_4/model.safetensors", "best/model.safetensors"}) {
     const std::string a = read(root_ / "whole" / file), b = read(root_ / "split" / file);
     EXPECT_FALSE(a.empty()) << file;
     EXPECT_TRUE(a == b) << file << " differs between the uninterrupted and the resumed run";

@@ -1,9 +1,11 @@
-// `engine train --model DIR --data FILE --out DIR [--surgery plan.json] [--epochs E | --steps N]
-// [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5] [--warmup N] [--schedule cosine|constant]
-// [--clip 1.0] [--optimizer adamw|sgd] [--eval_data FILE | --holdout F] [--eval_every N]
-// [--checkpoint_every N] [--scan_data FILE] [--seed S] [--resume] [--recompute] [--skip_nonfinite]`: surgery-aware training
-// (model/trainer.h, docs/TRAINING.md). Step lines go to stdout; OUT/metrics.jsonl gets one JSON
-// object per step and evaluation; checkpoints are OUT/step_N/, OUT/best/, OUT/final/.
+// `engine train --model DIR --data FILE --out DIR [--surgery plan.json]
+//   [--epochs E | --steps N] [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5]
+//   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
+//   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
+//   [--seed S] [--resume] [--recompute] [--skip_nonfinite]`:
+// surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
+// OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
+// OUT/best/, OUT/final/.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -44,8 +46,9 @@ ABSL_FLAG(bool, resume, false, "train: continue from the last complete OUT/step_
 ABSL_FLAG(bool, recompute, false,
           "train: recompute each block's activations in the backward (less memory, same result)");
 ABSL_FLAG(bool, skip_nonfinite, false, "train: skip steps with a NaN/Inf loss or gradient");
-ABSL_FLAG(int, stop_after, 0, "train: stop after this many steps without a final checkpoint "
-                              "(for interruption tests; 0 = off)");
+ABSL_FLAG(int, stop_after, 0,
+          "train: stop after this many steps without a final checkpoint "
+          "(for interruption tests; 0 = off)");
 
 namespace engine::cli {
 namespace {
