@@ -556,6 +556,19 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   } else {
     model = std::move(*base);
   }
+  if (resume_step >= 0) {
+    // A kill between moving an old checkpoint aside and renaming its replacement into place
+    // leaves only OUT/.old-<name>: put it back.
+    for (const char* name : {"best", "final"}) {
+      const fs::path old = o.out_dir / absl::StrCat(".old-", name);
+      if (fs::is_directory(old, ec) && !fs::exists(o.out_dir / name, ec)) {
+        fs::rename(old, o.out_dir / name, ec);
+        if (ec) {
+          return absl::InternalError(absl::StrCat(old.string(), ": rename: ", ec.message()));
+        }
+      }
+    }
+  }
   if (!fs::create_directories(o.out_dir, ec) && ec) {
     return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
   }

@@ -275,6 +275,8 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   ASSERT_TRUE(run_training(first, data, *backend).ok());
   EXPECT_TRUE(fs::exists(root_ / "split" / "step_2" / "trainer_state.json"));
   EXPECT_FALSE(fs::exists(root_ / "split" / "final"));
+  // As if killed between moving the old best/ aside and renaming the new one into place.
+  fs::rename(root_ / "split" / "best", root_ / "split" / ".old-best");
   TrainRunOptions second = options("split");
   second.resume = true;
   second.recompute = true;  // recomputation changes memory, not results
