@@ -455,9 +455,11 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
         absl::StrCat(o.out_dir.string(), ": output path exists and is not a directory"));
   }
   const int64_t resume_step = fs::is_directory(o.out_dir, ec) ? last_checkpoint(o.out_dir) : -1;
-  if (o.resume && resume_step < 0) {
+  // --resume into an existing OUT without a complete checkpoint (killed before the first one)
+  // starts from the beginning; a missing OUT is more likely a mistyped path.
+  if (o.resume && !fs::is_directory(o.out_dir, ec)) {
     return absl::NotFoundError(
-        absl::StrCat(o.out_dir.string(), ": --resume but no complete checkpoint step_N here"));
+        absl::StrCat(o.out_dir.string(), ": --resume but the directory does not exist"));
   }
   if (!o.resume && fs::is_directory(o.out_dir, ec) &&
       (resume_step >= 0 || fs::exists(o.out_dir / kMetricsFile))) {

@@ -311,6 +311,25 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_NE(metrics.find("\"tokens_per_s\""), std::string::npos);
 }
 
+// Killed before the first checkpoint: --resume starts from the beginning and completes.
+TEST_F(TrainRunTest, ResumeWithoutACheckpointStartsOver) {
+  const ChunkedDataset ds = make_dataset();
+  const TrainData data = data_of(ds);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  TrainRunOptions o = options("early");
+  o.steps = 3;
+  o.stop_after_step = 1;
+  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  ASSERT_TRUE(fs::exists(o.out_dir / "metrics.jsonl"));
+  o.stop_after_step = 0;
+  EXPECT_FALSE(run_training(o, data, *backend).ok());  // without --resume: refused
+  o.resume = true;
+  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, 3);
+  EXPECT_TRUE(fs::exists(o.out_dir / "final" / "model.safetensors"));
+}
+
 // The head scan at each evaluation, on the fixture sequences that start with <s> (layer 0 of
 // bloom-h4-l2 has constructed sink heads 2 and 3, which the plan re-initialises): class counts,
 // targets no longer collapsed, and drift of the frozen heads against the base model. Frozen heads
