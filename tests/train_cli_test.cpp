@@ -73,7 +73,7 @@ class TrainCli : public ::testing::Test {
             "--seq_len=16",
             "--batch=2",
             "--grad_accum=2",
-            "--steps=40",
+            "--steps=24",
             "--lr=2e-3",
             "--eval_every=10",
             "--checkpoint_every=2",
