@@ -88,8 +88,17 @@ class TrainCli : public ::testing::Test {
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    // --threads sets OpenMP's thread count only; BLAS gets one thread too, so a loaded machine
+    // does not slow the runs down with spinning BLAS workers.
+    std::vector<std::string> env_strings = {"OPENBLAS_NUM_THREADS=1"};
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (std::string(*e).rfind("OPENBLAS_NUM_THREADS=", 0) != 0) env_strings.push_back(*e);
+    }
+    std::vector<char*> env;
+    for (std::string& e : env_strings) env.push_back(e.data());
+    env.push_back(nullptr);
     pid_t pid = -1;
-    EXPECT_EQ(posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), environ), 0);
+    EXPECT_EQ(posix_spawn(&pid, raw[0], &actions, nullptr, raw.data(), env.data()), 0);
     posix_spawn_file_actions_destroy(&actions);
     return pid;
   }
