@@ -18,6 +18,7 @@ struct Command {
 
 int run_info(const std::vector<std::string>& args);
 int run_export(const std::vector<std::string>& args);
+int run_diagnose(const std::vector<std::string>& args);
 int run_plan(const std::vector<std::string>& args);
 int run_tokenize(const std::vector<std::string>& args);
 int run_detokenize(const std::vector<std::string>& args);

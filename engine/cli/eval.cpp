@@ -36,8 +36,8 @@ namespace {
 // The progress line is redrawn this often on a terminal and not printed otherwise.
 constexpr double kProgressRefreshSeconds = 0.2;
 
-// The tokenizer from --tokenizer, else DIR/tokenizer.json when present; none is fine for inputs
-// that already hold ids.
+}  // namespace
+
 absl::StatusOr<std::optional<Tokenizer>> optional_tokenizer(const std::string& model_dir) {
   std::string path = absl::GetFlag(FLAGS_tokenizer);
   if (path.empty()) {
@@ -49,8 +49,6 @@ absl::StatusOr<std::optional<Tokenizer>> optional_tokenizer(const std::string& m
   if (!t.ok()) return t.status();
   return std::optional<Tokenizer>(std::move(*t));
 }
-
-}  // namespace
 
 absl::StatusOr<BloomModel> load_checked_model(const std::string& dir) {
   if (dir.empty()) return absl::InvalidArgumentError("--model DIR is required");

@@ -10,3 +10,4 @@ ABSL_FLAG(int, seq_len, 512, "sequence length in tokens");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
 ABSL_FLAG(int, seed, 1234, "random seed");
 ABSL_FLAG(std::string, device, "cpu", "compute device: cpu or cuda");
+ABSL_FLAG(std::string, plan, "", "surgery plan (plan.json, docs/FORMATS.md)");

@@ -14,3 +14,4 @@ ABSL_DECLARE_FLAG(int, seq_len);
 ABSL_DECLARE_FLAG(int, threads);
 ABSL_DECLARE_FLAG(int, seed);
 ABSL_DECLARE_FLAG(std::string, device);
+ABSL_DECLARE_FLAG(std::string, plan);

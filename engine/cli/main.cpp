@@ -20,6 +20,7 @@ namespace {
 constexpr Command kCommands[] = {
     {"info", "print a model directory's architecture, parameters and files", run_info},
     {"export", "load a model directory and write it as a Hugging Face directory", run_export},
+    {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose},
     {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan},
     {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize},
     {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize},

@@ -1,0 +1,200 @@
+// Implementation of the public API (engine/include/engine/engine.h) over the internal modules.
+// Every absl::Status becomes a Result failure carrying its message; nothing here prints.
+#include "engine/include/engine/engine.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "engine/backend.h"
+#include "model/bloom_forward.h"
+#include "model/config.h"
+#include "model/model_directory.h"
+#include "model/perplexity.h"
+#include "surgery/frozen_mask.h"
+#include "surgery/head_surgery.h"
+#include "surgery/plan.h"
+
+namespace engine::api {
+
+namespace {
+template <typename T>
+Result<T> fail(const absl::Status& s) {
+  return Result<T>::failure(std::string(s.message()));
+}
+}  // namespace
+
+const char* version() { return "0.1.0"; }
+
+// ---- Plan ---------------------------------------------------------------------------------------
+
+struct Plan::Impl {
+  SurgeryPlan plan;
+};
+
+Plan::Plan(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Plan::Plan(const Plan& o) : impl_(std::make_unique<Impl>(*o.impl_)) {}
+Plan& Plan::operator=(const Plan& o) {
+  impl_ = std::make_unique<Impl>(*o.impl_);
+  return *this;
+}
+Plan::Plan(Plan&&) noexcept = default;
+Plan& Plan::operator=(Plan&&) noexcept = default;
+Plan::~Plan() = default;
+
+Result<Plan> Plan::parse(const std::string& json_text, const std::string& source) {
+  auto p = parse_plan_text(json_text, source);
+  if (!p.ok()) return fail<Plan>(p.status());
+  return Plan(std::make_unique<Impl>(Impl{*std::move(p)}));
+}
+
+Result<Plan> Plan::load(const std::string& path) {
+  auto p = load_plan(path);
+  if (!p.ok()) return fail<Plan>(p.status());
+  return Plan(std::make_unique<Impl>(Impl{*std::move(p)}));
+}
+
+Plan Plan::for_targets(std::vector<PlanTarget> targets, uint64_t seed) {
+  SurgeryPlan p;
+  for (const PlanTarget& t : targets) p.targets.push_back(HeadTarget{t.layer, t.head});
+  p.seed = seed;
+  return Plan(std::make_unique<Impl>(Impl{std::move(p)}));
+}
+
+std::vector<PlanTarget> Plan::targets() const {
+  std::vector<PlanTarget> out;
+  for (const HeadTarget& t : impl_->plan.targets) out.push_back(PlanTarget{t.layer, t.head});
+  return out;
+}
+
+std::string Plan::to_json() const { return plan_to_json(impl_->plan).dump(2); }
+
+// ---- Model --------------------------------------------------------------------------------------
+
+struct Model::Impl {
+  BloomModel model;
+  std::unique_ptr<Backend> backend;
+  std::optional<FrozenMask> mask;  // set by apply_plan
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+Result<Model> Model::load(const std::string& directory) {
+  auto m = load_model_directory(directory);
+  if (!m.ok()) return fail<Model>(m.status());
+  auto impl = std::make_unique<Impl>();
+  impl->model = *std::move(m);
+  impl->backend = make_cpu_backend();
+  return Model(std::move(impl));
+}
+
+ModelInfo Model::info() const {
+  const BloomConfig& c = impl_->model.config;
+  ModelInfo i;
+  i.vocab_size = c.vocab_size;
+  i.hidden_size = c.hidden_size;
+  i.n_layer = c.n_layer;
+  i.n_head = c.n_head;
+  i.head_dim = c.head_dim();
+  i.parameters = impl_->model.arena.parameter_elements();
+  i.alibi_slopes = alibi_slopes(c.n_head);
+  return i;
+}
+
+Result<ForwardOutput> Model::forward(const std::vector<std::vector<int32_t>>& ids,
+                                     const ForwardOptions& options) const {
+  if (ids.empty()) return Result<ForwardOutput>::failure("forward: no sequences given");
+  size_t longest = 0;
+  for (const auto& s : ids) longest = std::max(longest, s.size());
+  if (longest == 0) return Result<ForwardOutput>::failure("forward: every sequence is empty");
+  const auto batch = static_cast<int64_t>(ids.size());
+  const auto seq = static_cast<int64_t>(longest);
+  std::vector<int32_t> flat(static_cast<size_t>(batch * seq), 0);
+  std::vector<uint8_t> mask(flat.size(), 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    if (ids[b].empty()) {
+      return Result<ForwardOutput>::failure("forward: sequence " + std::to_string(b) + " is empty");
+    }
+    for (size_t t = 0; t < ids[b].size(); ++t) {
+      flat[b * seq + t] = ids[b][t];
+      mask[b * seq + t] = 1;
+    }
+  }
+  const std::vector<int32_t> targets = next_token_targets(flat.data(), mask.data(), batch, seq);
+  ForwardInputs in;
+  in.batch = batch;
+  in.seq = seq;
+  in.ids = flat.data();
+  in.mask = mask.data();
+  in.targets = targets.data();
+  in.want_logits = options.logits;
+  in.want_stats = options.head_statistics;
+  auto r = bloom_forward(impl_->model, *impl_->backend, in);
+  if (!r.ok()) return fail<ForwardOutput>(r.status());
+  ForwardOutput out;
+  out.loss = r->loss;
+  out.scored = r->scored;
+  out.logits = std::move(r->logits);
+  if (options.head_statistics) {
+    const HeadStats& s = r->stats;
+    out.stats.resize(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t l = 0; l < s.n_layer; ++l) {
+        for (int64_t h = 0; h < s.n_head; ++h) {
+          out.stats[b].push_back(HeadValues{l, h, s.at(s.bos_mass, l, b, h),
+                                            s.at(s.entropy, l, b, h), s.at(s.local_mass, l, b, h)});
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Result<Perplexity> Model::perplexity(const std::vector<std::vector<int32_t>>& documents,
+                                     const PerplexityOptions& options) const {
+  engine::PerplexityOptions o;
+  o.seq_len = options.seq_len;
+  o.stride = options.stride;
+  auto r = sliding_window_perplexity(impl_->model, *impl_->backend, documents, o);
+  if (!r.ok()) return fail<Perplexity>(r.status());
+  Perplexity p;
+  p.tokens_scored = r->tokens_scored;
+  p.nll = r->mean_nll();
+  p.ppl = std::exp(p.nll);
+  return p;
+}
+
+Result<SurgerySummary> Model::apply_plan(const Plan& plan) {
+  const BloomConfig& c = impl_->model.config;
+  const HeadGeometry g{c.n_layer, c.n_head, c.head_dim()};
+  if (auto s = validate_plan(plan.impl_->plan, g, "plan"); !s.ok()) return fail<SurgerySummary>(s);
+  auto mask = apply_surgery(impl_->model.arena, g, plan.impl_->plan);
+  if (!mask.ok()) return fail<SurgerySummary>(mask.status());
+  SurgerySummary summary;
+  summary.targets = static_cast<int64_t>(plan.impl_->plan.targets.size());
+  summary.trainable_elements = mask->trainable_count();
+  summary.total_parameters = impl_->model.arena.parameter_elements();
+  impl_->mask = *std::move(mask);
+  return summary;
+}
+
+Result<void> Model::save(const std::string& directory, const std::string& dtype) const {
+  DType t;
+  if (dtype == "f32") {
+    t = DType::kF32;
+  } else if (dtype == "f16") {
+    t = DType::kF16;
+  } else if (dtype == "bf16") {
+    t = DType::kBF16;
+  } else {
+    return Result<void>::failure("save: dtype \"" + dtype + "\" is not f32, f16 or bf16");
+  }
+  if (auto s = save_model_directory(impl_->model, directory, t); !s.ok()) {
+    return Result<void>::failure(std::string(s.message()));
+  }
+  return {};
+}
+
+}  // namespace engine::api
