@@ -9,7 +9,9 @@ namespace engine {
 
 CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements,
                                    std::vector<int64_t> indices)
-    : words_(std::move(words)), elements_(elements), indices_(std::move(indices)),
+    : words_(std::move(words)),
+      elements_(elements),
+      indices_(std::move(indices)),
       values_(indices_.size(), 0.0f) {}
 
 void CompactGradients::zero() { std::fill(values_.begin(), values_.end(), 0.0f); }
@@ -58,8 +60,8 @@ void CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0
   }
 }
 
-int Tape::add_value(const float* data, int64_t size) {
-  values_.push_back({data, size, -1});
+int Tape::add_value(const float* data, int64_t size, bool requires_grad) {
+  values_.push_back({data, size, -1, requires_grad});
   return static_cast<int>(values_.size()) - 1;
 }
 
@@ -90,11 +92,31 @@ void add_into(float* y, const float* x, int64_t n) {
 }  // namespace
 
 absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float loss_scale) {
-  const int n = static_cast<int>(entries_.size());
-  if (n == 0 || !std::holds_alternative<TapeClassifier>(entries_.back())) {
+  if (entries_.empty() || !std::holds_alternative<TapeClassifier>(entries_.back())) {
     return absl::FailedPreconditionError("tape: the last entry must be the classifier (the loss)");
   }
-  // prefix[i]: some entry in [0, i] has a trainable parameter.
+  grads_.assign(values_.size(), Grad{});
+  return run_backward(backend, grads, loss_scale);
+}
+
+absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int value,
+                                 const float* seed) {
+  if (value < 0 || value >= static_cast<int>(values_.size()) || values_[value].producer < 0) {
+    return absl::FailedPreconditionError("tape: backward_from needs a produced value");
+  }
+  grads_.assign(values_.size(), Grad{});
+  grads_[value].data.assign(seed, seed + values_[value].size);
+  grads_[value].written = true;
+  return run_backward(backend, grads, 1.0f);
+}
+
+absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float loss_scale) {
+  const int n = static_cast<int>(entries_.size());
+  bool external_grad = false;
+  for (const Value& v : values_)
+    external_grad = external_grad || (v.producer < 0 && v.requires_grad);
+  // prefix[i]: some entry in [0, i] has a trainable parameter, or an input of the segment needs
+  // a gradient.
   std::vector<uint8_t> prefix(n, 0);
   for (int i = 0; i < n; ++i) {
     bool trainable = false;
@@ -113,10 +135,13 @@ absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float los
           }
         },
         entries_[i]);
-    prefix[i] = (trainable || (i > 0 && prefix[i - 1] != 0)) ? 1 : 0;
+    prefix[i] = (trainable || external_grad || (i > 0 && prefix[i - 1] != 0)) ? 1 : 0;
   }
-  std::vector<Grad> g(values_.size());
-  auto needs = [&](int v) { return v >= 0 && values_[v].producer >= 0 && prefix[values_[v].producer]; };
+  std::vector<Grad>& g = grads_;
+  auto needs = [&](int v) {
+    if (v < 0) return false;
+    return values_[v].producer >= 0 ? prefix[values_[v].producer] != 0 : values_[v].requires_grad;
+  };
   // The gradient buffer of value v, zero-filled on first use.
   auto grad_of = [&](int v) -> Grad& {
     Grad& gv = g[v];
@@ -197,8 +222,14 @@ absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float los
                 p.accumulate_dx = gx.written;
               }
               std::vector<float> dw, db;
-              if (want_w) dw.assign(static_cast<size_t>(e.width), 0.0f), p.dweight = dw.data();
-              if (want_b) db.assign(static_cast<size_t>(e.width), 0.0f), p.dbias = db.data();
+              if (want_w) {
+                dw.assign(static_cast<size_t>(e.width), 0.0f);
+                p.dweight = dw.data();
+              }
+              if (want_b) {
+                db.assign(static_cast<size_t>(e.width), 0.0f);
+                p.dbias = db.data();
+              }
               if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
               if (absl::Status s = backend.layernorm_backward(p); !s.ok()) return s;
               if (p.dx != nullptr) g[e.x].written = true;

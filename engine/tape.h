@@ -95,7 +95,8 @@ struct TapeEmbedding {
 struct TapeLayerNorm {
   int64_t rows = 0, width = 0;
   float eps = 1e-5f;
-  const float* mean = nullptr; const float* rstd = nullptr;  // saved moments (rows)
+  const float* mean = nullptr;
+  const float* rstd = nullptr;  // saved moments (rows)
   TapeParameter weight, bias;
   int x = -1, y = -1;
 };
@@ -123,10 +124,15 @@ struct TapeClassifier {
 using TapeEntry =
     std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClassifier>;
 
+// A tape may also hold one segment of a larger graph (activation recomputation): its inputs are
+// external values that may require a gradient (then every entry of the segment counts as having
+// something trainable before it), and its backward starts from a seeded output gradient.
 class Tape {
  public:
   // Registers a caller-owned activation buffer of `size` floats; returns its value id.
-  int add_value(const float* data, int64_t size);
+  // `requires_grad` only matters for external inputs (values no entry produces): their gradient
+  // is computed and kept for `grad()`.
+  int add_value(const float* data, int64_t size, bool requires_grad = false);
   // Records an op; the entry's output value (if any) becomes produced by it. Values must be
   // produced before they are read.
   void record(TapeEntry entry);
@@ -135,20 +141,29 @@ class Tape {
   // Runs the backward from the last entry, which must be a TapeClassifier; its loss_scale
   // scales every gradient. Parameter gradients are added to `grads`.
   absl::Status backward(Backend& backend, CompactGradients& grads, float loss_scale);
+  // Runs the backward of a segment whose output `value` has gradient `seed` (value's size).
+  absl::Status backward_from(Backend& backend, CompactGradients& grads, int value,
+                             const float* seed);
+  // The gradient of an external input after a backward (empty when none was computed).
+  const std::vector<float>& grad(int value) const { return grads_[value].data; }
 
  private:
   struct Value {
     const float* data = nullptr;
     int64_t size = 0;
     int producer = -1;  // entry index, -1 = external input
+    bool requires_grad = false;
   };
   struct Grad {
     std::vector<float> data;
     bool written = false;
   };
 
+  absl::Status run_backward(Backend& backend, CompactGradients& grads, float loss_scale);
+
   std::vector<Value> values_;
   std::vector<TapeEntry> entries_;
+  std::vector<Grad> grads_;  // per value, during and after a backward
 };
 
 }  // namespace engine

@@ -20,32 +20,17 @@ absl::StatusOr<TapeParameter> parameter(const BloomModel& model, const std::stri
   return p;
 }
 
-}  // namespace
+struct BlockParams {
+  TapeParameter ln1_w, ln1_b, qkv_w, qkv_b, dense_w, dense_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w,
+      fc2_b;
+};
 
-absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
-                                                     const ForwardInputs& in,
-                                                     CompactGradients& grads,
-                                                     double gradient_scale) {
-  if (in.targets == nullptr) {
-    return absl::InvalidArgumentError("forward_backward: targets are required");
-  }
-  const BloomConfig& c = model.config;
-  if (c.n_layer < 1) return absl::InvalidArgumentError("forward_backward: model has no layers");
-  ForwardInputs fwd = in;
-  fwd.keep_activations = true;
-  absl::StatusOr<ForwardResult> result = bloom_forward(model, backend, fwd);
-  if (!result.ok()) return result.status();
-  if (result->scored == 0) {
-    result->activations.reset();
-    return result;
-  }
-  BloomActivations& act = *result->activations;
-  const int64_t B = in.batch, T = in.seq, C = c.hidden_size, H = c.n_head, L = c.n_layer;
-  const int64_t rows = B * T;
-  const float eps = static_cast<float>(c.layer_norm_epsilon);
-  const std::vector<float> slopes = alibi_slopes(H);
+struct GraphParams {
+  TapeParameter embedding, emb_ln_w, emb_ln_b, lnf_w, lnf_b;
+  std::vector<BlockParams> blocks;
+};
 
-  // Parameters by name, failing on the first missing one.
+absl::StatusOr<GraphParams> graph_params(const BloomModel& model) {
   absl::Status missing = absl::OkStatus();
   auto param = [&](const std::string& name) {
     absl::StatusOr<TapeParameter> p = parameter(model, name);
@@ -55,73 +40,200 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     }
     return *p;
   };
-
-  Tape tape;
-  const TapeParameter embedding = param("word_embeddings.weight");
-  const int embedded = tape.add_value(act.embedded.data(), rows * C);
-  tape.record(TapeEmbedding{rows, C, c.vocab_size, in.ids, embedding, embedded});
-  int x = tape.add_value(act.blocks[0].x.data(), rows * C);
-  tape.record(TapeLayerNorm{rows, C, eps, act.emb_ln_mean.data(), act.emb_ln_rstd.data(),
-                            param("word_embeddings_layernorm.weight"),
-                            param("word_embeddings_layernorm.bias"), embedded, x});
-  for (int64_t l = 0; l < L; ++l) {
-    BlockActivations& a = act.blocks[l];
+  GraphParams g;
+  g.embedding = param("word_embeddings.weight");
+  g.emb_ln_w = param("word_embeddings_layernorm.weight");
+  g.emb_ln_b = param("word_embeddings_layernorm.bias");
+  g.lnf_w = param("ln_f.weight");
+  g.lnf_b = param("ln_f.bias");
+  for (int64_t l = 0; l < model.config.n_layer; ++l) {
     const std::string h = absl::StrCat("h.", l, ".");
-    const int ln1 = tape.add_value(a.ln1.data(), rows * C);
-    tape.record(TapeLayerNorm{rows, C, eps, a.ln1_mean.data(), a.ln1_rstd.data(),
-                              param(h + "input_layernorm.weight"), param(h + "input_layernorm.bias"),
-                              x, ln1});
-    const int qkv = tape.add_value(a.qkv.data(), rows * 3 * C);
-    tape.record(TapeLinear{rows, C, 3 * C, param(h + "self_attention.query_key_value.weight"),
-                           param(h + "self_attention.query_key_value.bias"), ln1, -1, qkv});
-    const int attn = tape.add_value(a.attn.data(), rows * C);
-    TapeAttention at;
-    AlibiAttentionParams& ap = at.forward;
-    ap.batch = B, ap.seq = T, ap.heads = H, ap.head_dim = c.head_dim();
-    ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
-    ap.qkv = a.qkv.data();
-    ap.slopes = slopes.data();
-    ap.positions = act.positions.data();
-    ap.mask = in.mask;
-    ap.out = a.attn.data();
-    ap.lse = a.lse.data();
-    at.qkv = qkv, at.out = attn;
-    tape.record(at);
-    const int x_mid = tape.add_value(a.x_mid.data(), rows * C);
-    tape.record(TapeLinear{rows, C, C, param(h + "self_attention.dense.weight"),
-                           param(h + "self_attention.dense.bias"), attn, x, x_mid});
-    const int ln2 = tape.add_value(a.ln2.data(), rows * C);
-    tape.record(TapeLayerNorm{rows, C, eps, a.ln2_mean.data(), a.ln2_rstd.data(),
-                              param(h + "post_attention_layernorm.weight"),
-                              param(h + "post_attention_layernorm.bias"), x_mid, ln2});
-    const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
-    tape.record(TapeLinear{rows, C, 4 * C, param(h + "mlp.dense_h_to_4h.weight"),
-                           param(h + "mlp.dense_h_to_4h.bias"), ln2, -1, fc1});
-    const int gelu = tape.add_value(a.gelu.data(), rows * 4 * C);
-    tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
-    const float* next = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
-    const int x_next = tape.add_value(next, rows * C);
-    tape.record(TapeLinear{rows, 4 * C, C, param(h + "mlp.dense_4h_to_h.weight"),
-                           param(h + "mlp.dense_4h_to_h.bias"), gelu, x_mid, x_next});
-    x = x_next;
+    g.blocks.push_back(BlockParams{
+        param(h + "input_layernorm.weight"), param(h + "input_layernorm.bias"),
+        param(h + "self_attention.query_key_value.weight"),
+        param(h + "self_attention.query_key_value.bias"), param(h + "self_attention.dense.weight"),
+        param(h + "self_attention.dense.bias"), param(h + "post_attention_layernorm.weight"),
+        param(h + "post_attention_layernorm.bias"), param(h + "mlp.dense_h_to_4h.weight"),
+        param(h + "mlp.dense_h_to_4h.bias"), param(h + "mlp.dense_4h_to_h.weight"),
+        param(h + "mlp.dense_4h_to_h.bias")});
   }
+  if (!missing.ok()) return missing;
+  return g;
+}
+
+// What every block entry shares.
+struct GraphShape {
+  int64_t batch = 0, seq = 0, hidden = 0, heads = 0, head_dim = 0;
+  float eps = 1e-5f;
+  const float* slopes = nullptr;
+  const int32_t* positions = nullptr;
+  const uint8_t* mask = nullptr;
+};
+
+// Records one block reading value `x` and writing `out` (B * T, C); returns the output value.
+int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockActivations& a, int x,
+                 const float* out) {
+  const int64_t rows = s.batch * s.seq, C = s.hidden;
+  const int ln1 = tape.add_value(a.ln1.data(), rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.data(), a.ln1_rstd.data(), p.ln1_w, p.ln1_b,
+                            x, ln1});
+  const int qkv = tape.add_value(a.qkv.data(), rows * 3 * C);
+  tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, qkv});
+  const int attn = tape.add_value(a.attn.data(), rows * C);
+  TapeAttention at;
+  AlibiAttentionParams& ap = at.forward;
+  ap.batch = s.batch, ap.seq = s.seq, ap.heads = s.heads, ap.head_dim = s.head_dim;
+  ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  ap.qkv = a.qkv.data();
+  ap.slopes = s.slopes;
+  ap.positions = s.positions;
+  ap.mask = s.mask;
+  ap.out = a.attn.data();
+  ap.lse = a.lse.data();
+  at.qkv = qkv, at.out = attn;
+  tape.record(at);
+  const int x_mid = tape.add_value(a.x_mid.data(), rows * C);
+  tape.record(TapeLinear{rows, C, C, p.dense_w, p.dense_b, attn, x, x_mid});
+  const int ln2 = tape.add_value(a.ln2.data(), rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln2_mean.data(), a.ln2_rstd.data(), p.ln2_w, p.ln2_b,
+                            x_mid, ln2});
+  const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
+  tape.record(TapeLinear{rows, C, 4 * C, p.fc1_w, p.fc1_b, ln2, -1, fc1});
+  const int gelu = tape.add_value(a.gelu.data(), rows * 4 * C);
+  tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
+  const int x_next = tape.add_value(out, rows * C);
+  tape.record(TapeLinear{rows, 4 * C, C, p.fc2_w, p.fc2_b, gelu, x_mid, x_next});
+  return x_next;
+}
+
+// Records ln_f and the classifier reading value `x`.
+void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
+                 int x, const ForwardInputs& in, int64_t vocab) {
+  const int64_t rows = s.batch * s.seq, C = s.hidden;
   const int lnf = tape.add_value(act.lnf.data(), rows * C);
-  tape.record(TapeLayerNorm{rows, C, eps, act.lnf_mean.data(), act.lnf_rstd.data(),
-                            param("ln_f.weight"), param("ln_f.bias"), x, lnf});
+  tape.record(TapeLayerNorm{rows, C, s.eps, act.lnf_mean.data(), act.lnf_rstd.data(), p.lnf_w,
+                            p.lnf_b, x, lnf});
   TapeClassifier cl;
-  cl.forward.rows = rows, cl.forward.width = C, cl.forward.vocab = c.vocab_size;
+  cl.forward.rows = rows, cl.forward.width = C, cl.forward.vocab = vocab;
   cl.forward.vocab_chunk = in.vocab_chunk;
   cl.forward.hidden = act.lnf.data();
-  cl.forward.embedding = embedding.data;
+  cl.forward.embedding = p.embedding.data;
   cl.forward.targets = in.targets;
-  cl.embedding = embedding;
+  cl.embedding = p.embedding;
   cl.hidden = lnf;
   tape.record(cl);
-  if (!missing.ok()) return missing;
+}
 
-  const float loss_scale =
-      static_cast<float>(gradient_scale / static_cast<double>(result->scored));
-  if (absl::Status s = tape.backward(backend, grads, loss_scale); !s.ok()) return s;
+// Records the embedding and its LayerNorm, writing value `x0`; returns x0's value.
+int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
+                     const int32_t* ids, int64_t vocab, const float* x0) {
+  const int64_t rows = s.batch * s.seq, C = s.hidden;
+  const int embedded = tape.add_value(act.embedded.data(), rows * C);
+  tape.record(TapeEmbedding{rows, C, vocab, ids, p.embedding, embedded});
+  const int x = tape.add_value(x0, rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, act.emb_ln_mean.data(), act.emb_ln_rstd.data(),
+                            p.emb_ln_w, p.emb_ln_b, embedded, x});
+  return x;
+}
+
+bool block_trainable(CompactGradients& grads, const BlockParams& b) {
+  for (const TapeParameter* p : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.dense_w, &b.dense_b,
+                                 &b.ln2_w, &b.ln2_b, &b.fc1_w, &b.fc1_b, &b.fc2_w, &b.fc2_b}) {
+    if (grads.any_trainable(*p)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
+                                                     const ForwardInputs& in,
+                                                     CompactGradients& grads, double gradient_scale,
+                                                     bool recompute) {
+  if (in.targets == nullptr) {
+    return absl::InvalidArgumentError("forward_backward: targets are required");
+  }
+  const BloomConfig& c = model.config;
+  if (c.n_layer < 1) return absl::InvalidArgumentError("forward_backward: model has no layers");
+  absl::StatusOr<GraphParams> params = graph_params(model);
+  if (!params.ok()) return params.status();
+  ForwardInputs fwd = in;
+  fwd.keep_activations = !recompute;
+  fwd.keep_block_inputs = recompute;
+  absl::StatusOr<ForwardResult> result = bloom_forward(model, backend, fwd);
+  if (!result.ok()) return result.status();
+  if (result->scored == 0) {
+    result->activations.reset();
+    return result;
+  }
+  BloomActivations& act = *result->activations;
+  const int64_t L = c.n_layer, rows = in.batch * in.seq, C = c.hidden_size;
+  const std::vector<float> slopes = alibi_slopes(c.n_head);
+  GraphShape shape;
+  shape.batch = in.batch, shape.seq = in.seq, shape.hidden = C;
+  shape.heads = c.n_head, shape.head_dim = c.head_dim();
+  shape.eps = static_cast<float>(c.layer_norm_epsilon);
+  shape.slopes = slopes.data();
+  shape.positions = act.positions.data();
+  shape.mask = in.mask;
+  const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
+
+  if (!recompute) {
+    // One tape over every kept intermediate.
+    Tape tape;
+    int x =
+        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.blocks[0].x.data());
+    for (int64_t l = 0; l < L; ++l) {
+      const float* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
+      x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
+    }
+    record_head(tape, shape, *params, act, x, in, c.vocab_size);
+    if (absl::Status s = tape.backward(backend, grads, loss_scale); !s.ok()) return s;
+    result->activations.reset();
+    return result;
+  }
+
+  // Recomputation: one tape per segment (head, each block from the top, embedding). below[l]:
+  // something at or below the input of block l (embedding, its LayerNorm, blocks < l) is
+  // trainable, so the gradient of block l's input is needed.
+  std::vector<uint8_t> below(static_cast<size_t>(L + 1), 0);
+  below[0] = grads.any_trainable(params->embedding) || grads.any_trainable(params->emb_ln_w) ||
+             grads.any_trainable(params->emb_ln_b);
+  for (int64_t l = 0; l < L; ++l) {
+    below[l + 1] = below[l] || block_trainable(grads, params->blocks[l]);
+  }
+  std::vector<float> dx;  // gradient of the current segment's output
+  {
+    Tape head;
+    const int x = head.add_value(act.final_x.data(), rows * C, below[L] != 0);
+    record_head(head, shape, *params, act, x, in, c.vocab_size);
+    if (absl::Status s = head.backward(backend, grads, loss_scale); !s.ok()) return s;
+    dx = head.grad(x);
+  }
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  if (!weights.ok()) return weights.status();
+  BlockActivations a;  // one block's recomputed intermediates, reused from the top down
+  std::vector<float> out(static_cast<size_t>(rows * C));
+  for (int64_t l = L - 1; l >= 0 && below[l + 1] != 0; --l) {
+    const float* x_in = act.block_inputs.data() + l * rows * C;
+    if (absl::Status s = bloom_block_forward(c, weights->blocks[l], backend, in.batch, in.seq,
+                                             act.positions.data(), in.mask, x_in, out.data(), a);
+        !s.ok()) {
+      return s;
+    }
+    Tape tape;
+    const int x = tape.add_value(x_in, rows * C, below[l] != 0);
+    const int y = record_block(tape, shape, params->blocks[l], a, x, out.data());
+    if (absl::Status s = tape.backward_from(backend, grads, y, dx.data()); !s.ok()) return s;
+    if (below[l] == 0) break;
+    dx = tape.grad(x);
+  }
+  if (below[0] != 0) {
+    Tape tape;
+    const int x0 =
+        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.block_inputs.data());
+    if (absl::Status s = tape.backward_from(backend, grads, x0, dx.data()); !s.ok()) return s;
+  }
   result->activations.reset();
   return result;
 }

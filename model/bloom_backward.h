@@ -9,6 +9,10 @@
 //   `gradient_scale` multiplies its gradient (1 / grad_accum for accumulation), and the result
 //   is ADDED to `grads`, which also decides what is computed (only trainable elements; see
 //   tape.h). A batch with no scored position adds nothing.
+// - recompute: the forward keeps only each block's input; the backward runs one tape segment per
+//   block from the top, recomputing that block's intermediates first (activation memory of one
+//   block instead of L, for one extra block forward each). Same results, bit for bit: the same
+//   ops run on the same values in the same order.
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 
@@ -24,6 +28,7 @@ namespace engine {
 absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
                                                      const ForwardInputs& in,
                                                      CompactGradients& grads,
-                                                     double gradient_scale = 1.0);
+                                                     double gradient_scale = 1.0,
+                                                     bool recompute = false);
 
 }  // namespace engine

@@ -286,8 +286,11 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     st.rows.assign(B, 0);
   }
   act->final_x.resize(rows * C);
+  const bool keep_inputs = in.keep_block_inputs && !in.keep_activations;
+  if (keep_inputs) act->block_inputs.resize(L * rows * C);
   for (int64_t l = 0; l < L; ++l) {
     BlockActivations& a = act->blocks[in.keep_activations ? l : 0];
+    if (keep_inputs) std::copy(a.x.begin(), a.x.end(), act->block_inputs.begin() + l * rows * C);
     BlockCall call;
     call.batch = B, call.rows_per_batch = T, call.past = 0;
     call.positions = act->positions.data();
@@ -355,8 +358,24 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       result.loss = result.scored > 0 ? sum / static_cast<double>(result.scored) : 0.0;
     }
   }
-  if (in.keep_activations) result.activations = std::move(act);
+  if (in.keep_activations || in.keep_block_inputs) result.activations = std::move(act);
   return result;
+}
+
+absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
+                                 Backend& backend, int64_t batch, int64_t seq,
+                                 const int32_t* positions, const uint8_t* mask, const float* x_in,
+                                 float* x_out, BlockActivations& a) {
+  const int64_t rows = batch * seq;
+  size_block(a, rows, batch, seq, config);
+  BlockCall call;
+  call.batch = batch, call.rows_per_batch = seq, call.past = 0;
+  call.positions = positions;
+  call.mask = mask;
+  call.qkv_store = a.qkv.data();
+  call.x_in = x_in;
+  call.x_out = x_out;
+  return run_block(backend, config, weights, alibi_slopes(config.n_head), call, a);
 }
 
 KvCache::KvCache(const BloomConfig& config, int64_t capacity)

@@ -69,6 +69,7 @@ struct BloomActivations {
   std::vector<float> embedded;          // (rows, C) word embeddings
   std::vector<float> emb_ln_mean, emb_ln_rstd;  // (rows)
   std::vector<BlockActivations> blocks;  // (L) when kept, else (1) shared by every layer
+  std::vector<float> block_inputs;       // (L, rows, C) when keep_block_inputs
   std::vector<float> final_x;           // (rows, C) residual stream after the last block
   std::vector<float> lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
 };
@@ -81,6 +82,9 @@ struct ForwardInputs {
   bool want_logits = false;          // return (B, T, V) logits
   bool want_stats = false;           // return per-(layer, batch row, head) statistics
   bool keep_activations = false;     // keep every layer's intermediates (for a backward pass)
+  // Keep only each block's input (and the embedding/final intermediates): for a backward that
+  // recomputes each block's intermediates from its input (activation recomputation).
+  bool keep_block_inputs = false;
   int64_t vocab_chunk = 8192;        // classifier chunk width
 };
 
@@ -100,11 +104,19 @@ struct ForwardResult {
   std::vector<float> row_loss;      // (B, T) -log p(target), 0 where not scored
   std::vector<float> logits;        // (B, T, V) when want_logits
   HeadStats stats;                  // filled when want_stats
-  std::unique_ptr<BloomActivations> activations;  // when keep_activations
+  std::unique_ptr<BloomActivations> activations;  // when keep_activations or keep_block_inputs
 };
 
 absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& backend,
                                             const ForwardInputs& in);
+
+// One block over full sequences (no cache), as bloom_forward runs it: reads x_in (B * T, C),
+// writes every intermediate into `a` (sized here) and the block output into x_out (B * T, C).
+// For activation recomputation in the backward.
+absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
+                                 Backend& backend, int64_t batch, int64_t seq,
+                                 const int32_t* positions, const uint8_t* mask, const float* x_in,
+                                 float* x_out, BlockActivations& a);
 
 // targets[b, t] = ids[b, t + 1] when positions t and t + 1 are both real, else -1: the standard
 // causal-LM labelling (transformers' labels = input_ids with padding ignored, shifted by one).

@@ -16,6 +16,7 @@
 #include "kernels/cpu/adamw.h"
 #include "model/bloom_backward.h"
 #include "model/perplexity.h"
+#include "surgery/diagnosis.h"
 #include "surgery/head_surgery.h"
 
 namespace engine {
@@ -53,7 +54,9 @@ double deterministic_norm(const float* g, int64_t n) {
 
 Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
                  OptimizerOptions options)
-    : model_(model), backend_(backend), options_(options),
+    : model_(model),
+      backend_(backend),
+      options_(options),
       grads_(mask.words(), mask.elements(), mask.trainable_indices()) {
   if (options_.kind == OptimizerKind::kAdamW) {
     m_.assign(static_cast<size_t>(grads_.size()), 0.0f);
@@ -75,10 +78,11 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     in.ids = mb.ids.data();
     in.mask = mb.mask.empty() ? nullptr : mb.mask.data();
     in.targets = mb.targets.data();
-    absl::StatusOr<ForwardResult> f = bloom_forward_backward(model_, backend_, in, grads_, scale);
+    absl::StatusOr<ForwardResult> f =
+        bloom_forward_backward(model_, backend_, in, grads_, scale, recompute_);
     if (!f.ok()) {
-      return absl::Status(f.status().code(), absl::StrCat("step ", r.step, ": ",
-                                                          std::string(f.status().message())));
+      return absl::Status(f.status().code(),
+                          absl::StrCat("step ", r.step, ": ", std::string(f.status().message())));
     }
     loss_sum += f->loss;
     r.tokens += f->scored;
@@ -88,10 +92,9 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (!r.finite) {
     if (!options_.skip_nonfinite) {
-      return absl::InternalError(absl::StrCat("step ", r.step, ": non-finite ",
-                                              std::isfinite(r.loss) ? "gradient" : "loss",
-                                              " (loss ", r.loss, ", gradient norm ", r.grad_norm,
-                                              ")"));
+      return absl::InternalError(absl::StrCat(
+          "step ", r.step, ": non-finite ", std::isfinite(r.loss) ? "gradient" : "loss", " (loss ",
+          r.loss, ", gradient norm ", r.grad_norm, ")"));
     }
     ++step_;
     return r;
@@ -196,7 +199,9 @@ nlohmann::json architecture_json(const BloomConfig& c) {
           {"layer_norm_epsilon", c.layer_norm_epsilon}};
 }
 
-const char* schedule_name(ScheduleKind k) { return k == ScheduleKind::kCosine ? "cosine" : "constant"; }
+const char* schedule_name(ScheduleKind k) {
+  return k == ScheduleKind::kCosine ? "cosine" : "constant";
+}
 const char* optimizer_name(OptimizerKind k) { return k == OptimizerKind::kAdamW ? "adamw" : "sgd"; }
 
 // Everything that shapes the trajectory of a run: a resumed run must agree on all of it.
@@ -228,8 +233,7 @@ absl::Status write_optimizer_state(const fs::path& file, Trainer& trainer) {
     if (absl::Status s = w.write(kOptimizerMagic, sizeof(kOptimizerMagic)); !s.ok()) return s;
     if (absl::Status s = w.write(header, sizeof(header)); !s.ok()) return s;
     if (absl::Status s = w.write(&moments, sizeof(moments)); !s.ok()) return s;
-    if (absl::Status s = w.write(trainer.first_moment().data(), moments * sizeof(float));
-        !s.ok()) {
+    if (absl::Status s = w.write(trainer.first_moment().data(), moments * sizeof(float)); !s.ok()) {
       return s;
     }
     return w.write(trainer.second_moment().data(), moments * sizeof(float));
@@ -249,10 +253,9 @@ absl::Status read_optimizer_state(const fs::path& file, Trainer& trainer, int64_
   int64_t header[3];
   std::memcpy(header, f->data() + sizeof(kOptimizerMagic), sizeof(header));
   if (header[0] != trainer.trainable_count() || header[1] != step || header[2] != moments) {
-    return absl::DataLossError(absl::StrCat(file.string(), ": holds ", header[0],
-                                            " trainable elements at step ", header[1],
-                                            ", expected ", trainer.trainable_count(), " at step ",
-                                            step));
+    return absl::DataLossError(
+        absl::StrCat(file.string(), ": holds ", header[0], " trainable elements at step ",
+                     header[1], ", expected ", trainer.trainable_count(), " at step ", step));
   }
   const uint8_t* body = f->data() + sizeof(kOptimizerMagic) + sizeof(header);
   std::memcpy(trainer.first_moment().data(), body, moments * sizeof(float));
@@ -277,7 +280,8 @@ absl::Status save_checkpoint(const fs::path& out, const std::string& name, const
   if (absl::Status s = save_model_directory(model, tmp); !s.ok()) return s;
   if (absl::Status s = write_optimizer_state(tmp / kOptimizerFile, trainer); !s.ok()) return s;
   if (plan.has_value()) {
-    if (absl::Status s = write_string_atomically(tmp / "plan.json", plan_to_json(*plan).dump(2) + "\n");
+    if (absl::Status s =
+            write_string_atomically(tmp / "plan.json", plan_to_json(*plan).dump(2) + "\n");
         !s.ok()) {
       return s;
     }
@@ -305,7 +309,8 @@ class MetricsLog {
   absl::Status open(const fs::path& file) {
     path_ = file;
     stream_.open(file, std::ios::app);
-    if (!stream_) return absl::InternalError(absl::StrCat(file.string(), ": cannot open for append"));
+    if (!stream_)
+      return absl::InternalError(absl::StrCat(file.string(), ": cannot open for append"));
     return absl::OkStatus();
   }
   void write(const nlohmann::json& j) {
@@ -355,6 +360,71 @@ std::string first_difference(const nlohmann::json& got, const nlohmann::json& wa
 
 }  // namespace
 
+absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
+                                    const std::vector<std::vector<int32_t>>& chunks,
+                                    const std::vector<HeadTarget>& targets,
+                                    const HeadScan* before_surgery) {
+  const int64_t L = model.config.n_layer, H = model.config.n_head;
+  DiagnosisAccumulator acc(L, H);
+  int64_t seq_len = 0;
+  for (const std::vector<int32_t>& chunk : chunks) {
+    ForwardInputs in;
+    in.batch = 1, in.seq = static_cast<int64_t>(chunk.size());
+    in.ids = chunk.data();
+    in.want_stats = true;
+    absl::StatusOr<ForwardResult> r = bloom_forward(model, backend, in);
+    if (!r.ok()) return r.status();
+    SequenceHeadStats s;
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < H; ++h) {
+        s.bos_mass.push_back(r->stats.at(r->stats.bos_mass, l, 0, h));
+        s.entropy.push_back(r->stats.at(r->stats.entropy, l, 0, h));
+        s.local_mass.push_back(r->stats.at(r->stats.local_mass, l, 0, h));
+      }
+    }
+    if (absl::Status st = acc.add(s, r->stats.rows[0]); !st.ok()) return st;
+    seq_len = std::max<int64_t>(seq_len, in.seq);
+  }
+  const DiagnosisReport report =
+      acc.finish(Thresholds{}, alibi_slopes(H), nlohmann::json::object(), seq_len);
+  HeadScan scan;
+  for (const HeadSummary& head : report.heads) scan.bos_mass.push_back(head.bos_mass.mean);
+  std::vector<uint8_t> is_target(static_cast<size_t>(L * H), 0), target_layer(L, 0);
+  int64_t revived = 0;
+  for (const HeadTarget& t : targets) {
+    is_target[t.layer * H + t.head] = 1;
+    target_layer[t.layer] = 1;
+    revived += is_collapsed(report.at(t.layer, t.head).cls) ? 0 : 1;
+  }
+  scan.summary = {{"scan_sequences", report.sequences},
+                  {"healthy", report.counts.healthy},
+                  {"low_entropy", report.counts.low_entropy},
+                  {"sink", report.counts.sink},
+                  {"dead", report.counts.dead},
+                  {"collapsed", report.counts.collapsed()},
+                  {"targets", targets.size()},
+                  {"targets_not_collapsed", revived},
+                  {"bos_mass", scan.bos_mass}};
+  if (before_surgery != nullptr) {
+    int64_t inside = 0, outside = 0;
+    nlohmann::json drifted = nlohmann::json::array();
+    for (int64_t l = 0; l < L; ++l) {
+      for (int64_t h = 0; h < H; ++h) {
+        const size_t k = static_cast<size_t>(l * H + h);
+        if (is_target[k] != 0) continue;
+        if (std::abs(scan.bos_mass[k] - before_surgery->bos_mass[k]) > HeadScan::kDriftThreshold) {
+          (target_layer[l] != 0 ? inside : outside) += 1;
+          drifted.push_back({l, h});
+        }
+      }
+    }
+    scan.summary["drift_inside_zone"] = inside;
+    scan.summary["drift_outside_zone"] = outside;
+    scan.summary["drifted_heads"] = drifted;
+  }
+  return scan;
+}
+
 absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const TrainData& data,
                                             Backend& backend) {
   using Clock = std::chrono::steady_clock;
@@ -363,10 +433,10 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   };
   // --- validate everything before any work -----------------------------------------------------
   if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
-                     ">= 0 (got ", o.seq_len, ", ", o.batch, ", ", o.grad_accum, ", ", o.epochs,
-                     ", ", o.steps, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
+        ">= 0 (got ",
+        o.seq_len, ", ", o.batch, ", ", o.grad_accum, ", ", o.epochs, ", ", o.steps, ")"));
   }
   if (!(o.lr >= 0.0) || !(o.optimizer.clip >= 0.0)) {
     return absl::InvalidArgumentError("train: --lr and --clip must be >= 0");
@@ -385,9 +455,11 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
         absl::StrCat(o.out_dir.string(), ": output path exists and is not a directory"));
   }
   const int64_t resume_step = fs::is_directory(o.out_dir, ec) ? last_checkpoint(o.out_dir) : -1;
-  if (o.resume && resume_step < 0) {
+  // --resume into an existing OUT without a complete checkpoint (killed before the first one)
+  // starts from the beginning; a missing OUT is more likely a mistyped path.
+  if (o.resume && !fs::is_directory(o.out_dir, ec)) {
     return absl::NotFoundError(
-        absl::StrCat(o.out_dir.string(), ": --resume but no complete checkpoint step_N here"));
+        absl::StrCat(o.out_dir.string(), ": --resume but the directory does not exist"));
   }
   if (!o.resume && fs::is_directory(o.out_dir, ec) &&
       (resume_step >= 0 || fs::exists(o.out_dir / kMetricsFile))) {
@@ -398,18 +470,30 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   absl::StatusOr<BloomModel> base = load_model_directory(o.model_dir);
   if (!base.ok()) return base.status();
   if (absl::Status s = check_finite_parameters(*base); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(o.model_dir.string(), ": ",
-                                                   std::string(s.message())));
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.model_dir.string(), ": ", std::string(s.message())));
   }
-  const BloomConfig& config = base->config;
+  const BloomConfig config = base->config;
   const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
+  // The reference for drift: the base model's heads before surgery.
+  std::optional<HeadScan> base_scan;
+  const std::vector<HeadTarget> targets =
+      o.plan.has_value() ? o.plan->targets : std::vector<HeadTarget>{};
+  if (o.plan.has_value()) {
+    if (absl::Status s = validate_plan(*o.plan, geometry, "surgery plan"); !s.ok()) return s;
+  }
+  if (!data.scan_chunks.empty()) {
+    absl::StatusOr<HeadScan> scan = scan_heads(*base, backend, data.scan_chunks, {}, nullptr);
+    if (!scan.ok()) return scan.status();
+    base_scan = std::move(*scan);
+  }
   std::optional<FrozenMask> mask;
   if (o.plan.has_value()) {
     // Surgery on the base weights: the reference every frozen element must keep.
     absl::StatusOr<FrozenMask> m = apply_surgery(base->arena, geometry, *o.plan);
     if (!m.ok()) {
-      return absl::Status(m.status().code(), absl::StrCat("surgery plan: ",
-                                                          std::string(m.status().message())));
+      return absl::Status(m.status().code(),
+                          absl::StrCat("surgery plan: ", std::string(m.status().message())));
     }
     mask.emplace(std::move(*m));
   } else {
@@ -457,10 +541,10 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
       for (int64_t i = 0; i < p.numel; ++i) {
         const int64_t k = p.offset + i;
         if (!mask->trainable(k) && want[k] != got[k]) {
-          return absl::FailedPreconditionError(absl::StrCat(
-              "resume: ", dir.string(), ": tensor ", p.name, " element ", i,
-              " is frozen but differs from ", o.model_dir.string(),
-              " (the checkpoint comes from another base model or plan)"));
+          return absl::FailedPreconditionError(
+              absl::StrCat("resume: ", dir.string(), ": tensor ", p.name, " element ", i,
+                           " is frozen but differs from ", o.model_dir.string(),
+                           " (the checkpoint comes from another base model or plan)"));
         }
       }
     }
@@ -474,10 +558,24 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   } else {
     model = std::move(*base);
   }
+  if (resume_step >= 0) {
+    // A kill between moving an old checkpoint aside and renaming its replacement into place
+    // leaves only OUT/.old-<name>: put it back.
+    for (const char* name : {"best", "final"}) {
+      const fs::path old = o.out_dir / absl::StrCat(".old-", name);
+      if (fs::is_directory(old, ec) && !fs::exists(o.out_dir / name, ec)) {
+        fs::rename(old, o.out_dir / name, ec);
+        if (ec) {
+          return absl::InternalError(absl::StrCat(old.string(), ": rename: ", ec.message()));
+        }
+      }
+    }
+  }
   if (!fs::create_directories(o.out_dir, ec) && ec) {
     return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
   }
   Trainer trainer(model, backend, *mask, o.optimizer);
+  trainer.set_recompute(o.recompute);
   if (resume_step >= 0) {
     if (absl::Status s = read_optimizer_state(
             o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);
@@ -497,18 +595,27 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                  {"parameter_elements", summary["parameter_elements"]},
                  {"optimizer_state_bytes", optimizer_bytes},
                  {"parameter_bytes", static_cast<int64_t>(model.arena.size_bytes())}});
-  log(absl::StrFormat("train: %d steps, %d trainable of %d parameter elements (optimizer state "
-                      "%.1f MiB), %s",
-                      total, summary["trainable_elements"].get<int64_t>(),
-                      summary["parameter_elements"].get<int64_t>(),
-                      optimizer_bytes / (1024.0 * 1024.0),
-                      resume_step >= 0 ? absl::StrCat("resumed at step ", resume_step)
-                                       : std::string("from the start")));
+  log(absl::StrFormat(
+      "train: %d steps, %d trainable of %d parameter elements (optimizer state "
+      "%.1f MiB), %s",
+      total, summary["trainable_elements"].get<int64_t>(),
+      summary["parameter_elements"].get<int64_t>(), optimizer_bytes / (1024.0 * 1024.0),
+      resume_step >= 0 ? absl::StrCat("resumed at step ", resume_step)
+                       : std::string("from the start")));
 
-  const int64_t checkpoint_every =
-      o.checkpoint_every > 0 ? o.checkpoint_every : (o.eval_every > 0 ? o.eval_every : steps_per_epoch);
-  std::string last_good = resume_step >= 0 ? (o.out_dir / absl::StrCat("step_", resume_step)).string()
-                                            : std::string("none");
+  if (base_scan.has_value()) {
+    nlohmann::json line = base_scan->summary;
+    line["event"] = "scan";
+    line["step"] = 0;
+    line["before_surgery"] = true;
+    metrics.write(line);
+  }
+  const int64_t checkpoint_every = o.checkpoint_every > 0
+                                       ? o.checkpoint_every
+                                       : (o.eval_every > 0 ? o.eval_every : steps_per_epoch);
+  std::string last_good = resume_step >= 0
+                              ? (o.out_dir / absl::StrCat("step_", resume_step)).string()
+                              : std::string("none");
   auto state_for = [&](int64_t step, double loss) {
     nlohmann::json best = nlohmann::json();
     if (best_ppl.has_value()) best = {{"ppl", *best_ppl}, {"step", best_step}};
@@ -524,18 +631,43 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                           {"mask", summary},
                           {"best", best}};
   };
+  auto scan = [&](int64_t step) -> absl::Status {
+    if (!base_scan.has_value()) return absl::OkStatus();
+    absl::StatusOr<HeadScan> now =
+        scan_heads(model, backend, data.scan_chunks, targets, &*base_scan);
+    if (!now.ok()) return now.status();
+    nlohmann::json line = now->summary;
+    line["event"] = "scan";
+    line["step"] = step;
+    metrics.write(line);
+    log(absl::StrFormat(
+        "scan  step %d: %d collapsed of %d heads, %d/%d targets not collapsed, "
+        "%d frozen heads drifted (%d inside the surgical layers)",
+        step, line["collapsed"].get<int64_t>(), config.n_layer * config.n_head,
+        line["targets_not_collapsed"].get<int64_t>(), targets.size(),
+        line["drift_inside_zone"].get<int64_t>() + line["drift_outside_zone"].get<int64_t>(),
+        line["drift_inside_zone"].get<int64_t>()));
+    return absl::OkStatus();
+  };
   auto evaluate = [&](int64_t step) -> absl::StatusOr<std::optional<double>> {
-    if (data.eval_chunks.empty()) return std::optional<double>();
+    if (data.eval_chunks.empty()) {
+      if (absl::Status s = scan(step); !s.ok()) return s;
+      return std::optional<double>();
+    }
     PerplexityOptions po;
     po.seq_len = o.seq_len, po.stride = o.seq_len, po.batch = o.batch;
     absl::StatusOr<PerplexityResult> r =
         sliding_window_perplexity(model, backend, data.eval_chunks, po);
     if (!r.ok()) return r.status();
     const double ppl = std::exp(r->mean_nll());
-    metrics.write({{"event", "eval"}, {"step", step}, {"eval_nll", r->mean_nll()},
-                   {"eval_ppl", ppl}, {"eval_tokens", r->tokens_scored}});
+    metrics.write({{"event", "eval"},
+                   {"step", step},
+                   {"eval_nll", r->mean_nll()},
+                   {"eval_ppl", ppl},
+                   {"eval_tokens", r->tokens_scored}});
     log(absl::StrFormat("eval  step %d: held-out perplexity %.4f over %d tokens", step, ppl,
                         r->tokens_scored));
+    if (absl::Status s = scan(step); !s.ok()) return s;
     return std::optional<double>(ppl);
   };
 
@@ -552,20 +684,23 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     const double lr = schedule.lr(step);
     absl::StatusOr<StepResult> r = trainer.step(micro, lr);
     if (!r.ok()) {
-      return absl::Status(r.status().code(),
-                          absl::StrCat(std::string(r.status().message()),
-                                       "; last good checkpoint: ", last_good));
+      return absl::Status(r.status().code(), absl::StrCat(std::string(r.status().message()),
+                                                          "; last good checkpoint: ", last_good));
     }
     last_loss = r->loss;
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double tokens_per_s = r->tokens / std::max(seconds, 1e-9);
-    nlohmann::json line = {{"event", "step"}, {"step", step}, {"loss", r->loss}, {"lr", lr},
-                           {"grad_norm", r->grad_norm}, {"tokens", r->tokens},
+    nlohmann::json line = {{"event", "step"},
+                           {"step", step},
+                           {"loss", r->loss},
+                           {"lr", lr},
+                           {"grad_norm", r->grad_norm},
+                           {"tokens", r->tokens},
                            {"tokens_per_s", tokens_per_s}};
     if (!r->finite) line["skipped_nonfinite"] = true;
     metrics.write(line);
-    log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step,
-                        total, r->loss, lr, r->grad_norm, tokens_per_s,
+    log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total,
+                        r->loss, lr, r->grad_norm, tokens_per_s,
                         r->finite ? "" : "  (non-finite, skipped)"));
     const bool last = step == total;
     if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
@@ -584,8 +719,8 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     }
     if (step % checkpoint_every == 0 || last) {
       const std::string name = absl::StrCat("step_", step);
-      if (absl::Status s = save_checkpoint(o.out_dir, name, model, trainer,
-                                           state_for(step, last_loss), o.plan);
+      if (absl::Status s =
+              save_checkpoint(o.out_dir, name, model, trainer, state_for(step, last_loss), o.plan);
           !s.ok()) {
         return s;
       }

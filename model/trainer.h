@@ -55,12 +55,12 @@ struct MicroBatch {
 };
 
 struct StepResult {
-  int64_t step = 0;         // 1-based optimizer step just taken (or skipped)
-  double loss = 0.0;        // mean of the micro-batch losses
-  double grad_norm = 0.0;   // before clipping
+  int64_t step = 0;        // 1-based optimizer step just taken (or skipped)
+  double loss = 0.0;       // mean of the micro-batch losses
+  double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
-  int64_t tokens = 0;       // scored tokens
-  bool finite = true;       // false: nothing was updated
+  int64_t tokens = 0;  // scored tokens
+  bool finite = true;  // false: nothing was updated
 };
 
 class Trainer {
@@ -78,6 +78,8 @@ class Trainer {
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }
   void set_step_count(int64_t step) { step_ = step; }
+  // Activation recomputation per block (bloom_backward.h): less memory, same results.
+  void set_recompute(bool on) { recompute_ = on; }
 
  private:
   BloomModel& model_;
@@ -86,6 +88,7 @@ class Trainer {
   CompactGradients grads_;
   std::vector<float> m_, v_;
   int64_t step_ = 0;
+  bool recompute_ = false;
 };
 
 // sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
@@ -93,20 +96,21 @@ class Trainer {
 double deterministic_norm(const float* g, int64_t n);
 
 struct TrainRunOptions {
-  std::filesystem::path model_dir;   // --model (the base checkpoint)
-  std::filesystem::path out_dir;     // --out
-  std::optional<SurgeryPlan> plan;   // --surgery; none = every parameter trainable
+  std::filesystem::path model_dir;  // --model (the base checkpoint)
+  std::filesystem::path out_dir;    // --out
+  std::optional<SurgeryPlan> plan;  // --surgery; none = every parameter trainable
   int64_t seq_len = 512, batch = 1, grad_accum = 8;
-  int64_t epochs = 1;                // used when steps == 0
-  int64_t steps = 0;                 // total optimizer steps; 0 = from epochs
+  int64_t epochs = 1;  // used when steps == 0
+  int64_t steps = 0;   // total optimizer steps; 0 = from epochs
   double lr = 5e-5;
-  int64_t warmup = -1;               // -1 = min(100, total / 4)
+  int64_t warmup = -1;  // -1 = min(100, total / 4)
   ScheduleKind schedule = ScheduleKind::kCosine;
   OptimizerOptions optimizer;
-  int64_t eval_every = 0;            // optimizer steps between evaluations; 0 = at the end only
-  int64_t checkpoint_every = 0;      // 0 = eval_every, or once per epoch when that is 0 too
+  int64_t eval_every = 0;        // optimizer steps between evaluations; 0 = at the end only
+  int64_t checkpoint_every = 0;  // 0 = eval_every, or once per epoch when that is 0 too
   uint64_t seed = 1234;
   bool resume = false;
+  bool recompute = false;  // per-block activation recomputation (same results)
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;
@@ -114,11 +118,27 @@ struct TrainRunOptions {
   std::function<void(const std::string&)> log;
 };
 
-// Data for a run: training chunks with their seeded order, and held-out chunks (may be empty).
+// Data for a run: training chunks with their seeded order, held-out chunks (may be empty), and
+// the sequences of the head scan (may be empty: no scan).
 struct TrainData {
   const ChunkedDataset* train = nullptr;
   std::vector<std::vector<int32_t>> eval_chunks;
+  std::vector<std::vector<int32_t>> scan_chunks;
 };
+
+// A head scan (METHOD.md section 2, default thresholds) compared with the scan of the base model
+// before surgery (section 5): class counts, how many targets are no longer collapsed, and the
+// frozen heads whose bos_mass moved by more than kDriftThreshold, split into those in layers that
+// hold a target ("inside" the surgical zone) and all others ("outside").
+struct HeadScan {
+  static constexpr double kDriftThreshold = 0.05;
+  std::vector<double> bos_mass;  // (L, H) means over the scan sequences
+  nlohmann::json summary;        // the metrics fields
+};
+absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
+                                    const std::vector<std::vector<int32_t>>& chunks,
+                                    const std::vector<HeadTarget>& targets,
+                                    const HeadScan* before_surgery);
 
 struct TrainRunResult {
   int64_t steps = 0;               // optimizer steps at the end

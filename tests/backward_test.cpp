@@ -6,6 +6,7 @@
 // finite-difference check of the whole graph on a model without reference gradients.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <random>
 #include <string>
@@ -66,8 +67,7 @@ TEST_P(FixtureGradients, EveryParameterMatchesTransformers) {
   const CaseData d = load_case(ref, gc.name);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
-  absl::StatusOr<ForwardResult> r =
-      bloom_forward_backward(*model, *backend, inputs_of(d), grads);
+  absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
   ASSERT_TRUE(r.ok()) << r.status();
   const double loss = ref.get<float>(std::string(gc.name) + ".loss")[0];
   EXPECT_LE(std::abs(r->loss - loss), kLossTol * std::abs(loss));
@@ -207,6 +207,29 @@ TEST(SurgeryGradients, FullTrainingRunsEveryBackwardKernel) {
   EXPECT_EQ(backend.classifier_table_grads, 1);
 }
 
+// --recompute runs the same ops on the same values in the same order: bit-identical gradients,
+// with everything trainable and with targets only in the top layers (the segment loop stops).
+TEST(Recompute, GivesBitIdenticalGradients) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h6-l3");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CaseData d = load_case(Reference("bloom-h6-l3"), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<FrozenMask> surgical =
+      surgery_mask(model->arena, geometry_of(model->config), keep_plan({{1, 2}, {2, 0}}));
+  ASSERT_TRUE(surgical.ok()) << surgical.status();
+  for (const FrozenMask& mask : {FrozenMask::all_trainable(model->arena), *surgical}) {
+    CompactGradients kept = compact_for(mask), recomputed = compact_for(mask);
+    absl::StatusOr<ForwardResult> a = bloom_forward_backward(*model, *backend, inputs_of(d), kept);
+    absl::StatusOr<ForwardResult> b =
+        bloom_forward_backward(*model, *backend, inputs_of(d), recomputed, 1.0, true);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->loss, b->loss);
+    ASSERT_EQ(kept.size(), recomputed.size());
+    EXPECT_EQ(std::memcmp(kept.data(), recomputed.data(), kept.size() * sizeof(float)), 0)
+        << mask.trainable_count() << " trainable";
+  }
+}
+
 // Central differences along unit directions u: (loss(w + h u) - loss(w - h u)) / 2h against
 // g . u, on bloom-h3-d32-l4 (head_dim 32, 4 layers, no reference gradients) with the left-padded
 // case (fully padded query rows, padding-aware positions). The forward runs in float32, so the
@@ -216,8 +239,7 @@ TEST(SurgeryGradients, FullTrainingRunsEveryBackwardKernel) {
 // bound is relative: 2e-2 |g . u| + 5e-4. A wrong sign, a missing term or a dropped ALiBi bias
 // in the backward shows up as an error of order |g . u|.
 TEST(FiniteDifference, WholeGraphAlongPerTensorGradientDirections) {
-  absl::StatusOr<BloomModel> model =
-      load_model_directory(kFixtures / "models" / "bloom-h3-d32-l4");
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h3-d32-l4");
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref("bloom-h3-d32-l4");
   const CaseData d = load_case(ref, "left_pad");
@@ -234,12 +256,16 @@ TEST(FiniteDifference, WholeGraphAlongPerTensorGradientDirections) {
   constexpr double kStep = 1e-2;
   constexpr double kRelative = 2e-2;
   constexpr double kAbsolute = 5e-4;
-  const std::vector<std::string> names = {
-      "word_embeddings.weight", "word_embeddings_layernorm.weight",
-      "h.0.self_attention.query_key_value.weight", "h.1.self_attention.query_key_value.weight",
-      "h.3.self_attention.query_key_value.bias", "h.2.self_attention.dense.weight",
-      "h.1.input_layernorm.bias", "h.3.mlp.dense_h_to_4h.weight", "h.0.mlp.dense_4h_to_h.bias",
-      "ln_f.weight"};
+  const std::vector<std::string> names = {"word_embeddings.weight",
+                                          "word_embeddings_layernorm.weight",
+                                          "h.0.self_attention.query_key_value.weight",
+                                          "h.1.self_attention.query_key_value.weight",
+                                          "h.3.self_attention.query_key_value.bias",
+                                          "h.2.self_attention.dense.weight",
+                                          "h.1.input_layernorm.bias",
+                                          "h.3.mlp.dense_h_to_4h.weight",
+                                          "h.0.mlp.dense_4h_to_h.bias",
+                                          "ln_f.weight"};
   for (const std::string& name : names) {
     absl::StatusOr<TensorView> v = model->arena.view(name);
     ASSERT_TRUE(v.ok()) << v.status();

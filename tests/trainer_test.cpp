@@ -106,8 +106,8 @@ TEST(TrainerStep, SurgeryRunKeepsFrozenBitsAndLowersTheLoss) {
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref("bloom-h4-l2");
   const CaseData d = load_case(ref, "right_pad");
-  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, geometry_of(model->config),
-                                                  plan_for({{1, 1}, {1, 3}}, false));
+  absl::StatusOr<FrozenMask> mask =
+      apply_surgery(model->arena, geometry_of(model->config), plan_for({{1, 1}, {1, 3}}, false));
   ASSERT_TRUE(mask.ok()) << mask.status();
   const std::vector<float> start = snapshot(*model);
   std::unique_ptr<Backend> backend = make_cpu_backend();
@@ -135,6 +135,44 @@ TEST(TrainerStep, SurgeryRunKeepsFrozenBitsAndLowersTheLoss) {
   EXPECT_GT(moved, mask->trainable_count() * 9 / 10);
 }
 
+// Gradient accumulation: two micro-batches of one row each give the same SGD step as one
+// micro-batch holding both rows (every row of "batch" has the same number of scored tokens, so
+// the mean of the two means is the mean over both). Float sums run in another order: the bound
+// is the gradient rule's 1e-5 x max term, taken over the whole update.
+TEST(TrainerStep, AccumulatedMicroBatchesEqualOneLargerBatch) {
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
+  auto rows = [&](int64_t b0, int64_t n) {
+    MicroBatch mb;
+    mb.batch = n, mb.seq = d.seq;
+    mb.ids.assign(d.ids.begin() + b0 * d.seq, d.ids.begin() + (b0 + n) * d.seq);
+    mb.targets.assign(d.targets.begin() + b0 * d.seq, d.targets.begin() + (b0 + n) * d.seq);
+    return mb;
+  };
+  std::vector<std::vector<float>> updated;
+  for (const std::vector<MicroBatch>& micro :
+       {std::vector<MicroBatch>{rows(0, 2)}, std::vector<MicroBatch>{rows(0, 1), rows(1, 1)}}) {
+    absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::unique_ptr<Backend> backend = make_cpu_backend();
+    OptimizerOptions opt;
+    opt.kind = OptimizerKind::kSgd;
+    opt.clip = 0.0;
+    Trainer trainer(*model, *backend, FrozenMask::all_trainable(model->arena), opt);
+    const std::vector<float> before = snapshot(*model);
+    ASSERT_TRUE(trainer.step(micro, 1.0).ok());
+    std::vector<float> delta = snapshot(*model);
+    for (size_t i = 0; i < delta.size(); ++i) delta[i] -= before[i];
+    updated.push_back(std::move(delta));
+  }
+  double max_abs = 0.0, worst = 0.0;
+  for (size_t i = 0; i < updated[0].size(); ++i) {
+    max_abs = std::max(max_abs, std::abs(double{updated[0][i]}));
+    worst = std::max(worst, std::abs(double{updated[0][i]} - updated[1][i]));
+  }
+  EXPECT_GT(max_abs, 0.0);
+  EXPECT_LE(worst, 1e-5 * max_abs);
+}
+
 TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
   absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
   ASSERT_TRUE(model.ok()) << model.status();
@@ -149,8 +187,7 @@ TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
   const std::vector<MicroBatch> micro = {micro_of(d)};
   absl::StatusOr<StepResult> r = trainer.step(micro, 1e-3);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("step 1: non-finite"), absl::string_view::npos)
-      << r.status();
+  EXPECT_NE(r.status().message().find("step 1: non-finite"), absl::string_view::npos) << r.status();
   EXPECT_EQ(std::memcmp(before.data(), snapshot(*model).data(), before.size() * sizeof(float)), 0);
 
   OptimizerOptions skip;
@@ -198,9 +235,8 @@ class TrainRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_trainer_test_", ::testing::UnitTest::GetInstance()
-                                                     ->current_test_info()
-                                                     ->name());
+            absl::StrCat("engine_trainer_test_",
+                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);
   }
@@ -239,13 +275,16 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   ASSERT_TRUE(run_training(first, data, *backend).ok());
   EXPECT_TRUE(fs::exists(root_ / "split" / "step_2" / "trainer_state.json"));
   EXPECT_FALSE(fs::exists(root_ / "split" / "final"));
+  // As if killed between moving the old best/ aside and renaming the new one into place.
+  fs::rename(root_ / "split" / "best", root_ / "split" / ".old-best");
   TrainRunOptions second = options("split");
   second.resume = true;
+  second.recompute = true;  // recomputation changes memory, not results
   absl::StatusOr<TrainRunResult> resumed = run_training(second, data, *backend);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->steps, 6);
-  for (const char* file : {"final/model.safetensors", "final/optimizer.bin", "step_4/model.safetensors",
-                           "best/model.safetensors"}) {
+  for (const char* file : {"final/model.safetensors", "final/optimizer.bin",
+                           "step_4/model.safetensors", "best/model.safetensors"}) {
     const std::string a = read(root_ / "whole" / file), b = read(root_ / "split" / file);
     EXPECT_FALSE(a.empty()) << file;
     EXPECT_TRUE(a == b) << file << " differs between the uninterrupted and the resumed run";
@@ -270,6 +309,77 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(lines, 1 + 6 + 3 + 1);  // start, steps, evals, end
   EXPECT_NE(metrics.find("\"grad_norm\""), std::string::npos);
   EXPECT_NE(metrics.find("\"tokens_per_s\""), std::string::npos);
+}
+
+// Killed before the first checkpoint: --resume starts from the beginning and completes.
+TEST_F(TrainRunTest, ResumeWithoutACheckpointStartsOver) {
+  const ChunkedDataset ds = make_dataset();
+  const TrainData data = data_of(ds);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  TrainRunOptions o = options("early");
+  o.steps = 3;
+  o.stop_after_step = 1;
+  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  ASSERT_TRUE(fs::exists(o.out_dir / "metrics.jsonl"));
+  o.stop_after_step = 0;
+  EXPECT_FALSE(run_training(o, data, *backend).ok());  // without --resume: refused
+  o.resume = true;
+  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->steps, 3);
+  EXPECT_TRUE(fs::exists(o.out_dir / "final" / "model.safetensors"));
+}
+
+// The head scan at each evaluation, on the fixture sequences that start with <s> (layer 0 of
+// bloom-h4-l2 has constructed sink heads 2 and 3, which the plan re-initialises): class counts,
+// targets no longer collapsed, and drift of the frozen heads against the base model. Frozen heads
+// of layer 0 see unchanged inputs and weights, so they cannot drift; layer 1 (no target, outside
+// the surgical zone) sees layer 0's changed output.
+TEST_F(TrainRunTest, ScanReportsRevivedTargetsAndDriftOnlyDownstream) {
+  const ChunkedDataset ds = make_dataset();
+  TrainData data = data_of(ds);
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
+  for (int64_t b = 0; b + 1 < d.batch; ++b) {  // the rows that start with <s>
+    data.scan_chunks.emplace_back(d.ids.begin() + b * d.seq, d.ids.begin() + (b + 1) * d.seq);
+  }
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  TrainRunOptions o = options("scan");
+  o.plan = plan_for({{0, 2}, {0, 3}}, false);
+  o.steps = 4;
+  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  std::ifstream in(o.out_dir / "metrics.jsonl");
+  std::vector<nlohmann::json> scans;
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j["event"] == "scan") scans.push_back(std::move(j));
+  }
+  ASSERT_EQ(scans.size(), 3u);  // before surgery, steps 2 and 4
+  EXPECT_EQ(scans[0]["before_surgery"], true);
+  EXPECT_GE(scans[0]["collapsed"].get<int64_t>(), 1) << scans[0];
+  EXPECT_EQ(scans[0]["targets"], 0);
+  const std::vector<double> before = scans[0]["bos_mass"].get<std::vector<double>>();
+  for (size_t i = 1; i < scans.size(); ++i) {
+    const nlohmann::json& j = scans[i];
+    EXPECT_EQ(j["targets"], 2);
+    EXPECT_EQ(j["targets_not_collapsed"], 2) << j;
+    EXPECT_EQ(j["healthy"].get<int64_t>() + j["low_entropy"].get<int64_t>() +
+                  j["sink"].get<int64_t>() + j["dead"].get<int64_t>(),
+              8);
+    const std::vector<double> now = j["bos_mass"].get<std::vector<double>>();
+    ASSERT_EQ(now.size(), 8u);
+    // Layer 0's frozen heads: bit-identical statistics. Layer 1: moved.
+    EXPECT_EQ(now[0], before[0]);
+    EXPECT_EQ(now[1], before[1]);
+    double moved = 0.0;
+    int64_t outside = 0;
+    for (int h = 4; h < 8; ++h) {
+      moved = std::max(moved, std::abs(now[h] - before[h]));
+      outside += std::abs(now[h] - before[h]) > HeadScan::kDriftThreshold ? 1 : 0;
+    }
+    EXPECT_GT(moved, 1e-3) << j;
+    EXPECT_EQ(j["drift_inside_zone"], 0) << j;
+    EXPECT_EQ(j["drift_outside_zone"], outside) << j;
+  }
 }
 
 TEST_F(TrainRunTest, BadInputsFailBeforeAnyWork) {

@@ -1,9 +1,12 @@
-// `engine train --model DIR --data FILE --out DIR [--surgery plan.json] [--epochs E | --steps N]
-// [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5] [--warmup N] [--schedule cosine|constant]
-// [--clip 1.0] [--optimizer adamw|sgd] [--eval_data FILE | --holdout F] [--eval_every N]
-// [--checkpoint_every N] [--seed S] [--resume] [--skip_nonfinite]`: surgery-aware training
-// (model/trainer.h, docs/TRAINING.md). Step lines go to stdout; OUT/metrics.jsonl gets one JSON
-// object per step and evaluation; checkpoints are OUT/step_N/, OUT/best/, OUT/final/.
+// `engine train --model DIR --data FILE --out DIR [--surgery plan.json]
+//   [--epochs E | --steps N] [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5]
+//   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
+//   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
+//   [--seed S] [--resume] [--recompute] [--skip_nonfinite]`:
+// surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
+// OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
+// OUT/best/, OUT/final/.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -33,17 +36,26 @@ ABSL_FLAG(double, clip, 1.0, "train: global gradient-norm clip over trainable el
 ABSL_FLAG(std::string, optimizer, "adamw", "train: adamw or sgd");
 ABSL_FLAG(double, weight_decay, 0.0, "train: AdamW decoupled weight decay");
 ABSL_FLAG(std::string, eval_data, "", "train: held-out data file (instead of --holdout)");
+ABSL_FLAG(std::string, scan_data, "",
+          "train: data for the head scan at each evaluation (default: up to 16 held-out chunks)");
 ABSL_FLAG(double, holdout, 0.05, "train: share of --data chunks held out for perplexity");
 ABSL_FLAG(int, eval_every, 0, "train: steps between held-out evaluations (0 = at the end)");
 ABSL_FLAG(int, checkpoint_every, 0,
           "train: steps between checkpoints (0 = --eval_every, or once per epoch)");
 ABSL_FLAG(bool, resume, false, "train: continue from the last complete OUT/step_N");
+ABSL_FLAG(bool, recompute, false,
+          "train: recompute each block's activations in the backward (less memory, same result)");
 ABSL_FLAG(bool, skip_nonfinite, false, "train: skip steps with a NaN/Inf loss or gradient");
-ABSL_FLAG(int, stop_after, 0, "train: stop after this many steps without a final checkpoint "
-                              "(for interruption tests; 0 = off)");
+ABSL_FLAG(int, stop_after, 0,
+          "train: stop after this many steps without a final checkpoint "
+          "(for interruption tests; 0 = off)");
 
 namespace engine::cli {
 namespace {
+
+// Held-out chunks scanned when no --scan_data is given: enough sequences for stable per-head
+// means on small runs without making each evaluation much slower.
+constexpr size_t kDefaultScanChunks = 16;
 
 absl::StatusOr<std::optional<Tokenizer>> train_tokenizer(const std::string& model_dir) {
   std::string path = absl::GetFlag(FLAGS_tokenizer);
@@ -119,6 +131,7 @@ int run_train(const std::vector<std::string>& args) {
   o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
   o.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
   o.resume = absl::GetFlag(FLAGS_resume);
+  o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());
@@ -150,6 +163,18 @@ int run_train(const std::vector<std::string>& args) {
       std::span<const uint32_t> c = train->holdout_chunk(i);
       data.eval_chunks.emplace_back(c.begin(), c.end());
     }
+  }
+  const std::string scan_path = absl::GetFlag(FLAGS_scan_data);
+  if (!scan_path.empty()) {
+    absl::StatusOr<ChunkedDataset> scan = chunks_of(scan_path, tok, vocab, 0.0);
+    if (!scan.ok()) return fail(std::string(scan.status().message()));
+    for (size_t i = 0; i < scan->train_size(); ++i) {
+      std::span<const uint32_t> c = scan->train_chunk(i);
+      data.scan_chunks.emplace_back(c.begin(), c.end());
+    }
+  } else {
+    const size_t n = std::min(data.eval_chunks.size(), kDefaultScanChunks);
+    data.scan_chunks.assign(data.eval_chunks.begin(), data.eval_chunks.begin() + n);
   }
   std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
