@@ -2,6 +2,8 @@
 # The README's second command: installs dependencies, builds everything, runs every test.
 #   1. the googletest suite through CTest (CPU; GPU tests skip themselves without a device)
 #   2. a short libFuzzer smoke run of each fuzz target (when clang is available)
+#   3. the same suite again under AddressSanitizer + UndefinedBehaviorSanitizer (scripts/sanitize.sh)
+# ENGINE_SKIP_FUZZ=1 / ENGINE_SKIP_SANITIZE=1 leave out step 2 / step 3.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${ENGINE_BUILD_DIR:-$root/build}"
@@ -9,4 +11,7 @@ bash "$root/scripts/build.sh"
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --timeout 600
 if [ "${ENGINE_SKIP_FUZZ:-0}" != 1 ]; then
   bash "$root/scripts/fuzz_smoke.sh"
+fi
+if [ "${ENGINE_SKIP_SANITIZE:-0}" != 1 ]; then
+  bash "$root/scripts/sanitize.sh"
 fi
