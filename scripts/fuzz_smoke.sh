@@ -2,11 +2,12 @@
 # Short libFuzzer run of every tests/fuzz/*_fuzz.cpp target (a smoke test, not a campaign).
 # Needs clang (libFuzzer ships with it); without clang it says so and exits 0.
 # Builds in ./build-fuzz (clang, ASan+UBSan+libFuzzer, CPU only), then runs each target for
-# ENGINE_FUZZ_SECONDS (default 20) on a scratch copy of tests/fuzz/corpus/<name without _fuzz>/,
-# so the committed seeds never change. Any crash, leak or sanitizer report fails the script.
+# ENGINE_FUZZ_SECONDS (default 15, so that the eight targets take about two minutes) on a scratch
+# copy of tests/fuzz/corpus/<name without _fuzz>/, so the committed seeds never change. Any crash,
+# leak or sanitizer report fails the script.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-seconds="${ENGINE_FUZZ_SECONDS:-20}"
+seconds="${ENGINE_FUZZ_SECONDS:-15}"
 build="${ENGINE_FUZZ_BUILD_DIR:-$root/build-fuzz}"
 
 if ! command -v clang++ >/dev/null 2>&1 || ! command -v clang >/dev/null 2>&1; then

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -44,6 +45,17 @@ absl::StatusOr<int64_t> int_field(const json& j, const std::string& key, const s
   if (!j.contains(key)) return bad(source, where + key, "missing");
   if (!j[key].is_number_integer()) return bad(source, where + key, "expected an integer");
   return j[key].get<int64_t>();
+}
+
+// Optional fields: absent -> `fallback`; present with the wrong type -> an error (not a throw).
+absl::StatusOr<double> optional_number(const json& j, const std::string& key, double fallback,
+                                       const std::string& source, const std::string& where) {
+  return j.contains(key) ? number_field(j, key, source, where) : fallback;
+}
+
+absl::StatusOr<int64_t> optional_int(const json& j, const std::string& key, int64_t fallback,
+                                     const std::string& source, const std::string& where) {
+  return j.contains(key) ? int_field(j, key, source, where) : fallback;
 }
 
 // Heatmap colour for a value in [0, 1]: white -> deep red.
@@ -249,9 +261,13 @@ absl::StatusOr<DiagnosisReport> report_from_json(const json& j, const std::strin
   if (j.contains("data")) {
     const json& d = j["data"];
     if (!d.is_object()) return bad(source, "data", "expected an object");
-    r.sequences = d.value("sequences", int64_t{0});
-    r.tokens = d.value("tokens", int64_t{0});
-    r.seq_len = d.value("seq_len", int64_t{0});
+    for (auto [key, dst] : {std::pair<const char*, int64_t*>{"sequences", &r.sequences},
+                            {"tokens", &r.tokens},
+                            {"seq_len", &r.seq_len}}) {
+      auto v = optional_int(d, key, 0, source, "data.");
+      if (!v.ok()) return v.status();
+      *dst = *v;
+    }
   }
   if (!j.contains("thresholds") || !j["thresholds"].is_object()) {
     return bad(source, "thresholds", "missing or not an object");
@@ -285,14 +301,28 @@ absl::StatusOr<DiagnosisReport> report_from_json(const json& j, const std::strin
       auto v = number_field(e, key, source, where);
       if (!v.ok()) return v.status();
       dst->mean = *v;
-      dst->std = e.value(std::string(key) + "_std", 0.0);
-      dst->min = e.value(std::string(key) + "_min", *v);
-      dst->max = e.value(std::string(key) + "_max", *v);
+      using Extra = std::tuple<const char*, double, double*>;  // suffix, default, destination
+      for (auto [suffix, fallback, out] : {Extra{"_std", 0.0, &dst->std},
+                                           Extra{"_min", *v, &dst->min},
+                                           Extra{"_max", *v, &dst->max}}) {
+        auto extra = optional_number(e, std::string(key) + suffix, fallback, source, where);
+        if (!extra.ok()) return extra.status();
+        *out = *extra;
+      }
     }
-    h.slope = e.value("slope", 0.0);
+    auto slope = optional_number(e, "slope", 0.0, source, where);
+    if (!slope.ok()) return slope.status();
+    h.slope = *slope;
     max_layer = std::max(max_layer, h.layer);
     max_head = std::max(max_head, h.head);
     r.heads.push_back(h);
+  }
+  // A full grid has more entries than its largest index; checking that first also keeps the
+  // product below from overflowing on hostile indices.
+  const int64_t entries = static_cast<int64_t>(r.heads.size());
+  if (max_layer >= entries || max_head >= entries) {
+    return bad(source, "heads", absl::StrCat(entries, " entries cannot cover layer ", max_layer,
+                                             " and head ", max_head));
   }
   r.n_layer = max_layer + 1;
   r.n_head = max_head + 1;

@@ -85,6 +85,11 @@ int run_eval(const std::vector<std::string>& args) {
   });
   if (!s.ok()) return fail(std::string(s.message()));
   if (documents.empty()) return fail(absl::StrCat(data, ": no documents"));
+  for (size_t d = 0; d < documents.size(); ++d) {
+    if (documents[d].empty()) {
+      return fail(absl::StrCat(data, ": document ", d, " is empty (no tokens to score)"));
+    }
+  }
 
   PerplexityOptions options;
   options.seq_len = absl::GetFlag(FLAGS_seq_len);

@@ -5,6 +5,8 @@
 // smallest set of most likely tokens whose mass reaches top_p. Each new token's text is written
 // to stdout as soon as it is produced; decoding stops after N tokens or at </s>. --json instead
 // prints one object {"prompt_ids": [...], "output_ids": [...], "text": "..."} at the end.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "engine/cli/commands.h"
 #include "engine/cli/flags.h"
@@ -98,8 +101,24 @@ int run_generate(const std::vector<std::string>& args) {
   const std::optional<uint32_t> eos = tokenizer->token_to_id("</s>");
   const bool json = absl::GetFlag(FLAGS_json);
 
+  // ALiBi has no position table, so BLOOM takes any context length; the bound is memory. The KV
+  // cache holds (L, context, 3C) floats and is allocated up front, so a context whose cache
+  // exceeds this machine's physical memory is refused here rather than inside the allocator.
+  const int64_t context = static_cast<int64_t>(prompt.size()) + max_new;
+  const double cache_bytes = static_cast<double>(model->config.n_layer) * context * 3 *
+                             model->config.hidden_size * sizeof(float);
+  const double memory_bytes =
+      static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  if (cache_bytes > memory_bytes) {
+    return fail(absl::StrFormat(
+        "generate: a context of %d tokens (prompt %d + --max_new_tokens %d) needs a %.1f GiB KV "
+        "cache, more than this machine's %.1f GiB of memory",
+        context, prompt.size(), max_new, cache_bytes / kGiB, memory_bytes / kGiB));
+  }
+
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  KvCache cache(model->config, static_cast<int64_t>(prompt.size()) + max_new);
+  KvCache cache(model->config, context);
   std::mt19937_64 rng(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   std::string text;
   const int32_t* step_ids = ids.data();
