@@ -96,13 +96,6 @@ std::vector<RowLayout> row_layouts(const AlibiAttentionParams& p, const int32_t*
   return rows;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
 // ---- Register-blocked tile product --------------------------------------------------------
 // Every matrix product in this file (Q K^T, P V and the four backward products) is a small
 // C (m, n) (+)= A (m, k) B (k, n) with n a multiple of kLanes and B row-major. The block below
@@ -141,6 +134,15 @@ float lane_sum(const Vec& v) {
   return sum;
 }
 
+float dot(const float* a, const float* b, int64_t n) {
+  Vec lanes{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) lanes += load(a + i) * load(b + i);
+  float sum = lane_sum(lanes);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
 enum class Accumulate {
   kOverwrite,  // C = A B
   kAdd,        // C += A B
@@ -157,10 +159,15 @@ struct TileProduct {
   int64_t ldc = 0;
   Accumulate mode = Accumulate::kOverwrite;
   const float* row_scale = nullptr;  // (m), kScaleRows only
+  // Causal structure of a diagonal tile: row r needs only the first r + causal_offset columns
+  // (kColumns: scores) or reduction steps (kDepth: probabilities times values); the rest are
+  // masked scores or zero probabilities. Columns skipped are left as they were.
+  enum class Causal { kNone, kColumns, kDepth } causal = Causal::kNone;
+  int64_t causal_offset = 0;
 };
 
 template <int kRows, int kVecs>
-void product_block(const TileProduct& g, int64_t r0, int64_t c0) {
+void product_block(const TileProduct& g, int64_t r0, int64_t c0, int64_t depth) {
   Vec acc[kRows][kVecs];
   for (int r = 0; r < kRows; ++r) {
     const float* c = g.c + (r0 + r) * g.ldc + c0;
@@ -174,7 +181,7 @@ void product_block(const TileProduct& g, int64_t r0, int64_t c0) {
   }
   const float* a = g.a + r0 * g.a_row;
   const float* b = g.b + c0;
-  for (int64_t x = 0; x < g.k; ++x) {
+  for (int64_t x = 0; x < depth; ++x) {
     Vec bx[kVecs];
     for (int v = 0; v < kVecs; ++v) bx[v] = load(b + x * g.ldb + v * kLanes);
     for (int r = 0; r < kRows; ++r) {
@@ -188,23 +195,32 @@ void product_block(const TileProduct& g, int64_t r0, int64_t c0) {
 }
 
 template <int kVecs, int... kRows>
-void product_rows(const TileProduct& g, int64_t r0, int64_t rows, int64_t c0,
+void product_rows(const TileProduct& g, int64_t r0, int64_t rows, int64_t c0, int64_t depth,
                   std::integer_sequence<int, kRows...>) {
   // Dispatch the run-time row count (1 .. kBlockRows) to the block instantiated for it.
-  ((rows == kRows + 1 ? product_block<kRows + 1, kVecs>(g, r0, c0) : void()), ...);
+  ((rows == kRows + 1 ? product_block<kRows + 1, kVecs>(g, r0, c0, depth) : void()), ...);
 }
 
 void tile_product(const TileProduct& g) {
   const auto row_counts = std::make_integer_sequence<int, kBlockRows>();
   for (int64_t r0 = 0; r0 < g.m; r0 += kBlockRows) {
     const int64_t rows = std::min<int64_t>(kBlockRows, g.m - r0);
+    const int64_t needed = r0 + rows - 1 + g.causal_offset;  // for the block's last row
+    int64_t n = g.n, depth = g.k;
+    if (g.causal == TileProduct::Causal::kColumns) n = std::min(n, round_up(needed, kLanes));
+    if (g.causal == TileProduct::Causal::kDepth) depth = std::min(depth, needed);
     int64_t c0 = 0;
-    for (; c0 + kBlockVecs * kLanes <= g.n; c0 += kBlockVecs * kLanes) {
-      product_rows<kBlockVecs>(g, r0, rows, c0, row_counts);
+    for (; c0 + kBlockVecs * kLanes <= n; c0 += kBlockVecs * kLanes) {
+      product_rows<kBlockVecs>(g, r0, rows, c0, depth, row_counts);
     }
-    for (; c0 < g.n; c0 += kLanes) product_rows<1>(g, r0, rows, c0, row_counts);
+    for (; c0 < n; c0 += kLanes) product_rows<1>(g, r0, rows, c0, depth, row_counts);
   }
 }
+
+// local_mass covers the real keys with pos_j >= pos_i - kLocalWindow (METHOD.md section 2);
+// without padding between them those are keys i - kLocalWindow .. i.
+constexpr int32_t kLocalWindow = 2;
+constexpr int64_t kNearKeys = kLocalWindow + 1;
 
 // Per-thread scratch for one (batch row, head, query tile) task of the forward pass. Rows of V
 // and of the accumulator are padded to a multiple of kLanes (padding stays zero).
@@ -215,10 +231,13 @@ struct ForwardScratch {
   std::vector<float> s;     // (kQueryTile, kKeyTile) scores, then probabilities
   std::vector<float> bias;  // (kKeyTile) slope * pos, or -inf for padding keys
   std::vector<float> row_max, row_sum, row_ps, alpha;  // (kQueryTile)
+  // Statistics only: the score of each row's first real key, and of keys i, i - 1, i - 2.
+  std::vector<float> first_score;  // (kQueryTile)
+  std::vector<float> near_score;   // (kQueryTile, kNearKeys)
   ForwardScratch(int64_t d, int64_t dp)
       : kt(d * kKeyTile), v(kKeyTile * dp), acc(kQueryTile * dp), s(kQueryTile * kKeyTile),
         bias(kKeyTile), row_max(kQueryTile), row_sum(kQueryTile), row_ps(kQueryTile),
-        alpha(kQueryTile) {}
+        alpha(kQueryTile), first_score(kQueryTile), near_score(kQueryTile * kNearKeys) {}
 };
 
 }  // namespace
@@ -291,6 +310,9 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
         qk.a = base + (i0 + r_lo) * token_stride, qk.a_row = token_stride, qk.a_col = 1;
         qk.b = sc.kt.data(), qk.ldb = kKeyTile;
         qk.c = sc.s.data() + r_lo * kKeyTile, qk.ldc = kKeyTile;
+        // Row r_lo + r sees the keys of this tile below i0 + r_lo + r + 1 - j0.
+        const int64_t causal_offset = i0 + r_lo + 1 - j0;
+        qk.causal = TileProduct::Causal::kColumns, qk.causal_offset = causal_offset;
         tile_product(qk);
 
         for (int64_t r = r_lo; r < n; ++r) {
@@ -304,6 +326,15 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
             const Vec v = live ? load(s + c) * p.scale + load(sc.bias.data() + c) : neg_inf;
             store(s + c, v);
             lane_tile_max = v > lane_tile_max ? v : lane_tile_max;
+          }
+          if (want_stats) {
+            // Keep the scores the statistics need, exactly as the softmax saw them, instead of
+            // recomputing dot products at the end.
+            if (j0 == row.first_real) sc.first_score[r] = s[0];
+            for (int64_t k = 0; k < kNearKeys; ++k) {
+              const int64_t c = i - k - j0;
+              if (c >= 0 && c < nk) sc.near_score[r * kNearKeys + k] = s[c];
+            }
           }
           const float tile_max = lane_max(lane_tile_max);
           if (tile_max == kNegInf) {
@@ -343,6 +374,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
         pv.b = sc.v.data(), pv.ldb = Dp;
         pv.c = sc.acc.data() + r_lo * Dp, pv.ldc = Dp;
         pv.mode = Accumulate::kScaleRows, pv.row_scale = sc.alpha.data() + r_lo;
+        pv.causal = TileProduct::Causal::kDepth, pv.causal_offset = causal_offset;
         tile_product(pv);
       }
 
@@ -370,23 +402,27 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
         const float lse = sc.row_max[r] + std::log(sum);
         if (p.lse != nullptr) p.lse[(b * H + h) * T + i] = lse;
         if (!want_stats || !row.real(i)) continue;
-        const float* q = base + i * token_stride;
+        // Scores of keys further back than the captured ones (only reachable when padding sits
+        // between real tokens) are recomputed.
         auto score = [&](int64_t j) {
+          if (i - j < kNearKeys) return sc.near_score[r * kNearKeys + (i - j)];
+          const float* q = base + i * token_stride;
           const float* k = base + j * token_stride + D;
           return dot(q, k, D) * p.scale + slope * static_cast<float>(row.pos[j]);
         };
-        if (want_bos) bos += std::exp(static_cast<double>(score(row.first_real)) - lse);
+        // exp in float: score - lse is what the softmax itself exponentiated.
+        if (want_bos) bos += exp_approx(sc.first_score[r] - lse);
         if (want_entropy) {
           entropy += std::log(static_cast<double>(sum)) -
                      static_cast<double>(sc.row_ps[r]) / static_cast<double>(sum);
         }
         if (want_local) {
-          // The real keys with pos_j >= pos_i - 2 are the last (at most three) real keys <= i.
-          constexpr int32_t kLocalWindow = 2;
+          // The real keys with pos_j >= pos_i - kLocalWindow are the last (at most
+          // kLocalWindow + 1) real keys <= i.
           for (int64_t j = i; j >= row.first_real; --j) {
             if (!row.real(j)) continue;
             if (row.pos[j] < row.pos[i] - kLocalWindow) break;
-            local += std::exp(static_cast<double>(score(j)) - lse);
+            local += exp_approx(score(j) - lse);
           }
         }
       }
@@ -502,6 +538,8 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
           score.a = q.data(), score.a_row = Dp, score.a_col = 1;
           score.b = kt.data(), score.ldb = kKeyTile;
           score.c = s.data(), score.ldc = kKeyTile;
+          // Query row i0 + r sees the keys of this tile below i0 + r + 1 - j0.
+          score.causal = TileProduct::Causal::kColumns, score.causal_offset = i0 + 1 - j0;
           tile_product(score);
           TileProduct dprob = score;  // dp = dO V^T, (n, keys)
           dprob.a = g.data(), dprob.b = vt.data(), dprob.c = dp.data();
@@ -539,6 +577,7 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
           grad_q.b = k.data(), grad_q.ldb = Dp;
           grad_q.c = dq.data() + i0 * Dp, grad_q.ldc = Dp;
           grad_q.mode = Accumulate::kAdd;
+          grad_q.causal = TileProduct::Causal::kDepth, grad_q.causal_offset = i0 + 1 - j0;
           tile_product(grad_q);
         }
         for (int64_t c = 0; c < nk; ++c) {
