@@ -226,6 +226,30 @@ TEST(AlibiAttentionForward, MatchesNaiveReferenceWithStatistics) {
   }
 }
 
+TEST(AlibiAttentionForward, PaddingBetweenRealTokens) {
+  // Holes in the mask: local_mass then reaches real keys more than two tokens back (their
+  // positions do not advance over the padding), and key tiles cross the holes.
+  Case c{2, 150, 3, 16, Padding::kNone};
+  Inputs in = make_inputs(c, 21);
+  for (int64_t t : {5, 6, 7, 70, 127, 128, 129, 140}) in.mask[t] = 0;
+  for (int64_t t = 60; t < 100; t += 2) in.mask[c.seq + t] = 0;
+  const Reference ref = naive_attention(c, to_double(in.qkv), in.mask, in.slopes);
+  const KernelResult got = run_kernel(in, true);
+  for (size_t i = 0; i < ref.out.size(); ++i) {
+    ASSERT_NEAR(got.out[i], ref.out[i], 5e-5 * std::max(1.0, std::abs(ref.out[i]))) << "out " << i;
+  }
+  for (int64_t b = 0; b < c.batch; ++b) {
+    int64_t real = 0;
+    for (int64_t t = 0; t < c.seq; ++t) real += in.mask[b * c.seq + t];
+    for (int64_t h = 0; h < c.heads; ++h) {
+      const int64_t bh = b * c.heads + h;
+      EXPECT_NEAR(got.bos[bh] / real, ref.bos[bh], 1e-5) << "bos b=" << b << " h=" << h;
+      EXPECT_NEAR(got.entropy[bh] / real, ref.entropy[bh], 1e-5) << "entropy b=" << b << " h=" << h;
+      EXPECT_NEAR(got.local[bh] / real, ref.local[bh], 1e-5) << "local b=" << b << " h=" << h;
+    }
+  }
+}
+
 TEST(AlibiAttentionForward, StatisticsDoNotChangeOutputs) {
   for (const Case& c : {Case{2, 65, 3, 64, Padding::kLeft}, Case{3, 130, 2, 80, Padding::kRight}}) {
     SCOPED_TRACE(describe(c));

@@ -19,7 +19,9 @@
 // dQ, dK, dV into dqkv in the same fused (B, T, H, 3, D) layout, with zeros for padded keys.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -94,21 +96,148 @@ std::vector<RowLayout> row_layouts(const AlibiAttentionParams& p, const int32_t*
   return rows;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
+// ---- Register-blocked tile product --------------------------------------------------------
+// Every matrix product in this file (Q K^T, P V and the four backward products) is a small
+// C (m, n) (+)= A (m, k) B (k, n) with n a multiple of kLanes and B row-major. The block below
+// keeps a kRows x (kVecs * kLanes) piece of C in registers for the whole k loop: per step it
+// loads kVecs vectors of B and broadcasts kRows scalars of A for kRows * kVecs multiply-adds,
+// so the loop is bound by the multiply-add units rather than by loads (a one-row loop, as a
+// plain vectorised dot product gives, issues one load per multiply-add and runs at a fraction of
+// that). A's strides are free, so A^T products (backward) need no transposed copy.
+// Float8 (vector_math.h) is one 256-bit register under -march=x86-64-v3, and a + b * c on it
+// becomes a fused multiply-add under -ffp-contract=fast (both set for the library).
+using Vec = Float8;
+constexpr int64_t kLanes = static_cast<int64_t>(sizeof(Vec) / sizeof(float));
+constexpr Int8 kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
+static_assert(sizeof(Int8) / sizeof(int32_t) == kLanes);
+// 6 rows x 2 vectors = 12 accumulators + 2 B vectors + 1 broadcast = 15 of the 16 registers.
+constexpr int kBlockRows = 6;
+constexpr int kBlockVecs = 2;
+
+Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+void store(float* p, const Vec& v) { std::memcpy(p, &v, sizeof v); }
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+float lane_max(const Vec& v) {
+  float m = v[0];
+  for (int64_t l = 1; l < kLanes; ++l) m = std::max(m, v[l]);
+  return m;
+}
+float lane_sum(const Vec& v) {
   float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  for (int64_t l = 0; l < kLanes; ++l) sum += v[l];
   return sum;
 }
 
-// Per-thread scratch for one (batch row, head, query tile) task of the forward pass.
+float dot(const float* a, const float* b, int64_t n) {
+  Vec lanes{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) lanes += load(a + i) * load(b + i);
+  float sum = lane_sum(lanes);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+enum class Accumulate {
+  kOverwrite,  // C = A B
+  kAdd,        // C += A B
+  kScaleRows,  // C = diag(row_scale) C + A B (the online softmax's rescale of the accumulator)
+};
+
+struct TileProduct {
+  int64_t m = 0, n = 0, k = 0;  // C is (m, n); n is a multiple of kLanes
+  const float* a = nullptr;     // A[r, x] = a[r * a_row + x * a_col]
+  int64_t a_row = 0, a_col = 0;
+  const float* b = nullptr;     // B[x, c] = b[x * ldb + c]
+  int64_t ldb = 0;
+  float* c = nullptr;           // C[r, c] = c[r * ldc + c]
+  int64_t ldc = 0;
+  Accumulate mode = Accumulate::kOverwrite;
+  const float* row_scale = nullptr;  // (m), kScaleRows only
+  // Causal structure of a diagonal tile: row r needs only the first r + causal_offset columns
+  // (kColumns: scores) or reduction steps (kDepth: probabilities times values); the rest are
+  // masked scores or zero probabilities. Columns skipped are left as they were.
+  enum class Causal { kNone, kColumns, kDepth } causal = Causal::kNone;
+  int64_t causal_offset = 0;
+};
+
+template <int kRows, int kVecs>
+void product_block(const TileProduct& g, int64_t r0, int64_t c0, int64_t depth) {
+  Vec acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r) {
+    const float* c = g.c + (r0 + r) * g.ldc + c0;
+    for (int v = 0; v < kVecs; ++v) {
+      acc[r][v] = Vec{};
+      if (g.mode == Accumulate::kAdd) acc[r][v] = load(c + v * kLanes);
+      if (g.mode == Accumulate::kScaleRows) {
+        acc[r][v] = load(c + v * kLanes) * g.row_scale[r0 + r];
+      }
+    }
+  }
+  const float* a = g.a + r0 * g.a_row;
+  const float* b = g.b + c0;
+  for (int64_t x = 0; x < depth; ++x) {
+    Vec bx[kVecs];
+    for (int v = 0; v < kVecs; ++v) bx[v] = load(b + x * g.ldb + v * kLanes);
+    for (int r = 0; r < kRows; ++r) {
+      const float ar = a[r * g.a_row + x * g.a_col];
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += ar * bx[v];
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    for (int v = 0; v < kVecs; ++v) store(g.c + (r0 + r) * g.ldc + c0 + v * kLanes, acc[r][v]);
+  }
+}
+
+template <int kVecs, int... kRows>
+void product_rows(const TileProduct& g, int64_t r0, int64_t rows, int64_t c0, int64_t depth,
+                  std::integer_sequence<int, kRows...>) {
+  // Dispatch the run-time row count (1 .. kBlockRows) to the block instantiated for it.
+  ((rows == kRows + 1 ? product_block<kRows + 1, kVecs>(g, r0, c0, depth) : void()), ...);
+}
+
+void tile_product(const TileProduct& g) {
+  const auto row_counts = std::make_integer_sequence<int, kBlockRows>();
+  for (int64_t r0 = 0; r0 < g.m; r0 += kBlockRows) {
+    const int64_t rows = std::min<int64_t>(kBlockRows, g.m - r0);
+    const int64_t needed = r0 + rows - 1 + g.causal_offset;  // for the block's last row
+    int64_t n = g.n, depth = g.k;
+    if (g.causal == TileProduct::Causal::kColumns) n = std::min(n, round_up(needed, kLanes));
+    if (g.causal == TileProduct::Causal::kDepth) depth = std::min(depth, needed);
+    int64_t c0 = 0;
+    for (; c0 + kBlockVecs * kLanes <= n; c0 += kBlockVecs * kLanes) {
+      product_rows<kBlockVecs>(g, r0, rows, c0, depth, row_counts);
+    }
+    for (; c0 < n; c0 += kLanes) product_rows<1>(g, r0, rows, c0, depth, row_counts);
+  }
+}
+
+// local_mass covers the real keys with pos_j >= pos_i - kLocalWindow (METHOD.md section 2);
+// without padding between them those are keys i - kLocalWindow .. i.
+constexpr int32_t kLocalWindow = 2;
+constexpr int64_t kNearKeys = kLocalWindow + 1;
+
+// Per-thread scratch for one (batch row, head, query tile) task of the forward pass. Rows of V
+// and of the accumulator are padded to a multiple of kLanes (padding stays zero).
 struct ForwardScratch {
-  std::vector<float> q, kt, v, acc, s, p, row_max, row_sum, row_ps;
+  std::vector<float> kt;    // (D, kKeyTile) the key tile, transposed
+  std::vector<float> v;     // (kKeyTile, Dp)
+  std::vector<float> acc;   // (kQueryTile, Dp) unnormalised output rows
+  std::vector<float> s;     // (kQueryTile, kKeyTile) scores, then probabilities
   std::vector<float> bias;  // (kKeyTile) slope * pos, or -inf for padding keys
-  explicit ForwardScratch(int64_t d)
-      : q(kQueryTile * d), kt(d * kKeyTile), v(kKeyTile * d), acc(kQueryTile * d),
-        s(kKeyTile), p(kKeyTile), row_max(kQueryTile), row_sum(kQueryTile),
-        row_ps(kQueryTile), bias(kKeyTile) {}
+  std::vector<float> row_max, row_sum, row_ps, alpha;  // (kQueryTile)
+  // Statistics only: the score of each row's first real key, and of keys i, i - 1, i - 2.
+  std::vector<float> first_score;  // (kQueryTile)
+  std::vector<float> near_score;   // (kQueryTile, kNearKeys)
+  ForwardScratch(int64_t d, int64_t dp)
+      : kt(d * kKeyTile), v(kKeyTile * dp), acc(kQueryTile * dp), s(kQueryTile * kKeyTile),
+        bias(kKeyTile), row_max(kQueryTile), row_sum(kQueryTile), row_ps(kQueryTile),
+        alpha(kQueryTile), first_score(kQueryTile), near_score(kQueryTile * kNearKeys) {}
 };
 
 }  // namespace
@@ -116,6 +245,7 @@ struct ForwardScratch {
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
   if (absl::Status s = check(p, "alibi_attention_forward"); !s.ok()) return s;
   const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
+  const int64_t Dp = round_up(D, kLanes);
   const int64_t token_stride = 3 * H * D;  // one token's fused QKV row
   const int64_t out_stride = H * D;
   const int64_t q_rows = T - p.query_begin;
@@ -144,7 +274,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
 
 #pragma omp parallel
   {
-    ForwardScratch sc(D);
+    ForwardScratch sc(D, Dp);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       // Later query tiles carry more keys; handing them out first balances the causal triangle.
@@ -158,13 +288,10 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
       const int64_t i1 = std::min(i0 + kQueryTile, T);
       const int64_t n = i1 - i0;
 
-      for (int64_t r = 0; r < n; ++r) {
-        std::copy_n(base + (i0 + r) * token_stride, D, sc.q.data() + r * D);
-        sc.row_max[r] = kNegInf;
-        sc.row_sum[r] = 0.0f;
-        sc.row_ps[r] = 0.0f;
-      }
-      std::fill_n(sc.acc.data(), n * D, 0.0f);
+      std::fill_n(sc.row_max.data(), n, kNegInf);
+      std::fill_n(sc.row_sum.data(), n, 0.0f);
+      std::fill_n(sc.row_ps.data(), n, 0.0f);
+      std::fill_n(sc.acc.data(), n * Dp, 0.0f);
 
       for (int64_t j0 = row.first_real; j0 < i1; j0 += kKeyTile) {
         const int64_t j1 = std::min(j0 + kKeyTile, i1);
@@ -172,43 +299,64 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
         for (int64_t c = 0; c < nk; ++c) {
           const float* k = base + (j0 + c) * token_stride + D;
           for (int64_t d = 0; d < D; ++d) sc.kt[d * kKeyTile + c] = k[d];
-          std::copy_n(k + D, D, sc.v.data() + c * D);
+          std::copy_n(k + D, D, sc.v.data() + c * Dp);
           sc.bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
         }
-        for (int64_t r = std::max<int64_t>(0, j0 - i0); r < n; ++r) {
+        // Query rows before j0 (only when a key tile starts inside the query tile) see none of
+        // these keys and are left untouched.
+        const int64_t r_lo = std::max<int64_t>(0, j0 - i0);
+        TileProduct qk;  // raw scores: s = Q K^T, (n - r_lo, keys)
+        qk.m = n - r_lo, qk.n = round_up(nk, kLanes), qk.k = D;
+        qk.a = base + (i0 + r_lo) * token_stride, qk.a_row = token_stride, qk.a_col = 1;
+        qk.b = sc.kt.data(), qk.ldb = kKeyTile;
+        qk.c = sc.s.data() + r_lo * kKeyTile, qk.ldc = kKeyTile;
+        // Row r_lo + r sees the keys of this tile below i0 + r_lo + r + 1 - j0.
+        const int64_t causal_offset = i0 + r_lo + 1 - j0;
+        qk.causal = TileProduct::Causal::kColumns, qk.causal_offset = causal_offset;
+        tile_product(qk);
+
+        for (int64_t r = r_lo; r < n; ++r) {
           const int64_t i = i0 + r;
           const int64_t visible = std::min(j1, i + 1) - j0;  // keys of this tile at or before i
-          float* s = sc.s.data();
-          std::fill_n(s, kKeyTile, 0.0f);
-          const float* q = sc.q.data() + r * D;
-          for (int64_t d = 0; d < D; ++d) {
-            const float qd = q[d];
-            const float* kt = sc.kt.data() + d * kKeyTile;
-#pragma omp simd
-            for (int64_t c = 0; c < kKeyTile; ++c) s[c] += qd * kt[c];
+          float* s = sc.s.data() + r * kKeyTile;
+          const Vec neg_inf = Vec{} + kNegInf;
+          Vec lane_tile_max = neg_inf;
+          for (int64_t c = 0; c < kKeyTile; c += kLanes) {
+            const Int8 live = kLaneIndex + static_cast<int32_t>(c) < static_cast<int32_t>(visible);
+            const Vec v = live ? load(s + c) * p.scale + load(sc.bias.data() + c) : neg_inf;
+            store(s + c, v);
+            lane_tile_max = v > lane_tile_max ? v : lane_tile_max;
           }
-          float tile_max = kNegInf;
-#pragma omp simd reduction(max : tile_max)
-          for (int64_t c = 0; c < kKeyTile; ++c) {
-            const float v = c < visible ? s[c] * p.scale + sc.bias[c] : kNegInf;
-            s[c] = v;
-            tile_max = std::max(tile_max, v);
+          if (want_stats) {
+            // Keep the scores the statistics need, exactly as the softmax saw them, instead of
+            // recomputing dot products at the end.
+            if (j0 == row.first_real) sc.first_score[r] = s[0];
+            for (int64_t k = 0; k < kNearKeys; ++k) {
+              const int64_t c = i - k - j0;
+              if (c >= 0 && c < nk) sc.near_score[r * kNearKeys + k] = s[c];
+            }
           }
-          if (tile_max == kNegInf) continue;
+          const float tile_max = lane_max(lane_tile_max);
+          if (tile_max == kNegInf) {
+            // Only padding keys here: probabilities zero, accumulator unchanged.
+            std::fill_n(s, kKeyTile, 0.0f);
+            sc.alpha[r] = 1.0f;
+            continue;
+          }
           const float old_max = sc.row_max[r];
           const float new_max = std::max(old_max, tile_max);
           const float alpha = old_max == kNegInf ? 0.0f : exp_approx(old_max - new_max);
-          float* pr = sc.p.data();
-          float tile_sum = 0.0f, tile_ps = 0.0f;
-#pragma omp simd reduction(+ : tile_sum, tile_ps)
-          for (int64_t c = 0; c < kKeyTile; ++c) {
-            const bool live = s[c] != kNegInf;
-            const float rel = live ? s[c] - new_max : 0.0f;
-            const float e = live ? exp_approx(rel) : 0.0f;
-            pr[c] = e;
-            tile_sum += e;
-            tile_ps += e * rel;
+          Vec lane_sum_e{}, lane_sum_ps{};
+          for (int64_t c = 0; c < kKeyTile; c += kLanes) {
+            const Vec v = load(s + c);
+            const Int8 live = v != neg_inf;
+            const Vec rel = live ? v - new_max : Vec{};
+            const Vec e = live ? exp_approx(rel) : Vec{};
+            store(s + c, e);
+            lane_sum_e += e;
+            lane_sum_ps += e * rel;
           }
+          const float tile_sum = lane_sum(lane_sum_e), tile_ps = lane_sum(lane_sum_ps);
           if (want_entropy) {
             // sum p (s - m) re-expressed against the new max: p scales by alpha, and each
             // (s - m_old) gains (m_old - m_new).
@@ -217,17 +365,17 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
           }
           sc.row_sum[r] = alpha * sc.row_sum[r] + tile_sum;
           sc.row_max[r] = new_max;
-          float* acc = sc.acc.data() + r * D;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) acc[d] *= alpha;
-          for (int64_t c = 0; c < nk; ++c) {
-            const float pc = pr[c];
-            if (pc == 0.0f) continue;
-            const float* v = sc.v.data() + c * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) acc[d] += pc * v[d];
-          }
+          sc.alpha[r] = alpha;
         }
+
+        TileProduct pv;  // acc = diag(alpha) acc + P V, (n - r_lo, Dp)
+        pv.m = n - r_lo, pv.n = Dp, pv.k = nk;
+        pv.a = sc.s.data() + r_lo * kKeyTile, pv.a_row = kKeyTile, pv.a_col = 1;
+        pv.b = sc.v.data(), pv.ldb = Dp;
+        pv.c = sc.acc.data() + r_lo * Dp, pv.ldc = Dp;
+        pv.mode = Accumulate::kScaleRows, pv.row_scale = sc.alpha.data() + r_lo;
+        pv.causal = TileProduct::Causal::kDepth, pv.causal_offset = causal_offset;
+        tile_product(pv);
       }
 
       double bos = 0.0, entropy = 0.0, local = 0.0;
@@ -249,28 +397,32 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
           continue;
         }
         const float inv = 1.0f / sum;
-        const float* acc = sc.acc.data() + r * D;
+        const float* acc = sc.acc.data() + r * Dp;
         for (int64_t d = 0; d < D; ++d) out[d] = acc[d] * inv;
         const float lse = sc.row_max[r] + std::log(sum);
         if (p.lse != nullptr) p.lse[(b * H + h) * T + i] = lse;
         if (!want_stats || !row.real(i)) continue;
-        const float* q = sc.q.data() + r * D;
+        // Scores of keys further back than the captured ones (only reachable when padding sits
+        // between real tokens) are recomputed.
         auto score = [&](int64_t j) {
+          if (i - j < kNearKeys) return sc.near_score[r * kNearKeys + (i - j)];
+          const float* q = base + i * token_stride;
           const float* k = base + j * token_stride + D;
           return dot(q, k, D) * p.scale + slope * static_cast<float>(row.pos[j]);
         };
-        if (want_bos) bos += std::exp(static_cast<double>(score(row.first_real)) - lse);
+        // exp in float: score - lse is what the softmax itself exponentiated.
+        if (want_bos) bos += exp_approx(sc.first_score[r] - lse);
         if (want_entropy) {
           entropy += std::log(static_cast<double>(sum)) -
                      static_cast<double>(sc.row_ps[r]) / static_cast<double>(sum);
         }
         if (want_local) {
-          // The real keys with pos_j >= pos_i - 2 are the last (at most three) real keys <= i.
-          constexpr int32_t kLocalWindow = 2;
+          // The real keys with pos_j >= pos_i - kLocalWindow are the last (at most
+          // kLocalWindow + 1) real keys <= i.
           for (int64_t j = i; j >= row.first_real; --j) {
             if (!row.real(j)) continue;
             if (row.pos[j] < row.pos[i] - kLocalWindow) break;
-            local += std::exp(static_cast<double>(score(j)) - lse);
+            local += exp_approx(score(j) - lse);
           }
         }
       }
@@ -311,6 +463,7 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
         "alibi_attention_backward: lse, out, dout and dqkv are required");
   }
   const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
+  const int64_t Dp = round_up(D, kLanes);
   const int64_t token_stride = 3 * H * D;
   const int64_t out_stride = H * D;
   if (B == 0 || T == 0) return absl::OkStatus();
@@ -324,11 +477,14 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
   const std::vector<RowLayout> layout = row_layouts(p, pos);
 
   // One task per (batch row, head): each owns its dQ rows and its dK/dV key tiles, so no two
-  // threads write the same element.
+  // threads write the same element. Per key tile, query tiles of kQueryTile rows go through
+  // S = Q K^T and dP = dO V^T, then dV += P^T dO, dK += dS^T Q, dQ += dS K, all as register-
+  // blocked tile products; row-major copies are padded to Dp columns (padding stays zero).
 #pragma omp parallel
   {
-    std::vector<float> dq(T * D), delta(T), kt(D * kKeyTile), vt(D * kKeyTile), k(kKeyTile * D),
-        dk(kKeyTile * D), dv(kKeyTile * D), uniform_dv(D), s(kKeyTile), dp(kKeyTile),
+    std::vector<float> dq(T * Dp), delta(T), kt(D * kKeyTile), vt(D * kKeyTile),
+        k(kKeyTile * Dp), dk(kKeyTile * Dp), dv(kKeyTile * Dp), q(kQueryTile * Dp),
+        g(kQueryTile * Dp), uniform_dv(Dp), s(kQueryTile * kKeyTile), dp(kQueryTile * kKeyTile),
         bias(kKeyTile);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bh = 0; bh < B * H; ++bh) {
@@ -349,8 +505,8 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
       // rows]): each key's dV receives the mean of those rows' dout.
       std::fill(uniform_dv.begin(), uniform_dv.end(), 0.0f);
       for (int64_t i = 0; i < row.first_real; ++i) {
-        const float* g = dout_row(i);
-        for (int64_t d = 0; d < D; ++d) uniform_dv[d] += g[d];
+        const float* gi = dout_row(i);
+        for (int64_t d = 0; d < D; ++d) uniform_dv[d] += gi[d];
       }
       const float inv_t = 1.0f / static_cast<float>(T);
       for (int64_t d = 0; d < D; ++d) uniform_dv[d] *= inv_t;
@@ -358,71 +514,79 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
       for (int64_t j0 = 0; j0 < T; j0 += kKeyTile) {
         const int64_t j1 = std::min(j0 + kKeyTile, T);
         const int64_t nk = j1 - j0;
-        for (int64_t c = 0; c < kKeyTile; ++c) {
-          const bool in_range = c < nk;
+        const int64_t key_cols = round_up(nk, kLanes);
+        for (int64_t c = 0; c < nk; ++c) {
           const float* kr = base + (j0 + c) * token_stride + D;
           for (int64_t d = 0; d < D; ++d) {
-            const float kv = in_range ? kr[d] : 0.0f;
-            const float vv = in_range ? kr[D + d] : 0.0f;
-            kt[d * kKeyTile + c] = kv;
-            vt[d * kKeyTile + c] = vv;
-            k[c * D + d] = kv;
+            kt[d * kKeyTile + c] = kr[d];
+            vt[d * kKeyTile + c] = kr[D + d];
           }
-          bias[c] = in_range && row.real(j0 + c)
-                        ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
+          std::copy_n(kr, D, k.data() + c * Dp);
+          bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
         }
-        std::fill(dk.begin(), dk.end(), 0.0f);
-        for (int64_t c = 0; c < nk; ++c) std::copy_n(uniform_dv.data(), D, dv.data() + c * D);
+        std::fill_n(dk.data(), nk * Dp, 0.0f);
+        for (int64_t c = 0; c < nk; ++c) std::copy_n(uniform_dv.data(), Dp, dv.data() + c * Dp);
 
-        const int64_t first_query = std::max(j0, row.first_real);
-        for (int64_t i = first_query; i < T; ++i) {
-          const float* q = base + i * token_stride;
-          const float* g = dout_row(i);
-          const int64_t visible = std::min(j1, i + 1) - j0;
-          std::fill(s.begin(), s.end(), 0.0f);
-          std::fill(dp.begin(), dp.end(), 0.0f);
-          for (int64_t d = 0; d < D; ++d) {
-            const float qd = q[d], gd = g[d];
-            const float* ktd = kt.data() + d * kKeyTile;
-            const float* vtd = vt.data() + d * kKeyTile;
-#pragma omp simd
-            for (int64_t c = 0; c < kKeyTile; ++c) {
-              s[c] += qd * ktd[c];
-              dp[c] += gd * vtd[c];
+        for (int64_t i0 = std::max(j0, row.first_real); i0 < T; i0 += kQueryTile) {
+          const int64_t n = std::min(kQueryTile, T - i0);
+          for (int64_t r = 0; r < n; ++r) {
+            std::copy_n(base + (i0 + r) * token_stride, D, q.data() + r * Dp);
+            std::copy_n(dout_row(i0 + r), D, g.data() + r * Dp);
+          }
+          TileProduct score;  // s = Q K^T, (n, keys)
+          score.m = n, score.n = key_cols, score.k = D;
+          score.a = q.data(), score.a_row = Dp, score.a_col = 1;
+          score.b = kt.data(), score.ldb = kKeyTile;
+          score.c = s.data(), score.ldc = kKeyTile;
+          // Query row i0 + r sees the keys of this tile below i0 + r + 1 - j0.
+          score.causal = TileProduct::Causal::kColumns, score.causal_offset = i0 + 1 - j0;
+          tile_product(score);
+          TileProduct dprob = score;  // dp = dO V^T, (n, keys)
+          dprob.a = g.data(), dprob.b = vt.data(), dprob.c = dp.data();
+          tile_product(dprob);
+
+          for (int64_t r = 0; r < n; ++r) {
+            const int64_t i = i0 + r;
+            const int64_t visible = std::min(j1, i + 1) - j0;
+            const float li = lse[i], di = delta[i];
+            float* sr = s.data() + r * kKeyTile;
+            float* dpr = dp.data() + r * kKeyTile;
+            for (int64_t c = 0; c < kKeyTile; c += kLanes) {
+              const Vec b = load(bias.data() + c);
+              const Int8 live = (kLaneIndex + static_cast<int32_t>(c) <
+                                 static_cast<int32_t>(visible)) & (b != kNegInf);
+              const Vec prob = live ? exp_approx(load(sr + c) * p.scale + b - li) : Vec{};
+              store(sr + c, prob);                                   // now P_ij
+              store(dpr + c, prob * (load(dpr + c) - di) * p.scale);  // now dS_ij * scale
             }
           }
-          const float li = lse[i], di = delta[i];
-          bool any = false;
-          for (int64_t c = 0; c < kKeyTile; ++c) {
-            const bool live = c < visible && bias[c] != kNegInf;
-            const float prob = live ? exp_approx(s[c] * p.scale + bias[c] - li) : 0.0f;
-            s[c] = prob;                          // now P_ij
-            dp[c] = prob * (dp[c] - di) * p.scale;  // now dS_ij * scale
-            any = any || live;
-          }
-          if (!any) continue;
-          float* dqi = dq.data() + i * D;
-          for (int64_t c = 0; c < nk; ++c) {
-            const float pc = s[c], dsc = dp[c];
-            if (pc == 0.0f && dsc == 0.0f) continue;
-            const float* kc = k.data() + c * D;
-            float* dkc = dk.data() + c * D;
-            float* dvc = dv.data() + c * D;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) {
-              dqi[d] += dsc * kc[d];
-              dkc[d] += dsc * q[d];
-              dvc[d] += pc * g[d];
-            }
-          }
+
+          TileProduct grad_v;  // dV += P^T dO, (keys, Dp)
+          grad_v.m = nk, grad_v.n = Dp, grad_v.k = n;
+          grad_v.a = s.data(), grad_v.a_row = 1, grad_v.a_col = kKeyTile;
+          grad_v.b = g.data(), grad_v.ldb = Dp;
+          grad_v.c = dv.data(), grad_v.ldc = Dp;
+          grad_v.mode = Accumulate::kAdd;
+          tile_product(grad_v);
+          TileProduct grad_k = grad_v;  // dK += dS^T Q, (keys, Dp)
+          grad_k.a = dp.data(), grad_k.b = q.data(), grad_k.c = dk.data();
+          tile_product(grad_k);
+          TileProduct grad_q;  // dQ += dS K, (n, Dp)
+          grad_q.m = n, grad_q.n = Dp, grad_q.k = nk;
+          grad_q.a = dp.data(), grad_q.a_row = kKeyTile, grad_q.a_col = 1;
+          grad_q.b = k.data(), grad_q.ldb = Dp;
+          grad_q.c = dq.data() + i0 * Dp, grad_q.ldc = Dp;
+          grad_q.mode = Accumulate::kAdd;
+          grad_q.causal = TileProduct::Causal::kDepth, grad_q.causal_offset = i0 + 1 - j0;
+          tile_product(grad_q);
         }
         for (int64_t c = 0; c < nk; ++c) {
           float* dst = dbase + (j0 + c) * token_stride;
-          std::copy_n(dk.data() + c * D, D, dst + D);
-          std::copy_n(dv.data() + c * D, D, dst + 2 * D);
+          std::copy_n(dk.data() + c * Dp, D, dst + D);
+          std::copy_n(dv.data() + c * Dp, D, dst + 2 * D);
         }
       }
-      for (int64_t i = 0; i < T; ++i) std::copy_n(dq.data() + i * D, D, dbase + i * token_stride);
+      for (int64_t i = 0; i < T; ++i) std::copy_n(dq.data() + i * Dp, D, dbase + i * token_stride);
     }
   }
   return absl::OkStatus();

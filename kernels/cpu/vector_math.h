@@ -17,7 +17,15 @@ namespace engine::cpu {
 inline constexpr float kExpMinArg = -87.0f;
 inline constexpr float kExpMaxArg = 88.0f;
 
-inline float exp_approx(float x) {
+// Eight floats / eight int32 in one 256-bit register (GCC/Clang vector extension). Arithmetic,
+// comparisons (lane masks), `mask ? a : b` and std::bit_cast work lane by lane, so code written
+// on them vectorises by construction instead of relying on the auto-vectoriser.
+using Float8 = float __attribute__((vector_size(32)));
+using Int8 = int32_t __attribute__((vector_size(32)));
+
+// The body of exp_approx for F = float (I = int32_t) and for F = Float8 (I = Int8).
+template <typename F, typename I>
+inline F exp_approx_lanes(F x) {
   constexpr float kLog2e = 1.44269504088896341f;
   // ln 2 split into a part exact in float and a remainder (Cody-Waite range reduction).
   constexpr float kLn2Hi = 0.693359375f;
@@ -31,22 +39,25 @@ inline float exp_approx(float x) {
   constexpr int32_t kExponentBias = 127;
   constexpr int kMantissaBits = 23;
 
-  x = x < kExpMinArg ? kExpMinArg : x;
-  x = x > kExpMaxArg ? kExpMaxArg : x;
-  const float t = x * kLog2e + kRoundMagic;
-  const float n = t - kRoundMagic;
-  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
-  float p = kC5;
+  x = x < kExpMinArg ? F{} + kExpMinArg : x;
+  x = x > kExpMaxArg ? F{} + kExpMaxArg : x;
+  const F t = x * kLog2e + kRoundMagic;
+  const F n = t - kRoundMagic;
+  const F r = (x - n * kLn2Hi) - n * kLn2Lo;
+  F p = F{} + kC5;
   p = p * r + kC4;
   p = p * r + kC3;
   p = p * r + kC2;
   p = p * r + kC1;
   p = p * r + kC0;
-  const float er = p * (r * r) + r + 1.0f;
-  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRoundMagic);
-  const float scale = std::bit_cast<float>((ni + kExponentBias) << kMantissaBits);
+  const F er = p * (r * r) + r + 1.0f;
+  const I ni = std::bit_cast<I>(t) - std::bit_cast<int32_t>(kRoundMagic);
+  const F scale = std::bit_cast<F>((ni + kExponentBias) << kMantissaBits);
   return er * scale;
 }
+
+inline float exp_approx(float x) { return exp_approx_lanes<float, int32_t>(x); }
+inline Float8 exp_approx(Float8 x) { return exp_approx_lanes<Float8, Int8>(x); }
 
 // tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits +-1 for large |u| because exp_approx saturates.
 inline float tanh_approx(float u) {
