@@ -1,5 +1,7 @@
 #include "model/safetensors.h"
 
+#include "engine/utf8.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -185,42 +187,6 @@ absl::StatusOr<SafetensorsTensorInfo> parse_tensor_entry(const std::string& file
 
 }  // namespace
 
-bool is_valid_utf8(std::string_view bytes) {
-  const auto* s = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  size_t i = 0;
-  while (i < n) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len;
-    uint32_t cp;
-    if (c >= 0xc2 && c <= 0xdf) {
-      len = 2;
-      cp = c & 0x1fu;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      len = 3;
-      cp = c & 0x0fu;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      len = 4;
-      cp = c & 0x07u;
-    } else {
-      return false;  // continuation byte first, overlong 2-byte lead (c0, c1), or > U+10FFFF
-    }
-    if (n - i < len) return false;
-    for (size_t k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xc0u) != 0x80u) return false;
-      cp = (cp << 6) | (s[i + k] & 0x3fu);
-    }
-    const bool overlong = (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-    const bool surrogate = cp >= 0xd800 && cp <= 0xdfff;
-    if (overlong || surrogate || cp > 0x10ffff) return false;
-    i += len;
-  }
-  return true;
-}
 
 const SafetensorsTensorInfo* SafetensorsHeader::find(std::string_view name) const {
   for (const SafetensorsTensorInfo& t : tensors) {

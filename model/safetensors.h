@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "engine/dtype.h"
 #include "engine/io.h"
+#include "engine/utf8.h"
 #include "engine/tensor.h"
 
 namespace engine {
@@ -95,7 +96,5 @@ absl::Status write_safetensors(
     const std::filesystem::path& file, const std::vector<SafetensorsWriteEntry>& tensors,
     const std::map<std::string, std::string>& metadata = default_safetensors_metadata());
 
-// True when `bytes` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
-bool is_valid_utf8(std::string_view bytes);
 
 }  // namespace engine

@@ -31,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/utf8.h"
 
 namespace engine {
 
@@ -87,10 +88,6 @@ class Tokenizer {
   std::shared_ptr<const TokenizerData> data_;
   std::unique_ptr<PieceCache> cache_;
 };
-
-// Returns the byte offset of the first invalid UTF-8 sequence (overlong forms, surrogates and
-// code points above U+10FFFF are invalid), or nullopt when `text` is valid.
-std::optional<size_t> find_invalid_utf8(std::string_view text);
 
 // tokenizer.json text of a byte-level tokenizer with no merges: <unk> <s> </s> <pad> as ids 0..3
 // (special added tokens), then byte b as id 4 + b, with BLOOM's pre-tokenizer and decoder. Both

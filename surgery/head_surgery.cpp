@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "engine/random.h"
 
 namespace engine {
 namespace {
@@ -19,45 +20,25 @@ std::string dense_weight_name(int64_t layer) {
   return absl::StrCat("h.", layer, ".self_attention.dense.weight");
 }
 
-// SplitMix64 finaliser: a bijective 64-bit mixer with good avalanche, used as a counter-based
-// generator so each element's draw is a pure function of (seed, layer, head, element).
-uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Uniform in (0, 1): 53 random bits, offset by half a step so 0 is never returned (log-safe).
-double unit_uniform(uint64_t bits) {
-  constexpr double kStep = 1.0 / 9007199254740992.0;  // 2^-53
-  return (static_cast<double>(bits >> 11) + 0.5) * kStep;
-}
-
-constexpr double kTwoPi = 6.283185307179586;
-
 // Fills the (3D, C) row block: Xavier with fan_in = C and fan_out = 3D (the block the research
 // code re-initialised as one tensor), gain 1.
 void xavier_fill(const TensorView& rows, QkvWeightInit init, uint64_t seed, const HeadTarget& t) {
   const int64_t fan_out = rows.shape[0];
   const int64_t fan_in = rows.shape[1];
-  const uint64_t stream = mix64(seed ^ mix64(static_cast<uint64_t>(t.layer) << 32 |
-                                             static_cast<uint64_t>(t.head)));
+  const uint64_t stream =
+      random_stream(seed, static_cast<uint64_t>(t.layer), static_cast<uint64_t>(t.head));
   float* w = rows.as<float>();
   const int64_t n = rows.numel();
   if (init == QkvWeightInit::kXavierUniform) {
     const double bound = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
     for (int64_t i = 0; i < n; ++i) {
-      const double u = unit_uniform(mix64(stream + static_cast<uint64_t>(i)));
+      const double u = uniform_at(stream, static_cast<uint64_t>(i));
       w[i] = static_cast<float>((2.0 * u - 1.0) * bound);
     }
   } else {
     const double stddev = std::sqrt(2.0 / static_cast<double>(fan_in + fan_out));
-    for (int64_t i = 0; i < n; ++i) {  // Box-Muller on two independent counter draws
-      const uint64_t base = stream + 2 * static_cast<uint64_t>(i);
-      const double u1 = unit_uniform(mix64(base));
-      const double u2 = unit_uniform(mix64(base + 1));
-      w[i] = static_cast<float>(stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(kTwoPi * u2));
+    for (int64_t i = 0; i < n; ++i) {
+      w[i] = static_cast<float>(stddev * normal_at(stream, static_cast<uint64_t>(i)));
     }
   }
 }

@@ -26,6 +26,7 @@ constexpr Command kCommands[] = {
     {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize},
     {"eval", "sliding-window perplexity of a model over a data file", run_eval},
     {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate},
+    {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train},
 };
 
 void print_commands() {

@@ -1,15 +1,11 @@
-// CpuBackend: the reference backend, forwarding to kernels/cpu/<op>.cpp. Ops not yet written
-// for the CPU say so by status.
+// CpuBackend: the reference backend, forwarding to kernels/cpu/<op>.cpp.
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
+#include "kernels/cpu/adamw.h"
 #include "kernels/cpu/ops.h"
 
 namespace engine {
 namespace {
-
-absl::Status not_yet(std::string_view op) {
-  return absl::UnimplementedError(absl::StrCat("cpu backend: ", std::string(op), " is not implemented yet"));
-}
 
 class CpuBackend final : public Backend {
  public:
@@ -43,7 +39,7 @@ class CpuBackend final : public Backend {
   absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
     return cpu::classifier_cross_entropy(p);
   }
-  absl::Status masked_adamw(const MaskedAdamWParams&) override { return not_yet("masked_adamw"); }
+  absl::Status masked_adamw(const MaskedAdamWParams& p) override { return cpu::masked_adamw(p); }
 };
 
 }  // namespace

@@ -1,0 +1,171 @@
+// `engine train --model DIR --data FILE --out DIR [--surgery plan.json] [--epochs E | --steps N]
+// [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5] [--warmup N] [--schedule cosine|constant]
+// [--clip 1.0] [--optimizer adamw|sgd] [--eval_data FILE | --holdout F] [--eval_every N]
+// [--checkpoint_every N] [--seed S] [--resume] [--skip_nonfinite]`: surgery-aware training
+// (model/trainer.h, docs/TRAINING.md). Step lines go to stdout; OUT/metrics.jsonl gets one JSON
+// object per step and evaluation; checkpoints are OUT/step_N/, OUT/best/, OUT/final/.
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cli/commands.h"
+#include "engine/cli/flags.h"
+#include "engine/cli/model_loading.h"
+#include "model/dataset.h"
+#include "model/model_directory.h"
+#include "model/tokenizer.h"
+#include "model/trainer.h"
+#include "surgery/plan.h"
+
+ABSL_DECLARE_FLAG(std::string, tokenizer);
+ABSL_DECLARE_FLAG(int, batch);
+ABSL_FLAG(std::string, surgery, "", "train: plan.json; without it every parameter is trainable");
+ABSL_FLAG(int, epochs, 1, "train: passes over the training chunks (when --steps is 0)");
+ABSL_FLAG(int, steps, 0, "train: optimizer steps (0 = derived from --epochs)");
+ABSL_FLAG(int, grad_accum, 8, "train: micro-batches per optimizer step");
+ABSL_FLAG(double, lr, 5e-5, "train: peak learning rate");
+ABSL_FLAG(int, warmup, -1, "train: warm-up steps (-1 = min(100, total / 4))");
+ABSL_FLAG(std::string, schedule, "cosine", "train: cosine or constant after warm-up");
+ABSL_FLAG(double, clip, 1.0, "train: global gradient-norm clip over trainable elements (0 = off)");
+ABSL_FLAG(std::string, optimizer, "adamw", "train: adamw or sgd");
+ABSL_FLAG(double, weight_decay, 0.0, "train: AdamW decoupled weight decay");
+ABSL_FLAG(std::string, eval_data, "", "train: held-out data file (instead of --holdout)");
+ABSL_FLAG(double, holdout, 0.05, "train: share of --data chunks held out for perplexity");
+ABSL_FLAG(int, eval_every, 0, "train: steps between held-out evaluations (0 = at the end)");
+ABSL_FLAG(int, checkpoint_every, 0,
+          "train: steps between checkpoints (0 = --eval_every, or once per epoch)");
+ABSL_FLAG(bool, resume, false, "train: continue from the last complete OUT/step_N");
+ABSL_FLAG(bool, skip_nonfinite, false, "train: skip steps with a NaN/Inf loss or gradient");
+ABSL_FLAG(int, stop_after, 0, "train: stop after this many steps without a final checkpoint "
+                              "(for interruption tests; 0 = off)");
+
+namespace engine::cli {
+namespace {
+
+absl::StatusOr<std::optional<Tokenizer>> train_tokenizer(const std::string& model_dir) {
+  std::string path = absl::GetFlag(FLAGS_tokenizer);
+  if (path.empty()) {
+    const std::filesystem::path candidate = std::filesystem::path(model_dir) / "tokenizer.json";
+    if (!std::filesystem::exists(candidate)) return std::optional<Tokenizer>();
+    path = candidate.string();
+  }
+  absl::StatusOr<Tokenizer> t = Tokenizer::load(path);
+  if (!t.ok()) return t.status();
+  return std::optional<Tokenizer>(std::move(*t));
+}
+
+// Chunks of one data file; documents joined by the tokens of "\n\n" (none without a tokenizer).
+absl::StatusOr<ChunkedDataset> chunks_of(const std::string& path, Tokenizer* tokenizer,
+                                         uint32_t vocab, double holdout) {
+  DataReadOptions read;
+  read.tokenizer = tokenizer;
+  read.vocab_size = vocab;
+  absl::StatusOr<Corpus> corpus = load_corpus({path}, read);
+  if (!corpus.ok()) return corpus.status();
+  std::vector<uint32_t> separator;
+  if (tokenizer != nullptr) {
+    absl::StatusOr<std::vector<uint32_t>> s = tokenizer->encode("\n\n");
+    if (!s.ok()) return s.status();
+    separator = std::move(*s);
+  }
+  ChunkOptions co;
+  co.seq_len = absl::GetFlag(FLAGS_seq_len);
+  co.holdout_fraction = holdout;
+  co.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  return ChunkedDataset::build(*corpus, separator, co);
+}
+
+}  // namespace
+
+int run_train(const std::vector<std::string>& args) {
+  apply_thread_flag();
+  TrainRunOptions o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  o.out_dir = absl::GetFlag(FLAGS_out);
+  const std::string data_path = absl::GetFlag(FLAGS_data);
+  if (o.model_dir.empty()) return fail("train: --model DIR is required");
+  if (data_path.empty()) return fail("train: --data FILE is required");
+  if (o.out_dir.empty()) return fail("train: --out DIR is required");
+  const std::string schedule = absl::GetFlag(FLAGS_schedule);
+  const std::string optimizer = absl::GetFlag(FLAGS_optimizer);
+  if (schedule != "cosine" && schedule != "constant") {
+    return fail(absl::StrCat("train: --schedule ", schedule, ": expected cosine or constant"));
+  }
+  if (optimizer != "adamw" && optimizer != "sgd") {
+    return fail(absl::StrCat("train: --optimizer ", optimizer, ": expected adamw or sgd"));
+  }
+  const std::string plan_path = absl::GetFlag(FLAGS_surgery);
+  if (!plan_path.empty()) {
+    absl::StatusOr<SurgeryPlan> plan = load_plan(plan_path);
+    if (!plan.ok()) return fail(std::string(plan.status().message()));
+    o.plan = std::move(*plan);
+  }
+  o.seq_len = absl::GetFlag(FLAGS_seq_len);
+  o.batch = absl::GetFlag(FLAGS_batch);
+  o.grad_accum = absl::GetFlag(FLAGS_grad_accum);
+  o.epochs = absl::GetFlag(FLAGS_epochs);
+  o.steps = absl::GetFlag(FLAGS_steps);
+  o.lr = absl::GetFlag(FLAGS_lr);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  o.schedule = schedule == "cosine" ? ScheduleKind::kCosine : ScheduleKind::kConstant;
+  o.optimizer.kind = optimizer == "adamw" ? OptimizerKind::kAdamW : OptimizerKind::kSgd;
+  o.optimizer.clip = absl::GetFlag(FLAGS_clip);
+  o.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  o.optimizer.skip_nonfinite = absl::GetFlag(FLAGS_skip_nonfinite);
+  o.eval_every = absl::GetFlag(FLAGS_eval_every);
+  o.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  o.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
+  o.log = [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+
+  absl::StatusOr<BloomConfig> config =
+      load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
+  if (!config.ok()) return fail(std::string(config.status().message()));
+  absl::StatusOr<std::optional<Tokenizer>> tokenizer = train_tokenizer(o.model_dir.string());
+  if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
+  Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;
+  const uint32_t vocab = static_cast<uint32_t>(config->vocab_size);
+  const std::string eval_path = absl::GetFlag(FLAGS_eval_data);
+  const double holdout = eval_path.empty() ? absl::GetFlag(FLAGS_holdout) : 0.0;
+  absl::StatusOr<ChunkedDataset> train = chunks_of(data_path, tok, vocab, holdout);
+  if (!train.ok()) return fail(std::string(train.status().message()));
+  TrainData data;
+  data.train = &*train;
+  if (!eval_path.empty()) {
+    absl::StatusOr<ChunkedDataset> eval = chunks_of(eval_path, tok, vocab, 0.0);
+    if (!eval.ok()) return fail(std::string(eval.status().message()));
+    for (size_t i = 0; i < eval->train_size(); ++i) {
+      std::span<const uint32_t> c = eval->train_chunk(i);
+      data.eval_chunks.emplace_back(c.begin(), c.end());
+    }
+  } else {
+    for (size_t i = 0; i < train->holdout_size(); ++i) {
+      std::span<const uint32_t> c = train->holdout_chunk(i);
+      data.eval_chunks.emplace_back(c.begin(), c.end());
+    }
+  }
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  if (!r.ok()) return fail(std::string(r.status().message()));
+  if (r->final_dir.empty()) {
+    std::printf("train: stopped after step %lld (--stop_after)\n",
+                static_cast<long long>(r->steps));
+  } else {
+    std::printf("train: done, %lld steps, final loss %.4f%s, weights in %s\n",
+                static_cast<long long>(r->steps), r->final_loss,
+                r->best_ppl.has_value()
+                    ? absl::StrCat(", best held-out perplexity ", *r->best_ppl).c_str()
+                    : "",
+                r->final_dir.c_str());
+  }
+  return 0;
+}
+
+}  // namespace engine::cli

@@ -1,0 +1,290 @@
+// Tape autograd; contract in tape.h.
+#include "engine/tape.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace engine {
+
+CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements,
+                                   std::vector<int64_t> indices)
+    : words_(std::move(words)), elements_(elements), indices_(std::move(indices)),
+      values_(indices_.size(), 0.0f) {}
+
+void CompactGradients::zero() { std::fill(values_.begin(), values_.end(), 0.0f); }
+
+const CompactGradients::Regions& CompactGradients::regions(const TapeParameter& p) {
+  auto it = regions_.find(p.arena_offset);
+  if (it != regions_.end()) return it->second;
+  Regions r;
+  std::vector<uint8_t> col_any(static_cast<size_t>(std::max<int64_t>(p.cols, 0)), 0);
+  auto push = [](std::vector<IndexRun>& runs, int64_t i) {
+    if (!runs.empty() && runs.back().end == i) {
+      ++runs.back().end;
+    } else {
+      runs.push_back({i, i + 1});
+    }
+  };
+  for (int64_t row = 0; row < p.rows; ++row) {
+    bool row_any = false;
+    const int64_t base = p.arena_offset + row * p.cols;
+    for (int64_t c = 0; c < p.cols; ++c) {
+      if (trainable(base + c)) {
+        row_any = true;
+        col_any[static_cast<size_t>(c)] = 1;
+      }
+    }
+    if (row_any) push(r.rows, row);
+  }
+  for (int64_t c = 0; c < p.cols; ++c) {
+    if (col_any[static_cast<size_t>(c)] != 0) push(r.cols, c);
+  }
+  return regions_.emplace(p.arena_offset, std::move(r)).first->second;
+}
+
+void CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr,
+                                  int64_t nc, const float* g, int64_t ld) {
+  // Rows are independent ranges of the compact buffer, so they can run in parallel without
+  // changing any sum.
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t base = p.arena_offset + (r0 + r) * p.cols + c0;
+    int64_t pos = std::lower_bound(indices_.begin(), indices_.end(), base) - indices_.begin();
+    const float* gr = g + r * ld;
+    for (int64_t c = 0; c < nc; ++c) {
+      if (trainable(base + c)) values_[static_cast<size_t>(pos++)] += gr[c];
+    }
+  }
+}
+
+int Tape::add_value(const float* data, int64_t size) {
+  values_.push_back({data, size, -1});
+  return static_cast<int>(values_.size()) - 1;
+}
+
+void Tape::record(TapeEntry entry) {
+  const int index = static_cast<int>(entries_.size());
+  std::visit(
+      [&](auto& e) {
+        using E = std::decay_t<decltype(e)>;
+        if constexpr (std::is_same_v<E, TapeEmbedding>) values_[e.out].producer = index;
+        if constexpr (std::is_same_v<E, TapeLayerNorm> || std::is_same_v<E, TapeLinear> ||
+                      std::is_same_v<E, TapeGelu>) {
+          values_[e.y].producer = index;
+        }
+        if constexpr (std::is_same_v<E, TapeAttention>) values_[e.out].producer = index;
+      },
+      entry);
+  entries_.push_back(std::move(entry));
+}
+
+namespace {
+
+// y += x over n elements.
+void add_into(float* y, const float* x, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
+}  // namespace
+
+absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float loss_scale) {
+  const int n = static_cast<int>(entries_.size());
+  if (n == 0 || !std::holds_alternative<TapeClassifier>(entries_.back())) {
+    return absl::FailedPreconditionError("tape: the last entry must be the classifier (the loss)");
+  }
+  // prefix[i]: some entry in [0, i] has a trainable parameter.
+  std::vector<uint8_t> prefix(n, 0);
+  for (int i = 0; i < n; ++i) {
+    bool trainable = false;
+    std::visit(
+        [&](const auto& e) {
+          using E = std::decay_t<decltype(e)>;
+          if constexpr (std::is_same_v<E, TapeEmbedding>) trainable = grads.any_trainable(e.table);
+          if constexpr (std::is_same_v<E, TapeLayerNorm>) {
+            trainable = grads.any_trainable(e.weight) || grads.any_trainable(e.bias);
+          }
+          if constexpr (std::is_same_v<E, TapeLinear>) {
+            trainable = grads.any_trainable(e.weight) || grads.any_trainable(e.bias);
+          }
+          if constexpr (std::is_same_v<E, TapeClassifier>) {
+            trainable = grads.any_trainable(e.embedding);
+          }
+        },
+        entries_[i]);
+    prefix[i] = (trainable || (i > 0 && prefix[i - 1] != 0)) ? 1 : 0;
+  }
+  std::vector<Grad> g(values_.size());
+  auto needs = [&](int v) { return v >= 0 && values_[v].producer >= 0 && prefix[values_[v].producer]; };
+  // The gradient buffer of value v, zero-filled on first use.
+  auto grad_of = [&](int v) -> Grad& {
+    Grad& gv = g[v];
+    if (gv.data.empty()) gv.data.assign(static_cast<size_t>(values_[v].size), 0.0f);
+    return gv;
+  };
+  // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
+  // otherwise into scratch that is then added.
+  std::vector<float> scratch;
+  auto overwrite_target = [&](int v) -> float* {
+    Grad& gv = grad_of(v);
+    if (!gv.written) return gv.data.data();
+    scratch.assign(static_cast<size_t>(values_[v].size), 0.0f);
+    return scratch.data();
+  };
+  auto finish_overwrite = [&](int v) {
+    Grad& gv = g[v];
+    if (gv.written) add_into(gv.data.data(), scratch.data(), values_[v].size);
+    gv.written = true;
+  };
+  std::vector<float> pgrad;  // dense gradient of one parameter block
+  auto zeroed = [&](int64_t count) {
+    pgrad.assign(static_cast<size_t>(count), 0.0f);
+    return pgrad.data();
+  };
+
+  for (int i = n - 1; i >= 0; --i) {
+    if (!prefix[i]) break;  // nothing at or before this entry is trainable
+    absl::Status status = std::visit(
+        [&](const auto& e) -> absl::Status {
+          using E = std::decay_t<decltype(e)>;
+          if constexpr (std::is_same_v<E, TapeClassifier>) {
+            ClassifierParams p = e.forward;
+            p.loss_scale = loss_scale;
+            p.logits = nullptr;
+            p.row_loss = nullptr;
+            const bool want_table = grads.any_trainable(e.embedding);
+            p.dhidden = needs(e.hidden) ? overwrite_target(e.hidden) : nullptr;
+            p.dembedding = want_table ? zeroed(e.embedding.numel()) : nullptr;
+            if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();
+            if (absl::Status s = backend.classifier_cross_entropy(p); !s.ok()) return s;
+            if (p.dhidden != nullptr) finish_overwrite(e.hidden);
+            if (want_table) {
+              grads.accumulate(e.embedding, 0, 0, e.embedding.rows, e.embedding.cols, pgrad.data(),
+                               e.embedding.cols);
+            }
+            return absl::OkStatus();
+          } else {
+            int out = -1;
+            if constexpr (std::is_same_v<E, TapeEmbedding> || std::is_same_v<E, TapeAttention>) {
+              out = e.out;
+            } else {
+              out = e.y;
+            }
+            if (g[out].data.empty()) return absl::OkStatus();  // nobody needed this output
+            const float* dy = g[out].data.data();
+            if constexpr (std::is_same_v<E, TapeEmbedding>) {
+              if (!grads.any_trainable(e.table)) return absl::OkStatus();
+              EmbeddingParams p;
+              p.rows = e.rows, p.width = e.width, p.vocab = e.vocab;
+              p.ids = e.ids, p.table = e.table.data;
+              p.dout = dy, p.dtable = zeroed(e.table.numel());
+              if (absl::Status s = backend.embedding_backward(p); !s.ok()) return s;
+              grads.accumulate(e.table, 0, 0, e.table.rows, e.table.cols, pgrad.data(),
+                               e.table.cols);
+            }
+            if constexpr (std::is_same_v<E, TapeLayerNorm>) {
+              const bool want_w = grads.any_trainable(e.weight);
+              const bool want_b = grads.any_trainable(e.bias);
+              LayerNormParams p;
+              p.rows = e.rows, p.width = e.width, p.eps = e.eps;
+              p.x = values_[e.x].data, p.weight = e.weight.data, p.bias = e.bias.data;
+              p.mean = const_cast<float*>(e.mean), p.rstd = const_cast<float*>(e.rstd);
+              p.dy = dy;
+              if (needs(e.x)) {
+                Grad& gx = grad_of(e.x);
+                p.dx = gx.data.data();
+                p.accumulate_dx = gx.written;
+              }
+              std::vector<float> dw, db;
+              if (want_w) dw.assign(static_cast<size_t>(e.width), 0.0f), p.dweight = dw.data();
+              if (want_b) db.assign(static_cast<size_t>(e.width), 0.0f), p.dbias = db.data();
+              if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
+              if (absl::Status s = backend.layernorm_backward(p); !s.ok()) return s;
+              if (p.dx != nullptr) g[e.x].written = true;
+              if (want_w) grads.accumulate(e.weight, 0, 0, 1, e.width, dw.data(), e.width);
+              if (want_b) grads.accumulate(e.bias, 0, 0, 1, e.width, db.data(), e.width);
+            }
+            if constexpr (std::is_same_v<E, TapeLinear>) {
+              const float* x = values_[e.x].data;
+              // dW[rows r, cols c] = dY[:, r]^T X[:, c], only over runs holding trainable
+              // elements.
+              for (const IndexRun& rr : grads.row_runs(e.weight)) {
+                for (const IndexRun& cr : grads.col_runs(e.weight)) {
+                  const int64_t nr = rr.end - rr.begin, nc = cr.end - cr.begin;
+                  GemmParams gp;
+                  gp.transpose_a = true;
+                  gp.m = nr, gp.n = nc, gp.k = e.rows;
+                  gp.a = dy + rr.begin, gp.lda = e.out;
+                  gp.b = x + cr.begin, gp.ldb = e.in;
+                  gp.c = zeroed(nr * nc), gp.ldc = nc;
+                  if (absl::Status s = backend.gemm(gp); !s.ok()) return s;
+                  grads.accumulate(e.weight, rr.begin, cr.begin, nr, nc, pgrad.data(), nc);
+                }
+              }
+              for (const IndexRun& cr : grads.col_runs(e.bias)) {
+                const int64_t nc = cr.end - cr.begin;
+                std::vector<double> sum(static_cast<size_t>(nc), 0.0);
+                for (int64_t r = 0; r < e.rows; ++r) {
+                  const float* row = dy + r * e.out + cr.begin;
+                  for (int64_t c = 0; c < nc; ++c) sum[c] += row[c];
+                }
+                float* db = zeroed(nc);
+                for (int64_t c = 0; c < nc; ++c) db[c] = static_cast<float>(sum[c]);
+                grads.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc);
+              }
+              if (needs(e.x)) {
+                Grad& gx = grad_of(e.x);
+                GemmParams gp;  // dX (rows, in) = dY (rows, out) . W (out, in)
+                gp.m = e.rows, gp.n = e.in, gp.k = e.out;
+                gp.a = dy, gp.lda = e.out;
+                gp.b = e.weight.data, gp.ldb = e.in;
+                gp.c = gx.data.data(), gp.ldc = e.in;
+                gp.beta = gx.written ? 1.0f : 0.0f;
+                if (absl::Status s = backend.gemm(gp); !s.ok()) return s;
+                gx.written = true;
+              }
+              if (needs(e.residual)) {
+                Grad& gr = grad_of(e.residual);
+                if (gr.written) {
+                  add_into(gr.data.data(), dy, e.rows * e.out);
+                } else {
+                  std::copy_n(dy, e.rows * e.out, gr.data.data());
+                }
+                gr.written = true;
+              }
+            }
+            if constexpr (std::is_same_v<E, TapeAttention>) {
+              if (!needs(e.qkv)) return absl::OkStatus();
+              AlibiAttentionParams p = e.forward;
+              p.stats = HeadStatsAccumulator{};
+              p.dout = dy;
+              p.dqkv = overwrite_target(e.qkv);
+              if (absl::Status s = backend.alibi_attention_backward(p); !s.ok()) return s;
+              finish_overwrite(e.qkv);
+            }
+            if constexpr (std::is_same_v<E, TapeGelu>) {
+              if (!needs(e.x)) return absl::OkStatus();
+              GeluParams p;
+              p.n = e.n;
+              p.x = values_[e.x].data;
+              p.dy = dy;
+              p.dx = overwrite_target(e.x);
+              if (absl::Status s = backend.gelu_backward(p); !s.ok()) return s;
+              finish_overwrite(e.x);
+            }
+            // The output's gradient is fully consumed: free it.
+            std::vector<float>().swap(g[out].data);
+            return absl::OkStatus();
+          }
+        },
+        entries_[i]);
+    if (!status.ok()) {
+      return absl::Status(status.code(),
+                          absl::StrCat("tape entry ", i, ": ", std::string(status.message())));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace engine

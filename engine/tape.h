@@ -1,0 +1,154 @@
+// Tape autograd for a fixed, small set of ops (embedding, LayerNorm, linear with optional fused
+// residual, fused ALiBi attention, GELU, tied classifier + cross-entropy). It knows nothing of any
+// model: a caller registers activation buffers as values and records one entry per op in forward
+// order, with what that op's backward needs (attention keeps its row log-sum-exp, never
+// probabilities). `backward` walks the entries in reverse.
+//
+// Contract:
+// - Values are caller-owned float buffers (the forward's kept activations); the tape never
+//   writes them. Gradient buffers for values are tape-owned, allocated when first written and
+//   freed as soon as the entry that produced the value has been processed.
+// - Which gradients are computed is decided like PyTorch's should_compute_output, from the
+//   trainable bitmask in CompactGradients: an entry is "trainable" when one of its parameters has
+//   a trainable element; the gradient of a value is computed only when some trainable entry lies
+//   at or before the value's producer (everything earlier on this tape flows into everything
+//   later), so the backward stops below the lowest trainable entry. Parameter gradients are
+//   computed only over the row runs x column runs of a parameter that hold trainable elements
+//   (a head's row block of a fused QKV weight, a head's column block of a dense weight) and only
+//   trainable elements reach the compact buffer.
+// - Parameter gradients are ADDED to CompactGradients (so micro-batches accumulate) in a fixed
+//   order: results are deterministic for a fixed thread count.
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "engine/backend.h"
+
+namespace engine {
+
+// A parameter as the tape sees it: a dense row-major (rows, cols) block of the parameter arena
+// (rows = 1 for vectors).
+struct TapeParameter {
+  const float* data = nullptr;
+  int64_t arena_offset = -1;
+  int64_t rows = 0, cols = 0;
+  int64_t numel() const { return rows * cols; }
+};
+
+// Half-open index range [begin, end).
+struct IndexRun {
+  int64_t begin = 0, end = 0;
+};
+
+// The compact gradient buffer: element i is d(loss)/d(arena element indices()[i]).
+class CompactGradients {
+ public:
+  // `words`: one bit per arena element, 1 = trainable (FrozenMask::words()); `indices`: the
+  // ascending offsets of the set bits (FrozenMask::trainable_indices()).
+  CompactGradients(std::vector<uint64_t> words, int64_t elements, std::vector<int64_t> indices);
+
+  int64_t size() const { return static_cast<int64_t>(indices_.size()); }
+  const std::vector<int64_t>& indices() const { return indices_; }
+  float* data() { return values_.data(); }
+  const float* data() const { return values_.data(); }
+  void zero();
+
+  bool trainable(int64_t element) const {
+    return element >= 0 && element < elements_ &&
+           ((words_[static_cast<size_t>(element >> 6)] >> (element & 63)) & 1u);
+  }
+  // Whether any element of p is trainable, and the maximal runs of rows (columns) of p that hold
+  // at least one trainable element. Computed once per parameter and cached.
+  bool any_trainable(const TapeParameter& p) { return !regions(p).rows.empty(); }
+  const std::vector<IndexRun>& row_runs(const TapeParameter& p) { return regions(p).rows; }
+  const std::vector<IndexRun>& col_runs(const TapeParameter& p) { return regions(p).cols; }
+
+  // Adds g (nr, nc; row stride ld) to the gradients of elements [r0, r0 + nr) x [c0, c0 + nc)
+  // of p; frozen elements are skipped.
+  void accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr, int64_t nc,
+                  const float* g, int64_t ld);
+
+ private:
+  struct Regions {
+    std::vector<IndexRun> rows, cols;
+  };
+  const Regions& regions(const TapeParameter& p);
+
+  std::vector<uint64_t> words_;
+  int64_t elements_ = 0;
+  std::vector<int64_t> indices_;
+  std::vector<float> values_;
+  std::unordered_map<int64_t, Regions> regions_;  // by arena offset
+};
+
+// Op records. Shapes as in engine/backend.h.
+struct TapeEmbedding {
+  int64_t rows = 0, width = 0, vocab = 0;
+  const int32_t* ids = nullptr;
+  TapeParameter table;  // (vocab, width)
+  int out = -1;         // (rows, width)
+};
+struct TapeLayerNorm {
+  int64_t rows = 0, width = 0;
+  float eps = 1e-5f;
+  const float* mean = nullptr; const float* rstd = nullptr;  // saved moments (rows)
+  TapeParameter weight, bias;
+  int x = -1, y = -1;
+};
+// y = x W^T + bias (+ residual).
+struct TapeLinear {
+  int64_t rows = 0, in = 0, out = 0;
+  TapeParameter weight;  // (out, in)
+  TapeParameter bias;    // (1, out)
+  int x = -1, residual = -1, y = -1;
+};
+struct TapeAttention {
+  AlibiAttentionParams forward;  // as the forward ran it (qkv, out, lse, positions, mask, ...)
+  int qkv = -1, out = -1;
+};
+struct TapeGelu {
+  int64_t n = 0;
+  int x = -1, y = -1;
+};
+// The loss root: gradient of loss_scale * (sum of scored row losses).
+struct TapeClassifier {
+  ClassifierParams forward;  // rows, width, vocab, chunk, hidden, embedding, targets
+  TapeParameter embedding;
+  int hidden = -1;
+};
+using TapeEntry =
+    std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClassifier>;
+
+class Tape {
+ public:
+  // Registers a caller-owned activation buffer of `size` floats; returns its value id.
+  int add_value(const float* data, int64_t size);
+  // Records an op; the entry's output value (if any) becomes produced by it. Values must be
+  // produced before they are read.
+  void record(TapeEntry entry);
+  size_t size() const { return entries_.size(); }
+
+  // Runs the backward from the last entry, which must be a TapeClassifier; its loss_scale
+  // scales every gradient. Parameter gradients are added to `grads`.
+  absl::Status backward(Backend& backend, CompactGradients& grads, float loss_scale);
+
+ private:
+  struct Value {
+    const float* data = nullptr;
+    int64_t size = 0;
+    int producer = -1;  // entry index, -1 = external input
+  };
+  struct Grad {
+    std::vector<float> data;
+    bool written = false;
+  };
+
+  std::vector<Value> values_;
+  std::vector<TapeEntry> entries_;
+};
+
+}  // namespace engine

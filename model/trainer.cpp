@@ -1,0 +1,618 @@
+// Trainer and the training run; contract in trainer.h, behaviour in docs/TRAINING.md.
+#include "model/trainer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/io.h"
+#include "kernels/cpu/adamw.h"
+#include "model/bloom_backward.h"
+#include "model/perplexity.h"
+#include "surgery/head_surgery.h"
+
+namespace engine {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Elements per partial sum of deterministic_norm: large enough to amortise the parallel loop,
+// small enough to spread a surgical trainable set over the threads.
+constexpr int64_t kNormBlock = 1 << 14;
+// Identifies the optimizer-state file and its layout version.
+constexpr char kOptimizerMagic[8] = {'E', 'N', 'G', 'O', 'P', 'T', '0', '1'};
+constexpr int kStateVersion = 1;
+constexpr const char* kStateFile = "trainer_state.json";
+constexpr const char* kOptimizerFile = "optimizer.bin";
+constexpr const char* kMetricsFile = "metrics.jsonl";
+
+}  // namespace
+
+double deterministic_norm(const float* g, int64_t n) {
+  const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+  std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t end = std::min(n, (b + 1) * kNormBlock);
+    double s = 0.0;
+    for (int64_t i = b * kNormBlock; i < end; ++i) s += static_cast<double>(g[i]) * g[i];
+    partial[static_cast<size_t>(b)] = s;
+  }
+  double sum = 0.0;
+  for (double p : partial) sum += p;
+  return std::sqrt(sum);
+}
+
+Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
+                 OptimizerOptions options)
+    : model_(model), backend_(backend), options_(options),
+      grads_(mask.words(), mask.elements(), mask.trainable_indices()) {
+  if (options_.kind == OptimizerKind::kAdamW) {
+    m_.assign(static_cast<size_t>(grads_.size()), 0.0f);
+    v_.assign(static_cast<size_t>(grads_.size()), 0.0f);
+  }
+}
+
+absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batches, double lr) {
+  if (micro_batches.empty()) return absl::InvalidArgumentError("train step: no micro-batches");
+  StepResult r;
+  r.step = step_ + 1;
+  r.lr = lr;
+  grads_.zero();
+  const double scale = 1.0 / static_cast<double>(micro_batches.size());
+  double loss_sum = 0.0;
+  for (const MicroBatch& mb : micro_batches) {
+    ForwardInputs in;
+    in.batch = mb.batch, in.seq = mb.seq;
+    in.ids = mb.ids.data();
+    in.mask = mb.mask.empty() ? nullptr : mb.mask.data();
+    in.targets = mb.targets.data();
+    absl::StatusOr<ForwardResult> f = bloom_forward_backward(model_, backend_, in, grads_, scale);
+    if (!f.ok()) {
+      return absl::Status(f.status().code(), absl::StrCat("step ", r.step, ": ",
+                                                          std::string(f.status().message())));
+    }
+    loss_sum += f->loss;
+    r.tokens += f->scored;
+  }
+  r.loss = loss_sum * scale;
+  r.grad_norm = deterministic_norm(grads_.data(), grads_.size());
+  r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  if (!r.finite) {
+    if (!options_.skip_nonfinite) {
+      return absl::InternalError(absl::StrCat("step ", r.step, ": non-finite ",
+                                              std::isfinite(r.loss) ? "gradient" : "loss",
+                                              " (loss ", r.loss, ", gradient norm ", r.grad_norm,
+                                              ")"));
+    }
+    ++step_;
+    return r;
+  }
+  // torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
+  constexpr double kClipEpsilon = 1e-6;
+  float grad_scale = 1.0f;
+  if (options_.clip > 0.0 && r.grad_norm > options_.clip) {
+    grad_scale = static_cast<float>(options_.clip / (r.grad_norm + kClipEpsilon));
+  }
+  MaskedAdamWParams p;
+  p.n = grads_.size();
+  p.index = grads_.indices().data();
+  p.params = reinterpret_cast<float*>(model_.arena.base());
+  p.grad = grads_.data();
+  p.lr = static_cast<float>(lr);
+  p.grad_scale = grad_scale;
+  p.step = step_ + 1;
+  absl::Status s;
+  if (options_.kind == OptimizerKind::kAdamW) {
+    p.m = m_.data(), p.v = v_.data();
+    p.beta1 = static_cast<float>(options_.beta1), p.beta2 = static_cast<float>(options_.beta2);
+    p.eps = static_cast<float>(options_.eps);
+    p.weight_decay = static_cast<float>(options_.weight_decay);
+    s = backend_.masked_adamw(p);
+  } else {
+    s = cpu::masked_sgd(p);
+  }
+  if (!s.ok()) return s;
+  ++step_;
+  return r;
+}
+
+MicroBatch chunk_micro_batch(const ChunkedDataset& data, uint64_t first, int64_t batch) {
+  MicroBatch mb;
+  mb.batch = batch, mb.seq = data.seq_len();
+  mb.ids.reserve(static_cast<size_t>(batch * data.seq_len()));
+  const uint64_t n = data.train_size();
+  uint64_t cached_epoch = UINT64_MAX;
+  std::vector<uint32_t> order;
+  for (int64_t b = 0; b < batch; ++b) {
+    const uint64_t g = first + static_cast<uint64_t>(b);
+    const uint64_t epoch = g / n;
+    if (epoch != cached_epoch) order = data.epoch_order(epoch), cached_epoch = epoch;
+    std::span<const uint32_t> chunk = data.train_chunk(order[g % n]);
+    mb.ids.insert(mb.ids.end(), chunk.begin(), chunk.end());
+  }
+  mb.targets = next_token_targets(mb.ids.data(), nullptr, mb.batch, mb.seq);
+  return mb;
+}
+
+namespace {
+
+absl::Status errno_error(const std::string& what, const fs::path& path) {
+  return absl::InternalError(absl::StrCat(path.string(), ": ", what, ": ", std::strerror(errno)));
+}
+
+absl::Status fsync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return errno_error("open directory", dir);
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return errno_error("fsync directory", dir);
+  return absl::OkStatus();
+}
+
+// FNV-1a over the training chunks in storage order: identifies the data a run was started on.
+uint64_t data_fingerprint(const ChunkedDataset& data) {
+  constexpr uint64_t kOffset = 14695981039346656037ull;
+  constexpr uint64_t kPrime = 1099511628211ull;
+  uint64_t h = kOffset;
+  for (size_t i = 0; i < data.train_size(); ++i) {
+    for (uint32_t id : data.train_chunk(i)) {
+      for (int byte = 0; byte < 4; ++byte) {
+        h ^= (id >> (8 * byte)) & 0xffu;
+        h *= kPrime;
+      }
+    }
+  }
+  return h;
+}
+
+nlohmann::json mask_summary(const BloomModel& model, const FrozenMask& mask) {
+  nlohmann::json per_tensor = nlohmann::json::object();
+  for (const ParameterInfo& p : model.arena.parameters()) {
+    int64_t count = 0;
+    for (int64_t i = 0; i < p.numel; ++i) count += mask.trainable(p.offset + i) ? 1 : 0;
+    if (count > 0) per_tensor[p.name] = count;
+  }
+  return {{"trainable_elements", mask.trainable_count()},
+          {"parameter_elements", model.arena.parameter_elements()},
+          {"trainable_per_tensor", per_tensor}};
+}
+
+// The architecture fields of a config: what a checkpoint must share with its base model (the
+// stored dtype and other metadata may differ, e.g. an f16 base saved as f32 checkpoints).
+nlohmann::json architecture_json(const BloomConfig& c) {
+  return {{"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"n_layer", c.n_layer},
+          {"n_head", c.n_head},
+          {"layer_norm_epsilon", c.layer_norm_epsilon}};
+}
+
+const char* schedule_name(ScheduleKind k) { return k == ScheduleKind::kCosine ? "cosine" : "constant"; }
+const char* optimizer_name(OptimizerKind k) { return k == OptimizerKind::kAdamW ? "adamw" : "sgd"; }
+
+// Everything that shapes the trajectory of a run: a resumed run must agree on all of it.
+nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warmup,
+                           const ChunkedDataset& data) {
+  return {{"seq_len", o.seq_len},
+          {"batch", o.batch},
+          {"grad_accum", o.grad_accum},
+          {"total_steps", total},
+          {"lr", o.lr},
+          {"warmup", warmup},
+          {"schedule", schedule_name(o.schedule)},
+          {"optimizer", optimizer_name(o.optimizer.kind)},
+          {"beta1", o.optimizer.beta1},
+          {"beta2", o.optimizer.beta2},
+          {"eps", o.optimizer.eps},
+          {"weight_decay", o.optimizer.weight_decay},
+          {"clip", o.optimizer.clip},
+          {"skip_nonfinite", o.optimizer.skip_nonfinite},
+          {"seed", o.seed},
+          {"train_chunks", data.train_size()},
+          {"data_fingerprint", absl::StrFormat("%016x", data_fingerprint(data))}};
+}
+
+absl::Status write_optimizer_state(const fs::path& file, Trainer& trainer) {
+  return write_file_atomically(file, [&](AtomicFileWriter& w) -> absl::Status {
+    const int64_t header[2] = {trainer.trainable_count(), trainer.step_count()};
+    const int64_t moments = static_cast<int64_t>(trainer.first_moment().size());
+    if (absl::Status s = w.write(kOptimizerMagic, sizeof(kOptimizerMagic)); !s.ok()) return s;
+    if (absl::Status s = w.write(header, sizeof(header)); !s.ok()) return s;
+    if (absl::Status s = w.write(&moments, sizeof(moments)); !s.ok()) return s;
+    if (absl::Status s = w.write(trainer.first_moment().data(), moments * sizeof(float));
+        !s.ok()) {
+      return s;
+    }
+    return w.write(trainer.second_moment().data(), moments * sizeof(float));
+  });
+}
+
+absl::Status read_optimizer_state(const fs::path& file, Trainer& trainer, int64_t step) {
+  absl::StatusOr<MappedFile> f = MappedFile::open(file);
+  if (!f.ok()) return f.status();
+  const int64_t moments = static_cast<int64_t>(trainer.first_moment().size());
+  const size_t want = sizeof(kOptimizerMagic) + 3 * sizeof(int64_t) + 2 * moments * sizeof(float);
+  if (f->size() != want || std::memcmp(f->data(), kOptimizerMagic, sizeof(kOptimizerMagic)) != 0) {
+    return absl::DataLossError(absl::StrCat(file.string(), ": not an optimizer state of ",
+                                            trainer.trainable_count(), " trainable elements (",
+                                            f->size(), " bytes, expected ", want, ")"));
+  }
+  int64_t header[3];
+  std::memcpy(header, f->data() + sizeof(kOptimizerMagic), sizeof(header));
+  if (header[0] != trainer.trainable_count() || header[1] != step || header[2] != moments) {
+    return absl::DataLossError(absl::StrCat(file.string(), ": holds ", header[0],
+                                            " trainable elements at step ", header[1],
+                                            ", expected ", trainer.trainable_count(), " at step ",
+                                            step));
+  }
+  const uint8_t* body = f->data() + sizeof(kOptimizerMagic) + sizeof(header);
+  std::memcpy(trainer.first_moment().data(), body, moments * sizeof(float));
+  std::memcpy(trainer.second_moment().data(), body + moments * sizeof(float),
+              moments * sizeof(float));
+  trainer.set_step_count(step);
+  return absl::OkStatus();
+}
+
+// Writes `name` (a model directory plus the trainer's files) under a temporary name in `out`,
+// then renames it into place: a reader sees either no directory or a complete one.
+absl::Status save_checkpoint(const fs::path& out, const std::string& name, const BloomModel& model,
+                             Trainer& trainer, const nlohmann::json& state,
+                             const std::optional<SurgeryPlan>& plan) {
+  const fs::path tmp = out / (".tmp-" + name);
+  const fs::path target = out / name;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  if (!fs::create_directories(tmp, ec) && ec) {
+    return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create: ", ec.message()));
+  }
+  if (absl::Status s = save_model_directory(model, tmp); !s.ok()) return s;
+  if (absl::Status s = write_optimizer_state(tmp / kOptimizerFile, trainer); !s.ok()) return s;
+  if (plan.has_value()) {
+    if (absl::Status s = write_string_atomically(tmp / "plan.json", plan_to_json(*plan).dump(2) + "\n");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s = write_string_atomically(tmp / kStateFile, state.dump(2) + "\n"); !s.ok()) {
+    return s;
+  }
+  // A directory cannot be renamed over a non-empty one: move the old one aside first.
+  const fs::path old = out / (".old-" + name);
+  fs::remove_all(old, ec);
+  if (fs::exists(target)) {
+    fs::rename(target, old, ec);
+    if (ec) return absl::InternalError(absl::StrCat(target.string(), ": rename: ", ec.message()));
+  }
+  fs::rename(tmp, target, ec);
+  if (ec) return absl::InternalError(absl::StrCat(tmp.string(), ": rename: ", ec.message()));
+  if (absl::Status s = fsync_directory(out); !s.ok()) return s;
+  fs::remove_all(old, ec);
+  return absl::OkStatus();
+}
+
+// Appends one JSON object per line, flushed at once, so a killed run leaves whole lines.
+class MetricsLog {
+ public:
+  absl::Status open(const fs::path& file) {
+    path_ = file;
+    stream_.open(file, std::ios::app);
+    if (!stream_) return absl::InternalError(absl::StrCat(file.string(), ": cannot open for append"));
+    return absl::OkStatus();
+  }
+  void write(const nlohmann::json& j) {
+    stream_ << j.dump() << '\n';
+    stream_.flush();
+  }
+
+ private:
+  fs::path path_;
+  std::ofstream stream_;
+};
+
+// The largest N with a complete OUT/step_N (one holding the trainer state), or -1.
+int64_t last_checkpoint(const fs::path& out) {
+  int64_t best = -1;
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(out, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_directory() || name.rfind("step_", 0) != 0) continue;
+    const std::string digits = name.substr(5);
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) continue;
+    if (!fs::exists(e.path() / kStateFile)) continue;
+    best = std::max<int64_t>(best, std::stoll(digits));
+  }
+  return best;
+}
+
+absl::StatusOr<nlohmann::json> read_json(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) return absl::NotFoundError(absl::StrCat(file.string(), ": cannot open"));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError(absl::StrCat(file.string(), ": invalid JSON"));
+  return j;
+}
+
+// Names the first field of `want` whose value differs in `got`.
+std::string first_difference(const nlohmann::json& got, const nlohmann::json& want) {
+  for (auto it = want.begin(); it != want.end(); ++it) {
+    if (!got.contains(it.key())) return absl::StrCat(it.key(), " (missing in the checkpoint)");
+    if (got[it.key()] != it.value()) {
+      return absl::StrCat(it.key(), " (checkpoint ", got[it.key()].dump(), ", this run ",
+                          it.value().dump(), ")");
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const TrainData& data,
+                                            Backend& backend) {
+  using Clock = std::chrono::steady_clock;
+  auto log = [&](const std::string& line) {
+    if (o.log) o.log(line);
+  };
+  // --- validate everything before any work -----------------------------------------------------
+  if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
+                     ">= 0 (got ", o.seq_len, ", ", o.batch, ", ", o.grad_accum, ", ", o.epochs,
+                     ", ", o.steps, ")"));
+  }
+  if (!(o.lr >= 0.0) || !(o.optimizer.clip >= 0.0)) {
+    return absl::InvalidArgumentError("train: --lr and --clip must be >= 0");
+  }
+  if (data.train == nullptr || data.train->train_size() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train: no training chunk of ", o.seq_len, " tokens in the data"));
+  }
+  if (data.train->seq_len() != o.seq_len) {
+    return absl::InvalidArgumentError("train: data chunk length differs from seq_len");
+  }
+  if (o.out_dir.empty()) return absl::InvalidArgumentError("train: --out DIR is required");
+  std::error_code ec;
+  if (fs::exists(o.out_dir, ec) && !fs::is_directory(o.out_dir, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(o.out_dir.string(), ": output path exists and is not a directory"));
+  }
+  const int64_t resume_step = fs::is_directory(o.out_dir, ec) ? last_checkpoint(o.out_dir) : -1;
+  if (o.resume && resume_step < 0) {
+    return absl::NotFoundError(
+        absl::StrCat(o.out_dir.string(), ": --resume but no complete checkpoint step_N here"));
+  }
+  if (!o.resume && fs::is_directory(o.out_dir, ec) &&
+      (resume_step >= 0 || fs::exists(o.out_dir / kMetricsFile))) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        o.out_dir.string(), ": holds a previous run; pass --resume or choose another --out"));
+  }
+
+  absl::StatusOr<BloomModel> base = load_model_directory(o.model_dir);
+  if (!base.ok()) return base.status();
+  if (absl::Status s = check_finite_parameters(*base); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(o.model_dir.string(), ": ",
+                                                   std::string(s.message())));
+  }
+  const BloomConfig& config = base->config;
+  const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
+  std::optional<FrozenMask> mask;
+  if (o.plan.has_value()) {
+    // Surgery on the base weights: the reference every frozen element must keep.
+    absl::StatusOr<FrozenMask> m = apply_surgery(base->arena, geometry, *o.plan);
+    if (!m.ok()) {
+      return absl::Status(m.status().code(), absl::StrCat("surgery plan: ",
+                                                          std::string(m.status().message())));
+    }
+    mask.emplace(std::move(*m));
+  } else {
+    mask.emplace(FrozenMask::all_trainable(base->arena));
+  }
+  const int64_t steps_per_epoch = std::max<int64_t>(
+      1, static_cast<int64_t>(data.train->train_size()) / (o.batch * o.grad_accum));
+  const int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
+  LrSchedule schedule;
+  schedule.peak = o.lr;
+  schedule.total = total;
+  schedule.warmup = o.warmup >= 0 ? o.warmup : LrSchedule::default_warmup(total);
+  schedule.kind = o.schedule;
+  const nlohmann::json recipe = recipe_json(o, total, schedule.warmup, *data.train);
+  const nlohmann::json plan_json = o.plan.has_value() ? plan_to_json(*o.plan) : nlohmann::json();
+  const nlohmann::json config_json = architecture_json(config);
+
+  BloomModel model;
+  int64_t start_step = 0;
+  std::optional<double> best_ppl;
+  int64_t best_step = 0;
+  nlohmann::json resumed_state;
+  if (resume_step >= 0) {
+    const fs::path dir = o.out_dir / absl::StrCat("step_", resume_step);
+    absl::StatusOr<nlohmann::json> state = read_json(dir / kStateFile);
+    if (!state.ok()) return state.status();
+    auto mismatch = [&](const std::string& what) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("resume: ", dir.string(), " was made with a different ", what));
+    };
+    if (!state->contains("version") || (*state)["version"] != kStateVersion) {
+      return mismatch("trainer state version");
+    }
+    if ((*state)["base_config"] != config_json) return mismatch("model configuration");
+    if ((*state)["plan"] != plan_json) return mismatch("surgery plan (or none)");
+    const std::string diff = first_difference((*state)["recipe"], recipe);
+    if (!diff.empty()) return mismatch(absl::StrCat("training recipe: ", diff));
+    absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
+    if (!loaded.ok()) return loaded.status();
+    if (architecture_json(loaded->config) != config_json) return mismatch("model configuration");
+    // Every frozen element must be the base model's (after surgery), bit for bit.
+    const uint32_t* want = reinterpret_cast<const uint32_t*>(base->arena.base());
+    const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
+    for (const ParameterInfo& p : base->arena.parameters()) {
+      for (int64_t i = 0; i < p.numel; ++i) {
+        const int64_t k = p.offset + i;
+        if (!mask->trainable(k) && want[k] != got[k]) {
+          return absl::FailedPreconditionError(absl::StrCat(
+              "resume: ", dir.string(), ": tensor ", p.name, " element ", i,
+              " is frozen but differs from ", o.model_dir.string(),
+              " (the checkpoint comes from another base model or plan)"));
+        }
+      }
+    }
+    model = std::move(*loaded);
+    start_step = resume_step;
+    if ((*state)["best"].is_object()) {
+      best_ppl = (*state)["best"]["ppl"].get<double>();
+      best_step = (*state)["best"]["step"].get<int64_t>();
+    }
+    resumed_state = *state;
+  } else {
+    model = std::move(*base);
+  }
+  if (!fs::create_directories(o.out_dir, ec) && ec) {
+    return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
+  }
+  Trainer trainer(model, backend, *mask, o.optimizer);
+  if (resume_step >= 0) {
+    if (absl::Status s = read_optimizer_state(
+            o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);
+        !s.ok()) {
+      return s;
+    }
+  }
+  MetricsLog metrics;
+  if (absl::Status s = metrics.open(o.out_dir / kMetricsFile); !s.ok()) return s;
+  const nlohmann::json summary = mask_summary(model, *mask);
+  const int64_t optimizer_bytes =
+      static_cast<int64_t>(2 * trainer.first_moment().size() * sizeof(float));
+  metrics.write({{"event", resume_step >= 0 ? "resume" : "start"},
+                 {"step", start_step},
+                 {"total_steps", total},
+                 {"trainable_elements", summary["trainable_elements"]},
+                 {"parameter_elements", summary["parameter_elements"]},
+                 {"optimizer_state_bytes", optimizer_bytes},
+                 {"parameter_bytes", static_cast<int64_t>(model.arena.size_bytes())}});
+  log(absl::StrFormat("train: %d steps, %d trainable of %d parameter elements (optimizer state "
+                      "%.1f MiB), %s",
+                      total, summary["trainable_elements"].get<int64_t>(),
+                      summary["parameter_elements"].get<int64_t>(),
+                      optimizer_bytes / (1024.0 * 1024.0),
+                      resume_step >= 0 ? absl::StrCat("resumed at step ", resume_step)
+                                       : std::string("from the start")));
+
+  const int64_t checkpoint_every =
+      o.checkpoint_every > 0 ? o.checkpoint_every : (o.eval_every > 0 ? o.eval_every : steps_per_epoch);
+  std::string last_good = resume_step >= 0 ? (o.out_dir / absl::StrCat("step_", resume_step)).string()
+                                            : std::string("none");
+  auto state_for = [&](int64_t step, double loss) {
+    nlohmann::json best = nlohmann::json();
+    if (best_ppl.has_value()) best = {{"ppl", *best_ppl}, {"step", best_step}};
+    return nlohmann::json{{"format", "engine-train-state"},
+                          {"version", kStateVersion},
+                          {"step", step},
+                          {"chunks_consumed", step * o.batch * o.grad_accum},
+                          {"loss", loss},
+                          {"recipe", recipe},
+                          {"plan", plan_json},
+                          {"base_model", o.model_dir.string()},
+                          {"base_config", config_json},
+                          {"mask", summary},
+                          {"best", best}};
+  };
+  auto evaluate = [&](int64_t step) -> absl::StatusOr<std::optional<double>> {
+    if (data.eval_chunks.empty()) return std::optional<double>();
+    PerplexityOptions po;
+    po.seq_len = o.seq_len, po.stride = o.seq_len, po.batch = o.batch;
+    absl::StatusOr<PerplexityResult> r =
+        sliding_window_perplexity(model, backend, data.eval_chunks, po);
+    if (!r.ok()) return r.status();
+    const double ppl = std::exp(r->mean_nll());
+    metrics.write({{"event", "eval"}, {"step", step}, {"eval_nll", r->mean_nll()},
+                   {"eval_ppl", ppl}, {"eval_tokens", r->tokens_scored}});
+    log(absl::StrFormat("eval  step %d: held-out perplexity %.4f over %d tokens", step, ppl,
+                        r->tokens_scored));
+    return std::optional<double>(ppl);
+  };
+
+  TrainRunResult result;
+  double last_loss = resumed_state.is_object() ? resumed_state.value("loss", 0.0) : 0.0;
+  bool evaluated_at_end = false;
+  std::vector<MicroBatch> micro(static_cast<size_t>(o.grad_accum));
+  for (int64_t step = start_step + 1; step <= total; ++step) {
+    const auto t0 = Clock::now();
+    uint64_t chunk = static_cast<uint64_t>((step - 1) * o.batch * o.grad_accum);
+    for (int64_t a = 0; a < o.grad_accum; ++a, chunk += o.batch) {
+      micro[a] = chunk_micro_batch(*data.train, chunk, o.batch);
+    }
+    const double lr = schedule.lr(step);
+    absl::StatusOr<StepResult> r = trainer.step(micro, lr);
+    if (!r.ok()) {
+      return absl::Status(r.status().code(),
+                          absl::StrCat(std::string(r.status().message()),
+                                       "; last good checkpoint: ", last_good));
+    }
+    last_loss = r->loss;
+    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double tokens_per_s = r->tokens / std::max(seconds, 1e-9);
+    nlohmann::json line = {{"event", "step"}, {"step", step}, {"loss", r->loss}, {"lr", lr},
+                           {"grad_norm", r->grad_norm}, {"tokens", r->tokens},
+                           {"tokens_per_s", tokens_per_s}};
+    if (!r->finite) line["skipped_nonfinite"] = true;
+    metrics.write(line);
+    log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step,
+                        total, r->loss, lr, r->grad_norm, tokens_per_s,
+                        r->finite ? "" : "  (non-finite, skipped)"));
+    const bool last = step == total;
+    if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
+      absl::StatusOr<std::optional<double>> ppl = evaluate(step);
+      if (!ppl.ok()) return ppl.status();
+      evaluated_at_end = last;
+      if (ppl->has_value() && (!best_ppl.has_value() || **ppl < *best_ppl)) {
+        best_ppl = **ppl;
+        best_step = step;
+        if (absl::Status s = save_checkpoint(o.out_dir, "best", model, trainer,
+                                             state_for(step, last_loss), o.plan);
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    if (step % checkpoint_every == 0 || last) {
+      const std::string name = absl::StrCat("step_", step);
+      if (absl::Status s = save_checkpoint(o.out_dir, name, model, trainer,
+                                           state_for(step, last_loss), o.plan);
+          !s.ok()) {
+        return s;
+      }
+      last_good = (o.out_dir / name).string();
+    }
+    if (o.stop_after_step > 0 && step >= o.stop_after_step && !last) {
+      result.steps = step;
+      result.final_loss = last_loss;
+      result.best_ppl = best_ppl;
+      return result;
+    }
+  }
+  if (!evaluated_at_end && start_step >= total) {
+    absl::StatusOr<std::optional<double>> ppl = evaluate(total);
+    if (!ppl.ok()) return ppl.status();
+  }
+  result.final_dir = o.out_dir / "final";
+  if (absl::Status s = save_checkpoint(o.out_dir, "final", model, trainer,
+                                       state_for(trainer.step_count(), last_loss), o.plan);
+      !s.ok()) {
+    return s;
+  }
+  metrics.write({{"event", "end"}, {"step", trainer.step_count()}, {"loss", last_loss}});
+  result.steps = trainer.step_count();
+  result.final_loss = last_loss;
+  result.best_ppl = best_ppl;
+  return result;
+}
+
+}  // namespace engine

@@ -1,0 +1,137 @@
+// Training: surgery-aware optimizer steps and the whole run (data order, schedule, evaluation,
+// checkpoints, resume, metrics). docs/TRAINING.md describes the behaviour, docs/FORMATS.md the
+// checkpoint layout.
+//
+// Contract:
+// - Trainer::step takes the micro-batches of one optimizer step, accumulates the gradient of
+//   mean(micro-batch losses) into the compact buffer (trainable elements only, tape.h), clips by
+//   the global norm over trainable elements, and applies masked AdamW or SGD: only arena elements
+//   listed by the FrozenMask are ever written, so frozen ones stay bit-identical. Optimizer state
+//   holds one m and one v per trainable element (the arena is f32, so no master copy is needed).
+//   A non-finite loss or gradient leaves the weights and state untouched and is reported.
+// - run_training drives Trainer over a ChunkedDataset in its seeded per-epoch order; everything
+//   it does is a pure function of (weights, plan, options, data), so on the CPU backend a run
+//   resumed from checkpoint step_N ends bit-identical to an uninterrupted run.
+// - Every input problem (plan for another shape, targets out of range, an output path that is a
+//   file, a resume directory from another model, plan or recipe) is an error before any work.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "engine/schedule.h"
+#include "engine/tape.h"
+#include "model/bloom_forward.h"
+#include "model/dataset.h"
+#include "model/model_directory.h"
+#include "nlohmann/json.hpp"
+#include "surgery/frozen_mask.h"
+#include "surgery/plan.h"
+
+namespace engine {
+
+enum class OptimizerKind { kAdamW, kSgd };
+
+struct OptimizerOptions {
+  OptimizerKind kind = OptimizerKind::kAdamW;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;  // METHOD.md section 4
+  double clip = 1.0;  // global-norm clip over trainable elements; 0 disables
+  bool skip_nonfinite = false;
+};
+
+struct MicroBatch {
+  int64_t batch = 0, seq = 0;
+  std::vector<int32_t> ids;      // (B, T)
+  std::vector<uint8_t> mask;     // (B, T) or empty = all real
+  std::vector<int32_t> targets;  // (B, T), -1 = not scored
+};
+
+struct StepResult {
+  int64_t step = 0;         // 1-based optimizer step just taken (or skipped)
+  double loss = 0.0;        // mean of the micro-batch losses
+  double grad_norm = 0.0;   // before clipping
+  double lr = 0.0;
+  int64_t tokens = 0;       // scored tokens
+  bool finite = true;       // false: nothing was updated
+};
+
+class Trainer {
+ public:
+  Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask, OptimizerOptions options);
+
+  // One optimizer step at learning rate `lr`; `step_count()` advances unless the step was
+  // non-finite and not skipped (then an error names the step).
+  absl::StatusOr<StepResult> step(std::span<const MicroBatch> micro_batches, double lr);
+
+  int64_t step_count() const { return step_; }
+  int64_t trainable_count() const { return grads_.size(); }
+  const CompactGradients& gradients() const { return grads_; }
+  // Optimizer state, for checkpoints: 1-based count of steps taken, first and second moments.
+  std::vector<float>& first_moment() { return m_; }
+  std::vector<float>& second_moment() { return v_; }
+  void set_step_count(int64_t step) { step_ = step; }
+
+ private:
+  BloomModel& model_;
+  Backend& backend_;
+  OptimizerOptions options_;
+  CompactGradients grads_;
+  std::vector<float> m_, v_;
+  int64_t step_ = 0;
+};
+
+// sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
+// order), so it does not depend on the thread count or scheduling.
+double deterministic_norm(const float* g, int64_t n);
+
+struct TrainRunOptions {
+  std::filesystem::path model_dir;   // --model (the base checkpoint)
+  std::filesystem::path out_dir;     // --out
+  std::optional<SurgeryPlan> plan;   // --surgery; none = every parameter trainable
+  int64_t seq_len = 512, batch = 1, grad_accum = 8;
+  int64_t epochs = 1;                // used when steps == 0
+  int64_t steps = 0;                 // total optimizer steps; 0 = from epochs
+  double lr = 5e-5;
+  int64_t warmup = -1;               // -1 = min(100, total / 4)
+  ScheduleKind schedule = ScheduleKind::kCosine;
+  OptimizerOptions optimizer;
+  int64_t eval_every = 0;            // optimizer steps between evaluations; 0 = at the end only
+  int64_t checkpoint_every = 0;      // 0 = eval_every, or once per epoch when that is 0 too
+  uint64_t seed = 1234;
+  bool resume = false;
+  // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
+  // many optimizer steps in total (0 = off).
+  int64_t stop_after_step = 0;
+  // Human-readable progress lines (the library itself never prints).
+  std::function<void(const std::string&)> log;
+};
+
+// Data for a run: training chunks with their seeded order, and held-out chunks (may be empty).
+struct TrainData {
+  const ChunkedDataset* train = nullptr;
+  std::vector<std::vector<int32_t>> eval_chunks;
+};
+
+struct TrainRunResult {
+  int64_t steps = 0;               // optimizer steps at the end
+  double final_loss = 0.0;         // loss of the last step
+  std::optional<double> best_ppl;  // best held-out perplexity seen
+  std::filesystem::path final_dir;
+};
+
+absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& options, const TrainData& data,
+                                            Backend& backend);
+
+// The micro-batch of `batch` consecutive chunks starting at global chunk index `first` of the
+// seeded order (epoch = index / train_size, then epoch_order(epoch)).
+MicroBatch chunk_micro_batch(const ChunkedDataset& data, uint64_t first, int64_t batch);
+
+}  // namespace engine

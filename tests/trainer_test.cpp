@@ -1,0 +1,346 @@
+// Surgery-aware training (model/trainer.h): the SGD step against transformers' gradients, frozen
+// elements bit-identical through AdamW training, bit-identical resume, and input errors caught
+// before any work.
+#include "model/trainer.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "surgery/head_surgery.h"
+#include "tests/fixture_reference.h"
+
+namespace engine {
+namespace {
+
+namespace fs = std::filesystem;
+using testing_fixtures::CaseData;
+using testing_fixtures::kFixtures;
+using testing_fixtures::load_case;
+using testing_fixtures::Reference;
+
+SurgeryPlan plan_for(std::vector<HeadTarget> targets, bool keep) {
+  SurgeryPlan plan;
+  plan.targets = std::move(targets);
+  plan.seed = 11;
+  if (keep) {
+    plan.qkv_weight = QkvWeightInit::kKeep;
+    plan.qkv_bias = QkvBiasInit::kKeep;
+    plan.dense_columns = DenseColumnsInit::kKeep;
+  }
+  return plan;
+}
+
+HeadGeometry geometry_of(const BloomConfig& c) {
+  return HeadGeometry{c.n_layer, c.n_head, c.head_dim()};
+}
+
+MicroBatch micro_of(const CaseData& d) {
+  MicroBatch mb;
+  mb.batch = d.batch, mb.seq = d.seq;
+  mb.ids = d.ids, mb.mask = d.mask, mb.targets = d.targets;
+  return mb;
+}
+
+std::vector<float> snapshot(const BloomModel& m) {
+  const float* p = reinterpret_cast<const float*>(m.arena.base());
+  return std::vector<float>(p, p + m.arena.size_elements());
+}
+
+// Acceptance: one SGD step at lr 1 with a "keep" plan moves exactly the trainable slices, by
+// minus the reference gradient, and nothing else by one bit. The bound is the gradient rule of
+// docs/TOLERANCES.md plus the rounding of w - g itself (4 ulp of |w|).
+TEST(TrainerStep, SgdAtLrOneMovesTrainableSlicesByMinusTheReferenceGradient) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h6-l3");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref("bloom-h6-l3");
+  const CaseData d = load_case(ref, "batch");
+  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, geometry_of(model->config),
+                                                  plan_for({{0, 2}, {2, 0}, {2, 5}}, true));
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  const std::vector<float> before = snapshot(*model);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  OptimizerOptions opt;
+  opt.kind = OptimizerKind::kSgd;
+  opt.clip = 0.0;
+  Trainer trainer(*model, *backend, *mask, opt);
+  const std::vector<MicroBatch> micro = {micro_of(d)};
+  absl::StatusOr<StepResult> r = trainer.step(micro, 1.0);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->loss, ref.get<float>("batch.loss")[0], 1e-5);
+  const std::vector<float> after = snapshot(*model);
+  const uint32_t* b_bits = reinterpret_cast<const uint32_t*>(before.data());
+  const uint32_t* a_bits = reinterpret_cast<const uint32_t*>(after.data());
+  int64_t moved = 0;
+  for (const ParameterInfo& p : model->arena.parameters()) {
+    const std::vector<float> g = ref.get<float>("batch.grad." + p.name);
+    double max_ref = 0.0;
+    for (float x : g) max_ref = std::max(max_ref, std::abs(double{x}));
+    for (int64_t i = 0; i < p.numel; ++i) {
+      const int64_t k = p.offset + i;
+      if (!mask->trainable(k)) {
+        ASSERT_EQ(a_bits[k], b_bits[k]) << p.name << " frozen element " << i << " changed";
+        continue;
+      }
+      const double step = double{before[k]} - after[k];
+      const double bound = 1e-3 * std::abs(double{g[i]}) + 1e-5 * max_ref +
+                           4 * std::numeric_limits<float>::epsilon() * std::abs(before[k]);
+      ASSERT_LE(std::abs(step - g[i]), bound) << p.name << " element " << i;
+      moved += a_bits[k] != b_bits[k] ? 1 : 0;
+    }
+  }
+  EXPECT_GT(moved, mask->trainable_count() * 9 / 10);
+}
+
+// A surgery run (Xavier re-init, zeroed bias and dense columns) with AdamW on a repeated batch:
+// frozen elements bit-identical, trainable ones moved, loss decreasing.
+TEST(TrainerStep, SurgeryRunKeepsFrozenBitsAndLowersTheLoss) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref("bloom-h4-l2");
+  const CaseData d = load_case(ref, "right_pad");
+  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, geometry_of(model->config),
+                                                  plan_for({{1, 1}, {1, 3}}, false));
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  const std::vector<float> start = snapshot(*model);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  OptimizerOptions opt;  // AdamW, clip 1.0
+  Trainer trainer(*model, *backend, *mask, opt);
+  const std::vector<MicroBatch> micro = {micro_of(d), micro_of(d)};
+  constexpr int kSteps = 8;
+  constexpr double kLr = 1e-2;
+  std::vector<double> losses;
+  for (int s = 0; s < kSteps; ++s) {
+    absl::StatusOr<StepResult> r = trainer.step(micro, kLr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    losses.push_back(r->loss);
+  }
+  EXPECT_LT(losses.back(), losses.front() - 1e-3);
+  const std::vector<float> end = snapshot(*model);
+  int64_t moved = 0;
+  for (int64_t k = 0; k < static_cast<int64_t>(start.size()); ++k) {
+    if (mask->trainable(k)) {
+      moved += std::memcmp(&start[k], &end[k], sizeof(float)) != 0 ? 1 : 0;
+    } else {
+      ASSERT_EQ(std::memcmp(&start[k], &end[k], sizeof(float)), 0) << "frozen element " << k;
+    }
+  }
+  EXPECT_GT(moved, mask->trainable_count() * 9 / 10);
+}
+
+TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
+  const FrozenMask mask = FrozenMask::all_trainable(model->arena);
+  absl::StatusOr<TensorView> ln = model->arena.view("ln_f.weight");
+  ASSERT_TRUE(ln.ok());
+  ln->as<float>()[0] = std::numeric_limits<float>::infinity();
+  const std::vector<float> before = snapshot(*model);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  Trainer trainer(*model, *backend, mask, OptimizerOptions{});
+  const std::vector<MicroBatch> micro = {micro_of(d)};
+  absl::StatusOr<StepResult> r = trainer.step(micro, 1e-3);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("step 1: non-finite"), absl::string_view::npos)
+      << r.status();
+  EXPECT_EQ(std::memcmp(before.data(), snapshot(*model).data(), before.size() * sizeof(float)), 0);
+
+  OptimizerOptions skip;
+  skip.skip_nonfinite = true;
+  Trainer skipping(*model, *backend, mask, skip);
+  r = skipping.step(micro, 1e-3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->finite);
+  EXPECT_EQ(std::memcmp(before.data(), snapshot(*model).data(), before.size() * sizeof(float)), 0);
+}
+
+// --- whole runs -------------------------------------------------------------------------------
+
+constexpr int64_t kSeq = 16;
+
+// Random ids inside the fixture vocabulary (260): 40 documents of 13-30 tokens.
+ChunkedDataset make_dataset() {
+  Corpus corpus;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<uint32_t> id(4, 259);
+  std::uniform_int_distribution<int> len(13, 30);
+  for (int doc = 0; doc < 40; ++doc) {
+    for (int t = len(rng); t > 0; --t) corpus.ids.push_back(id(rng));
+    corpus.document_ends.push_back(corpus.ids.size());
+  }
+  const std::vector<uint32_t> separator = {10, 10};
+  ChunkOptions co;
+  co.seq_len = kSeq, co.holdout_fraction = 0.1, co.seed = 3;
+  absl::StatusOr<ChunkedDataset> ds = ChunkedDataset::build(corpus, separator, co);
+  EXPECT_TRUE(ds.ok()) << ds.status();
+  return std::move(*ds);
+}
+
+TrainData data_of(const ChunkedDataset& ds) {
+  TrainData data;
+  data.train = &ds;
+  for (size_t i = 0; i < ds.holdout_size(); ++i) {
+    std::span<const uint32_t> c = ds.holdout_chunk(i);
+    data.eval_chunks.emplace_back(c.begin(), c.end());
+  }
+  return data;
+}
+
+class TrainRunTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            absl::StrCat("engine_trainer_test_", ::testing::UnitTest::GetInstance()
+                                                     ->current_test_info()
+                                                     ->name());
+    fs::remove_all(root_);
+    fs::create_directories(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  TrainRunOptions options(const std::string& out) const {
+    TrainRunOptions o;
+    o.model_dir = kFixtures / "models" / "bloom-h4-l2";
+    o.out_dir = root_ / out;
+    o.plan = plan_for({{0, 3}, {1, 2}}, false);
+    o.seq_len = kSeq, o.batch = 2, o.grad_accum = 2;
+    o.steps = 6;
+    o.lr = 5e-3;
+    o.eval_every = 2;
+    return o;
+  }
+  static std::string read(const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
+  fs::path root_;
+};
+
+TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
+  const ChunkedDataset ds = make_dataset();
+  const TrainData data = data_of(ds);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<TrainRunResult> whole = run_training(options("whole"), data, *backend);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  EXPECT_EQ(whole->steps, 6);
+  ASSERT_TRUE(whole->best_ppl.has_value());
+
+  TrainRunOptions first = options("split");
+  first.stop_after_step = 3;  // killed after step 3; the last checkpoint is step_2
+  ASSERT_TRUE(run_training(first, data, *backend).ok());
+  EXPECT_TRUE(fs::exists(root_ / "split" / "step_2" / "trainer_state.json"));
+  EXPECT_FALSE(fs::exists(root_ / "split" / "final"));
+  TrainRunOptions second = options("split");
+  second.resume = true;
+  absl::StatusOr<TrainRunResult> resumed = run_training(second, data, *backend);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->steps, 6);
+  for (const char* file : {"final/model.safetensors", "final/optimizer.bin", "step_4/model.safetensors",
+                           "best/model.safetensors"}) {
+    const std::string a = read(root_ / "whole" / file), b = read(root_ / "split" / file);
+    EXPECT_FALSE(a.empty()) << file;
+    EXPECT_TRUE(a == b) << file << " differs between the uninterrupted and the resumed run";
+  }
+  // The base model's frozen elements survive in the final checkpoint.
+  absl::StatusOr<BloomModel> base = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  absl::StatusOr<BloomModel> final_model = load_model_directory(root_ / "whole" / "final");
+  ASSERT_TRUE(base.ok() && final_model.ok());
+  absl::StatusOr<FrozenMask> mask =
+      apply_surgery(base->arena, geometry_of(base->config), *options("x").plan);
+  ASSERT_TRUE(mask.ok());
+  const std::vector<float> b = snapshot(*base), f = snapshot(*final_model);
+  for (int64_t k = 0; k < static_cast<int64_t>(b.size()); ++k) {
+    if (!mask->trainable(k)) {
+      ASSERT_EQ(std::memcmp(&b[k], &f[k], sizeof(float)), 0) << k;
+    }
+  }
+  // One step line per step of each run segment, evals every 2 steps.
+  const std::string metrics = read(root_ / "whole" / "metrics.jsonl");
+  size_t lines = 0;
+  for (char c : metrics) lines += c == '\n' ? 1 : 0;
+  EXPECT_EQ(lines, 1 + 6 + 3 + 1);  // start, steps, evals, end
+  EXPECT_NE(metrics.find("\"grad_norm\""), std::string::npos);
+  EXPECT_NE(metrics.find("\"tokens_per_s\""), std::string::npos);
+}
+
+TEST_F(TrainRunTest, BadInputsFailBeforeAnyWork) {
+  const ChunkedDataset ds = make_dataset();
+  const TrainData data = data_of(ds);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+
+  TrainRunOptions o = options("out_layer");
+  o.plan = plan_for({{5, 0}}, false);  // a plan for a deeper model
+  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("layer 5"), absl::string_view::npos) << r.status();
+  EXPECT_FALSE(fs::exists(o.out_dir));
+
+  o = options("out_head");
+  o.plan = plan_for({{0, 4}}, false);  // head 4 of a 4-head model
+  r = run_training(o, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("head 4"), absl::string_view::npos) << r.status();
+
+  o = options("a_file");
+  std::ofstream(o.out_dir) << "not a directory";
+  r = run_training(o, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a directory"), absl::string_view::npos) << r.status();
+
+  // A finished run resumed with another plan, another model, or another recipe.
+  o = options("done");
+  o.steps = 2;
+  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  const std::string metrics_before = read(o.out_dir / "metrics.jsonl");
+  TrainRunOptions again = o;
+  r = run_training(again, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("--resume"), absl::string_view::npos) << r.status();
+  again.resume = true;
+  again.plan = plan_for({{0, 1}}, false);
+  r = run_training(again, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("different surgery plan"), absl::string_view::npos)
+      << r.status();
+  again = o;
+  again.resume = true;
+  again.model_dir = kFixtures / "models" / "bloom-h6-l3";
+  r = run_training(again, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("different model configuration"), absl::string_view::npos)
+      << r.status();
+  // Same shape, one frozen weight different.
+  absl::StatusOr<BloomModel> other = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  ASSERT_TRUE(other.ok());
+  absl::StatusOr<TensorView> lnf = other->arena.view("ln_f.bias");
+  ASSERT_TRUE(lnf.ok());
+  lnf->as<float>()[3] += 0.5f;
+  ASSERT_TRUE(save_model_directory(*other, root_ / "other_model").ok());
+  again = o;
+  again.resume = true;
+  again.model_dir = root_ / "other_model";
+  r = run_training(again, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("is frozen but differs"), absl::string_view::npos)
+      << r.status();
+  again = o;
+  again.resume = true;
+  again.lr = 1e-4;
+  r = run_training(again, data, *backend);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("training recipe: lr"), absl::string_view::npos)
+      << r.status();
+  EXPECT_EQ(read(o.out_dir / "metrics.jsonl"), metrics_before);
+}
+
+}  // namespace
+}  // namespace engine
