@@ -325,10 +325,11 @@ std::string render_comparison_html(const ReportComparison& c) {
   html += "</table>\n";
   if (c.has_plan) {
     absl::StrAppend(&html, absl::StrFormat(
-        "<p>Drift (|delta bos_mass| &gt; %.3g) with a plan of %d targets: %d targets, %d frozen "
-        "heads, %d frozen heads below the lowest target layer %d (expected none).</p>\n",
+        "<p>Drift (|delta bos_mass| &gt; %.3g), plan of %d targets: targets that moved %d; "
+        "frozen heads that drifted %d, of which below the lowest target layer (%d, expected "
+        "none) %d.</p>\n",
         c.drift_threshold, c.plan_targets, c.drift_inside.size(), c.drift_outside.size(),
-        c.drift_below_lowest_target_layer.size(), c.lowest_target_layer));
+        c.lowest_target_layer, c.drift_below_lowest_target_layer.size()));
   } else {
     absl::StrAppend(&html, absl::StrFormat("<p>Drift (|delta bos_mass| &gt; %.3g): %d heads.</p>\n",
                                            c.drift_threshold, c.drift_outside.size()));

@@ -373,6 +373,37 @@ TEST_F(DiagnoseFiles, TextWithoutTokenizerIsAClearError) {
   EXPECT_THAT(err, HasSubstr("exactly one of --data FILE and --prompt TEXT"));
 }
 
+// --prompt (the published single-prompt protocol): the prompt's tokens are one sequence. The
+// prompt uses only characters whose ids fit the fixture models' 260-entry vocabulary.
+TEST_F(DiagnoseFiles, PromptIsOneSequence) {
+  const std::string tokenizer = (kFixtures / "tokenizer/tokenizer.json").string();
+  const std::string model_dir = (kFixtures / "models" / "bloom-h4-l2").string();
+  const std::string prompt = "zq~Q{}zz";
+  std::string out, err;
+  ASSERT_EQ(run_cli(absl::StrCat("--model ", model_dir, " --tokenizer ", tokenizer, " --prompt '",
+                                 prompt, "' --json"),
+                    &out, &err),
+            0)
+      << err;
+  absl::StatusOr<Tokenizer> tok = Tokenizer::load(tokenizer);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  absl::StatusOr<std::vector<uint32_t>> ids = tok->encode(prompt);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  absl::StatusOr<BloomModel> model = load_model_directory(model_dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<DiagnosisReport> direct =
+      diagnose_sequences(*model, *backend, {TokenSequence(ids->begin(), ids->end())}, {});
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  const json j = json::parse(out);
+  EXPECT_EQ(j["data"]["sequences"], 1);
+  EXPECT_EQ(j["data"]["tokens"], ids->size());
+  for (size_t i = 0; i < direct->heads.size(); ++i) {
+    EXPECT_NEAR(j["heads"][i]["bos_mass"].get<double>(), direct->heads[i].bos_mass.mean, 1e-12);
+    EXPECT_NEAR(j["heads"][i]["entropy"].get<double>(), direct->heads[i].entropy.mean, 1e-12);
+  }
+}
+
 // Text is tokenized per document and cut into seq_len pieces (the fixture tokenizer's ids exceed
 // the fixture models' vocabulary, so this checks the reading side with the tokenizer's own size).
 TEST_F(DiagnoseFiles, TextDocumentsAreSplitIntoSequences) {

@@ -61,10 +61,9 @@ absl::Status write_outputs(const std::vector<std::pair<std::string, std::string>
 
 // The directory's own name, also for "DIR/" and "DIR/.".
 std::string model_name(const std::string& dir) {
-  std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
-  if (p.filename().empty()) p = p.parent_path();
-  const std::string name = p.filename().string();
-  return name.empty() || name == "." ? std::filesystem::absolute(p).filename().string() : name;
+  std::filesystem::path p = std::filesystem::absolute(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();  // "DIR/" normalises with an empty filename
+  return p.filename().string();
 }
 
 int run_compare(const std::vector<std::string>& args) {
