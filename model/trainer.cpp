@@ -16,6 +16,7 @@
 #include "kernels/cpu/adamw.h"
 #include "model/bloom_backward.h"
 #include "model/perplexity.h"
+#include "surgery/corpus_scan.h"
 #include "surgery/diagnosis.h"
 #include "surgery/head_surgery.h"
 
@@ -365,28 +366,15 @@ absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
                                     const std::vector<HeadTarget>& targets,
                                     const HeadScan* before_surgery) {
   const int64_t L = model.config.n_layer, H = model.config.n_head;
-  DiagnosisAccumulator acc(L, H);
-  int64_t seq_len = 0;
+  // The same scan as `engine diagnose` (surgery/corpus_scan.h), default thresholds.
+  DiagnoseOptions options;
+  options.seq_len = 0;
   for (const std::vector<int32_t>& chunk : chunks) {
-    ForwardInputs in;
-    in.batch = 1, in.seq = static_cast<int64_t>(chunk.size());
-    in.ids = chunk.data();
-    in.want_stats = true;
-    absl::StatusOr<ForwardResult> r = bloom_forward(model, backend, in);
-    if (!r.ok()) return r.status();
-    SequenceHeadStats s;
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t h = 0; h < H; ++h) {
-        s.bos_mass.push_back(r->stats.at(r->stats.bos_mass, l, 0, h));
-        s.entropy.push_back(r->stats.at(r->stats.entropy, l, 0, h));
-        s.local_mass.push_back(r->stats.at(r->stats.local_mass, l, 0, h));
-      }
-    }
-    if (absl::Status st = acc.add(s, r->stats.rows[0]); !st.ok()) return st;
-    seq_len = std::max<int64_t>(seq_len, in.seq);
+    options.seq_len = std::max<int64_t>(options.seq_len, static_cast<int64_t>(chunk.size()));
   }
-  const DiagnosisReport report =
-      acc.finish(Thresholds{}, alibi_slopes(H), nlohmann::json::object(), seq_len);
+  absl::StatusOr<DiagnosisReport> diagnosed = diagnose_sequences(model, backend, chunks, options);
+  if (!diagnosed.ok()) return diagnosed.status();
+  const DiagnosisReport& report = *diagnosed;
   HeadScan scan;
   for (const HeadSummary& head : report.heads) scan.bos_mass.push_back(head.bos_mass.mean);
   std::vector<uint8_t> is_target(static_cast<size_t>(L * H), 0), target_layer(L, 0);
