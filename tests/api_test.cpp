@@ -13,17 +13,17 @@
 #include <gtest/gtest.h>
 
 #include "model/safetensors.h"
-#include "tests/reference_data.h"
+#include "tests/fixture_reference.h"
 
 namespace {
 
-using ::engine::testing::fixture_model_dir;
-using ::engine::testing::ReferenceData;
+using ::engine::testing_fixtures::fixture_model_dir;
+using ::engine::testing_fixtures::Reference;
 using ::testing::HasSubstr;
 namespace api = ::engine::api;
 
 // The fixture's "batch" case: 3 unpadded sequences.
-std::vector<std::vector<int32_t>> batch_case(const ReferenceData& ref, std::vector<int64_t>* shape) {
+std::vector<std::vector<int32_t>> batch_case(const Reference& ref, std::vector<int64_t>* shape) {
   const std::vector<int32_t> ids = ref.get<int32_t>("batch.input_ids", shape);
   std::vector<std::vector<int32_t>> out;
   for (int64_t b = 0; b < (*shape)[0]; ++b) {
@@ -40,7 +40,7 @@ TEST(PublicApi, ForwardMatchesTransformers) {
   EXPECT_EQ(info.n_head, 6);
   EXPECT_EQ(info.alibi_slopes.size(), 6u);
 
-  ReferenceData ref("bloom-h6-l3");
+  Reference ref("bloom-h6-l3");
   std::vector<int64_t> shape;
   const auto seqs = batch_case(ref, &shape);
   api::ForwardOptions options;
@@ -234,7 +234,7 @@ TEST(PublicApi, TrainCancelsAndLossFalls) {
 TEST(PublicApi, DiagnoseMatchesFixtureMeans) {
   auto model = api::Model::load(fixture_model_dir("bloom-h6-l3").string());
   ASSERT_TRUE(model.ok());
-  ReferenceData ref("bloom-h6-l3");
+  Reference ref("bloom-h6-l3");
   std::vector<int64_t> shape;
   const auto seqs = batch_case(ref, &shape);
   auto d = model->diagnose(seqs, {});

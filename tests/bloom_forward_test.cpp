@@ -19,6 +19,7 @@
 #include "engine/backend.h"
 #include "gtest/gtest.h"
 #include "model/bloom_forward.h"
+#include "tests/fixture_reference.h"
 #include "model/model_directory.h"
 #include "model/safetensors.h"
 
@@ -28,64 +29,14 @@ namespace {
 constexpr double kLogitsTol = 1e-4;
 constexpr double kLossTol = 1e-5;
 constexpr double kStatsTol = 1e-5;
-constexpr int32_t kIgnoreIndex = -100;  // transformers' "not scored" label
 
-const std::filesystem::path kFixtures = std::filesystem::path(ENGINE_SOURCE_DIR) / "tests/fixtures";
+using testing_fixtures::kFixtures;
 const char* const kModels[] = {"bloom-h4-l2", "bloom-h6-l3", "bloom-h3-d32-l4", "bloom-h4-l2-f16"};
 const char* const kCases[] = {"single", "batch", "right_pad", "left_pad", "long"};
 
-// Reads one reference array as a flat vector of T, checking its element type.
-class Reference {
- public:
-  explicit Reference(const std::string& model) {
-    absl::StatusOr<SafetensorsFile> f =
-        SafetensorsFile::open(kFixtures / "reference" / (model + ".safetensors"));
-    EXPECT_TRUE(f.ok()) << f.status();
-    if (f.ok()) file_.emplace(std::move(*f));
-  }
-  bool has(const std::string& name) const {
-    return file_.has_value() && file_->header().find(name) != nullptr;
-  }
-  template <typename T>
-  std::vector<T> get(const std::string& name, std::vector<int64_t>* shape = nullptr) const {
-    const SafetensorsTensorInfo* info = file_->header().find(name);
-    EXPECT_NE(info, nullptr) << name;
-    if (info == nullptr) return {};
-    EXPECT_EQ(info->element_size, sizeof(T)) << name;
-    if (shape != nullptr) *shape = info->shape;
-    std::vector<T> out(info->numel);
-    std::memcpy(out.data(), file_->tensor_data(*info), info->numel * sizeof(T));
-    return out;
-  }
-
- private:
-  std::optional<SafetensorsFile> file_;
-};
-
-struct CaseData {
-  int64_t batch = 0, seq = 0;
-  std::vector<int32_t> ids, targets;
-  std::vector<uint8_t> mask;
-};
-
-// targets[t] = labels[t + 1] (the shift transformers applies inside its loss), -100 -> -1.
-CaseData load_case(const Reference& ref, const std::string& c) {
-  CaseData d;
-  std::vector<int64_t> shape;
-  d.ids = ref.get<int32_t>(c + ".input_ids", &shape);
-  d.batch = shape[0], d.seq = shape[1];
-  const std::vector<int32_t> mask = ref.get<int32_t>(c + ".attention_mask");
-  const std::vector<int32_t> labels = ref.get<int32_t>(c + ".labels");
-  d.mask.assign(mask.begin(), mask.end());
-  d.targets.assign(d.batch * d.seq, -1);
-  for (int64_t b = 0; b < d.batch; ++b) {
-    for (int64_t t = 0; t + 1 < d.seq; ++t) {
-      const int32_t label = labels[b * d.seq + t + 1];
-      d.targets[b * d.seq + t] = label == kIgnoreIndex ? -1 : label;
-    }
-  }
-  return d;
-}
+using testing_fixtures::CaseData;
+using testing_fixtures::load_case;
+using testing_fixtures::Reference;
 
 absl::StatusOr<BloomModel> load_fixture_model(const std::string& name) {
   return load_model_directory(kFixtures / "models" / name);

@@ -33,7 +33,7 @@
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "surgery/corpus_scan.h"
-#include "tests/reference_data.h"
+#include "tests/fixture_reference.h"
 
 namespace engine {
 namespace {
@@ -42,14 +42,14 @@ using ::testing::HasSubstr;
 using json = nlohmann::json;
 
 constexpr double kStatsTol = 1e-5;
-const std::filesystem::path kFixtures = testing::kFixtureDir;
+const std::filesystem::path kFixtures = testing_fixtures::kFixtures;
 const char* const kModels[] = {"bloom-h4-l2", "bloom-h6-l3", "bloom-h3-d32-l4", "bloom-h4-l2-f16"};
 const char* const kStatNames[] = {"bos_mass", "entropy", "local_mass"};
 
 template <typename T>
 std::vector<T> reference_array(const std::string& model, const std::string& name,
                                std::vector<int64_t>* shape = nullptr) {
-  return testing::ReferenceData(model).get<T>(name, shape);
+  return testing_fixtures::Reference(model).get<T>(name, shape);
 }
 
 // The real tokens of every row of a fixture case.

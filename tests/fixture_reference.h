@@ -18,7 +18,11 @@ namespace engine::testing_fixtures {
 
 inline const std::filesystem::path kFixtures =
     std::filesystem::path(ENGINE_SOURCE_DIR) / "tests/fixtures";
-constexpr int32_t kIgnoreIndex = -100;  // transformers' "not scored" label
+constexpr int32_t kIgnoreIndex = -100;
+
+inline std::filesystem::path fixture_model_dir(const std::string& model) {
+  return kFixtures / "models" / model;
+}  // transformers' "not scored" label
 
 class Reference {
  public:
@@ -32,11 +36,12 @@ class Reference {
     return file_.has_value() && file_->header().find(name) != nullptr;
   }
   template <typename T>
-  std::vector<T> get(const std::string& name) const {
+  std::vector<T> get(const std::string& name, std::vector<int64_t>* shape = nullptr) const {
     const SafetensorsTensorInfo* info = file_.has_value() ? file_->header().find(name) : nullptr;
     EXPECT_NE(info, nullptr) << name;
     if (info == nullptr) return {};
     EXPECT_EQ(info->element_size, sizeof(T)) << name;
+    if (shape != nullptr) *shape = info->shape;
     std::vector<T> out(info->numel);
     std::memcpy(out.data(), file_->tensor_data(*info), info->numel * sizeof(T));
     return out;

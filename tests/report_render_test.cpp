@@ -22,12 +22,12 @@
 #include "model/model_directory.h"
 #include "surgery/corpus_scan.h"
 #include "surgery/report_compare.h"
-#include "tests/reference_data.h"
+#include "tests/fixture_reference.h"
 
 namespace engine {
 namespace {
 
-const std::filesystem::path kFixtures = testing::kFixtureDir;
+const std::filesystem::path kFixtures = testing_fixtures::kFixtures;
 constexpr int kWidth = 1000, kHeight = 800;
 // A rendered page must compress to at least this many times the empty control page.
 constexpr double kMinSizeRatio = 3.0;
@@ -50,7 +50,7 @@ std::string find_chromium() {
 
 // Real rows of one fixture case, one sequence per row.
 std::vector<TokenSequence> fixture_sequences(const std::string& model, const std::string& c) {
-  const testing::ReferenceData ref(model);
+  const testing_fixtures::Reference ref(model);
   std::vector<int64_t> shape;
   const std::vector<int32_t> ids = ref.get<int32_t>(c + ".input_ids", &shape);
   const std::vector<int32_t> mask = ref.get<int32_t>(c + ".attention_mask");
