@@ -3,8 +3,9 @@
 // is far from blank. "Far from blank" is judged by compressed size against a control: an empty
 // page of the same size compresses to a few kB, while a page with a heatmap, a scatter and tables
 // does not; a page that fails to render (a parse error, a broken SVG) looks like the control.
-// Skipped when no Chromium binary is found (set ENGINE_CHROMIUM to point at one); CI installs
-// none, scripts/render_reports.sh produces the same pages and screenshots for a person to look at.
+// Skipped when no Chromium binary is found (set ENGINE_CHROMIUM to point at one); the set-up
+// script installs Debian's chromium, so CI runs it. scripts/render_reports.sh produces the same
+// pages and screenshots for a person to look at.
 #include <sys/wait.h>
 #include <unistd.h>
 
