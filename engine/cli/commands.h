@@ -14,6 +14,7 @@ struct Command {
   const char* name;
   const char* summary;
   CommandFn run;
+  const char* flags;  // space-separated names of the flags it reads, for `engine NAME --help`
 };
 
 int run_info(const std::vector<std::string>& args);

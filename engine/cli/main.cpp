@@ -1,10 +1,14 @@
 // `engine`: command-line entry point. Parses flags, dispatches to a subcommand, and is the only
 // place where library errors become exit codes.
 #include <cstdio>
+#include <cstring>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "engine/cli/commands.h"
 
@@ -18,15 +22,15 @@ int fail(const std::string& message) {
 namespace {
 
 constexpr Command kCommands[] = {
-    {"info", "print a model directory's architecture, parameters and files", run_info},
-    {"export", "load a model directory and write it as a Hugging Face directory", run_export},
-    {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose},
-    {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan},
-    {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize},
-    {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize},
-    {"eval", "sliding-window perplexity of a model over a data file", run_eval},
-    {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate},
-    {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train},
+    {"info", "print a model directory's architecture, parameters and files", run_info, "model json"},
+    {"export", "load a model directory and write it as a Hugging Face directory", run_export, "model out dtype"},
+    {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose, "model data prompt out seq_len max_seqs batch csv svg html json dead sink low_entropy compare plan drift threads"},
+    {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan, "report out select heads layers head_indices exclude init seed comment"},
+    {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize, "model tokenizer in out add_bos"},
+    {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize, "model tokenizer in out"},
+    {"eval", "sliding-window perplexity of a model over a data file", run_eval, "model tokenizer data seq_len stride batch json threads"},
+    {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate, "model tokenizer prompt prompt_ids max_new_tokens temperature top_p seed json threads"},
+    {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train, "model tokenizer data out surgery epochs steps seq_len batch grad_accum lr warmup schedule clip optimizer weight_decay eval_data holdout eval_every checkpoint_every scan_data seed resume recompute skip_nonfinite threads"},
 };
 
 void print_commands() {
@@ -35,10 +39,39 @@ void print_commands() {
   std::fprintf(stderr, "\n`engine <command> --help` lists the flags.\n");
 }
 
+// `engine NAME --help`: the command's summary and every flag it reads, with help and default.
+int print_command_help(const Command& c) {
+  std::printf("usage: engine %s [flags]\n  %s\n\nflags:\n", c.name, c.summary);
+  std::istringstream names(c.flags);
+  std::string flag;
+  while (names >> flag) {
+    const absl::CommandLineFlag* f = absl::FindCommandLineFlag(flag);
+    if (f == nullptr) {  // a stale entry in kCommands; tests/cli_help_test.cpp catches it
+      std::fprintf(stderr, "engine: %s --help names an unknown flag --%s\n", c.name, flag.c_str());
+      return 1;
+    }
+    std::printf("  --%-18s %s (default: %s)\n", flag.c_str(), std::string(f->Help()).c_str(),
+                f->DefaultValue().empty() ? "\"\"" : f->DefaultValue().c_str());
+  }
+  return 0;
+}
+
+bool asks_for_help(int argc, char** argv) {
+  for (int i = 2; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) return true;
+  }
+  return false;
+}
+
 }  // namespace
 }  // namespace engine::cli
 
 int main(int argc, char** argv) {
+  if (argc >= 3 && engine::cli::asks_for_help(argc, argv)) {
+    for (const engine::cli::Command& c : engine::cli::kCommands) {
+      if (std::strcmp(argv[1], c.name) == 0) return engine::cli::print_command_help(c);
+    }
+  }
   absl::SetProgramUsageMessage("engine <command> [flags]: find and repair collapsed BLOOM heads");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() < 2) {
