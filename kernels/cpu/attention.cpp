@@ -4,11 +4,15 @@
 //   out_i = sum_j softmax_j(s[i, .]) v_j, lse[b, h, i] = log sum_j exp(s[i, j]).
 // The (T, T) score matrix is never held: queries are processed in tiles of kQueryTile rows
 // against tiles of kKeyTile keys with an online softmax (running max, running sum). Memory is
-// O(tile) per thread beyond the inputs and outputs.
+// O(tile) per thread beyond the inputs and outputs. Per tile pair, S = Q K^T and the
+// accumulator update P V are register-blocked tile products (see tile_product), the softmax
+// runs on 8-lane vectors, and on diagonal tiles only the causally visible part is computed.
+// OpenMP tasks are (batch row, head, query tile), largest first, dynamically scheduled.
 // Optional statistics (METHOD.md section 2) are accumulated, in double, over valid query rows:
 // bos_mass (mass on the first real key of the sequence), entropy (-sum A ln A, via
 // lse - sum p s with sum p s kept relative to the running max), local_mass (mass on the real keys
-// whose positions are pos_i - 2 .. pos_i). With every statistics pointer null nothing extra runs.
+// whose positions are pos_i - 2 .. pos_i). The scores they need are those the softmax used, kept
+// from the score tiles. With every statistics pointer null nothing extra runs.
 // Note [fully padded query rows]: a query row with no real key at or before it (the padding at the
 // start of a left-padded sequence) has nothing to attend to. transformers adds the dtype minimum
 // to every masked score, which, after rounding, leaves all T scores equal, so its softmax is

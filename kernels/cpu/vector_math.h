@@ -2,6 +2,9 @@
 // Contract: exp_approx(x) equals expf(x) to within a few ulp for x in [kExpMinArg, kExpMaxArg]
 // and is clamped outside that range (so it never returns inf or a denormal); callers that need an
 // exact zero for masked entries select it themselves. tanh_approx is built on exp_approx.
+// exp_approx also takes a Float8 (eight lanes, same arithmetic per lane) for code that writes
+// its vector loops explicitly. The library is built with -fno-trapping-math, without which GCC
+// does not if-convert the clamps below and the scalar form never vectorises.
 //
 // Why not std::exp: without -ffast-math the libm call cannot be vectorised, and in the attention
 // inner loop one exp per score costs more than the head_dim-long dot product that made the score.
