@@ -27,6 +27,8 @@ constexpr Command kCommands[] = {
     {"eval", "sliding-window perplexity of a model over a data file", run_eval},
     {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate},
     {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train},
+    {"pretrain", "train a small byte-level BLOOM model from scratch (the embedded default)", run_pretrain},
+    {"repair", "diagnose -> plan -> surgery -> train -> re-diagnose, per pass, with a report", run_repair},
 };
 
 void print_commands() {
