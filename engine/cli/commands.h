@@ -26,6 +26,8 @@ int run_detokenize(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);
 int run_train(const std::vector<std::string>& args);
+int run_pretrain(const std::vector<std::string>& args);
+int run_repair(const std::vector<std::string>& args);
 
 // Prints "engine: <message>" on one line to stderr and returns 1.
 int fail(const std::string& message);

@@ -1,0 +1,82 @@
+// `engine pretrain --data FILE --out DIR [--n_layer 4] [--n_head 8] [--hidden_size 128]
+// [--steps 400] [--lr 1e-3] [--seq_len 128] [--batch 8] [--grad_accum 1] [--warmup 30]
+// [--eval_every 100] [--holdout 0.005] [--seed S] [--resume]`: trains a small byte-level
+// BLOOM-architecture model from scratch (model/pretrain.h, docs/REPAIR.md). The training flags are
+// shared with `engine train`; those left at `engine train`'s defaults take pretraining's defaults
+// (default_pretrain_recipe), so `--lr` means the same thing in both commands.
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cli/commands.h"
+#include "engine/cli/flags.h"
+#include "engine/cli/invocation.h"
+#include "engine/cli/model_loading.h"
+#include "model/pretrain.h"
+
+ABSL_DECLARE_FLAG(int, batch);
+ABSL_DECLARE_FLAG(int, steps);
+ABSL_DECLARE_FLAG(int, grad_accum);
+ABSL_DECLARE_FLAG(double, lr);
+ABSL_DECLARE_FLAG(int, warmup);
+ABSL_DECLARE_FLAG(int, eval_every);
+ABSL_DECLARE_FLAG(double, holdout);
+ABSL_DECLARE_FLAG(bool, resume);
+ABSL_FLAG(int, n_layer, 4, "pretrain: transformer blocks");
+ABSL_FLAG(int, n_head, 8, "pretrain: attention heads per block");
+ABSL_FLAG(int, hidden_size, 128, "pretrain: hidden size (a multiple of --n_head)");
+
+namespace engine::cli {
+namespace {
+
+// True when the named flag still holds its compiled-in default (it was not given).
+bool at_default(const char* name) {
+  const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(name);
+  return flag != nullptr && flag->CurrentValue() == flag->DefaultValue();
+}
+
+}  // namespace
+
+int run_pretrain(const std::vector<std::string>& args) {
+  (void)args;
+  apply_thread_flag();
+  PretrainOptions o;
+  o.data = absl::GetFlag(FLAGS_data);
+  o.out_dir = absl::GetFlag(FLAGS_out);
+  if (o.data.empty()) return fail("pretrain: --data FILE is required");
+  if (o.out_dir.empty()) return fail("pretrain: --out DIR is required");
+  o.n_layer = absl::GetFlag(FLAGS_n_layer);
+  o.n_head = absl::GetFlag(FLAGS_n_head);
+  o.hidden_size = absl::GetFlag(FLAGS_hidden_size);
+  o.train = default_pretrain_recipe();
+  if (!at_default("seq_len")) o.train.seq_len = absl::GetFlag(FLAGS_seq_len);
+  if (!at_default("batch")) o.train.batch = absl::GetFlag(FLAGS_batch);
+  if (!at_default("steps")) o.train.steps = absl::GetFlag(FLAGS_steps);
+  if (!at_default("grad_accum")) o.train.grad_accum = absl::GetFlag(FLAGS_grad_accum);
+  if (!at_default("lr")) o.train.lr = absl::GetFlag(FLAGS_lr);
+  if (!at_default("warmup")) o.train.warmup = absl::GetFlag(FLAGS_warmup);
+  if (!at_default("eval_every")) o.train.eval_every = absl::GetFlag(FLAGS_eval_every);
+  if (!at_default("holdout")) o.holdout = absl::GetFlag(FLAGS_holdout);
+  o.train.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  o.resume = absl::GetFlag(FLAGS_resume);
+  o.command = invocation_command_line();
+  o.log = [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<PretrainResult> r = run_pretraining(o, *backend);
+  if (!r.ok()) return fail(std::string(r.status().message()));
+  std::printf("pretrain: done, %lld steps in %.0f s, final loss %.4f%s; model in %s\n",
+              static_cast<long long>(r->steps), r->seconds, r->final_loss,
+              r->best_ppl.has_value()
+                  ? absl::StrCat(", best held-out perplexity ", *r->best_ppl).c_str()
+                  : "",
+              o.out_dir.c_str());
+  return 0;
+}
+
+}  // namespace engine::cli

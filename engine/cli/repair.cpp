@@ -1,0 +1,212 @@
+// `engine repair --model DIR --data FILE --out DIR [--passes 2] [--select collapsed|sink|dead|
+// all-in-band] [--heads L:H,...] [--layers A-B] [--head_indices A-B] [--exclude L:H,...]
+// [--fallback_healthy] [--scan_data FILE] [--holdout 0.05] [--max_seqs N] [--dead/--sink/
+// --low_entropy T] [--drift 0.05] [training flags of `engine train`] [--resume]`: the whole
+// pipeline of surgery/repair.h. --data is cut into training chunks and a held-out share
+// (--holdout); the held-out chunks give the perplexity that picks checkpoints and, without
+// --scan_data, the sequences that are diagnosed.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <span>
+
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "engine/cli/commands.h"
+#include "engine/cli/flags.h"
+#include "engine/cli/invocation.h"
+#include "engine/cli/model_loading.h"
+#include "engine/engine.h"
+#include "model/dataset.h"
+#include "model/pretrain.h"
+#include "model/tokenizer.h"
+#include "nlohmann/json.hpp"
+#include "surgery/corpus_scan.h"
+#include "surgery/repair.h"
+
+ABSL_DECLARE_FLAG(int, batch);
+ABSL_DECLARE_FLAG(int, steps);
+ABSL_DECLARE_FLAG(int, epochs);
+ABSL_DECLARE_FLAG(int, grad_accum);
+ABSL_DECLARE_FLAG(double, lr);
+ABSL_DECLARE_FLAG(int, warmup);
+ABSL_DECLARE_FLAG(double, clip);
+ABSL_DECLARE_FLAG(double, weight_decay);
+ABSL_DECLARE_FLAG(int, eval_every);
+ABSL_DECLARE_FLAG(int, checkpoint_every);
+ABSL_DECLARE_FLAG(double, holdout);
+ABSL_DECLARE_FLAG(bool, resume);
+ABSL_DECLARE_FLAG(std::string, select);
+ABSL_DECLARE_FLAG(std::string, heads);
+ABSL_DECLARE_FLAG(std::string, layers);
+ABSL_DECLARE_FLAG(std::string, head_indices);
+ABSL_DECLARE_FLAG(std::string, exclude);
+ABSL_DECLARE_FLAG(std::string, init);
+ABSL_DECLARE_FLAG(int, max_seqs);
+ABSL_DECLARE_FLAG(double, dead);
+ABSL_DECLARE_FLAG(double, sink);
+ABSL_DECLARE_FLAG(double, low_entropy);
+ABSL_DECLARE_FLAG(double, drift);
+ABSL_FLAG(int, passes, 2, "repair: at most this many diagnose -> surgery -> train passes");
+ABSL_FLAG(bool, fallback_healthy, false,
+          "repair: when pass 1 selects nothing, re-initialise one healthy head column instead");
+ABSL_FLAG(std::string, scan_data, "",
+          "repair: diagnose on this file instead of the held-out share of --data");
+
+namespace engine::cli {
+namespace {
+
+absl::StatusOr<PlanSelection> selection_from_flags() {
+  PlanSelection sel;
+  sel.select = absl::GetFlag(FLAGS_select);
+  if (!absl::GetFlag(FLAGS_heads).empty()) {
+    absl::StatusOr<std::vector<HeadTarget>> h = parse_head_list(absl::GetFlag(FLAGS_heads), "heads");
+    if (!h.ok()) return h.status();
+    sel.heads = *h;
+  }
+  if (!absl::GetFlag(FLAGS_exclude).empty()) {
+    absl::StatusOr<std::vector<HeadTarget>> h =
+        parse_head_list(absl::GetFlag(FLAGS_exclude), "exclude");
+    if (!h.ok()) return h.status();
+    sel.exclude = *h;
+  }
+  if (!absl::GetFlag(FLAGS_layers).empty()) {
+    absl::StatusOr<IndexRange> r = parse_index_range(absl::GetFlag(FLAGS_layers), "layers");
+    if (!r.ok()) return r.status();
+    sel.layers = *r;
+  }
+  if (!absl::GetFlag(FLAGS_head_indices).empty()) {
+    absl::StatusOr<IndexRange> r =
+        parse_index_range(absl::GetFlag(FLAGS_head_indices), "head_indices");
+    if (!r.ok()) return r.status();
+    sel.head_indices = *r;
+  }
+  return sel;
+}
+
+// The pretraining command recorded next to a model made by `engine pretrain`, if any.
+std::optional<std::string> pretrain_command(const std::filesystem::path& model_dir) {
+  std::ifstream in(model_dir / kPretrainSummaryFile);
+  if (!in) return std::nullopt;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("command") || !j["command"].is_string()) {
+    return std::nullopt;
+  }
+  return j["command"].get<std::string>();
+}
+
+}  // namespace
+
+int run_repair(const std::vector<std::string>& args) {
+  (void)args;
+  apply_thread_flag();
+  RepairOptions o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  o.out_dir = absl::GetFlag(FLAGS_out);
+  const std::string data_path = absl::GetFlag(FLAGS_data);
+  if (o.model_dir.empty()) return fail("repair: --model DIR is required");
+  if (data_path.empty()) return fail("repair: --data FILE is required");
+  if (o.out_dir.empty()) return fail("repair: --out DIR is required");
+  absl::StatusOr<PlanSelection> selection = selection_from_flags();
+  if (!selection.ok()) return fail(std::string(selection.status().message()));
+  o.selection = *selection;
+  const std::string init = absl::GetFlag(FLAGS_init);
+  if (init == "xavier_uniform") {
+    o.qkv_init = QkvWeightInit::kXavierUniform;
+  } else if (init == "xavier_normal") {
+    o.qkv_init = QkvWeightInit::kXavierNormal;
+  } else {
+    return fail(absl::StrCat("repair: --init ", init, ": expected xavier_uniform or xavier_normal"));
+  }
+  o.passes = absl::GetFlag(FLAGS_passes);
+  o.fallback_healthy = absl::GetFlag(FLAGS_fallback_healthy);
+  o.thresholds = {absl::GetFlag(FLAGS_dead), absl::GetFlag(FLAGS_sink),
+                  absl::GetFlag(FLAGS_low_entropy)};
+  o.drift_threshold = absl::GetFlag(FLAGS_drift);
+  o.scan_batch = absl::GetFlag(FLAGS_batch);
+  o.resume = absl::GetFlag(FLAGS_resume);
+  TrainRunOptions& t = o.train;
+  t.seq_len = absl::GetFlag(FLAGS_seq_len);
+  t.batch = absl::GetFlag(FLAGS_batch);
+  t.grad_accum = absl::GetFlag(FLAGS_grad_accum);
+  t.epochs = absl::GetFlag(FLAGS_epochs);
+  t.steps = absl::GetFlag(FLAGS_steps);
+  t.lr = absl::GetFlag(FLAGS_lr);
+  t.warmup = absl::GetFlag(FLAGS_warmup);
+  t.optimizer.clip = absl::GetFlag(FLAGS_clip);
+  t.optimizer.weight_decay = absl::GetFlag(FLAGS_weight_decay);
+  t.eval_every = absl::GetFlag(FLAGS_eval_every);
+  t.checkpoint_every = absl::GetFlag(FLAGS_checkpoint_every);
+  t.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
+  o.version = api::version();
+  if (std::optional<std::string> c = pretrain_command(o.model_dir)) o.commands.push_back(*c);
+  o.commands.push_back(invocation_command_line());
+  o.log = [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  };
+
+  // --- data ---------------------------------------------------------------------------------------
+  absl::StatusOr<BloomConfig> config = load_bloom_config(o.model_dir / "config.json");
+  if (!config.ok()) return fail(std::string(config.status().message()));
+  absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
+  if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
+  DataReadOptions read;
+  read.tokenizer = tokenizer->has_value() ? &**tokenizer : nullptr;
+  read.vocab_size = static_cast<uint32_t>(config->vocab_size);
+  absl::StatusOr<Corpus> corpus = load_corpus({data_path}, read);
+  if (!corpus.ok()) return fail(std::string(corpus.status().message()));
+  std::vector<uint32_t> separator;
+  if (read.tokenizer != nullptr) {
+    absl::StatusOr<std::vector<uint32_t>> s = read.tokenizer->encode("\n\n");
+    if (!s.ok()) return fail(std::string(s.status().message()));
+    separator = std::move(*s);
+  }
+  ChunkOptions co;
+  co.seq_len = t.seq_len;
+  co.holdout_fraction = absl::GetFlag(FLAGS_holdout);
+  co.seed = t.seed;
+  absl::StatusOr<ChunkedDataset> chunks = ChunkedDataset::build(*corpus, separator, co);
+  if (!chunks.ok()) return fail(std::string(chunks.status().message()));
+  RepairData data;
+  data.train = &*chunks;
+  for (size_t i = 0; i < chunks->holdout_size(); ++i) {
+    std::span<const uint32_t> c = chunks->holdout_chunk(i);
+    data.eval_chunks.emplace_back(c.begin(), c.end());
+  }
+  const int64_t max_seqs = absl::GetFlag(FLAGS_max_seqs);
+  const std::string scan_path = absl::GetFlag(FLAGS_scan_data);
+  if (!scan_path.empty()) {
+    SequenceOptions so;
+    so.seq_len = t.seq_len;
+    so.max_seqs = max_seqs;
+    absl::StatusOr<std::vector<TokenSequence>> s = read_diagnosis_sequences(scan_path, read, so);
+    if (!s.ok()) return fail(std::string(s.status().message()));
+    data.scan_sequences = std::move(*s);
+  } else {
+    for (const std::vector<int32_t>& c : data.eval_chunks) {
+      if (max_seqs > 0 && static_cast<int64_t>(data.scan_sequences.size()) >= max_seqs) break;
+      data.scan_sequences.push_back(c);
+    }
+  }
+  o.data_description = absl::StrCat(
+      data_path, ": ", chunks->train_size(), " training and ", chunks->holdout_size(),
+      " held-out chunks of ", t.seq_len, " tokens; diagnosis on ", data.scan_sequences.size(),
+      " sequences of ", scan_path.empty() ? std::string("the held-out chunks") : scan_path);
+  if (data.scan_sequences.empty()) {
+    return fail(absl::StrCat("repair: no held-out sequence to diagnose on (", data_path,
+                             " gives ", chunks->holdout_size(),
+                             " held-out chunks; raise --holdout or pass --scan_data)"));
+  }
+
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<RepairResult> r = run_repair(o, data, *backend);
+  if (!r.ok()) return fail(std::string(r.status().message()));
+  std::printf("repair: %s\nrepair: repaired model in %s\nrepair: report in %s\n",
+              r->stop_reason.c_str(), r->final_dir.c_str(), r->report_html.c_str());
+  return 0;
+}
+
+}  // namespace engine::cli

@@ -1,0 +1,445 @@
+// The repair pipeline; contract in surgery/repair.h.
+#include "surgery/repair.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/io.h"
+#include "model/model_directory.h"
+#include "model/perplexity.h"
+#include "surgery/report_compare.h"
+#include "surgery/repair_report.h"
+
+namespace engine {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kReportBefore = "report_before.json";
+constexpr const char* kReportAfter = "report_after.json";
+constexpr const char* kPlanFile = "plan.json";
+constexpr const char* kComparisonFile = "comparison.json";
+constexpr const char* kPassFile = "pass.json";
+constexpr const char* kTrainDir = "train";
+constexpr const char* kSummaryFile = "repair.json";
+constexpr const char* kReportHtml = "report.html";
+// Written by run_training into every complete checkpoint (model/trainer.cpp).
+constexpr const char* kTrainerStateFile = "trainer_state.json";
+
+absl::StatusOr<nlohmann::json> read_json_file(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) return absl::NotFoundError(absl::StrCat(file.string(), ": cannot open"));
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return absl::DataLossError(absl::StrCat(file.string(), ": invalid JSON"));
+  return j;
+}
+
+absl::Status write_json_file(const fs::path& file, const nlohmann::json& j) {
+  return write_string_atomically(file, j.dump(2) + "\n");
+}
+
+nlohmann::json counts_json(const HeadCounts& c) {
+  return {{"HEALTHY", c.healthy}, {"LOW_ENTROPY", c.low_entropy}, {"SINK", c.sink},
+          {"DEAD", c.dead}};
+}
+
+absl::StatusOr<HeadCounts> counts_from_json(const nlohmann::json& j, const std::string& source) {
+  HeadCounts c;
+  try {
+    c.healthy = j.at("HEALTHY").get<int64_t>();
+    c.low_entropy = j.at("LOW_ENTROPY").get<int64_t>();
+    c.sink = j.at("SINK").get<int64_t>();
+    c.dead = j.at("DEAD").get<int64_t>();
+  } catch (const nlohmann::json::exception&) {
+    return absl::DataLossError(absl::StrCat(source, ": counts need integer HEALTHY, LOW_ENTROPY, "
+                                            "SINK and DEAD"));
+  }
+  return c;
+}
+
+nlohmann::json optional_json(const std::optional<double>& v) {
+  return v.has_value() ? nlohmann::json(*v) : nlohmann::json();
+}
+
+// True when `dir` holds a complete training checkpoint step_N that run_training can resume.
+bool has_complete_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return false;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("step_", 0) == 0 &&
+        fs::exists(e.path() / kTrainerStateFile, ec)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::StatusOr<std::optional<double>> held_out_perplexity(const BloomModel& model,
+                                                          Backend& backend,
+                                                          const RepairData& data,
+                                                          const TrainRunOptions& train) {
+  if (data.eval_chunks.empty()) return std::optional<double>();
+  PerplexityOptions po;
+  po.seq_len = train.seq_len;
+  po.stride = train.seq_len;
+  po.batch = train.batch;
+  absl::StatusOr<PerplexityResult> r =
+      sliding_window_perplexity(model, backend, data.eval_chunks, po);
+  if (!r.ok()) return r.status();
+  return std::optional<double>(std::exp(r->mean_nll()));
+}
+
+// Loss and evaluation curves of one training directory's metrics.jsonl; after a resume a step
+// appears twice and the later line counts.
+absl::StatusOr<TrainingCurves> read_curves(const fs::path& metrics) {
+  std::ifstream in(metrics);
+  if (!in) return absl::NotFoundError(absl::StrCat(metrics.string(), ": cannot open"));
+  std::map<int64_t, double> loss, eval;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      return absl::DataLossError(
+          absl::StrCat(metrics.string(), ": line ", number, " is not a JSON object"));
+    }
+    const std::string event = j.value("event", "");
+    if (event == "step" && j.contains("loss") && j["loss"].is_number()) {
+      loss[j.value("step", int64_t{0})] = j["loss"].get<double>();
+    } else if (event == "eval" && j.contains("eval_nll") && j["eval_nll"].is_number()) {
+      eval[j.value("step", int64_t{0})] = j["eval_nll"].get<double>();
+    }
+  }
+  TrainingCurves c;
+  c.loss.assign(loss.begin(), loss.end());
+  c.eval_nll.assign(eval.begin(), eval.end());
+  return c;
+}
+
+std::string targets_text(const std::vector<HeadTarget>& targets) {
+  std::string s;
+  for (const HeadTarget& t : targets) absl::StrAppend(&s, s.empty() ? "" : ",", t.layer, ":", t.head);
+  return s;
+}
+
+}  // namespace
+
+std::vector<HeadTarget> healthy_column_targets(const DiagnosisReport& report, int64_t* head_index) {
+  int64_t best = 0;
+  double best_mean = -1.0;
+  for (int64_t h = 0; h < report.n_head; ++h) {
+    double sum = 0.0;
+    for (int64_t l = 0; l < report.n_layer; ++l) sum += report.at(l, h).bos_mass.mean;
+    const double mean = sum / static_cast<double>(std::max<int64_t>(report.n_layer, 1));
+    if (mean > best_mean) {
+      best_mean = mean;
+      best = h;
+    }
+  }
+  if (head_index != nullptr) *head_index = best;
+  std::vector<HeadTarget> targets;
+  for (int64_t l = report.n_layer / 2; l < report.n_layer; ++l) targets.push_back({l, best});
+  return targets;
+}
+
+nlohmann::json pass_summary_to_json(const PassSummary& p) {
+  return {{"pass", p.pass},
+          {"counts_before", counts_json(p.before)},
+          {"counts_after", counts_json(p.after)},
+          {"targets", p.targets},
+          {"fallback_healthy", p.fallback_healthy},
+          {"plan_note", p.plan_note},
+          {"ppl_before", optional_json(p.ppl_before)},
+          {"ppl_after", optional_json(p.ppl_after)},
+          {"steps", p.steps},
+          {"chosen_checkpoint", p.chosen_checkpoint},
+          {"drift_outside", p.drift_outside},
+          {"drift_inside", p.drift_inside},
+          {"drift_below_lowest_target_layer", p.drift_below}};
+}
+
+absl::StatusOr<PassSummary> pass_summary_from_json(const nlohmann::json& j,
+                                                   const std::string& source) {
+  PassSummary p;
+  try {
+    p.pass = j.at("pass").get<int64_t>();
+    absl::StatusOr<HeadCounts> before = counts_from_json(j.at("counts_before"), source);
+    if (!before.ok()) return before.status();
+    absl::StatusOr<HeadCounts> after = counts_from_json(j.at("counts_after"), source);
+    if (!after.ok()) return after.status();
+    p.before = *before;
+    p.after = *after;
+    p.targets = j.at("targets").get<int64_t>();
+    p.fallback_healthy = j.at("fallback_healthy").get<bool>();
+    p.plan_note = j.at("plan_note").get<std::string>();
+    if (!j.at("ppl_before").is_null()) p.ppl_before = j.at("ppl_before").get<double>();
+    if (!j.at("ppl_after").is_null()) p.ppl_after = j.at("ppl_after").get<double>();
+    p.steps = j.at("steps").get<int64_t>();
+    p.chosen_checkpoint = j.at("chosen_checkpoint").get<std::string>();
+    p.drift_outside = j.at("drift_outside").get<int64_t>();
+    p.drift_inside = j.at("drift_inside").get<int64_t>();
+    p.drift_below = j.at("drift_below_lowest_target_layer").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat(source, ": not a pass summary (", e.what(), ")"));
+  }
+  if (p.chosen_checkpoint != "best" && p.chosen_checkpoint != "final") {
+    return absl::DataLossError(absl::StrCat(source, ": chosen_checkpoint \"", p.chosen_checkpoint,
+                                            "\" is neither best nor final"));
+  }
+  return p;
+}
+
+absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const RepairData& data,
+                                        Backend& backend) {
+  auto log = [&](const std::string& line) {
+    if (options.log) options.log(line);
+  };
+  // --- validate everything before any work -----------------------------------------------------
+  if (options.model_dir.empty()) return absl::InvalidArgumentError("repair: --model DIR is required");
+  if (options.out_dir.empty()) return absl::InvalidArgumentError("repair: --out DIR is required");
+  if (options.passes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("repair: --passes ", options.passes, " < 1"));
+  }
+  if (absl::Status s = validate_thresholds(options.thresholds); !s.ok()) return s;
+  if (data.train == nullptr || data.train->train_size() == 0) {
+    return absl::InvalidArgumentError("repair: no training chunk in the data");
+  }
+  if (data.scan_sequences.empty()) {
+    return absl::InvalidArgumentError("repair: no held-out sequence to diagnose on");
+  }
+  std::error_code ec;
+  if (fs::exists(options.out_dir, ec) && !fs::is_directory(options.out_dir, ec)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(options.out_dir.string(), ": output path exists and is not a directory"));
+  }
+  if (!options.resume && (fs::exists(options.out_dir / "pass_1", ec) ||
+                          fs::exists(options.out_dir / kSummaryFile, ec))) {
+    return absl::AlreadyExistsError(absl::StrCat(
+        options.out_dir.string(), ": holds a previous repair; pass --resume or choose another --out"));
+  }
+  absl::StatusOr<BloomConfig> input_config = load_bloom_config(options.model_dir / "config.json");
+  if (!input_config.ok()) return input_config.status();
+
+  DiagnoseOptions diagnose;
+  diagnose.seq_len = options.train.seq_len;
+  diagnose.batch = options.scan_batch;
+  diagnose.thresholds = options.thresholds;
+  diagnose.model_name = options.model_dir.filename().string();
+
+  RepairResult result;
+  std::vector<RepairPassView> views;
+  fs::path current = options.model_dir;
+  bool trained_any = false;
+  for (int64_t k = 1; k <= options.passes; ++k) {
+    const fs::path dir = options.out_dir / absl::StrCat("pass_", k);
+    const std::string tag = absl::StrCat("pass ", k);
+    RepairPassView view;
+    if (options.resume && fs::exists(dir / kReportAfter, ec)) {
+      // A finished pass: read it back.
+      absl::StatusOr<nlohmann::json> pj = read_json_file(dir / kPassFile);
+      if (!pj.ok()) return pj.status();
+      absl::StatusOr<PassSummary> summary = pass_summary_from_json(*pj, (dir / kPassFile).string());
+      if (!summary.ok()) return summary.status();
+      absl::StatusOr<DiagnosisReport> before = load_report((dir / kReportBefore).string());
+      if (!before.ok()) return before.status();
+      absl::StatusOr<DiagnosisReport> after = load_report((dir / kReportAfter).string());
+      if (!after.ok()) return after.status();
+      absl::StatusOr<SurgeryPlan> plan = load_plan((dir / kPlanFile).string());
+      if (!plan.ok()) return plan.status();
+      view.summary = *summary;
+      view.before = std::move(*before);
+      view.after = std::move(*after);
+      view.plan = std::move(*plan);
+      log(absl::StrCat(tag, ": finished earlier (", kReportAfter, " exists), skipped"));
+    } else {
+      absl::StatusOr<BloomModel> model = load_model_directory(current);
+      if (!model.ok()) return model.status();
+      log(absl::StrCat(tag, ": diagnosing ", current.string(), " on ", data.scan_sequences.size(),
+                       " held-out sequences"));
+      absl::StatusOr<DiagnosisReport> before =
+          diagnose_sequences(*model, backend, data.scan_sequences, diagnose);
+      if (!before.ok()) return before.status();
+      absl::StatusOr<std::optional<double>> ppl_before =
+          held_out_perplexity(*model, backend, data, options.train);
+      if (!ppl_before.ok()) return ppl_before.status();
+      fs::create_directories(dir, ec);
+      if (ec) return absl::InternalError(absl::StrCat(dir.string(), ": ", ec.message()));
+      if (absl::Status s = write_json_file(dir / kReportBefore, report_to_json(*before)); !s.ok()) {
+        return s;
+      }
+      const HeadCounts& c = before->counts;
+      log(absl::StrFormat("%s: before: %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD", tag,
+                          c.healthy, c.low_entropy, c.sink, c.dead));
+
+      // --- plan ----------------------------------------------------------------------------------
+      PassSummary summary;
+      summary.pass = k;
+      summary.before = before->counts;
+      summary.ppl_before = *ppl_before;
+      std::vector<HeadTarget> targets;
+      absl::StatusOr<std::vector<HeadTarget>> selected = select_heads(*before, options.selection);
+      if (selected.ok()) {
+        targets = std::move(*selected);
+        summary.plan_note = absl::StrCat(
+            options.selection.heads.empty() ? absl::StrCat("--select ", options.selection.select)
+                                            : std::string("--heads"),
+            ": ", targets.size(), " heads");
+      } else if (selected.status().code() != absl::StatusCode::kNotFound) {
+        return absl::Status(selected.status().code(),
+                            absl::StrCat(tag, ": ", std::string(selected.status().message())));
+      } else if (k == 1 && options.fallback_healthy) {
+        int64_t column = 0;
+        targets = healthy_column_targets(*before, &column);
+        summary.fallback_healthy = true;
+        summary.plan_note = absl::StrCat(
+            "nothing selected by --select ", options.selection.select,
+            "; fallback: re-initialising the healthy head column ", column, " in layers ",
+            input_config->n_layer / 2, "-", input_config->n_layer - 1,
+            " (highest mean bos_mass over layers)");
+      } else {
+        result.stop_reason = absl::StrCat(tag, ": nothing to repair (",
+                                          std::string(selected.status().message()), ")");
+        log(result.stop_reason);
+        break;
+      }
+      log(absl::StrCat(tag, ": plan: ", summary.plan_note, " [", targets_text(targets), "]"));
+      SurgeryPlan plan;
+      plan.targets = targets;
+      plan.qkv_weight = options.qkv_init;
+      plan.seed = options.train.seed + static_cast<uint64_t>(k);
+      plan.comment = absl::StrCat("engine repair ", tag, ": ", summary.plan_note);
+      if (absl::Status s = write_json_file(dir / kPlanFile, plan_to_json(plan)); !s.ok()) return s;
+      summary.targets = static_cast<int64_t>(targets.size());
+
+      // --- train with surgery --------------------------------------------------------------------
+      TrainRunOptions train = options.train;
+      train.model_dir = current;
+      train.out_dir = dir / kTrainDir;
+      train.plan = plan;
+      train.resume = options.resume && has_complete_checkpoint(train.out_dir);
+      if (!train.resume && fs::exists(train.out_dir, ec)) {
+        // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
+        fs::remove_all(train.out_dir, ec);
+        if (ec) return absl::InternalError(absl::StrCat(train.out_dir.string(), ": ", ec.message()));
+      }
+      train.log = [&](const std::string& line) { log(absl::StrCat(tag, ": ", line)); };
+      TrainData train_data;
+      train_data.train = data.train;
+      train_data.eval_chunks = data.eval_chunks;
+      absl::StatusOr<TrainRunResult> run = run_training(train, train_data, backend);
+      if (!run.ok()) {
+        return absl::Status(run.status().code(),
+                            absl::StrCat(tag, ": ", std::string(run.status().message())));
+      }
+      if (run->final_dir.empty()) {
+        return absl::AbortedError(absl::StrCat(tag, ": training stopped before its last step"));
+      }
+      summary.steps = run->steps;
+      summary.chosen_checkpoint = fs::exists(train.out_dir / "best", ec) ? "best" : "final";
+      const fs::path chosen = train.out_dir / summary.chosen_checkpoint;
+
+      // --- re-diagnose ---------------------------------------------------------------------------
+      absl::StatusOr<BloomModel> repaired = load_model_directory(chosen);
+      if (!repaired.ok()) return repaired.status();
+      absl::StatusOr<DiagnosisReport> after =
+          diagnose_sequences(*repaired, backend, data.scan_sequences, diagnose);
+      if (!after.ok()) return after.status();
+      if (summary.chosen_checkpoint == "best") {
+        summary.ppl_after = run->best_ppl;
+      } else {
+        absl::StatusOr<std::optional<double>> p =
+            held_out_perplexity(*repaired, backend, data, options.train);
+        if (!p.ok()) return p.status();
+        summary.ppl_after = *p;
+      }
+      summary.after = after->counts;
+      absl::StatusOr<ReportComparison> comparison =
+          compare_reports(*before, *after, &plan, options.drift_threshold, kReportBefore,
+                          kReportAfter, kPlanFile);
+      if (!comparison.ok()) return comparison.status();
+      summary.drift_outside = static_cast<int64_t>(comparison->drift_outside.size());
+      summary.drift_inside = static_cast<int64_t>(comparison->drift_inside.size());
+      summary.drift_below = static_cast<int64_t>(comparison->drift_below_lowest_target_layer.size());
+      if (absl::Status s = write_json_file(dir / kComparisonFile, comparison_to_json(*comparison));
+          !s.ok()) {
+        return s;
+      }
+      if (absl::Status s = write_json_file(dir / kPassFile, pass_summary_to_json(summary)); !s.ok()) {
+        return s;
+      }
+      if (absl::Status s = write_json_file(dir / kReportAfter, report_to_json(*after)); !s.ok()) {
+        return s;
+      }
+      const HeadCounts& a = after->counts;
+      log(absl::StrFormat("%s: after (%s checkpoint): %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD",
+                          tag, summary.chosen_checkpoint, a.healthy, a.low_entropy, a.sink, a.dead));
+      view.summary = summary;
+      view.before = std::move(*before);
+      view.after = std::move(*after);
+      view.plan = std::move(plan);
+    }
+    // Shared by fresh and skipped passes.
+    absl::StatusOr<ReportComparison> comparison = compare_reports(
+        view.before, view.after, &view.plan, options.drift_threshold, kReportBefore, kReportAfter,
+        kPlanFile);
+    if (!comparison.ok()) return comparison.status();
+    view.comparison = std::move(*comparison);
+    absl::StatusOr<TrainingCurves> curves = read_curves(dir / kTrainDir / "metrics.jsonl");
+    if (!curves.ok()) return curves.status();
+    view.curves = std::move(*curves);
+    current = dir / kTrainDir / view.summary.chosen_checkpoint;
+    trained_any = true;
+    result.passes.push_back(view.summary);
+    const bool nothing_collapsed = view.summary.after.collapsed() == 0;
+    views.push_back(std::move(view));
+    if (nothing_collapsed) {
+      result.stop_reason = absl::StrCat(tag, ": no collapsed head left; stopping");
+      log(result.stop_reason);
+      break;
+    }
+  }
+  if (result.stop_reason.empty()) {
+    result.stop_reason = absl::StrCat("ran all ", options.passes, " passes");
+  }
+
+  // --- final model, summary, report ---------------------------------------------------------------
+  absl::StatusOr<BloomModel> final_model = load_model_directory(current);
+  if (!final_model.ok()) return final_model.status();
+  result.final_dir = options.out_dir / "final";
+  if (absl::Status s = save_model_directory(*final_model, result.final_dir); !s.ok()) return s;
+  nlohmann::json passes = nlohmann::json::array();
+  for (const PassSummary& p : result.passes) passes.push_back(pass_summary_to_json(p));
+  const nlohmann::json summary = {{"model", options.model_dir.string()},
+                                  {"data", options.data_description},
+                                  {"version", options.version},
+                                  {"commands", options.commands},
+                                  {"passes", passes},
+                                  {"trained", trained_any},
+                                  {"stop_reason", result.stop_reason},
+                                  {"final", result.final_dir.string()}};
+  if (absl::Status s = write_json_file(options.out_dir / kSummaryFile, summary); !s.ok()) return s;
+  RepairReportHeader header;
+  header.model = options.model_dir.string();
+  header.data = options.data_description;
+  header.version = options.version;
+  header.commands = options.commands;
+  header.stop_reason = result.stop_reason;
+  header.drift_threshold = options.drift_threshold;
+  result.report_html = options.out_dir / kReportHtml;
+  if (absl::Status s = write_string_atomically(result.report_html,
+                                               render_repair_html(header, views));
+      !s.ok()) {
+    return s;
+  }
+  return result;
+}
+
+}  // namespace engine
