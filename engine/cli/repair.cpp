@@ -52,8 +52,6 @@ ABSL_DECLARE_FLAG(double, drift);
 ABSL_FLAG(int, passes, 2, "repair: at most this many diagnose -> surgery -> train passes");
 ABSL_FLAG(bool, fallback_healthy, false,
           "repair: when pass 1 selects nothing, re-initialise one healthy head column instead");
-ABSL_FLAG(std::string, scan_data, "",
-          "repair: diagnose on this file instead of the held-out share of --data");
 
 namespace engine::cli {
 namespace {

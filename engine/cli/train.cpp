@@ -36,8 +36,6 @@ ABSL_FLAG(double, clip, 1.0, "train: global gradient-norm clip over trainable el
 ABSL_FLAG(std::string, optimizer, "adamw", "train: adamw or sgd");
 ABSL_FLAG(double, weight_decay, 0.0, "train: AdamW decoupled weight decay");
 ABSL_FLAG(std::string, eval_data, "", "train: held-out data file (instead of --holdout)");
-ABSL_FLAG(std::string, scan_data, "",
-          "train: data for the head scan at each evaluation (default: up to 16 held-out chunks)");
 ABSL_FLAG(double, holdout, 0.05, "train: share of --data chunks held out for perplexity");
 ABSL_FLAG(int, eval_every, 0, "train: steps between held-out evaluations (0 = at the end)");
 ABSL_FLAG(int, checkpoint_every, 0,
