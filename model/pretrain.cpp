@@ -28,6 +28,9 @@ constexpr int64_t kPretrainSteps = 400;
 constexpr int64_t kPretrainWarmup = 30;
 constexpr int64_t kPretrainEvalEvery = 100;
 
+// Written by run_training into every complete checkpoint (model/trainer.cpp, docs/FORMATS.md).
+constexpr const char* kTrainerStateFile = "trainer_state.json";
+
 std::vector<std::vector<int32_t>> to_eval_chunks(const ChunkedDataset& d) {
   std::vector<std::vector<int32_t>> out;
   for (size_t i = 0; i < d.holdout_size(); ++i) {
@@ -38,6 +41,19 @@ std::vector<std::vector<int32_t>> to_eval_chunks(const ChunkedDataset& d) {
 }
 
 }  // namespace
+
+bool has_resumable_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return false;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("step_", 0) == 0 &&
+        fs::exists(e.path() / kTrainerStateFile, ec)) {
+      return true;
+    }
+  }
+  return false;
+}
 
 TrainRunOptions default_pretrain_recipe() {
   TrainRunOptions o;
@@ -141,7 +157,12 @@ absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, B
   train.model_dir = init_dir;
   train.out_dir = train_dir;
   train.plan.reset();
-  train.resume = options.resume && fs::exists(train_dir / "metrics.jsonl", ec);
+  train.resume = options.resume && has_resumable_checkpoint(train_dir);
+  if (!train.resume && fs::exists(train_dir, ec)) {
+    // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
+    fs::remove_all(train_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat(train_dir.string(), ": ", ec.message()));
+  }
   train.log = options.log;
   TrainData data;
   data.train = &*chunks;

@@ -62,6 +62,10 @@ struct PretrainResult {
 
 absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, Backend& backend);
 
+// True when `dir` holds a complete training checkpoint step_N (one with its trainer state), i.e.
+// something run_training's resume can continue from.
+bool has_resumable_checkpoint(const std::filesystem::path& dir);
+
 // Name of the marker file written last.
 inline constexpr const char* kPretrainSummaryFile = "pretrain.json";
 

@@ -12,6 +12,7 @@
 #include "engine/io.h"
 #include "model/model_directory.h"
 #include "model/perplexity.h"
+#include "model/pretrain.h"
 #include "surgery/report_compare.h"
 #include "surgery/repair_report.h"
 
@@ -28,8 +29,6 @@ constexpr const char* kPassFile = "pass.json";
 constexpr const char* kTrainDir = "train";
 constexpr const char* kSummaryFile = "repair.json";
 constexpr const char* kReportHtml = "report.html";
-// Written by run_training into every complete checkpoint (model/trainer.cpp).
-constexpr const char* kTrainerStateFile = "trainer_state.json";
 
 absl::StatusOr<nlohmann::json> read_json_file(const fs::path& file) {
   std::ifstream in(file);
@@ -64,20 +63,6 @@ absl::StatusOr<HeadCounts> counts_from_json(const nlohmann::json& j, const std::
 
 nlohmann::json optional_json(const std::optional<double>& v) {
   return v.has_value() ? nlohmann::json(*v) : nlohmann::json();
-}
-
-// True when `dir` holds a complete training checkpoint step_N that run_training can resume.
-bool has_complete_checkpoint(const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return false;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (e.is_directory() && name.rfind("step_", 0) == 0 &&
-        fs::exists(e.path() / kTrainerStateFile, ec)) {
-      return true;
-    }
-  }
-  return false;
 }
 
 absl::StatusOr<std::optional<double>> held_out_perplexity(const BloomModel& model,
@@ -324,7 +309,7 @@ absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const Repa
       train.model_dir = current;
       train.out_dir = dir / kTrainDir;
       train.plan = plan;
-      train.resume = options.resume && has_complete_checkpoint(train.out_dir);
+      train.resume = options.resume && has_resumable_checkpoint(train.out_dir);
       if (!train.resume && fs::exists(train.out_dir, ec)) {
         // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
         fs::remove_all(train.out_dir, ec);

@@ -6,6 +6,7 @@
 // that loads with its tokenizer.
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -279,6 +280,49 @@ TEST_F(RepairTest, PretrainWritesALoadableModelDirectoryWithItsTokenizer) {
   // A second run into the same directory is refused without --resume.
   absl::StatusOr<PretrainResult> again = run_pretraining(o, *make_cpu_backend());
   EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+}
+
+// The CLI end to end on a tiny corpus: `engine pretrain` (training flags given explicitly override
+// the pretraining recipe), then `engine repair` on its output; then a usage error is one line.
+TEST_F(RepairTest, CliPretrainsThenRepairsAndPrintsWhereTheReportIs) {
+  const fs::path corpus = root_ / "corpus.txt";
+  {
+    std::ofstream out(corpus);
+    for (int i = 0; i < 60; ++i) out << "A small corpus line, number " << i << ".\n\n";
+  }
+  const fs::path log = root_ / "log.txt";
+  const std::string cli = ENGINE_CLI_PATH;
+  const std::string pretrain = absl::StrCat(
+      cli, " pretrain --data ", corpus.string(), " --out ", (root_ / "model").string(),
+      " --n_layer 2 --n_head 2 --hidden_size 16 --steps 3 --seq_len 16 --batch 2 --holdout 0.1",
+      " --threads 1 > ", log.string(), " 2>&1");
+  ASSERT_EQ(std::system(pretrain.c_str()), 0) << read_file(log);
+  absl::StatusOr<BloomModel> model = load_model_directory(root_ / "model");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->config.n_layer, 2);
+  EXPECT_NE(read_file(root_ / "model" / kPretrainSummaryFile).find("\"steps\": 3"),
+            std::string::npos);
+
+  const std::string repair = absl::StrCat(
+      cli, " repair --model ", (root_ / "model").string(), " --data ", corpus.string(), " --out ",
+      (root_ / "repair").string(),
+      " --heads 1:0 --passes 1 --steps 2 --seq_len 16 --batch 2 --holdout 0.1 --threads 1 > ",
+      log.string(), " 2>&1");
+  ASSERT_EQ(std::system(repair.c_str()), 0) << read_file(log);
+  const std::string out = read_file(log);
+  EXPECT_NE(out.find("report in " + (root_ / "repair" / "report.html").string()),
+            std::string::npos)
+      << out;
+  EXPECT_TRUE(fs::is_regular_file(root_ / "repair" / "final" / "tokenizer.json"));
+  // The report records the pretraining command next to the repair command.
+  const std::string html = read_file(root_ / "repair" / "report.html");
+  EXPECT_NE(html.find(" pretrain --data "), std::string::npos);
+  EXPECT_NE(html.find(" repair --model "), std::string::npos);
+
+  const std::string usage = absl::StrCat(cli, " repair --model ", (root_ / "model").string(),
+                                         " > ", log.string(), " 2>&1");
+  EXPECT_NE(std::system(usage.c_str()), 0);
+  EXPECT_EQ(read_file(log), "engine: repair: --data FILE is required\n");
 }
 
 }  // namespace
