@@ -7,7 +7,8 @@
 #      model for the same recipe is cached under build/default/pretrained-<key>/ (the key hashes
 #      the pretraining flags, the corpus and the engine sources that shape training);
 #   4. runs `engine repair` on it: diagnose -> plan (collapsed heads, or the healthy-column
-#      fallback when nothing is collapsed) -> surgery + training -> re-diagnose, two passes, and
+#      fallback when nothing is collapsed) -> surgery + training -> re-diagnose, up to two passes
+#      (it stops once nothing is collapsed), and
 #      prints where the report is.
 # Environment: ENGINE_BUILD_DIR (default ./build), ENGINE_THREADS (default: all cores).
 set -euo pipefail
