@@ -66,7 +66,10 @@ std::string heat_colour(double v) {
   return absl::StrFormat("#%02x%02x%02x", r, g, g);
 }
 
-std::string xml_escape(const std::string& s) {
+
+}  // namespace
+
+std::string html_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
@@ -79,8 +82,6 @@ std::string xml_escape(const std::string& s) {
   }
   return out;
 }
-
-}  // namespace
 
 const char* head_class_name(HeadClass c) {
   switch (c) {
@@ -464,10 +465,10 @@ std::string render_html(const DiagnosisReport& r) {
                          : "model";
   std::string html = absl::StrCat(
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Head diagnosis: ",
-      xml_escape(name),
+      html_escape(name),
       "</title>\n<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
       "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>\n",
-      "<h1>Head diagnosis: ", xml_escape(name), "</h1>\n");
+      "<h1>Head diagnosis: ", html_escape(name), "</h1>\n");
   absl::StrAppend(&html, absl::StrFormat(
       "<p>%d sequences, %d tokens, sequence length %d. Thresholds: dead %.2f, sink %.2f, low "
       "entropy %.2f.</p>\n",

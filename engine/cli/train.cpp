@@ -55,18 +55,6 @@ namespace {
 // means on small runs without making each evaluation much slower.
 constexpr size_t kDefaultScanChunks = 16;
 
-absl::StatusOr<std::optional<Tokenizer>> train_tokenizer(const std::string& model_dir) {
-  std::string path = absl::GetFlag(FLAGS_tokenizer);
-  if (path.empty()) {
-    const std::filesystem::path candidate = std::filesystem::path(model_dir) / "tokenizer.json";
-    if (!std::filesystem::exists(candidate)) return std::optional<Tokenizer>();
-    path = candidate.string();
-  }
-  absl::StatusOr<Tokenizer> t = Tokenizer::load(path);
-  if (!t.ok()) return t.status();
-  return std::optional<Tokenizer>(std::move(*t));
-}
-
 // Chunks of one data file; documents joined by the tokens of "\n\n" (none without a tokenizer).
 absl::StatusOr<ChunkedDataset> chunks_of(const std::string& path, Tokenizer* tokenizer,
                                          uint32_t vocab, double holdout) {
@@ -139,7 +127,7 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
-  absl::StatusOr<std::optional<Tokenizer>> tokenizer = train_tokenizer(o.model_dir.string());
+  absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;
   const uint32_t vocab = static_cast<uint32_t>(config->vocab_size);
