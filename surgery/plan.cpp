@@ -212,6 +212,10 @@ json plan_to_json(const SurgeryPlan& plan) {
   return j;
 }
 
+absl::StatusOr<QkvWeightInit> qkv_weight_init_from_name(const std::string& name) {
+  return read_choice(json(name), "--init", "qkv_weight", kQkvWeightChoices);
+}
+
 absl::Status validate_plan(const SurgeryPlan& plan, const HeadGeometry& g,
                            const std::string& source) {
   for (size_t i = 0; i < plan.targets.size(); ++i) {

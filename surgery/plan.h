@@ -61,6 +61,9 @@ absl::StatusOr<SurgeryPlan> parse_plan_text(const std::string& text, const std::
 absl::StatusOr<SurgeryPlan> load_plan(const std::string& path);
 nlohmann::json plan_to_json(const SurgeryPlan& plan);
 
+// "xavier_uniform" | "xavier_normal" | "keep", as plan.json spells reinit.qkv_weight.
+absl::StatusOr<QkvWeightInit> qkv_weight_init_from_name(const std::string& name);
+
 // Every target inside the model: layer < n_layer, head < n_head.
 absl::Status validate_plan(const SurgeryPlan& plan, const HeadGeometry& geometry,
                            const std::string& source);

@@ -60,16 +60,9 @@ int run_plan(const std::vector<std::string>& args) {
 
   SurgeryPlan plan;
   plan.targets = *targets;
-  const std::string init = absl::GetFlag(FLAGS_init);
-  if (init == "xavier_uniform") {
-    plan.qkv_weight = QkvWeightInit::kXavierUniform;
-  } else if (init == "xavier_normal") {
-    plan.qkv_weight = QkvWeightInit::kXavierNormal;
-  } else if (init == "keep") {
-    plan.qkv_weight = QkvWeightInit::kKeep;
-  } else {
-    return fail(absl::StrCat("--init: \"", init, "\" is not xavier_uniform, xavier_normal or keep"));
-  }
+  auto init = qkv_weight_init_from_name(absl::GetFlag(FLAGS_init));
+  if (!init.ok()) return fail(std::string(init.status().message()));
+  plan.qkv_weight = *init;
   plan.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
   plan.comment = absl::GetFlag(FLAGS_comment);
   if (plan.comment.empty()) {

@@ -110,14 +110,12 @@ int run_repair(const std::vector<std::string>& args) {
   absl::StatusOr<PlanSelection> selection = selection_from_flags();
   if (!selection.ok()) return fail(std::string(selection.status().message()));
   o.selection = *selection;
-  const std::string init = absl::GetFlag(FLAGS_init);
-  if (init == "xavier_uniform") {
-    o.qkv_init = QkvWeightInit::kXavierUniform;
-  } else if (init == "xavier_normal") {
-    o.qkv_init = QkvWeightInit::kXavierNormal;
-  } else {
-    return fail(absl::StrCat("repair: --init ", init, ": expected xavier_uniform or xavier_normal"));
+  auto init = qkv_weight_init_from_name(absl::GetFlag(FLAGS_init));
+  if (!init.ok()) return fail(std::string(init.status().message()));
+  if (*init == QkvWeightInit::kKeep) {
+    return fail("repair: --init keep: repair re-initialises its targets (xavier_uniform or xavier_normal)");
   }
+  o.qkv_init = *init;
   o.passes = absl::GetFlag(FLAGS_passes);
   o.fallback_healthy = absl::GetFlag(FLAGS_fallback_healthy);
   o.thresholds = {absl::GetFlag(FLAGS_dead), absl::GetFlag(FLAGS_sink),
