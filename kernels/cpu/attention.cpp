@@ -40,6 +40,18 @@ namespace {
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 64;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Below this many multiply-adds (Q K^T plus P V over the causal triangle, about 1 ms of one core
+// at the kernel's ~30 GFLOP/s) the kernels run on the calling thread: waking an OpenMP team costs
+// microseconds on an idle machine but a whole scheduler time slice on a busy one, which made
+// small shapes (short prompts, one-token decoding steps) slower on two threads than on one.
+constexpr double kParallelMinMacs = 16e6;
+
+// Multiply-adds of one causal attention pass: rows x visible keys x (Q K^T + P V).
+double causal_macs(int64_t batch_heads, int64_t q_rows, int64_t keys, int64_t head_dim) {
+  const double visible = static_cast<double>(keys) - 0.5 * static_cast<double>(q_rows);
+  return static_cast<double>(batch_heads) * static_cast<double>(q_rows) * visible * 2.0 *
+         static_cast<double>(head_dim);
+}
 
 // Positions and mask of one batch row, plus the first real key.
 struct RowLayout {
@@ -275,8 +287,9 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
   // depend on the thread count or schedule.
   constexpr int kStatCount = 3;
   std::vector<double> task_stats(want_stats ? static_cast<size_t>(tasks) * kStatCount : 0, 0.0);
+  const bool parallel = causal_macs(B * H, q_rows, T, D) >= kParallelMinMacs;
 
-#pragma omp parallel
+#pragma omp parallel if (parallel)
   {
     ForwardScratch sc(D, Dp);
 #pragma omp for schedule(dynamic, 1)
@@ -484,7 +497,9 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
   // threads write the same element. Per key tile, query tiles of kQueryTile rows go through
   // S = Q K^T and dP = dO V^T, then dV += P^T dO, dK += dS^T Q, dQ += dS K, all as register-
   // blocked tile products; row-major copies are padded to Dp columns (padding stays zero).
-#pragma omp parallel
+  // The backward does about 2.5x the forward's work, so the same cut-off is on the safe side.
+  const bool parallel = causal_macs(B * H, T, T, D) >= kParallelMinMacs;
+#pragma omp parallel if (parallel)
   {
     std::vector<float> dq(T * Dp), delta(T), kt(D * kKeyTile), vt(D * kKeyTile),
         k(kKeyTile * Dp), dk(kKeyTile * Dp), dv(kKeyTile * Dp), q(kQueryTile * Dp),
