@@ -690,6 +690,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total,
                         r->loss, lr, r->grad_norm, tokens_per_s,
                         r->finite ? "" : "  (non-finite, skipped)"));
+    if (o.progress) o.progress(step, total);
     const bool last = step == total;
     if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
       absl::StatusOr<std::optional<double>> ppl = evaluate(step);

@@ -116,6 +116,8 @@ struct TrainRunOptions {
   int64_t stop_after_step = 0;
   // Human-readable progress lines (the library itself never prints).
   std::function<void(const std::string&)> log;
+  // Called after every optimizer step with (steps done, total steps), for a progress bar.
+  std::function<void(int64_t, int64_t)> progress;
 };
 
 // Data for a run: training chunks with their seeded order, held-out chunks (may be empty), and

@@ -7,8 +7,6 @@
 // The first form scans the sequences of FILE (surgery/corpus_scan.h), writes report.json v1 and
 // the optional renderings, and prints the layer x head grid, counts and band (or, with --json, the
 // report). The second compares two reports (surgery/report_compare.h).
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cli/commands.h"
 #include "engine/cli/flags.h"
+#include "engine/cli/progress.h"
 #include "engine/cli/model_loading.h"
 #include "engine/io.h"
 #include "surgery/corpus_scan.h"
@@ -46,9 +45,6 @@ ABSL_FLAG(double, drift, engine::ReportComparison::kDefaultDriftThreshold,
 
 namespace engine::cli {
 namespace {
-
-// The progress line is redrawn this often on a terminal and not printed otherwise.
-constexpr double kProgressRefreshSeconds = 0.2;
 
 // Writes each non-empty (path, text) pair atomically; the first failure is returned.
 absl::Status write_outputs(const std::vector<std::pair<std::string, std::string>>& outputs) {
@@ -170,22 +166,10 @@ int run_diagnose(const std::vector<std::string>& args) {
       input_sequences(*model, model_dir, seq_options);
   if (!sequences.ok()) return fail(std::string(sequences.status().message()));
 
-  const bool tty = ::isatty(::fileno(stderr)) != 0;
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
-  auto last = start;
-  auto progress = [&](int64_t done, int64_t total) {
-    const auto now = Clock::now();
-    if (!tty || (done < total &&
-                 std::chrono::duration<double>(now - last).count() < kProgressRefreshSeconds)) {
-      return;
-    }
-    last = now;
-    std::fprintf(stderr, "\rdiagnose: %lld / %lld sequences (%.0f%%)%s",
-                 static_cast<long long>(done), static_cast<long long>(total),
-                 100.0 * done / std::max<int64_t>(total, 1), done == total ? "\n" : "");
-    std::fflush(stderr);
-  };
+  ProgressBar bar("diagnose", "sequences");
+  auto progress = [&](int64_t done, int64_t total) { bar.update(done, total); };
   std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<DiagnosisReport> report =
       diagnose_sequences(*model, *backend, *sequences, options, progress);

@@ -2,8 +2,6 @@
 // Hugging Face sliding-window perplexity (model/perplexity.h) over every document of FILE
 // (.txt split at blank lines, .jsonl text/input_ids, or a token file), each scored from its own
 // position 0. --json prints {"tokens_scored": N, "nll": mean nll per token, "ppl": exp(nll)}.
-#include <unistd.h>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cli/commands.h"
 #include "engine/cli/flags.h"
+#include "engine/cli/progress.h"
 #include "engine/cli/model_loading.h"
 #include "model/bloom_forward.h"
 #include "model/dataset.h"
@@ -32,9 +31,6 @@ ABSL_FLAG(int, batch, 1, "eval: windows per forward pass");
 
 namespace engine::cli {
 namespace {
-
-// The progress line is redrawn this often on a terminal and not printed otherwise.
-constexpr double kProgressRefreshSeconds = 0.2;
 
 }  // namespace
 
@@ -96,22 +92,10 @@ int run_eval(const std::vector<std::string>& args) {
   options.stride = absl::GetFlag(FLAGS_stride) == 0 ? std::max<int64_t>(1, options.seq_len / 2)
                                                   : absl::GetFlag(FLAGS_stride);
   options.batch = absl::GetFlag(FLAGS_batch);
-  const bool tty = ::isatty(::fileno(stderr)) != 0;
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
-  auto last = start;
-  auto progress = [&](int64_t done, int64_t total) {
-    const auto now = Clock::now();
-    if (!tty || (done < total && std::chrono::duration<double>(now - last).count() <
-                                     kProgressRefreshSeconds)) {
-      return;
-    }
-    last = now;
-    std::fprintf(stderr, "\reval: %lld / %lld windows (%.0f%%)%s", static_cast<long long>(done),
-                 static_cast<long long>(total), 100.0 * done / std::max<int64_t>(total, 1),
-                 done == total ? "\n" : "");
-    std::fflush(stderr);
-  };
+  ProgressBar bar("eval", "windows");
+  auto progress = [&](int64_t done, int64_t total) { bar.update(done, total); };
   std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<PerplexityResult> r =
       sliding_window_perplexity(*model, *backend, documents, options, progress);

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cli/commands.h"
 #include "engine/cli/flags.h"
+#include "engine/cli/progress.h"
 #include "engine/cli/model_loading.h"
 #include "model/dataset.h"
 #include "model/model_directory.h"
@@ -119,10 +120,9 @@ int run_train(const std::vector<std::string>& args) {
   o.resume = absl::GetFlag(FLAGS_resume);
   o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
-  o.log = [](const std::string& line) {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-  };
+  ProgressBar bar("train", "steps");
+  o.log = [&bar](const std::string& line) { bar.print_line(line); };
+  o.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };
 
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
