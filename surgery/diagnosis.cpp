@@ -393,10 +393,12 @@ std::string render_csv(const DiagnosisReport& r) {
 
 std::string render_svg(const DiagnosisReport& r) {
   // Layout constants (pixels): cell size of the heatmap and the scatter panel.
-  constexpr int kCell = 18, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 50;
+  // kThresholdLabel leaves room right of the scatter for the threshold lines' labels.
+  constexpr int kThresholdLabel = 60;
+  constexpr int kCell = 18, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 70;
   const int grid_w = static_cast<int>(r.n_head) * kCell;
   const int grid_h = static_cast<int>(r.n_layer) * kCell;
-  const int width = kMargin + grid_w + kGap + kScatterW + kMargin;
+  const int width = kMargin + grid_w + kGap + kScatterW + kMargin + kThresholdLabel;
   const int height = kMargin + std::max(grid_h, kScatterH) + kMargin + 20;
   std::string s = absl::StrFormat(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
@@ -445,6 +447,31 @@ std::string render_svg(const DiagnosisReport& r) {
       "<text x=\"%d\" y=\"%d\">%.1f</text><text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.1f</text>\n",
       sx, sy, kScatterW, kScatterH, sx, sy - 8, sx, sy + kScatterH + 14, lo, sx + kScatterW,
       sy + kScatterH + 14, hi));
+  // y axis: bos_mass ticks every quarter, the x axis title, and the sink and dead thresholds as
+  // dashed lines so a point's class can be read off the plot.
+  constexpr int kYTicks = 4;
+  for (int t = 0; t <= kYTicks; ++t) {
+    const double v = static_cast<double>(t) / kYTicks;
+    const double y = sy + (1.0 - v) * kScatterH;
+    absl::StrAppend(&s, absl::StrFormat(
+        "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#888\"/>"
+        "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n",
+        sx - 4, y, sx, y, sx - 6, y + 3, v));
+  }
+  absl::StrAppend(&s, absl::StrFormat(
+      "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\">bos_mass"
+      "</text>\n<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">log2(ALiBi slope)</text>\n",
+      sx - 30, sy + kScatterH / 2, sx + kScatterW / 2, sy + kScatterH + 14));
+  const std::pair<const char*, double> threshold_lines[] = {{"sink", r.thresholds.sink},
+                                                             {"dead", r.thresholds.dead}};
+  for (const auto& [name, v] : threshold_lines) {
+    if (!(v >= 0.0 && v <= 1.0)) continue;
+    const double y = sy + (1.0 - v) * kScatterH;
+    absl::StrAppend(&s, absl::StrFormat(
+        "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#b00\" "
+        "stroke-dasharray=\"4 3\"/><text x=\"%d\" y=\"%.1f\" fill=\"#b00\">%s %.2f</text>\n",
+        sx, y, sx + kScatterW, y, sx + kScatterW + 3, y + 3, name, v));
+  }
   for (const HeadSummary& h : r.heads) {
     if (h.slope <= 0) continue;
     const double fx = (std::log2(h.slope) - lo) / (hi - lo);
