@@ -179,6 +179,14 @@ absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float
             p.logits = nullptr;
             p.row_loss = nullptr;
             const bool want_table = grads.any_trainable(e.embedding);
+            if (!want_table && e.dhidden != nullptr) {
+              if (needs(e.hidden)) {
+                float* dst = overwrite_target(e.hidden);
+                std::copy_n(e.dhidden, values_[e.hidden].size, dst);
+                finish_overwrite(e.hidden);
+              }
+              return absl::OkStatus();
+            }
             p.dhidden = needs(e.hidden) ? overwrite_target(e.hidden) : nullptr;
             p.dembedding = want_table ? zeroed(e.embedding.numel()) : nullptr;
             if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();

@@ -120,6 +120,9 @@ struct TapeClassifier {
   ClassifierParams forward;  // rows, width, vocab, chunk, hidden, embedding, targets
   TapeParameter embedding;
   int hidden = -1;
+  // The gradient of the hidden input when the forward already computed it (rows * width floats,
+  // for the backward's loss_scale); used when the embedding needs no gradient.
+  const float* dhidden = nullptr;
 };
 using TapeEntry =
     std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClassifier>;

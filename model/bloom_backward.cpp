@@ -106,9 +106,10 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   return x_next;
 }
 
-// Records ln_f and the classifier reading value `x`.
+// Records ln_f and the classifier reading value `x`; `dhidden`: the classifier's input gradient
+// when the forward pass computed it already (null: the backward computes it).
 void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
-                 int x, const ForwardInputs& in, int64_t vocab) {
+                 int x, const ForwardInputs& in, int64_t vocab, const float* dhidden) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
   const int lnf = tape.add_value(act.lnf.data(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, act.lnf_mean.data(), act.lnf_rstd.data(), p.lnf_w,
@@ -121,6 +122,7 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
   cl.forward.targets = in.targets;
   cl.embedding = p.embedding;
   cl.hidden = lnf;
+  cl.dhidden = dhidden;
   tape.record(cl);
 }
 
@@ -160,6 +162,17 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   ForwardInputs fwd = in;
   fwd.keep_activations = !recompute;
   fwd.keep_block_inputs = recompute;
+  // With a frozen embedding (every surgery plan) the classifier's input gradient comes out of
+  // the forward's pass over the vocabulary: the backward then never recomputes the logits, which
+  // for BLOOM's 250,880-entry vocabulary are a large share of a step's work.
+  int64_t scored = 0;
+  for (int64_t r = 0; r < in.batch * in.seq; ++r) scored += in.targets[r] >= 0 ? 1 : 0;
+  std::vector<float> head_dhidden;
+  if (scored > 0 && !grads.any_trainable(params->embedding)) {
+    head_dhidden.resize(static_cast<size_t>(in.batch * in.seq * c.hidden_size));
+    fwd.dhidden = head_dhidden.data();
+    fwd.dhidden_scale = static_cast<float>(gradient_scale / static_cast<double>(scored));
+  }
   absl::StatusOr<ForwardResult> result = bloom_forward(model, backend, fwd);
   if (!result.ok()) return result.status();
   if (result->scored == 0) {
@@ -187,7 +200,8 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
       const float* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
     }
-    record_head(tape, shape, *params, act, x, in, c.vocab_size);
+    record_head(tape, shape, *params, act, x, in, c.vocab_size,
+                head_dhidden.empty() ? nullptr : head_dhidden.data());
     if (absl::Status s = tape.backward(backend, grads, loss_scale); !s.ok()) return s;
     result->activations.reset();
     return result;
@@ -206,7 +220,8 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   {
     Tape head;
     const int x = head.add_value(act.final_x.data(), rows * C, below[L] != 0);
-    record_head(head, shape, *params, act, x, in, c.vocab_size);
+    record_head(head, shape, *params, act, x, in, c.vocab_size,
+                head_dhidden.empty() ? nullptr : head_dhidden.data());
     if (absl::Status s = head.backward(backend, grads, loss_scale); !s.ok()) return s;
     dx = head.grad(x);
   }

@@ -346,6 +346,10 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     cp.targets = in.targets;
     cp.logits = in.want_logits ? result.logits.data() : nullptr;
     cp.row_loss = result.row_loss.data();
+    if (in.targets != nullptr && in.dhidden != nullptr) {
+      cp.dhidden = in.dhidden;
+      cp.loss_scale = in.dhidden_scale;
+    }
     if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
     if (in.targets != nullptr) {
       double sum = 0.0;

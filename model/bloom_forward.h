@@ -86,6 +86,11 @@ struct ForwardInputs {
   // recomputes each block's intermediates from its input (activation recomputation).
   bool keep_block_inputs = false;
   int64_t vocab_chunk = 8192;        // classifier chunk width
+  // Training: when set (with targets), the classifier also writes the gradient of
+  // dhidden_scale * (sum of scored row losses) with respect to its input (the ln_f output),
+  // (B * T, C), in the same pass over the vocabulary, so the backward need not recompute logits.
+  float* dhidden = nullptr;
+  float dhidden_scale = 0.0f;
 };
 
 // Means over the real query rows of each batch row (METHOD.md section 2).

@@ -308,6 +308,59 @@ TEST(Classifier, GradientsMatchFiniteDifferences) {
   }
 }
 
+// dhidden alone (no logits buffer, no embedding gradient) takes the one-pass path that
+// accumulates softmax . embedding with an online rescaling; it must agree with the two-pass path
+// and with finite differences, also when the running maximum grows from chunk to chunk (the
+// embedding rows grow with their index, so later chunks hold larger logits).
+TEST(Classifier, OnePassHiddenGradientMatchesTwoPassAndFiniteDifferences) {
+  const int64_t rows = 300, width = 16, vocab = 211;
+  const float loss_scale = 0.25f;
+  const std::vector<float> hidden = random_vector(rows * width, 16);
+  std::vector<float> emb = random_vector(vocab * width, 17, 0.5f);
+  for (int64_t v = 0; v < vocab; ++v) {
+    for (int64_t k = 0; k < width; ++k) emb[v * width + k] *= 1.0f + 4.0f * v / vocab;
+  }
+  std::vector<int32_t> targets(rows);
+  for (int64_t i = 0; i < rows; ++i) targets[i] = i % 7 == 3 ? -1 : static_cast<int32_t>((i * 13) % vocab);
+  const ClassifierRun two_pass =
+      run_classifier(hidden, emb, targets, rows, width, vocab, 32, false, true, loss_scale);
+  for (int64_t chunk : {int64_t{7}, int64_t{32}, vocab}) {
+    SCOPED_TRACE(chunk);
+    std::vector<float> loss(rows, -7.0f), dhidden(rows * width, -7.0f);
+    ClassifierParams p;
+    p.rows = rows, p.width = width, p.vocab = vocab, p.vocab_chunk = chunk;
+    p.hidden = hidden.data(), p.embedding = emb.data(), p.targets = targets.data();
+    p.row_loss = loss.data(), p.dhidden = dhidden.data(), p.loss_scale = loss_scale;
+    ASSERT_TRUE(cpu::classifier_cross_entropy(p).ok());
+    for (int64_t i = 0; i < rows; ++i) ASSERT_NEAR(loss[i], two_pass.loss[i], 2e-5) << "row " << i;
+    for (size_t i = 0; i < dhidden.size(); ++i) {
+      ASSERT_NEAR(dhidden[i], two_pass.dhidden[i], 1e-5 * std::max(1.0f, std::abs(two_pass.dhidden[i])))
+          << "dhidden " << i;
+    }
+  }
+  // Finite differences on a few rows of the same problem (the full one is covered above).
+  const int64_t fd_rows = 4;
+  std::vector<int32_t> fd_targets(targets.begin(), targets.begin() + fd_rows);
+  std::vector<double> hd = to_double(std::vector<float>(hidden.begin(), hidden.begin() + fd_rows * width));
+  const std::vector<double> ed = to_double(emb);
+  auto total = [&](const std::vector<double>&) {
+    const NaiveClassifier r = naive_classifier(hd, ed, fd_targets, fd_rows, width, vocab);
+    double sum = 0.0;
+    for (double l : r.loss) sum += l;
+    return loss_scale * sum;
+  };
+  std::vector<float> loss(fd_rows), dhidden(fd_rows * width);
+  ClassifierParams p;
+  p.rows = fd_rows, p.width = width, p.vocab = vocab, p.vocab_chunk = 32;
+  p.hidden = hidden.data(), p.embedding = emb.data(), p.targets = fd_targets.data();
+  p.row_loss = loss.data(), p.dhidden = dhidden.data(), p.loss_scale = loss_scale;
+  ASSERT_TRUE(cpu::classifier_cross_entropy(p).ok());
+  for (size_t i = 0; i < hd.size(); ++i) {
+    const double fd = central_difference(total, hd, i);
+    ASSERT_NEAR(dhidden[i], fd, 1e-4 * std::max(1.0, std::abs(fd))) << "dhidden " << i;
+  }
+}
+
 TEST(Classifier, RejectsTargetsOutsideTheVocabulary) {
   const std::vector<float> hidden(2, 0.0f), emb(3 * 2, 0.0f);
   const std::vector<int32_t> targets = {3};

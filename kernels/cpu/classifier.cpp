@@ -6,7 +6,11 @@
 // Gradients, when asked for, are those of loss_scale * sum of scored row losses:
 //   dlogits = loss_scale * (softmax - onehot(target)) for scored rows, 0 for unscored rows,
 //   dhidden = dlogits . embedding (overwritten), dembedding += dlogits^T . hidden;
-// they need a second pass over the chunks that recomputes the logits (or reads `logits`).
+// dembedding needs the final log-sum-exp of every row before any chunk's dlogits is known, so it
+// takes a second pass over the chunks that recomputes the logits (or reads `logits`). dhidden
+// alone does not: softmax . embedding is accumulated during the first pass like the output of
+// flash attention (acc = sum_v exp(z_v - running max) e_v, rescaled when the running max grows,
+// divided by the running sum at the end), so loss and dhidden cost two GEMMs, not three.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -46,10 +50,87 @@ absl::Status check(const ClassifierParams& p) {
   return absl::OkStatus();
 }
 
+// Loss and dhidden in one pass over the vocabulary (no dembedding, no logits output).
+absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
+  const int64_t W = p.width, V = p.vocab;
+  const int64_t chunk = std::min(p.vocab_chunk, V);
+  std::vector<float> z(static_cast<size_t>(kRowBlock * chunk));  // logits, then exp(z - max)
+  std::vector<float> row_max(kRowBlock), target_logit(kRowBlock), rescale(kRowBlock);
+  std::vector<double> row_sum(kRowBlock);
+  for (int64_t r0 = 0; r0 < p.rows; r0 += kRowBlock) {
+    const int64_t nr = std::min(kRowBlock, p.rows - r0);
+    float* acc = p.dhidden + r0 * W;  // (nr, W): sum_v exp(z_v - row_max) e_v so far
+    std::fill_n(row_max.begin(), nr, kNegInf);
+    std::fill_n(row_sum.begin(), nr, 0.0);
+    std::fill_n(target_logit.begin(), nr, 0.0f);
+    for (int64_t v0 = 0; v0 < V; v0 += chunk) {
+      const int64_t nc = std::min(chunk, V - v0);
+      GemmParams g;  // (nr, W) . (nc, W)^T -> (nr, nc)
+      g.transpose_b = true;
+      g.m = nr, g.n = nc, g.k = W;
+      g.a = p.hidden + r0 * W, g.lda = W;
+      g.b = p.embedding + v0 * W, g.ldb = W;
+      g.c = z.data(), g.ldc = nc;
+      if (absl::Status s = gemm(g); !s.ok()) return s;
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        float* zr = z.data() + r * nc;
+        const int32_t t = p.targets != nullptr ? p.targets[r0 + r] : -1;
+        if (t >= v0 && t < v0 + nc) target_logit[r] = zr[t - v0];
+        float m = kNegInf;
+#pragma omp simd reduction(max : m)
+        for (int64_t c = 0; c < nc; ++c) m = std::max(m, zr[c]);
+        const float new_max = std::max(row_max[r], m);
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t c = 0; c < nc; ++c) {
+          zr[c] = exp_approx(zr[c] - new_max);
+          sum += zr[c];
+        }
+        // The first chunk finds acc unset: scale 0 with beta 0 below; later chunks rescale the
+        // accumulated rows to the new maximum before adding this chunk's share.
+        rescale[r] = v0 == 0 ? 0.0f : std::exp(row_max[r] - new_max);
+        row_sum[r] = row_sum[r] * static_cast<double>(rescale[r]) + static_cast<double>(sum);
+        row_max[r] = new_max;
+        if (v0 > 0 && rescale[r] != 1.0f) {
+          float* ar = acc + r * W;
+          for (int64_t c = 0; c < W; ++c) ar[c] *= rescale[r];
+        }
+      }
+      GemmParams a;  // acc (nr, W) += exp(z - max) (nr, nc) . embedding chunk (nc, W)
+      a.m = nr, a.n = W, a.k = nc;
+      a.a = z.data(), a.lda = nc;
+      a.b = p.embedding + v0 * W, a.ldb = W;
+      a.c = acc, a.ldc = W;
+      a.beta = v0 == 0 ? 0.0f : 1.0f;
+      if (absl::Status s = gemm(a); !s.ok()) return s;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < nr; ++r) {
+      const int32_t t = p.targets != nullptr ? p.targets[r0 + r] : -1;
+      const float lse = static_cast<float>(row_max[r] + std::log(row_sum[r]));
+      if (p.row_loss != nullptr) p.row_loss[r0 + r] = t >= 0 ? lse - target_logit[r] : 0.0f;
+      float* ar = acc + r * W;
+      if (t < 0) {
+        std::fill_n(ar, W, 0.0f);
+        continue;
+      }
+      // dhidden = loss_scale * (softmax . embedding - embedding[target]).
+      const float inv = static_cast<float>(p.loss_scale / row_sum[r]);
+      const float* et = p.embedding + static_cast<int64_t>(t) * W;
+      for (int64_t c = 0; c < W; ++c) ar[c] = ar[c] * inv - p.loss_scale * et[c];
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status classifier_cross_entropy(const ClassifierParams& p) {
   if (absl::Status s = check(p); !s.ok()) return s;
+  if (p.dhidden != nullptr && p.dembedding == nullptr && p.logits == nullptr) {
+    return loss_and_dhidden_one_pass(p);
+  }
   const int64_t W = p.width, V = p.vocab;
   const int64_t chunk = std::min(p.vocab_chunk, V);
   const bool want_grad = p.dhidden != nullptr || p.dembedding != nullptr;
