@@ -234,6 +234,9 @@ def main():
     ap.add_argument("--stats-bench", help="path to the built bench/stats_extract_bench")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--quick", action="store_true", help="small model only")
+    ap.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
+    ap.add_argument("--stats-seqs", default=",".join(map(str, STATS_SEQS)),
+                    help="sequence lengths of the statistics runs (default %(default)s)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -254,6 +257,12 @@ def main():
     loads = [load_average()]
     forward_rows, stats_rows, checks = [], [], []
     names = ["small"] if args.quick else list(MODELS)
+    if args.models:
+        names = [n.strip() for n in args.models.split(",")]
+        unknown = [n for n in names if n not in MODELS]
+        if unknown:
+            ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+    stats_seqs = [int(t) for t in args.stats_seqs.split(",") if t]
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             hidden, layers, heads, eval_count = MODELS[name]
@@ -275,7 +284,7 @@ def main():
             checks.append(f"{name}: mean NLL engine {eng['nll']:.6f}, transformers {ref['nll']:.6f}")
             loads.append(load_average())
 
-            for seq in STATS_SEQS:
+            for seq in stats_seqs:
                 ids_path = os.path.join(tmp, f"stats_{layers}_{seq}.jsonl")
                 write_ids(ids_path, 1, seq, VOCAB, SEED + seq)
                 print(f"[{name}] T={seq}: engine, statistics off / on", file=sys.stderr)
