@@ -57,7 +57,10 @@ awk '
   -e 's/(engine::cuda::attention_detail::KernelArgs)//' > "$log.summary"
 cat "$log.summary"
 kernels=$(wc -l < "$log.summary")
-spilling=$(awk -F'\t' '$4 != "spill stores 0" || $5 != "spill loads 0"' "$log.summary" | wc -l)
+awk -F'\t' '$4 != "spill stores 0" || $5 != "spill loads 0"' "$log.summary" > "$log.spills"
+spilling=$(wc -l < "$log.spills")
+if [ "$spilling" -ne 0 ]; then cat "$log.spills" >&2; fi
+rm -f "$log.spills"
 rm -f "$log.summary"
 if [ "$kernels" -eq 0 ]; then
   echo "check_attention_spills: no kernel report found in ptxas output" >&2
