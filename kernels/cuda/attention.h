@@ -1,0 +1,51 @@
+// Fused causal ALiBi attention on CUDA: one params struct for the kernel family, two entry points.
+// Contract: identical to engine/backend.h's AlibiAttentionParams and the CPU kernel
+// (kernels/cpu/attention.cpp), for three storage types of qkv / out / dout / dqkv:
+//   kF32  : plain fp32 kernels (one warp per row, no tensor cores), the CudaBackend's path;
+//   kBF16 / kF16 : tensor-core kernels (mma.sync m16n8k16, fp32 accumulation) for head_dim
+//           64, 80, 96 or 128 (80 native, not padded); any other head_dim is an error.
+// Softmax statistics (row max, sum, lse, entropy accumulator) are fp32 in every variant; lse is
+// always fp32, (B, H, T). The per-(row, head) statistics are reduced on the device into the
+// HeadStatsAccumulator (device pointers, double), deterministically (fixed summation order).
+// Fully padded query rows follow the CPU kernel's Note [fully padded query rows].
+// All pointers are device pointers; every call is enqueued on `stream` and returns without
+// synchronising. Temporary buffers (derived positions, per-row entropy, delta) come from the
+// stream-ordered allocator and are released on the same stream. qkv, out, dout and dqkv of the
+// 16-bit variants must be 16-byte aligned.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "engine/backend.h"
+
+namespace engine::cuda {
+
+enum class StorageType { kF32, kBF16, kF16 };
+
+struct AttentionParams {
+  StorageType storage = StorageType::kF32;
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
+  int64_t query_begin = 0;               // forward only; the backward requires 0
+  float scale = 0.0f;                    // 1/sqrt(head_dim)
+  const void* qkv = nullptr;             // (B, T, H, 3, D) of `storage`
+  const float* slopes = nullptr;         // (H)
+  const int32_t* positions = nullptr;    // (B, T) or null = derived from the mask
+  const uint8_t* mask = nullptr;         // (B, T) or null = every token real
+  void* out = nullptr;                   // (B, T - query_begin, H * D) of `storage`
+  float* lse = nullptr;                  // (B, H, T); required by the backward
+  HeadStatsAccumulator stats;            // device pointers; all null = statistics off
+  const void* dout = nullptr;            // backward: (B, T, H * D) of `storage`
+  void* dqkv = nullptr;                  // backward: (B, T, H, 3, D) of `storage`, overwritten
+  cudaStream_t stream = nullptr;
+};
+
+absl::Status attention_forward(const AttentionParams& p);
+absl::Status attention_backward(const AttentionParams& p);
+
+// Head dims the tensor-core variants are instantiated for.
+bool tensor_core_head_dim_supported(int64_t head_dim);
+
+}  // namespace engine::cuda

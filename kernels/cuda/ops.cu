@@ -1,0 +1,487 @@
+// CUDA LayerNorm (fwd/bwd), tanh-GELU (fwd/bwd), embedding (fwd/bwd), masked AdamW, the global
+// gradient norm and the cuBLAS GEMMs. Contracts: kernels/cuda/ops.h, which defers to the CPU
+// kernels; each kernel here mirrors its CPU counterpart's formula and summation precision:
+//   LayerNorm: two-pass row moments accumulated in double; dx = rstd (g - mean g - xhat mean(g xhat)).
+//   GELU: 0.5 x (1 + tanh(c x (1 + a x^2))), c = 0.79788456, a = 0.044715, and its derivative.
+//   AdamW: PyTorch's update with bias corrections computed in double on the host.
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/scratch.h"
+#include "kernels/cuda/storage.cuh"
+
+namespace engine::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr float kGeluC = 0.79788456f;
+constexpr float kGeluA = 0.044715f;
+// LayerNorm parameter gradients: rows per partial-sum chunk (one partial per chunk and column,
+// then chunks summed in order).
+constexpr int64_t kLayerNormRowChunk = 256;
+// Gradient norm: blocks of the first pass (each writes one double partial).
+constexpr int kNormBlocks = 256;
+
+int64_t ceil_div(int64_t x, int64_t y) { return (x + y - 1) / y; }
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>(ceil_div(n, kThreads)); }
+
+// Block-wide sum (blockDim.x == kThreads); every thread gets the total. The tree order is fixed.
+template <typename Acc>
+__device__ Acc block_sum(Acc v, Acc* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const Acc total = scratch[0];
+  __syncthreads();
+  return total;
+}
+
+// ---- LayerNorm ---------------------------------------------------------------------------------
+
+// Row moments, two passes in double: mean, then the centred second moment.
+__device__ void row_moments(const float* x, int64_t width, float eps, double* scratch,
+                            float* mean_out, float* rstd_out) {
+  double sum = 0.0;
+  for (int64_t i = threadIdx.x; i < width; i += kThreads) sum += x[i];
+  const double mean = block_sum(sum, scratch) / static_cast<double>(width);
+  double sq = 0.0;
+  for (int64_t i = threadIdx.x; i < width; i += kThreads) {
+    const double c = x[i] - mean;
+    sq += c * c;
+  }
+  const double var = block_sum(sq, scratch) / static_cast<double>(width);
+  *mean_out = static_cast<float>(mean);
+  *rstd_out = static_cast<float>(1.0 / sqrt(var + eps));
+}
+
+// One block per row.
+__global__ void __launch_bounds__(kThreads) layernorm_forward_kernel(LayerNormParams p) {
+  __shared__ double scratch[kThreads];
+  const int64_t r = blockIdx.x, w = p.width;
+  const float* x = p.x + r * w;
+  float mean, rstd;
+  row_moments(x, w, p.eps, scratch, &mean, &rstd);
+  float* y = p.y + r * w;
+  for (int64_t i = threadIdx.x; i < w; i += kThreads) {
+    y[i] = (x[i] - mean) * rstd * p.weight[i] + p.bias[i];
+  }
+  if (threadIdx.x == 0) {
+    if (p.mean != nullptr) p.mean[r] = mean;
+    if (p.rstd != nullptr) p.rstd[r] = rstd;
+  }
+}
+
+// Row moments only (backward without saved mean/rstd).
+__global__ void __launch_bounds__(kThreads) layernorm_moments_kernel(LayerNormParams p,
+                                                                     float* mean, float* rstd) {
+  __shared__ double scratch[kThreads];
+  const int64_t r = blockIdx.x;
+  float m, s;
+  row_moments(p.x + r * p.width, p.width, p.eps, scratch, &m, &s);
+  if (threadIdx.x == 0) {
+    mean[r] = m;
+    rstd[r] = s;
+  }
+}
+
+// dx per row (one block per row).
+__global__ void __launch_bounds__(kThreads) layernorm_dx_kernel(LayerNormParams p,
+                                                                const float* mean,
+                                                                const float* rstd) {
+  __shared__ double scratch[kThreads];
+  const int64_t r = blockIdx.x, w = p.width;
+  const float* x = p.x + r * w;
+  const float* dy = p.dy + r * w;
+  const float m = mean[r], s = rstd[r];
+  double sum_g = 0.0, sum_gx = 0.0;
+  for (int64_t i = threadIdx.x; i < w; i += kThreads) {
+    const float g = dy[i] * p.weight[i];
+    sum_g += g;
+    sum_gx += g * ((x[i] - m) * s);
+  }
+  const float mean_g = static_cast<float>(block_sum(sum_g, scratch) / static_cast<double>(w));
+  const float mean_gx = static_cast<float>(block_sum(sum_gx, scratch) / static_cast<double>(w));
+  float* dx = p.dx + r * w;
+  for (int64_t i = threadIdx.x; i < w; i += kThreads) {
+    const float xhat = (x[i] - m) * s;
+    const float v = s * (dy[i] * p.weight[i] - mean_g - xhat * mean_gx);
+    dx[i] = p.accumulate_dx ? dx[i] + v : v;
+  }
+}
+
+// partial[chunk][0][c] = sum over the chunk's rows of dy * xhat, partial[chunk][1][c] = sum dy.
+// Grid (ceil(width / kThreads), chunks).
+__global__ void layernorm_param_partial_kernel(LayerNormParams p, const float* mean,
+                                               const float* rstd, float* partial) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  if (c >= p.width) return;
+  const int64_t r0 = blockIdx.y * kLayerNormRowChunk;
+  const int64_t r1 = min(r0 + kLayerNormRowChunk, p.rows);
+  float dw = 0.0f, db = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float dy = p.dy[r * p.width + c];
+    dw += dy * ((p.x[r * p.width + c] - mean[r]) * rstd[r]);
+    db += dy;
+  }
+  float* out = partial + blockIdx.y * 2 * p.width;
+  out[c] = dw;
+  out[p.width + c] = db;
+}
+
+__global__ void layernorm_param_reduce_kernel(LayerNormParams p, const float* partial,
+                                              int64_t chunks) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  if (c >= p.width) return;
+  float dw = 0.0f, db = 0.0f;
+  for (int64_t k = 0; k < chunks; ++k) {
+    dw += partial[k * 2 * p.width + c];
+    db += partial[k * 2 * p.width + p.width + c];
+  }
+  if (p.dweight != nullptr) p.dweight[c] += dw;
+  if (p.dbias != nullptr) p.dbias[c] += db;
+}
+
+absl::Status check_layernorm(const LayerNormParams& p, const char* op) {
+  if (p.rows < 0 || p.width <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": bad shape rows=", p.rows, " width=", p.width));
+  }
+  if (p.x == nullptr || p.weight == nullptr || p.bias == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": x, weight and bias are required"));
+  }
+  return absl::OkStatus();
+}
+
+// ---- GELU --------------------------------------------------------------------------------------
+
+__global__ void gelu_forward_kernel(int64_t n, const float* x, float* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  const float t = tanhf(kGeluC * v * (1.0f + kGeluA * v * v));
+  y[i] = v * 0.5f * (1.0f + t);
+}
+
+__global__ void gelu_backward_kernel(int64_t n, const float* x, const float* dy, float* dx) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float v = x[i];
+  const float t = tanhf(kGeluC * v * (1.0f + kGeluA * v * v));
+  const float du = kGeluC * (1.0f + 3.0f * kGeluA * v * v);
+  dx[i] = (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du) * dy[i];
+}
+
+absl::Status check_gelu(const GeluParams& p, const char* op, bool backward) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative n=", p.n));
+  if (p.x == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": x is required"));
+  if (!backward && p.y == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": y is required"));
+  }
+  if (backward && (p.dy == nullptr || p.dx == nullptr)) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": dy and dx are required"));
+  }
+  return absl::OkStatus();
+}
+
+// ---- embedding ---------------------------------------------------------------------------------
+
+// Lowest row whose id is outside [lo, hi), or n when none is (atomicMin over rows).
+__global__ void first_bad_id_kernel(const int32_t* ids, int64_t n, int32_t lo, int64_t hi,
+                                    unsigned long long* first_bad) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (r >= n) return;
+  if (ids[r] < lo || ids[r] >= hi) atomicMin(first_bad, static_cast<unsigned long long>(r));
+}
+
+// One block per row.
+__global__ void embedding_forward_kernel(EmbeddingParams p) {
+  const int64_t r = blockIdx.x;
+  const float* src = p.table + static_cast<int64_t>(p.ids[r]) * p.width;
+  float* dst = p.out + r * p.width;
+  for (int64_t i = threadIdx.x; i < p.width; i += blockDim.x) dst[i] = src[i];
+}
+
+// One thread per column, rows in order: duplicate ids are summed in row order, as on the CPU,
+// without atomics (deterministic; the price is a serial loop over rows per column).
+__global__ void embedding_backward_kernel(EmbeddingParams p) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= p.width) return;
+  for (int64_t r = 0; r < p.rows; ++r) {
+    p.dtable[static_cast<int64_t>(p.ids[r]) * p.width + c] += p.dout[r * p.width + c];
+  }
+}
+
+// ---- optimizer ---------------------------------------------------------------------------------
+
+struct AdamWStep {
+  float step_size, inv_sqrt_correction2, decay;
+};
+
+template <typename Elem>
+__global__ void masked_adamw_kernel(MaskedAdamWParams p, AdamWStep s, Elem* arena) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= p.n) return;
+  Elem* target = arena + p.index[i];
+  float w = p.master != nullptr ? p.master[i] : to_float(*target);
+  const float g = p.grad[i] * p.grad_scale;
+  const float m = p.beta1 * p.m[i] + (1.0f - p.beta1) * g;
+  const float v = p.beta2 * p.v[i] + (1.0f - p.beta2) * g * g;
+  p.m[i] = m;
+  p.v[i] = v;
+  w *= s.decay;
+  w -= s.step_size * m / (sqrtf(v) * s.inv_sqrt_correction2 + p.eps);
+  if (p.master != nullptr) p.master[i] = w;
+  *target = from_float<Elem>(w);
+}
+
+// Pass 1: block b sums squares of elements b, b + stride, ... (grid-stride, fixed assignment).
+__global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const float* grad, int64_t n,
+                                                                      double* partial) {
+  __shared__ double scratch[kThreads];
+  double sum = 0.0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += stride) {
+    sum += static_cast<double>(grad[i]) * grad[i];
+  }
+  const double total = block_sum(sum, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+__global__ void sum_partials_kernel(const double* partial, int count, double* out) {
+  double sum = 0.0;
+  for (int i = 0; i < count; ++i) sum += partial[i];
+  *out = sum;
+}
+
+cudaDataType_t cuda_type(StorageType t) {
+  switch (t) {
+    case StorageType::kF32: return CUDA_R_32F;
+    case StorageType::kBF16: return CUDA_R_16BF;
+    case StorageType::kF16: return CUDA_R_16F;
+  }
+  return CUDA_R_32F;
+}
+
+absl::Status check_ids(const int32_t* ids, int64_t rows, int32_t lo, int64_t hi, const char* op,
+                       const char* what, cudaStream_t stream) {
+  if (rows == 0) return absl::OkStatus();
+  StreamScratch scratch(stream);
+  unsigned long long* first_bad = nullptr;
+  if (absl::Status s = scratch.allocate(&first_bad, 1); !s.ok()) return s;
+  const unsigned long long none = static_cast<unsigned long long>(rows);
+  ENGINE_CUDA_CHECK(cudaMemcpyAsync(first_bad, &none, sizeof none, cudaMemcpyHostToDevice, stream));
+  first_bad_id_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(ids, rows, lo, hi, first_bad);
+  ENGINE_CUDA_LAUNCH_CHECK(first_bad_id_kernel);
+  unsigned long long found = none;
+  ENGINE_CUDA_CHECK(cudaMemcpyAsync(&found, first_bad, sizeof found, cudaMemcpyDeviceToHost, stream));
+  ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (found == none) return absl::OkStatus();
+  int32_t value = 0;
+  ENGINE_CUDA_CHECK(cudaMemcpy(&value, ids + found, sizeof value, cudaMemcpyDeviceToHost));
+  return absl::InvalidArgumentError(absl::StrCat(op, ": ", what, " ", value, " at row ", found,
+                                                 " is outside the vocabulary [0, ", hi, ")",
+                                                 lo < 0 ? " and is not -1" : ""));
+}
+
+absl::Status check_embedding(const EmbeddingParams& p, const char* op, cudaStream_t stream) {
+  if (p.rows < 0 || p.width <= 0 || p.vocab <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": bad shape rows=", p.rows,
+                                                   " width=", p.width, " vocab=", p.vocab));
+  }
+  if (p.ids == nullptr && p.rows > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ids are required"));
+  }
+  return check_ids(p.ids, p.rows, 0, p.vocab, op, "token id", stream);
+}
+
+}  // namespace
+
+absl::Status check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
+                           cudaStream_t stream) {
+  return check_ids(targets, rows, -1, vocab, "classifier_cross_entropy", "target", stream);
+}
+
+absl::Status gemm(cublasHandle_t handle, const GemmParams& p) {
+  if (p.m < 0 || p.n < 0 || p.k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda gemm: negative size m=", p.m, " n=", p.n, " k=", p.k));
+  }
+  if (p.m == 0 || p.n == 0) return absl::OkStatus();
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+  ENGINE_CUBLAS_CHECK(cublasSgemm(
+      handle, p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k), &p.alpha, p.b,
+      static_cast<int>(p.ldb), p.a, static_cast<int>(p.lda), &p.beta, p.c,
+      static_cast<int>(p.ldc)));
+  return absl::OkStatus();
+}
+
+absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p) {
+  if (p.m < 0 || p.n < 0 || p.k < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda gemm_mixed: negative size m=", p.m, " n=", p.n, " k=", p.k));
+  }
+  if (p.m == 0 || p.n == 0) return absl::OkStatus();
+  ENGINE_CUBLAS_CHECK(cublasGemmEx(
+      handle, p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+      static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k), &p.alpha, p.b,
+      cuda_type(p.b_type), static_cast<int>(p.ldb), p.a, cuda_type(p.a_type),
+      static_cast<int>(p.lda), &p.beta, p.c, cuda_type(p.c_type), static_cast<int>(p.ldc),
+      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return absl::OkStatus();
+}
+
+absl::Status layernorm_forward(const LayerNormParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_layernorm(p, "cuda layernorm_forward"); !s.ok()) return s;
+  if (p.y == nullptr) return absl::InvalidArgumentError("cuda layernorm_forward: y is required");
+  if (p.rows == 0) return absl::OkStatus();
+  layernorm_forward_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  ENGINE_CUDA_LAUNCH_CHECK(layernorm_forward_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_layernorm(p, "cuda layernorm_backward"); !s.ok()) return s;
+  if (p.dy == nullptr) return absl::InvalidArgumentError("cuda layernorm_backward: dy is required");
+  if (p.rows == 0) return absl::OkStatus();
+  StreamScratch scratch(stream);
+  const float* mean = p.mean;
+  const float* rstd = p.rstd;
+  if (mean == nullptr || rstd == nullptr) {
+    float* m = nullptr;
+    float* r = nullptr;
+    if (absl::Status s = scratch.allocate(&m, p.rows); !s.ok()) return s;
+    if (absl::Status s = scratch.allocate(&r, p.rows); !s.ok()) return s;
+    layernorm_moments_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p, m, r);
+    ENGINE_CUDA_LAUNCH_CHECK(layernorm_moments_kernel);
+    mean = m;
+    rstd = r;
+  }
+  if (p.dweight != nullptr || p.dbias != nullptr) {
+    const int64_t chunks = ceil_div(p.rows, kLayerNormRowChunk);
+    float* partial = nullptr;
+    if (absl::Status s = scratch.allocate(&partial, chunks * 2 * p.width); !s.ok()) return s;
+    const dim3 grid(blocks_for(p.width), static_cast<unsigned>(chunks));
+    layernorm_param_partial_kernel<<<grid, kThreads, 0, stream>>>(p, mean, rstd, partial);
+    ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_partial_kernel);
+    layernorm_param_reduce_kernel<<<blocks_for(p.width), kThreads, 0, stream>>>(p, partial,
+                                                                                 chunks);
+    ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_reduce_kernel);
+  }
+  if (p.dx != nullptr) {
+    layernorm_dx_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p, mean, rstd);
+    ENGINE_CUDA_LAUNCH_CHECK(layernorm_dx_kernel);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_gelu(p, "cuda gelu_forward", false); !s.ok()) return s;
+  if (p.n == 0) return absl::OkStatus();
+  gelu_forward_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p.n, p.x, p.y);
+  ENGINE_CUDA_LAUNCH_CHECK(gelu_forward_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status gelu_backward(const GeluParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_gelu(p, "cuda gelu_backward", true); !s.ok()) return s;
+  if (p.n == 0) return absl::OkStatus();
+  gelu_backward_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p.n, p.x, p.dy, p.dx);
+  ENGINE_CUDA_LAUNCH_CHECK(gelu_backward_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status embedding_forward(const EmbeddingParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_embedding(p, "cuda embedding_forward", stream); !s.ok()) return s;
+  if (p.table == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("cuda embedding_forward: table and out are required");
+  }
+  if (p.rows == 0) return absl::OkStatus();
+  embedding_forward_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  ENGINE_CUDA_LAUNCH_CHECK(embedding_forward_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status embedding_backward(const EmbeddingParams& p, cudaStream_t stream) {
+  if (absl::Status s = check_embedding(p, "cuda embedding_backward", stream); !s.ok()) return s;
+  if (p.dout == nullptr || p.dtable == nullptr) {
+    return absl::InvalidArgumentError("cuda embedding_backward: dout and dtable are required");
+  }
+  if (p.rows == 0) return absl::OkStatus();
+  embedding_backward_kernel<<<blocks_for(p.width), kThreads, 0, stream>>>(p);
+  ENGINE_CUDA_LAUNCH_CHECK(embedding_backward_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
+                          cudaStream_t stream) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked AdamW: n = ", p.n));
+  void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
+  if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr || p.m == nullptr ||
+                  p.v == nullptr)) {
+    return absl::InvalidArgumentError(
+        "cuda masked AdamW: null index, params, grad or moment buffers");
+  }
+  if (storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
+    return absl::InvalidArgumentError(
+        "cuda masked AdamW: 16-bit parameters need fp32 master copies");
+  }
+  if (p.step < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda masked AdamW: step ", p.step, " (1-based)"));
+  }
+  if (p.n == 0) return absl::OkStatus();
+  // Bias corrections in double, as on the CPU.
+  const double correction1 = 1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(p.step));
+  const double correction2 = 1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step));
+  const AdamWStep s{static_cast<float>(p.lr / correction1),
+                    static_cast<float>(1.0 / std::sqrt(correction2)),
+                    1.0f - p.lr * p.weight_decay};
+  switch (storage) {
+    case StorageType::kF32:
+      masked_adamw_kernel<float><<<blocks_for(p.n), kThreads, 0, stream>>>(
+          p, s, static_cast<float*>(arena));
+      break;
+    case StorageType::kBF16:
+      masked_adamw_kernel<__nv_bfloat16><<<blocks_for(p.n), kThreads, 0, stream>>>(
+          p, s, static_cast<__nv_bfloat16*>(arena));
+      break;
+    case StorageType::kF16:
+      masked_adamw_kernel<__half><<<blocks_for(p.n), kThreads, 0, stream>>>(
+          p, s, static_cast<__half*>(arena));
+      break;
+  }
+  ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda global_grad_norm: n = ", n));
+  if (n == 0) return 0.0;
+  if (grad == nullptr) return absl::InvalidArgumentError("cuda global_grad_norm: null grad");
+  StreamScratch scratch(stream);
+  double* partial = nullptr;
+  if (absl::Status s = scratch.allocate(&partial, kNormBlocks + 1); !s.ok()) return s;
+  square_sum_partial_kernel<<<kNormBlocks, kThreads, 0, stream>>>(grad, n, partial);
+  ENGINE_CUDA_LAUNCH_CHECK(square_sum_partial_kernel);
+  sum_partials_kernel<<<1, 1, 0, stream>>>(partial, kNormBlocks, partial + kNormBlocks);
+  ENGINE_CUDA_LAUNCH_CHECK(sum_partials_kernel);
+  double sum = 0.0;
+  ENGINE_CUDA_CHECK(cudaMemcpyAsync(&sum, partial + kNormBlocks, sizeof sum,
+                                    cudaMemcpyDeviceToHost, stream));
+  ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return std::sqrt(sum);
+}
+
+}  // namespace engine::cuda

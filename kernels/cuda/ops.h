@@ -1,0 +1,67 @@
+// The CUDA implementations of the Backend ops other than attention (see kernels/cuda/attention.h),
+// as free functions so tests and benchmarks can call them with their own streams and storage
+// types. Contracts are those of engine/backend.h and the CPU kernels (kernels/cpu/<op>.cpp); all
+// pointers are device pointers, every call is enqueued on `stream` (nullptr = the default stream)
+// and returns a Status without synchronising, except where a comment says it reads a result back.
+// Reductions (LayerNorm parameter gradients, embedding scatter-add, the gradient norm) use a fixed
+// summation order, so results do not depend on scheduling.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/backend.h"
+#include "kernels/cuda/attention.h"
+
+namespace engine::cuda {
+
+// fp32 GEMM through cuBLAS (row-major, as GemmParams). The handle's stream is used.
+absl::Status gemm(cublasHandle_t handle, const GemmParams& p);
+
+// C = alpha op(A) op(B) + beta C, row-major, with per-operand storage types (bf16 / fp16 / fp32)
+// and fp32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F). Leading dimensions are free, so a
+// sub-block of a larger matrix (the trainable rows or columns of one head) is a pointer to its
+// first element plus the full matrix's row stride.
+struct MixedGemmParams {
+  bool transpose_a = false, transpose_b = false;
+  int64_t m = 0, n = 0, k = 0;  // op(A) (m, k), op(B) (k, n), C (m, n)
+  float alpha = 1.0f, beta = 0.0f;
+  StorageType a_type = StorageType::kBF16, b_type = StorageType::kBF16,
+              c_type = StorageType::kF32;
+  const void* a = nullptr; int64_t lda = 0;
+  const void* b = nullptr; int64_t ldb = 0;
+  void* c = nullptr; int64_t ldc = 0;
+};
+absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p);
+
+absl::Status layernorm_forward(const LayerNormParams& p, cudaStream_t stream);
+absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream);
+absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream);
+absl::Status gelu_backward(const GeluParams& p, cudaStream_t stream);
+// Ids are checked on the device before anything is written; a bad id is read back (one
+// synchronisation) to name its row and value in the error.
+absl::Status embedding_forward(const EmbeddingParams& p, cudaStream_t stream);
+absl::Status embedding_backward(const EmbeddingParams& p, cudaStream_t stream);
+// GEMMs go through `handle` (which must use `stream`); vocabulary chunks as on the CPU.
+absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t handle,
+                                      cudaStream_t stream);
+// The classifier's target check (every target in [-1, vocab)), shared with ops.cu's id check.
+absl::Status check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
+                           cudaStream_t stream);
+
+// Masked AdamW over the compact trainable state. storage = kF32: the arena is p.params.
+// storage = kBF16 / kF16: the arena is `params16` of that type, p.params is ignored, and p.master
+// (fp32 master copies of the trainable elements) is required; the arena receives the master
+// value rounded to nearest even.
+absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
+                          cudaStream_t stream);
+
+// sqrt(sum grad[i]^2) in double over n fp32 values (the compact trainable gradient), for
+// clipping. Reads the result back (synchronises the stream).
+absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream);
+
+}  // namespace engine::cuda

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# On a machine with an NVIDIA GPU: builds the engine (Release, CUDA on, for the local GPU's
+# architecture), runs the GPU tests (every CUDA kernel against the CPU reference), then the
+# attention benchmark, and prints a summary. Meant to finish in under 8 minutes.
+#   ENGINE_GPU_BUILD_DIR   build directory (default: build-gpu in the repository)
+#   ENGINE_GPU_ARCHS       CMAKE_CUDA_ARCHITECTURES (default: native)
+#   ENGINE_GPU_BENCH_MIN_TIME  seconds per benchmark (default: 0.05)
+# Exit status: non-zero when the build or any GPU test fails (the benchmark's numbers are
+# reported, not judged).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${ENGINE_GPU_BUILD_DIR:-$root/build-gpu}"
+archs="${ENGINE_GPU_ARCHS:-native}"
+min_time="${ENGINE_GPU_BENCH_MIN_TIME:-0.05}"
+jobs="$(nproc)"
+started=$SECONDS
+step() { printf '\n=== %s (%ds)\n' "$1" "$((SECONDS - started))"; }
+
+step "GPU"
+if ! command -v nvidia-smi >/dev/null; then
+  echo "gpu-check: nvidia-smi not found: this script needs a machine with an NVIDIA GPU" >&2
+  exit 1
+fi
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,compute_cap --format=csv,noheader
+
+step "dependencies"
+if ! bash "$root/third_party/install_deps.sh"; then
+  echo "gpu-check: installing dependencies failed; trying the build with what is present" >&2
+fi
+
+step "configure + build (Release, CUDA ON, archs $archs)"
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DENGINE_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="$archs" >/dev/null
+build_log="$build/gpu-build.log"
+if ! ninja -C "$build" -j "$jobs" engine_tests attention_cuda_bench >"$build_log" 2>&1; then
+  grep -vE '^\[[0-9]+/[0-9]+\] ' "$build_log" | tail -60 >&2
+  echo "gpu-check: build FAILED (log $build_log)" >&2
+  exit 1
+fi
+
+step "spill check (ptxas, attention kernels, archs 80 89 90a)"
+spills=ok
+bash "$root/scripts/check_attention_spills.sh" | tail -1 || spills=FAILED
+
+step "GPU tests"
+test_log="$build/gpu-tests.log"
+tests=ok
+OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 300 \
+  "$build/tests/engine_tests" --gtest_filter='CudaKernels.*:CudaOps.*:Device.*' \
+  2>&1 | tee "$test_log" | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error' || true
+if ! grep -q '^\[  PASSED  \]' "$test_log" || grep -q '^\[  FAILED  \]' "$test_log"; then
+  tests=FAILED
+fi
+if grep -q '^\[  SKIPPED \]' "$test_log"; then
+  echo "gpu-check: some GPU tests were skipped: is the GPU visible to this process?" >&2
+  tests=FAILED
+fi
+
+step "attention benchmark (bf16, B*T = 16k tokens, 16 heads)"
+bench_log="$build/attention-bench.log"
+timeout 240 "$build/bench/attention_cuda_bench" --benchmark_min_time="$min_time" \
+  --benchmark_counters_tabular=true 2>&1 | tee "$bench_log" || echo "gpu-check: benchmark did not finish" >&2
+
+step "summary"
+nvidia-smi --query-gpu=name --format=csv,noheader | head -1
+echo "spill check: $spills"
+echo "GPU tests:   $tests ($(grep -c '^\[       OK \]' "$test_log" || true) passed, log $test_log)"
+echo "benchmark:   $(grep -c '^BM_' "$bench_log" || true) rows, log $bench_log"
+echo "total time:  $((SECONDS - started)) s"
+[ "$tests" = ok ] && [ "$spills" = ok ]

@@ -1,0 +1,575 @@
+// The CUDA kernels against the CPU reference ops (and, for 16-bit attention, against a naive bf16
+// implementation written here), on random inputs at each supported shape class. Compiled only in
+// CUDA builds; every test skips itself when no CUDA device is visible. Bounds are in
+// docs/TOLERANCES.md ("CUDA backend").
+#ifdef ENGINE_HAVE_CUDA
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "engine/device.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/ops.h"
+
+namespace engine {
+namespace {
+
+using cuda::StorageType;
+
+// Device copy of a host vector, owned by the test; read() copies back.
+template <typename T>
+struct Device {
+  T* ptr = nullptr;
+  size_t n = 0;
+  explicit Device(size_t count) : n(count) {
+    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+    EXPECT_EQ(cudaMemset(ptr, 0, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
+  }
+  explicit Device(const std::vector<T>& host) : Device(host.size()) {
+    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
+  }
+  Device(const Device&) = delete;
+  ~Device() { cudaFree(ptr); }
+  std::vector<T> read() const {
+    std::vector<T> out(n);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return out;
+  }
+};
+
+std::vector<float> random_vector(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// Round to nearest even bf16, and back (finite inputs only).
+uint16_t to_bf16(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+float round_bf16(float f) { return from_bf16(to_bf16(f)); }
+uint16_t to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+float from_f16(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+uint16_t to_storage(float f, StorageType t) { return t == StorageType::kBF16 ? to_bf16(f) : to_f16(f); }
+float from_storage(uint16_t h, StorageType t) {
+  return t == StorageType::kBF16 ? from_bf16(h) : from_f16(h);
+}
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0.0f;
+  for (float x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  float m = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+// Mixed bound of docs/TOLERANCES.md: |got - want| <= rel * |want| + abs_of_max * max|want|.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, float rel,
+                  float abs_of_max, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  const float scale = max_abs(want);
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_LE(std::fabs(got[i] - want[i]), rel * std::fabs(want[i]) + abs_of_max * scale)
+        << what << " element " << i << " got " << got[i] << " want " << want[i];
+  }
+}
+
+class CudaKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: GPU test skipped";
+    auto g = make_backend("cuda");
+    ASSERT_TRUE(g.ok()) << g.status();
+    gpu_ = std::move(*g);
+  }
+  std::unique_ptr<Backend> gpu_;
+};
+
+TEST_F(CudaKernels, LayerNormForwardBackwardMatchCpu) {
+  for (int64_t width : {64, 1000, 2048}) {
+    const int64_t rows = 37;
+    auto x = random_vector(rows * width, 1, 3.0f);
+    for (float& v : x) v += 5.0f;  // an offset the two-pass moments must survive
+    auto w = random_vector(width, 2), bias = random_vector(width, 3);
+    auto dy = random_vector(rows * width, 4);
+    std::vector<float> y(rows * width), mean(rows), rstd(rows), dx(rows * width, 0.5f),
+        dw(width, 0.25f), db(width, 0.25f);
+    LayerNormParams p;
+    p.rows = rows, p.width = width, p.x = x.data(), p.weight = w.data(), p.bias = bias.data();
+    p.y = y.data(), p.mean = mean.data(), p.rstd = rstd.data();
+    ASSERT_TRUE(cpu::layernorm_forward(p).ok());
+    p.dy = dy.data(), p.dx = dx.data(), p.accumulate_dx = true;
+    p.dweight = dw.data(), p.dbias = db.data();
+    p.mean = p.rstd = nullptr;  // the GPU recomputes them below too
+    ASSERT_TRUE(cpu::layernorm_backward(p).ok());
+
+    Device<float> dx_(x), dw_(w), dbias(bias), ddy(dy), dyo(rows * width), dmean(rows),
+        drstd(rows), ddx(std::vector<float>(rows * width, 0.5f)),
+        ddw(std::vector<float>(width, 0.25f)), ddb(std::vector<float>(width, 0.25f));
+    LayerNormParams g;
+    g.rows = rows, g.width = width, g.x = dx_.ptr, g.weight = dw_.ptr, g.bias = dbias.ptr;
+    g.y = dyo.ptr, g.mean = dmean.ptr, g.rstd = drstd.ptr;
+    ASSERT_TRUE(gpu_->layernorm_forward(g).ok());
+    g.dy = ddy.ptr, g.dx = ddx.ptr, g.accumulate_dx = true, g.dweight = ddw.ptr, g.dbias = ddb.ptr;
+    g.mean = g.rstd = nullptr;
+    ASSERT_TRUE(gpu_->layernorm_backward(g).ok());
+    expect_close(dyo.read(), y, 1e-5f, 1e-6f, "layernorm y");
+    expect_close(dmean.read(), mean, 1e-6f, 1e-7f, "layernorm mean");
+    expect_close(drstd.read(), rstd, 1e-5f, 0.0f, "layernorm rstd");
+    expect_close(ddx.read(), dx, 1e-4f, 1e-5f, "layernorm dx");
+    expect_close(ddw.read(), dw, 1e-4f, 1e-5f, "layernorm dweight");
+    expect_close(ddb.read(), db, 1e-4f, 1e-5f, "layernorm dbias");
+  }
+}
+
+TEST_F(CudaKernels, GeluForwardBackwardMatchCpu) {
+  const int64_t n = 4099;
+  auto x = random_vector(n, 5, 3.0f), dy = random_vector(n, 6);
+  std::vector<float> y(n), dx(n);
+  GeluParams p;
+  p.n = n, p.x = x.data(), p.y = y.data(), p.dy = dy.data(), p.dx = dx.data();
+  ASSERT_TRUE(cpu::gelu_forward(p).ok());
+  ASSERT_TRUE(cpu::gelu_backward(p).ok());
+  Device<float> dxin(x), dyout(n), ddy(dy), ddx(n);
+  GeluParams g;
+  g.n = n, g.x = dxin.ptr, g.y = dyout.ptr, g.dy = ddy.ptr, g.dx = ddx.ptr;
+  ASSERT_TRUE(gpu_->gelu_forward(g).ok());
+  ASSERT_TRUE(gpu_->gelu_backward(g).ok());
+  expect_close(dyout.read(), y, 1e-5f, 1e-6f, "gelu y");
+  expect_close(ddx.read(), dx, 1e-5f, 1e-6f, "gelu dx");
+}
+
+TEST_F(CudaKernels, EmbeddingMatchesCpuWithDuplicateIdsAndRejectsBadIds) {
+  const int64_t rows = 50, width = 96, vocab = 20;
+  std::vector<int32_t> ids(rows);
+  for (int64_t r = 0; r < rows; ++r) ids[r] = static_cast<int32_t>((r * 7) % vocab);  // repeats
+  auto table = random_vector(vocab * width, 7), dout = random_vector(rows * width, 8);
+  std::vector<float> out(rows * width), dtable(vocab * width, 1.0f);
+  EmbeddingParams p;
+  p.rows = rows, p.width = width, p.vocab = vocab, p.ids = ids.data(), p.table = table.data();
+  p.out = out.data(), p.dout = dout.data(), p.dtable = dtable.data();
+  ASSERT_TRUE(cpu::embedding_forward(p).ok());
+  ASSERT_TRUE(cpu::embedding_backward(p).ok());
+  Device<int32_t> dids(ids);
+  Device<float> dtab(table), dout_(rows * width), ddout(dout),
+      ddtable(std::vector<float>(vocab * width, 1.0f));
+  EmbeddingParams g = p;
+  g.ids = dids.ptr, g.table = dtab.ptr, g.out = dout_.ptr, g.dout = ddout.ptr, g.dtable = ddtable.ptr;
+  ASSERT_TRUE(gpu_->embedding_forward(g).ok());
+  ASSERT_TRUE(gpu_->embedding_backward(g).ok());
+  EXPECT_EQ(dout_.read(), out);  // a copy: bit-identical
+  expect_close(ddtable.read(), dtable, 1e-6f, 0.0f, "embedding dtable");
+
+  ids[13] = static_cast<int32_t>(vocab);
+  Device<int32_t> bad(ids);
+  g.ids = bad.ptr;
+  const absl::Status s = gpu_->embedding_forward(g);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("at row 13"), std::string::npos) << s;
+}
+
+TEST_F(CudaKernels, ClassifierCrossEntropyMatchesCpuOverChunks) {
+  const int64_t rows = 70, width = 64, vocab = 1000;
+  auto hidden = random_vector(rows * width, 9), emb = random_vector(vocab * width, 10, 0.2f);
+  std::vector<int32_t> targets(rows);
+  for (int64_t r = 0; r < rows; ++r) targets[r] = r % 9 == 4 ? -1 : static_cast<int32_t>((r * 37) % vocab);
+  std::vector<float> loss(rows), dhidden(rows * width), demb(vocab * width, 0.5f);
+  ClassifierParams p;
+  p.rows = rows, p.width = width, p.vocab = vocab, p.vocab_chunk = 300;  // 3 full chunks + 100
+  p.hidden = hidden.data(), p.embedding = emb.data(), p.targets = targets.data();
+  p.row_loss = loss.data(), p.dhidden = dhidden.data(), p.dembedding = demb.data();
+  p.loss_scale = 0.25f;
+  ASSERT_TRUE(cpu::classifier_cross_entropy(p).ok());
+  Device<float> dh(hidden), de(emb), dloss(rows), ddh(rows * width),
+      dde(std::vector<float>(vocab * width, 0.5f));
+  Device<int32_t> dt(targets);
+  ClassifierParams g = p;
+  g.hidden = dh.ptr, g.embedding = de.ptr, g.targets = dt.ptr, g.row_loss = dloss.ptr;
+  g.dhidden = ddh.ptr, g.dembedding = dde.ptr;
+  ASSERT_TRUE(gpu_->classifier_cross_entropy(g).ok());
+  expect_close(dloss.read(), loss, 1e-5f, 1e-6f, "classifier row_loss");
+  expect_close(ddh.read(), dhidden, 1e-4f, 1e-5f, "classifier dhidden");
+  expect_close(dde.read(), demb, 1e-4f, 1e-5f, "classifier dembedding");
+}
+
+TEST_F(CudaKernels, MaskedAdamWMatchesCpuAndLeavesFrozenElementsAlone) {
+  const int64_t arena = 500, n = 120;
+  std::vector<int64_t> index(n);
+  for (int64_t i = 0; i < n; ++i) index[i] = i * 4 + 1;  // every fourth element is trainable
+  auto params = random_vector(arena, 11), grad = random_vector(n, 12);
+  auto m = random_vector(n, 13, 0.1f), v = random_vector(n, 14, 0.1f);
+  for (float& x : v) x = std::fabs(x);
+  std::vector<float> master(n);
+  for (int64_t i = 0; i < n; ++i) master[i] = params[index[i]];
+  MaskedAdamWParams p;
+  p.n = n, p.index = index.data(), p.grad = grad.data(), p.lr = 1e-2f, p.weight_decay = 0.1f;
+  p.grad_scale = 0.5f, p.step = 3;
+
+  // fp32 arena, no masters.
+  std::vector<float> cpu_params = params, cpu_m = m, cpu_v = v;
+  p.params = cpu_params.data(), p.m = cpu_m.data(), p.v = cpu_v.data();
+  ASSERT_TRUE(cpu::masked_adamw(p).ok());
+  Device<int64_t> di(index);
+  Device<float> dp(params), dg(grad), dm(m), dv(v);
+  MaskedAdamWParams g = p;
+  g.index = di.ptr, g.params = dp.ptr, g.grad = dg.ptr, g.m = dm.ptr, g.v = dv.ptr;
+  ASSERT_TRUE(gpu_->masked_adamw(g).ok());
+  const std::vector<float> got = dp.read();
+  expect_close(got, cpu_params, 1e-6f, 1e-7f, "adamw params");
+  for (int64_t e = 0; e < arena; ++e) {
+    if (e % 4 != 1) ASSERT_EQ(got[e], params[e]) << "frozen element " << e << " moved";
+  }
+  expect_close(dm.read(), cpu_m, 1e-6f, 0.0f, "adamw m");
+  expect_close(dv.read(), cpu_v, 1e-6f, 0.0f, "adamw v");
+
+  // bf16 arena with fp32 masters: masters follow the fp32 update, the arena is their rounding.
+  std::vector<float> cpu_master = master;
+  cpu_m = m, cpu_v = v, cpu_params = params;
+  p.params = cpu_params.data(), p.master = cpu_master.data(), p.m = cpu_m.data(), p.v = cpu_v.data();
+  ASSERT_TRUE(cpu::masked_adamw(p).ok());
+  std::vector<uint16_t> arena16(arena);
+  for (int64_t e = 0; e < arena; ++e) arena16[e] = to_bf16(params[e]);
+  Device<uint16_t> d16(arena16);
+  Device<float> dmaster(master), dm2(m), dv2(v);
+  g.master = dmaster.ptr, g.m = dm2.ptr, g.v = dv2.ptr, g.params = nullptr;
+  ASSERT_TRUE(cuda::masked_adamw(g, StorageType::kBF16, d16.ptr, nullptr).ok());
+  const std::vector<float> got_master = dmaster.read();
+  expect_close(got_master, cpu_master, 1e-6f, 1e-7f, "adamw master");
+  const std::vector<uint16_t> got16 = d16.read();
+  for (int64_t e = 0; e < arena; ++e) {
+    if (e % 4 == 1) {
+      ASSERT_EQ(got16[e], to_bf16(got_master[(e - 1) / 4])) << e;
+    } else {
+      ASSERT_EQ(got16[e], arena16[e]) << "frozen bf16 element " << e << " moved";
+    }
+  }
+}
+
+TEST_F(CudaKernels, GlobalGradNormMatchesDouble) {
+  const int64_t n = 100003;
+  auto grad = random_vector(n, 15);
+  double sum = 0.0;
+  for (float g : grad) sum += static_cast<double>(g) * g;
+  Device<float> dg(grad);
+  auto norm = cuda::global_grad_norm(dg.ptr, n, nullptr);
+  ASSERT_TRUE(norm.ok()) << norm.status();
+  EXPECT_NEAR(*norm, std::sqrt(sum), 1e-9 * std::sqrt(sum));
+}
+
+// A trainable column block of a larger bf16 weight (strided leading dimension), bf16 in, fp32 out.
+TEST_F(CudaKernels, MixedGemmOnSubBlockMatchesHost) {
+  const int64_t rows = 48, full_cols = 96, col0 = 32, cols = 16, m = 24;
+  auto w = random_vector(rows * full_cols, 16), x = random_vector(m * rows, 17);
+  std::vector<uint16_t> w16(w.size()), x16(x.size());
+  for (size_t i = 0; i < w.size(); ++i) w16[i] = to_bf16(w[i]);
+  for (size_t i = 0; i < x.size(); ++i) x16[i] = to_bf16(x[i]);
+  Device<uint16_t> dw(w16), dx(x16);
+  Device<float> dc(m * cols);
+  cublasHandle_t handle = nullptr;
+  ASSERT_EQ(cublasCreate(&handle), CUBLAS_STATUS_SUCCESS);
+  cuda::MixedGemmParams g;  // C (m, cols) = X (m, rows) . W[:, col0 : col0 + cols]
+  g.m = m, g.n = cols, g.k = rows;
+  g.a = dx.ptr, g.lda = rows;
+  g.b = dw.ptr + col0, g.ldb = full_cols;
+  g.c = dc.ptr, g.ldc = cols;
+  const absl::Status s = cuda::gemm_mixed(handle, g);
+  cublasDestroy(handle);
+  ASSERT_TRUE(s.ok()) << s;
+  std::vector<float> want(m * cols, 0.0f);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < cols; ++j) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < rows; ++k) {
+        acc += static_cast<double>(from_bf16(x16[i * rows + k])) * from_bf16(w16[k * full_cols + col0 + j]);
+      }
+      want[i * cols + j] = static_cast<float>(acc);
+    }
+  }
+  expect_close(dc.read(), want, 1e-4f, 1e-5f, "mixed gemm");
+}
+
+// ---- attention -------------------------------------------------------------------------------
+
+struct AttentionCase {
+  int64_t batch, seq, heads, head_dim;
+  bool padded;          // row 0 left-padded, row 1 padded in the middle and at the end
+  int64_t query_begin;  // forward only
+};
+
+struct AttentionInputs {
+  std::vector<float> qkv, slopes, dout;
+  std::vector<uint8_t> mask;  // empty = no mask
+};
+
+AttentionInputs make_inputs(const AttentionCase& c, uint32_t seed) {
+  AttentionInputs in;
+  in.qkv = random_vector(c.batch * c.seq * 3 * c.heads * c.head_dim, seed);
+  in.dout = random_vector(c.batch * c.seq * c.heads * c.head_dim, seed + 1);
+  for (int64_t h = 0; h < c.heads; ++h) {
+    in.slopes.push_back(std::pow(2.0f, -8.0f * static_cast<float>(h + 1) / c.heads));
+  }
+  if (c.padded) {
+    in.mask.assign(c.batch * c.seq, 1);
+    for (int64_t j = 0; j < std::min<int64_t>(5, c.seq); ++j) in.mask[j] = 0;
+    if (c.batch > 1) {
+      for (int64_t j = 10; j < 13; ++j) in.mask[c.seq + j] = 0;
+      for (int64_t j = c.seq - 3; j < c.seq; ++j) in.mask[c.seq + j] = 0;
+    }
+  }
+  return in;
+}
+
+struct AttentionResult {
+  std::vector<float> out, lse, dqkv;
+  std::vector<double> bos, entropy, local;
+  std::vector<int64_t> rows;
+};
+
+AlibiAttentionParams base_params(const AttentionCase& c, float scale_override = 0.0f) {
+  AlibiAttentionParams p;
+  p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+  p.scale = scale_override > 0.0f ? scale_override : 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  return p;
+}
+
+// The CPU kernel on the given (already rounded, where the caller wants) inputs.
+AttentionResult cpu_attention(const AttentionCase& c, const AttentionInputs& in, bool backward) {
+  AttentionResult r;
+  const int64_t bh = c.batch * c.heads;
+  const int64_t q_rows = c.seq - c.query_begin;
+  r.out.assign(c.batch * q_rows * c.heads * c.head_dim, 0.0f);
+  r.lse.assign(bh * c.seq, 0.0f);
+  r.bos.assign(bh, 0.0), r.entropy.assign(bh, 0.0), r.local.assign(bh, 0.0);
+  r.rows.assign(c.batch, 0);
+  AlibiAttentionParams p = base_params(c);
+  p.query_begin = c.query_begin;
+  p.qkv = in.qkv.data(), p.slopes = in.slopes.data();
+  p.mask = in.mask.empty() ? nullptr : in.mask.data();
+  p.out = r.out.data(), p.lse = r.lse.data();
+  p.stats = {r.bos.data(), r.entropy.data(), r.local.data(), r.rows.data()};
+  EXPECT_TRUE(cpu::alibi_attention_forward(p).ok());
+  if (backward) {
+    r.dqkv.assign(in.qkv.size(), 0.0f);
+    p.stats = {};
+    p.dout = in.dout.data(), p.dqkv = r.dqkv.data();
+    EXPECT_TRUE(cpu::alibi_attention_backward(p).ok());
+  }
+  return r;
+}
+
+// The CUDA kernels; 16-bit storage converts on the way in and out.
+AttentionResult gpu_attention(const AttentionCase& c, const AttentionInputs& in, StorageType t,
+                              bool backward) {
+  AttentionResult r;
+  const int64_t bh = c.batch * c.heads;
+  const int64_t q_rows = c.seq - c.query_begin;
+  const size_t out_n = c.batch * q_rows * c.heads * c.head_dim;
+  Device<float> slopes(in.slopes), lse(bh * c.seq);
+  Device<uint8_t> mask(in.mask);
+  Device<double> bos(bh), entropy(bh), local(bh);
+  Device<int64_t> rows(c.batch);
+  cuda::AttentionParams p;
+  p.storage = t;
+  p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+  p.query_begin = c.query_begin;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.slopes = slopes.ptr, p.mask = in.mask.empty() ? nullptr : mask.ptr, p.lse = lse.ptr;
+  p.stats = {bos.ptr, entropy.ptr, local.ptr, rows.ptr};
+  if (t == StorageType::kF32) {
+    Device<float> qkv(in.qkv), out(out_n), dout(in.dout), dqkv(in.qkv.size());
+    p.qkv = qkv.ptr, p.out = out.ptr;
+    EXPECT_TRUE(cuda::attention_forward(p).ok());
+    r.out = out.read();
+    if (backward) {
+      p.stats = {};
+      p.dout = dout.ptr, p.dqkv = dqkv.ptr;
+      const absl::Status s = cuda::attention_backward(p);
+      EXPECT_TRUE(s.ok()) << s;
+      r.dqkv = dqkv.read();
+    }
+  } else {
+    auto pack = [&](const std::vector<float>& v) {
+      std::vector<uint16_t> h(v.size());
+      for (size_t i = 0; i < v.size(); ++i) h[i] = to_storage(v[i], t);
+      return h;
+    };
+    auto unpack = [&](const std::vector<uint16_t>& h) {
+      std::vector<float> v(h.size());
+      for (size_t i = 0; i < h.size(); ++i) v[i] = from_storage(h[i], t);
+      return v;
+    };
+    Device<uint16_t> qkv(pack(in.qkv)), out(out_n), dout(pack(in.dout)), dqkv(in.qkv.size());
+    p.qkv = qkv.ptr, p.out = out.ptr;
+    const absl::Status s = cuda::attention_forward(p);
+    EXPECT_TRUE(s.ok()) << s;
+    r.out = unpack(out.read());
+    if (backward) {
+      p.stats = {};
+      p.dout = dout.ptr, p.dqkv = dqkv.ptr;
+      const absl::Status sb = cuda::attention_backward(p);
+      EXPECT_TRUE(sb.ok()) << sb;
+      r.dqkv = unpack(dqkv.read());
+    }
+  }
+  r.lse = lse.read();
+  r.bos = bos.read(), r.entropy = entropy.read(), r.local = local.read(), r.rows = rows.read();
+  return r;
+}
+
+void expect_stats_close(const AttentionResult& got, const AttentionResult& want, double per_row,
+                        const char* what) {
+  EXPECT_EQ(got.rows, want.rows) << what;
+  for (size_t i = 0; i < want.bos.size(); ++i) {
+    const double n = static_cast<double>(want.rows[i / (want.bos.size() / want.rows.size())]);
+    EXPECT_NEAR(got.bos[i], want.bos[i], per_row * n) << what << " bos_mass " << i;
+    EXPECT_NEAR(got.entropy[i], want.entropy[i], per_row * n) << what << " entropy " << i;
+    EXPECT_NEAR(got.local[i], want.local[i], per_row * n) << what << " local_mass " << i;
+  }
+}
+
+// lse of rows at or after query_begin (the only ones either side writes).
+std::vector<float> lse_rows(const std::vector<float>& lse, const AttentionCase& c) {
+  std::vector<float> v;
+  for (int64_t r = 0; r < c.batch * c.heads; ++r) {
+    for (int64_t i = c.query_begin; i < c.seq; ++i) v.push_back(lse[r * c.seq + i]);
+  }
+  return v;
+}
+
+TEST_F(CudaKernels, F32AttentionMatchesCpuForwardStatsBackward) {
+  const AttentionCase cases[] = {
+      {2, 77, 3, 32, false, 0}, {2, 77, 3, 32, true, 0},  {1, 130, 2, 80, true, 0},
+      {2, 70, 2, 64, true, 50}, {1, 40, 1, 200, false, 0}, {2, 33, 4, 128, true, 0},
+  };
+  for (const AttentionCase& c : cases) {
+    SCOPED_TRACE(testing::Message() << "B=" << c.batch << " T=" << c.seq << " H=" << c.heads
+                                    << " D=" << c.head_dim << " padded=" << c.padded
+                                    << " query_begin=" << c.query_begin);
+    const AttentionInputs in = make_inputs(c, 21);
+    const bool backward = c.query_begin == 0;
+    const AttentionResult want = cpu_attention(c, in, backward);
+    const AttentionResult got = gpu_attention(c, in, StorageType::kF32, backward);
+    expect_close(got.out, want.out, 1e-4f, 1e-5f, "f32 out");
+    expect_close(lse_rows(got.lse, c), lse_rows(want.lse, c), 1e-5f, 1e-6f, "f32 lse");
+    expect_stats_close(got, want, 1e-5, "f32");
+    if (backward) expect_close(got.dqkv, want.dqkv, 1e-3f, 1e-5f, "f32 dqkv");
+  }
+}
+
+// The naive bf16 computation a framework does without a fused kernel: inputs in bf16, scores
+// rounded to bf16, softmax in fp32, probabilities rounded to bf16, output rounded to bf16.
+std::vector<float> naive_bf16_forward(const AttentionCase& c, const AttentionInputs& in) {
+  const int64_t T = c.seq, H = c.heads, D = c.head_dim, ts = 3 * H * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  std::vector<float> out(c.batch * T * H * D, 0.0f);
+  for (int64_t b = 0; b < c.batch; ++b) {
+    std::vector<int32_t> pos(T);
+    std::vector<bool> real(T);
+    int32_t count = 0;
+    int64_t first = T;
+    for (int64_t j = 0; j < T; ++j) {
+      real[j] = in.mask.empty() || in.mask[b * T + j] != 0;
+      if (real[j] && first == T) first = j;
+      count += real[j] ? 1 : 0;
+      pos[j] = real[j] ? count - 1 : 0;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      const float* base = in.qkv.data() + b * T * ts + h * 3 * D;
+      for (int64_t i = 0; i < T; ++i) {
+        float* o = out.data() + (b * T + i) * H * D + h * D;
+        std::vector<float> p(T, 0.0f);
+        if (i < first) {
+          for (int64_t j = 0; j < T; ++j) p[j] = round_bf16(1.0f / static_cast<float>(T));
+        } else {
+          std::vector<float> s(T, -std::numeric_limits<float>::infinity());
+          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t j = 0; j <= i; ++j) {
+            if (!real[j]) continue;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; ++d) dot += round_bf16(base[i * ts + d]) * round_bf16(base[j * ts + D + d]);
+            s[j] = round_bf16(dot * scale + in.slopes[h] * static_cast<float>(pos[j]));
+            m = std::max(m, s[j]);
+          }
+          float sum = 0.0f;
+          for (int64_t j = 0; j <= i; ++j) {
+            if (real[j]) sum += std::exp(s[j] - m);
+          }
+          for (int64_t j = 0; j <= i; ++j) {
+            if (real[j]) p[j] = round_bf16(std::exp(s[j] - m) / sum);
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          float acc = 0.0f;
+          for (int64_t j = 0; j < T; ++j) acc += p[j] * round_bf16(base[j * ts + 2 * D + d]);
+          o[d] = round_bf16(acc);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+TEST_F(CudaKernels, TensorCoreAttentionWithinTwiceNaiveBf16ErrorAndMatchesCpuBackward) {
+  for (int64_t d : {64, 80, 96, 128}) {
+    for (StorageType t : {StorageType::kBF16, StorageType::kF16}) {
+      const AttentionCase c{2, 150, 2, d, true, 0};
+      SCOPED_TRACE(testing::Message() << "D=" << d << (t == StorageType::kBF16 ? " bf16" : " fp16"));
+      const AttentionInputs in = make_inputs(c, 31);
+      // fp32 truth on the unrounded inputs; the CPU kernel on the rounded ones for lse, stats
+      // and gradients (the 16-bit kernel cannot know the unrounded values).
+      const AttentionResult truth = cpu_attention(c, in, false);
+      AttentionInputs rounded = in;
+      for (float& v : rounded.qkv) v = from_storage(to_storage(v, t), t);
+      for (float& v : rounded.dout) v = from_storage(to_storage(v, t), t);
+      const AttentionResult want = cpu_attention(c, rounded, true);
+      const AttentionResult got = gpu_attention(c, in, t, true);
+
+      const float err_kernel = max_abs_diff(got.out, truth.out);
+      if (t == StorageType::kBF16) {
+        const float err_naive = max_abs_diff(naive_bf16_forward(c, in), truth.out);
+        EXPECT_LE(err_kernel, 2.0f * err_naive) << "kernel " << err_kernel << " naive " << err_naive;
+      }
+      expect_close(got.out, want.out, 0.0f, 1e-2f, "16-bit out");
+      expect_close(lse_rows(got.lse, c), lse_rows(want.lse, c), 1e-4f, 1e-4f, "16-bit lse");
+      expect_stats_close(got, want, 1e-3, "16-bit");
+      expect_close(got.dqkv, want.dqkv, 0.0f, 2e-2f, "16-bit dqkv");
+    }
+  }
+}
+
+TEST_F(CudaKernels, TensorCoreAttentionRejectsUnsupportedHeadDim) {
+  cuda::AttentionParams p;
+  p.storage = StorageType::kBF16;
+  p.batch = 1, p.seq = 4, p.heads = 1, p.head_dim = 48, p.scale = 0.1f;
+  p.qkv = p.out = reinterpret_cast<void*>(256);  // never dereferenced: the check comes first
+  p.slopes = reinterpret_cast<const float*>(256);
+  const absl::Status s = cuda::attention_forward(p);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("head_dim"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace engine
+
+#endif  // ENGINE_HAVE_CUDA
