@@ -35,6 +35,11 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
+  // Drops the whole pages inside [data() + offset, data() + offset + length) from the process's
+  // resident memory once the caller is done with them (the kernel's page cache keeps them; a
+  // later read faults them in again from the file, unchanged). Loading copies every tensor into
+  // the arena: releasing each one after its copy keeps the mapping from doubling the peak.
+  void release(size_t offset, size_t length) const;
 
  private:
   void unmap();

@@ -34,6 +34,9 @@ constexpr char kTiedHeadName[] = "lm_head.weight";
 constexpr char kEmbeddingName[] = "word_embeddings.weight";
 // Elements per conversion task: large enough to amortise scheduling, small enough to balance.
 constexpr size_t kConversionChunkElements = size_t{1} << 20;
+// Loading converts and releases (MappedFile::release) a tensor's mapped bytes this many elements
+// at a time: large enough to keep every thread of the conversion busy.
+constexpr size_t kLoadSliceElements = size_t{1} << 24;
 
 struct WeightSource {
   std::vector<fs::path> files;
@@ -325,8 +328,15 @@ absl::StatusOr<BloomModel> load_model_directory(const fs::path& dir) {
     const SafetensorsTensorInfo& t = f.header().tensors[p.tensor];
     absl::StatusOr<TensorView> view = model->arena.view(p.name);
     if (!view.ok()) return view.status();
-    convert_weights_to_f32(*t.dtype, f.tensor_data(t), view->as<float>(),
-                           static_cast<size_t>(t.numel));
+    // In slices, each released once copied: the embedding alone is 1 GB in bloom-560m, and
+    // holding its mapped pages next to the arena copy raised the peak by that much.
+    const size_t element = dtype_size(*t.dtype), n = static_cast<size_t>(t.numel);
+    for (size_t start = 0; start < n; start += kLoadSliceElements) {
+      const size_t count = std::min(kLoadSliceElements, n - start);
+      convert_weights_to_f32(*t.dtype, f.tensor_data(t) + start * element,
+                             view->as<float>() + start, count);
+      f.release(t, start * element, count * element);
+    }
   }
   absl::StatusOr<TensorView> embedding = model->arena.view(kEmbeddingName);
   if (!embedding.ok()) return embedding.status();
@@ -335,6 +345,8 @@ absl::StatusOr<BloomModel> load_model_directory(const fs::path& dir) {
     if (absl::Status s = check_tied_head(f, f.header().tensors[head.tensor], *embedding); !s.ok()) {
       return s;
     }
+    const SafetensorsTensorInfo& t = f.header().tensors[head.tensor];
+    f.release(t, 0, t.end - t.begin);
   }
   return model;
 }

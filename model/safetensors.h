@@ -73,6 +73,11 @@ class SafetensorsFile {
   const uint8_t* tensor_data(const SafetensorsTensorInfo& info) const {
     return mapped_.data() + header_.data_start + info.begin;
   }
+  // Done reading bytes [offset, offset + length) of the tensor's data: their pages leave the
+  // resident set (MappedFile::release).
+  void release(const SafetensorsTensorInfo& info, uint64_t offset, uint64_t length) const {
+    mapped_.release(header_.data_start + info.begin + offset, length);
+  }
 
  private:
   MappedFile mapped_;
