@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: the whole repair pipeline on the engine's own test subject.
-#   1. installs the Debian dependencies (third_party/install_deps.sh, including `fortunes`, the
-#      English text corpus) and builds the CLI;
-#   2. converts the fortunes into build/default/fortunes.txt (scripts/prepare_fortunes.sh);
+#   1. installs the Debian dependencies (third_party/install_deps.sh, including `fortunes` and
+#      `bible-kjv`, the English text) and builds the CLI;
+#   2. turns that text into build/default/corpus.txt (scripts/prepare_corpus.sh);
 #   3. pretrains a small byte-level BLOOM model from scratch (`engine pretrain`), unless a finished
 #      model for the same recipe is cached under build/default/pretrained-<key>/ (the key hashes
 #      the pretraining flags, the corpus and the engine sources that shape training);
@@ -27,9 +27,9 @@ repair_flags=(--passes 2 --fallback_healthy --seq_len 128 --batch 8 --grad_accum
 
 bash "$root/scripts/build.sh" engine_cli
 engine="$build/engine"
-bash "$root/scripts/prepare_fortunes.sh" "$work/fortunes.txt"
+bash "$root/scripts/prepare_corpus.sh" "$work/corpus.txt"
 
-key="$( { printf '%s\n' "${pretrain_flags[@]}"; cat "$work/fortunes.txt";
+key="$( { printf '%s\n' "${pretrain_flags[@]}"; cat "$work/corpus.txt";
           cat "$root"/model/pretrain.cpp "$root"/model/trainer.cpp "$root"/model/bloom_init.cpp; } |
         sha256sum | cut -c1-16)"
 pretrained="$work/pretrained-$key"
@@ -39,13 +39,13 @@ else
   echo "run_default: pretraining a small BLOOM model into $pretrained (a few minutes)"
   resume=()
   [ -d "$pretrained/train" ] && resume=(--resume)
-  "$engine" pretrain --data "$work/fortunes.txt" --out "$pretrained" --threads "$threads" \
+  "$engine" pretrain --data "$work/corpus.txt" --out "$pretrained" --threads "$threads" \
     "${pretrain_flags[@]}" "${resume[@]}"
 fi
 
 out="$work/repair"
 rm -rf "$out"
-"$engine" repair --model "$pretrained" --data "$work/fortunes.txt" --out "$out" \
+"$engine" repair --model "$pretrained" --data "$work/corpus.txt" --out "$out" \
   --threads "$threads" "${repair_flags[@]}"
 echo
 echo "run_default: report: $out/report.html"
