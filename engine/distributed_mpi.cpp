@@ -11,6 +11,10 @@
 
 #if ENGINE_HAVE_MPI
 
+// The C API only: mpi.h would otherwise pull in the removed C++ bindings, which need a library
+// the engine does not link.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <algorithm>
