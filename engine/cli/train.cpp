@@ -6,7 +6,8 @@
 //   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
-// OUT/best/, OUT/final/.
+// OUT/best/, OUT/final/. Started by mpirun, srun or with torchrun-style variables, it is one rank
+// of a data-parallel run (docs/DISTRIBUTED.md).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -82,7 +83,8 @@ absl::StatusOr<ChunkedDataset> chunks_of(const std::string& path, Tokenizer* tok
 
 int run_train(const std::vector<std::string>& args) {
   apply_thread_flag();
-  // First, so that every later failure can end all ranks (distributed_launch.h).
+  // First, so that every later failure can end all ranks (distributed_launch.h): from here on
+  // this local `fail` shadows the one of commands.h.
   absl::StatusOr<std::unique_ptr<Communicator>> comm = communicator_from_environment();
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
