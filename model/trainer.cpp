@@ -89,8 +89,31 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     r.tokens += f->scored;
   }
   r.loss = loss_sum * scale;
+  if (comm_ != nullptr && comm_->world_size() > 1) {
+    // Every rank's micro-batches hold the same number of scored tokens (full chunks), so the
+    // mean of the rank means is the mean over the global batch.
+    const std::string at = absl::StrCat(" at step ", r.step);
+    double sums[2] = {r.loss, static_cast<double>(r.tokens)};
+    if (absl::Status s = comm_->all_reduce_sum(sums, 2, absl::StrCat("loss all-reduce", at));
+        !s.ok()) {
+      return s;
+    }
+    r.loss = sums[0] / comm_->world_size();
+    r.tokens = static_cast<int64_t>(sums[1]);
+    if (absl::Status s = comm_->all_reduce_average(grads_.data(), grads_.size(),
+                                                   absl::StrCat("gradient all-reduce", at));
+        !s.ok()) {
+      return s;
+    }
+  }
   r.grad_norm = deterministic_norm(grads_.data(), grads_.size());
   r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  if (comm_ != nullptr && comm_->world_size() > 1) {
+    absl::StatusOr<bool> all =
+        agree_all(*comm_, r.finite, absl::StrCat("finite-step agreement at step ", r.step));
+    if (!all.ok()) return all.status();
+    r.finite = *all;
+  }
   if (!r.finite) {
     if (!options_.skip_nonfinite) {
       return absl::InternalError(absl::StrCat(
@@ -419,6 +442,12 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   auto log = [&](const std::string& line) {
     if (o.log) o.log(line);
   };
+  // Data parallelism (docs/DISTRIBUTED.md): every rank runs this function; rank 0 alone writes.
+  Communicator* comm = o.comm != nullptr && o.comm->world_size() > 1 ? o.comm : nullptr;
+  const int world = comm != nullptr ? comm->world_size() : 1;
+  const int rank = comm != nullptr ? comm->rank() : 0;
+  const bool writer = rank == 0;
+  const double startup_timeout = comm != nullptr ? comm->timeout() : 0.0;
   // --- validate everything before any work -----------------------------------------------------
   if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -488,14 +517,17 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     mask.emplace(FrozenMask::all_trainable(base->arena));
   }
   const int64_t steps_per_epoch = std::max<int64_t>(
-      1, static_cast<int64_t>(data.train->train_size()) / (o.batch * o.grad_accum));
+      1, static_cast<int64_t>(data.train->train_size()) / (o.batch * o.grad_accum * world));
   const int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
   LrSchedule schedule;
   schedule.peak = o.lr;
   schedule.total = total;
   schedule.warmup = o.warmup >= 0 ? o.warmup : LrSchedule::default_warmup(total);
   schedule.kind = o.schedule;
-  const nlohmann::json recipe = recipe_json(o, total, schedule.warmup, *data.train);
+  nlohmann::json recipe = recipe_json(o, total, schedule.warmup, *data.train);
+  // N ranks with micro-batch b follow one process with micro-batch N*b, but a resumed run must
+  // keep its rank count to keep its data order; single-process recipes stay as they were.
+  if (world > 1) recipe["world_size"] = world;
   const nlohmann::json plan_json = o.plan.has_value() ? plan_to_json(*o.plan) : nlohmann::json();
   const nlohmann::json config_json = architecture_json(config);
 
@@ -559,11 +591,32 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
       }
     }
   }
+  if (comm != nullptr) {
+    // Every decision taken from the step number (evaluation, checkpoints, the stop hook, the
+    // schedule) is agreed here once, through a fingerprint of what drives it, and so is the
+    // checkpoint resumed from. This is also the barrier that keeps rank 0 from creating files in
+    // OUT while another rank still checks it.
+    if (absl::Status s = check_same_value(
+            *comm, static_cast<uint64_t>(resume_step),
+            "the last complete checkpoint in OUT (is OUT on a filesystem every rank sees?)");
+        !s.ok()) {
+      return s;
+    }
+    const std::string cadence =
+        absl::StrCat(recipe.dump(), plan_json.dump(), " ", o.eval_every, " ", o.checkpoint_every,
+                     " ", o.stop_after_step, " ", o.dist_checksum ? 1 : 0);
+    if (absl::Status s = check_same_value(*comm, checksum64(cadence.data(), cadence.size()),
+                                          "the training recipe or evaluation/checkpoint cadence");
+        !s.ok()) {
+      return s;
+    }
+  }
   if (!fs::create_directories(o.out_dir, ec) && ec) {
     return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
   }
   Trainer trainer(model, backend, *mask, o.optimizer);
   trainer.set_recompute(o.recompute);
+  trainer.set_communicator(comm);
   if (resume_step >= 0) {
     if (absl::Status s = read_optimizer_state(
             o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);
@@ -572,7 +625,9 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     }
   }
   MetricsLog metrics;
-  if (absl::Status s = metrics.open(o.out_dir / kMetricsFile); !s.ok()) return s;
+  if (writer) {  // other ranks' metrics writes go nowhere
+    if (absl::Status s = metrics.open(o.out_dir / kMetricsFile); !s.ok()) return s;
+  }
   const nlohmann::json summary = mask_summary(model, *mask);
   const int64_t optimizer_bytes =
       static_cast<int64_t>(2 * trainer.first_moment().size() * sizeof(float));
@@ -610,7 +665,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     return nlohmann::json{{"format", "engine-train-state"},
                           {"version", kStateVersion},
                           {"step", step},
-                          {"chunks_consumed", step * o.batch * o.grad_accum},
+                          {"chunks_consumed", step * o.batch * o.grad_accum * world},
                           {"loss", loss},
                           {"recipe", recipe},
                           {"plan", plan_json},
@@ -644,8 +699,27 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     }
     PerplexityOptions po;
     po.seq_len = o.seq_len, po.stride = o.seq_len, po.batch = o.batch;
-    absl::StatusOr<PerplexityResult> r =
-        sliding_window_perplexity(model, backend, data.eval_chunks, po);
+    absl::StatusOr<PerplexityResult> r = PerplexityResult{};
+    if (comm == nullptr) {
+      r = sliding_window_perplexity(model, backend, data.eval_chunks, po);
+    } else {
+      // Rank r evaluates held-out chunks r, r + N, ...; the sums are then added up.
+      std::vector<std::vector<int32_t>> shard;
+      for (size_t i = static_cast<size_t>(rank); i < data.eval_chunks.size(); i += world) {
+        shard.push_back(data.eval_chunks[i]);
+      }
+      if (!shard.empty()) r = sliding_window_perplexity(model, backend, shard, po);
+      if (!r.ok()) return r.status();
+      double sums[3] = {r->nll_sum, static_cast<double>(r->tokens_scored),
+                        static_cast<double>(r->windows)};
+      if (absl::Status s = comm->all_reduce_sum(sums, 3, absl::StrCat("evaluation at step ", step));
+          !s.ok()) {
+        return s;
+      }
+      r->nll_sum = sums[0];
+      r->tokens_scored = static_cast<int64_t>(sums[1]);
+      r->windows = static_cast<int64_t>(sums[2]);
+    }
     if (!r.ok()) return r.status();
     const double ppl = std::exp(r->mean_nll());
     metrics.write({{"event", "eval"},
@@ -659,15 +733,41 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     return std::optional<double>(ppl);
   };
 
+  // Rank 0 writes; then every rank learns whether that worked (and, with dist_checksum, that the
+  // weights are identical everywhere) under the start-up timeout, since a write may take long.
+  auto save = [&](const std::string& name, const nlohmann::json& state) -> absl::Status {
+    const absl::Status written =
+        writer ? save_checkpoint(o.out_dir, name, model, trainer, state, o.plan)
+               : absl::OkStatus();
+    if (comm == nullptr) return written;
+    const double step_timeout = comm->timeout();
+    comm->set_timeout(startup_timeout);
+    absl::StatusOr<bool> all =
+        agree_all(*comm, written.ok(), absl::StrCat("agreement after checkpoint ", name));
+    absl::Status result = !all.ok()       ? all.status()
+                          : !written.ok() ? written
+                          : *all          ? absl::OkStatus()
+                                          : absl::InternalError(absl::StrCat(
+                                       "rank 0 could not write checkpoint ", name,
+                                       " (its message is in rank 0's output)"));
+    if (result.ok() && o.dist_checksum) {
+      const uint64_t sum = checksum64(model.arena.base(), model.arena.size_bytes());
+      result = check_same_value(*comm, sum, absl::StrCat("the weight checksum at ", name));
+    }
+    comm->set_timeout(step_timeout);
+    return result;
+  };
+
   TrainRunResult result;
   double last_loss = resumed_state.is_object() ? resumed_state.value("loss", 0.0) : 0.0;
   bool evaluated_at_end = false;
   std::vector<MicroBatch> micro(static_cast<size_t>(o.grad_accum));
   for (int64_t step = start_step + 1; step <= total; ++step) {
     const auto t0 = Clock::now();
-    uint64_t chunk = static_cast<uint64_t>((step - 1) * o.batch * o.grad_accum);
-    for (int64_t a = 0; a < o.grad_accum; ++a, chunk += o.batch) {
-      micro[a] = chunk_micro_batch(*data.train, chunk, o.batch);
+    if (o.on_step_start) o.on_step_start(step);
+    for (int64_t a = 0; a < o.grad_accum; ++a) {
+      micro[a] = chunk_micro_batch(
+          *data.train, shard_first_chunk(step, a, o.batch, o.grad_accum, rank, world), o.batch);
     }
     const double lr = schedule.lr(step);
     absl::StatusOr<StepResult> r = trainer.step(micro, lr);
@@ -675,6 +775,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
       return absl::Status(r.status().code(), absl::StrCat(std::string(r.status().message()),
                                                           "; last good checkpoint: ", last_good));
     }
+    if (comm != nullptr && step == start_step + 1) comm->set_timeout(o.dist_step_timeout_s);
     last_loss = r->loss;
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double tokens_per_s = r->tokens / std::max(seconds, 1e-9);
@@ -699,18 +800,14 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
       if (ppl->has_value() && (!best_ppl.has_value() || **ppl < *best_ppl)) {
         best_ppl = **ppl;
         best_step = step;
-        if (absl::Status s = save_checkpoint(o.out_dir, "best", model, trainer,
-                                             state_for(step, last_loss), o.plan);
-            !s.ok()) {
+        if (absl::Status s = save("best", state_for(step, last_loss)); !s.ok()) {
           return s;
         }
       }
     }
     if (step % checkpoint_every == 0 || last) {
       const std::string name = absl::StrCat("step_", step);
-      if (absl::Status s =
-              save_checkpoint(o.out_dir, name, model, trainer, state_for(step, last_loss), o.plan);
-          !s.ok()) {
+      if (absl::Status s = save(name, state_for(step, last_loss)); !s.ok()) {
         return s;
       }
       last_good = (o.out_dir / name).string();
@@ -727,9 +824,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     if (!ppl.ok()) return ppl.status();
   }
   result.final_dir = o.out_dir / "final";
-  if (absl::Status s = save_checkpoint(o.out_dir, "final", model, trainer,
-                                       state_for(trainer.step_count(), last_loss), o.plan);
-      !s.ok()) {
+  if (absl::Status s = save("final", state_for(trainer.step_count(), last_loss)); !s.ok()) {
     return s;
   }
   metrics.write({{"event", "end"}, {"step", trainer.step_count()}, {"loss", last_loss}});

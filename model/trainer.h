@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
+#include "engine/distributed.h"
 #include "engine/schedule.h"
 #include "engine/tape.h"
 #include "model/bloom_forward.h"
@@ -80,6 +81,10 @@ class Trainer {
   void set_step_count(int64_t step) { step_ = step; }
   // Activation recomputation per block (bloom_backward.h): less memory, same results.
   void set_recompute(bool on) { recompute_ = on; }
+  // Data parallelism: the local gradient, loss and token count are averaged (summed) over the
+  // ranks before the norm, and the non-finite decision is agreed, so every rank applies the same
+  // update. Null or world size 1 = one process.
+  void set_communicator(Communicator* comm) { comm_ = comm; }
 
  private:
   BloomModel& model_;
@@ -89,6 +94,7 @@ class Trainer {
   std::vector<float> m_, v_;
   int64_t step_ = 0;
   bool recompute_ = false;
+  Communicator* comm_ = nullptr;
 };
 
 // sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
@@ -118,6 +124,16 @@ struct TrainRunOptions {
   std::function<void(const std::string&)> log;
   // Called after every optimizer step with (steps done, total steps), for a progress bar.
   std::function<void(int64_t, int64_t)> progress;
+  // Data parallelism (docs/DISTRIBUTED.md). `comm` null = one process. Rank r trains on its
+  // shard of every global micro-batch (shard_first_chunk), so the global batch is
+  // batch * grad_accum * world size; only rank 0 writes metrics and checkpoints. The timeout the
+  // communicator has on entry covers start-up, the first step and every collective that waits
+  // for rank 0's writes; `dist_step_timeout_s` applies to the other collectives after step 1.
+  Communicator* comm = nullptr;
+  double dist_step_timeout_s = 60.0;
+  bool dist_checksum = false;  // compare a checksum of the weights across ranks per checkpoint
+  // Called at the start of every optimizer step with its 1-based number (fault-injection tests).
+  std::function<void(int64_t)> on_step_start;
 };
 
 // Data for a run: training chunks with their seeded order, held-out chunks (may be empty), and

@@ -2,10 +2,12 @@
 //   [--epochs E | --steps N] [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5]
 //   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
 //   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
-//   [--seed S] [--resume] [--recompute] [--skip_nonfinite]`:
+//   [--seed S] [--resume] [--recompute] [--skip_nonfinite]
+//   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
-// OUT/best/, OUT/final/.
+// OUT/best/, OUT/final/. Started by mpirun, srun or with torchrun-style variables, it is one rank
+// of a data-parallel run (docs/DISTRIBUTED.md).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +17,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "engine/cli/commands.h"
+#include "engine/cli/distributed_launch.h"
 #include "engine/cli/flags.h"
 #include "engine/cli/progress.h"
 #include "engine/cli/model_loading.h"
@@ -81,6 +84,11 @@ absl::StatusOr<ChunkedDataset> chunks_of(const std::string& path, Tokenizer* tok
 
 int run_train(const std::vector<std::string>& args) {
   apply_thread_flag();
+  // First, so that every later failure can end all ranks (distributed_launch.h): from here on
+  // this local `fail` shadows the one of commands.h.
+  absl::StatusOr<std::unique_ptr<Communicator>> comm = communicator_from_environment();
+  if (!comm.ok()) return fail(std::string(comm.status().message()));
+  auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
   TrainRunOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.out_dir = absl::GetFlag(FLAGS_out);
@@ -162,9 +170,11 @@ int run_train(const std::vector<std::string>& args) {
     const size_t n = std::min(data.eval_chunks.size(), kDefaultScanChunks);
     data.scan_chunks.assign(data.eval_chunks.begin(), data.eval_chunks.begin() + n);
   }
+  apply_distributed_options(**comm, o);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
   if (!r.ok()) return fail(std::string(r.status().message()));
+  if ((*comm)->rank() != 0) return 0;
   if (r->final_dir.empty()) {
     std::printf("train: stopped after step %lld (--stop_after)\n",
                 static_cast<long long>(r->steps));
