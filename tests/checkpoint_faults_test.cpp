@@ -230,6 +230,11 @@ TEST_F(CheckpointFaults, RealFullDiskKeepsThePreviousCheckpoint) {
   if (::mount("tmpfs", mount_point.c_str(), "tmpfs", 0, size.c_str()) != 0) {
     GTEST_SKIP() << "cannot mount a tmpfs here: " << std::strerror(errno);
   }
+  // Unmounted however the test ends, so TearDown can remove the directory.
+  struct Unmount {
+    fs::path at;
+    ~Unmount() { ::umount(at.c_str()); }
+  } unmount{mount_point};
   TrainRunOptions o = options(mount_point / "run");
   o.eval_every = 0;  // checkpoints step_1, step_2, then step_3 does not fit
   absl::StatusOr<TrainRunResult> r = run(o);
@@ -242,7 +247,6 @@ TEST_F(CheckpointFaults, RealFullDiskKeepsThePreviousCheckpoint) {
   expect_clean_and_verified(o.out_dir);
   EXPECT_TRUE(fs::exists(o.out_dir / "step_2" / kManifestFile));
   EXPECT_FALSE(fs::exists(o.out_dir / "step_3"));
-  ::umount(mount_point.c_str());
 }
 
 TEST_F(CheckpointFaults, ResumeFromAnotherModelIsRefusedNamingBoth) {
