@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -21,6 +22,10 @@ namespace {
 // Permissions of committed files: what a plain `open(..., 0666)` under the usual 022 umask gives.
 // mkstemp creates 0600 files, which would make checkpoints unreadable to other users.
 constexpr mode_t kCommittedFileMode = 0644;
+
+// fail_nth_write_for_testing's countdown (0 = off) and the error it injects.
+std::atomic<int64_t> injected_write_countdown{0};
+std::atomic<int> injected_write_errno{ENOSPC};
 
 std::string errno_text(int err) { return std::strerror(err); }
 
@@ -106,7 +111,16 @@ void MappedFile::unmap() {
   size_ = 0;
 }
 
+void fail_nth_write_for_testing(int64_t nth, int err) {
+  injected_write_errno.store(err);
+  injected_write_countdown.store(nth > 0 ? nth : 0);
+}
+
 absl::Status AtomicFileWriter::write(const void* data, size_t size) {
+  if (injected_write_countdown.load(std::memory_order_relaxed) > 0 &&
+      injected_write_countdown.fetch_sub(1) == 1) {
+    return sys_error(target_, "write failed", injected_write_errno.load());
+  }
   const auto* p = static_cast<const uint8_t*>(data);
   while (size > 0) {
     const ssize_t n = ::write(fd_, p, size);

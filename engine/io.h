@@ -10,6 +10,7 @@
 // Every error names the path at fault and the failing system call's reason.
 #pragma once
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -78,5 +79,10 @@ absl::Status write_string_atomically(const std::filesystem::path& target,
 // Copies `source` to `target` atomically (the target's old contents survive any failure).
 absl::Status copy_file_atomically(const std::filesystem::path& source,
                                   const std::filesystem::path& target);
+
+// Test-only fault injection; the engine never calls it. The `nth` call of AtomicFileWriter::write
+// from now on (1 = the next one) fails as if write(2) had failed with `err` (default ENOSPC: a full
+// disk), then injection turns itself off; 0 turns it off at once. The countdown is process-wide.
+void fail_nth_write_for_testing(int64_t nth, int err = ENOSPC);
 
 }  // namespace engine

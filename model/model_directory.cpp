@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/io.h"
 #include "model/bloom_layout.h"
+#include "model/checkpoint_manifest.h"
 #include "model/safetensors.h"
 #include "nlohmann/json.hpp"
 
@@ -173,6 +174,32 @@ absl::StatusOr<std::vector<fs::path>> model_weight_files(const fs::path& dir) {
   return src->files;
 }
 
+absl::StatusOr<std::vector<std::string>> model_directory_read_files(const fs::path& dir) {
+  absl::StatusOr<WeightSource> src = find_weights(dir);
+  if (!src.ok()) return src.status();
+  std::vector<std::string> names = {kConfigFile};
+  if (!src->index.empty()) names.push_back(src->index.lexically_relative(dir).string());
+  for (const fs::path& f : src->files) names.push_back(f.lexically_relative(dir).string());
+  return names;
+}
+
+namespace {
+
+// With a manifest, the files the loader reads must match it before any of them is parsed, so a
+// flipped byte is reported as such rather than as whatever parse error it happens to cause.
+// Without one there is nothing to check; a directory whose weights cannot be found is left to
+// the loader's own, more specific error.
+absl::Status verify_read_files(const fs::path& dir) {
+  absl::StatusOr<std::optional<Manifest>> manifest = read_manifest(dir);
+  if (!manifest.ok()) return manifest.status();
+  if (!manifest->has_value()) return absl::OkStatus();
+  absl::StatusOr<std::vector<std::string>> names = model_directory_read_files(dir);
+  if (!names.ok()) return absl::OkStatus();
+  return verify_manifest_files(dir, **manifest, *names);
+}
+
+}  // namespace
+
 namespace {
 
 // Where each parameter's data lives, after every check that needs no tensor data has passed.
@@ -317,6 +344,7 @@ absl::StatusOr<ModelDirectoryInfo> inspect_model_directory(const fs::path& dir) 
 }
 
 absl::StatusOr<BloomModel> load_model_directory(const fs::path& dir) {
+  if (absl::Status s = verify_read_files(dir); !s.ok()) return s;
   absl::StatusOr<LoadPlan> plan = plan_model_directory(dir);
   if (!plan.ok()) return plan.status();
   absl::StatusOr<BloomModel> model = allocate_bloom_model(plan->config);
@@ -367,6 +395,13 @@ absl::Status save_model_directory(const BloomModel& m, const fs::path& dir, DTyp
         ": cannot create output directory: ", ec ? ec.message() : "a file is in the way"));
   }
 
+  // A manifest left from an earlier save would condemn the files about to replace the ones it
+  // lists; the new one is written last, once everything it lists is complete.
+  if (fs::remove(dir / kManifestFile, ec); ec) {
+    return absl::InternalError(
+        absl::StrCat((dir / kManifestFile).string(), ": cannot remove: ", ec.message()));
+  }
+
   std::vector<SafetensorsWriteEntry> entries;
   entries.reserve(m.arena.parameters().size());
   for (const ParameterInfo& p : m.arena.parameters()) {
@@ -387,15 +422,19 @@ absl::Status save_model_directory(const BloomModel& m, const fs::path& dir, DTyp
     return s;
   }
 
-  if (m.source.empty()) return absl::OkStatus();
-  const bool same_dir = fs::equivalent(m.source, dir, ec) && !ec;
-  if (same_dir) return absl::OkStatus();
-  for (const char* name : kTokenizerFiles) {
-    const fs::path from = m.source / name;
-    if (!path_exists(from)) continue;
-    if (absl::Status s = copy_file_atomically(from, dir / name); !s.ok()) return s;
+  const bool same_dir = !m.source.empty() && fs::equivalent(m.source, dir, ec) && !ec;
+  if (!m.source.empty() && !same_dir) {
+    for (const char* name : kTokenizerFiles) {
+      const fs::path from = m.source / name;
+      if (!path_exists(from)) continue;
+      if (absl::Status s = copy_file_atomically(from, dir / name); !s.ok()) return s;
+    }
   }
-  return absl::OkStatus();
+  std::vector<std::string> listed = {kSingleWeightsFile, kConfigFile};
+  for (const char* name : kTokenizerFiles) {
+    if (path_exists(dir / name)) listed.push_back(name);
+  }
+  return write_manifest(dir, listed);
 }
 
 }  // namespace engine

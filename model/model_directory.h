@@ -9,9 +9,12 @@
 //    non-float tensors are errors naming the file and tensor. A directory holding only
 //    pytorch_model.bin is refused with a pointer to scripts/convert_pytorch_bin.py: the engine
 //    never unpickles.
+//    When the directory holds a manifest (model/checkpoint_manifest.h), the files read are first
+//    checked against it, and a mismatch is refused naming the file; without one nothing is checked.
 //  - save_model_directory writes model.safetensors (released names, no prefix, in arena order,
 //    stored as `dtype`) and config.json, both atomically, then copies the tokenizer files found in
-//    the model's source directory unchanged.
+//    the model's source directory unchanged, and last writes manifest.json listing these files
+//    (any earlier manifest is removed first).
 #pragma once
 
 #include <filesystem>
@@ -43,6 +46,10 @@ absl::StatusOr<BloomModel> allocate_bloom_model(const BloomConfig& config);
 // The weight files load_model_directory would read, in reading order.
 absl::StatusOr<std::vector<std::filesystem::path>> model_weight_files(
     const std::filesystem::path& dir);
+
+// The files load_model_directory reads (config.json, the weights, a shard index), as names
+// relative to `dir`: with a manifest present, the files it verifies.
+absl::StatusOr<std::vector<std::string>> model_directory_read_files(const std::filesystem::path& dir);
 
 // What `engine info` reports: everything load_model_directory checks except tensor values (the
 // lm_head tie), without converting or allocating the weights.

@@ -15,6 +15,8 @@
 #include "engine/io.h"
 #include "kernels/cpu/adamw.h"
 #include "model/bloom_backward.h"
+#include "model/checkpoint_manifest.h"
+#include "model/numeric_faults.h"
 #include "model/perplexity.h"
 #include "surgery/corpus_scan.h"
 #include "surgery/diagnosis.h"
@@ -70,6 +72,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   StepResult r;
   r.step = step_ + 1;
   r.lr = lr;
+  if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
   grads_.zero();
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
   double loss_sum = 0.0;
@@ -88,6 +91,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     loss_sum += f->loss;
     r.tokens += f->scored;
   }
+  if (fault_hook_.after_backward) fault_hook_.after_backward(r.step, grads_);
   r.loss = loss_sum * scale;
   if (comm_ != nullptr && comm_->world_size() > 1) {
     // Every rank's micro-batches hold the same number of scored tokens (full chunks), so the
@@ -115,11 +119,12 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     r.finite = *all;
   }
   if (!r.finite) {
-    if (!options_.skip_nonfinite) {
-      return absl::InternalError(absl::StrCat(
-          "step ", r.step, ": non-finite ", std::isfinite(r.loss) ? "gradient" : "loss", " (loss ",
-          r.loss, ", gradient norm ", r.grad_norm, ")"));
+    const NonFiniteCause cause =
+        describe_nonfinite_step(model_.arena, grads_, r.loss, r.grad_norm);
+    if (!options_.skip_nonfinite || cause.weight_at_fault) {
+      return absl::InternalError(absl::StrCat("step ", r.step, ": ", cause.message));
     }
+    r.nonfinite = cause.message;
     ++step_;
     return r;
   }
@@ -289,42 +294,66 @@ absl::Status read_optimizer_state(const fs::path& file, Trainer& trainer, int64_
   return absl::OkStatus();
 }
 
-// Writes `name` (a model directory plus the trainer's files) under a temporary name in `out`,
-// then renames it into place: a reader sees either no directory or a complete one.
+// Writes `name` (a model directory plus the trainer's files, then the manifest over all of them)
+// under a temporary name in `out`, then renames it into place: a reader sees either no directory
+// or a complete one. On failure (a full disk, say) everything this call wrote is removed, so the
+// space is given back, and the checkpoints already in place are untouched.
 absl::Status save_checkpoint(const fs::path& out, const std::string& name, const BloomModel& model,
                              Trainer& trainer, const nlohmann::json& state,
                              const std::optional<SurgeryPlan>& plan) {
   const fs::path tmp = out / (".tmp-" + name);
   const fs::path target = out / name;
+  const fs::path old = out / (".old-" + name);
+  auto fail = [&](const absl::Status& s) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    return absl::Status(s.code(), absl::StrCat("cannot save checkpoint ", target.string(), ": ",
+                                               std::string(s.message())));
+  };
   std::error_code ec;
   fs::remove_all(tmp, ec);
   if (!fs::create_directories(tmp, ec) && ec) {
-    return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create: ", ec.message()));
+    return fail(absl::InternalError(absl::StrCat(tmp.string(), ": cannot create: ", ec.message())));
   }
-  if (absl::Status s = save_model_directory(model, tmp); !s.ok()) return s;
-  if (absl::Status s = write_optimizer_state(tmp / kOptimizerFile, trainer); !s.ok()) return s;
+  if (absl::Status s = save_model_directory(model, tmp); !s.ok()) return fail(s);
+  std::vector<std::string> trainer_files = {kOptimizerFile, kStateFile};
+  if (absl::Status s = write_optimizer_state(tmp / kOptimizerFile, trainer); !s.ok()) {
+    return fail(s);
+  }
   if (plan.has_value()) {
+    trainer_files.push_back("plan.json");
     if (absl::Status s =
             write_string_atomically(tmp / "plan.json", plan_to_json(*plan).dump(2) + "\n");
         !s.ok()) {
-      return s;
+      return fail(s);
     }
   }
   if (absl::Status s = write_string_atomically(tmp / kStateFile, state.dump(2) + "\n"); !s.ok()) {
-    return s;
+    return fail(s);
   }
+  if (absl::Status s = extend_manifest(tmp, trainer_files); !s.ok()) return fail(s);
   // A directory cannot be renamed over a non-empty one: move the old one aside first.
-  const fs::path old = out / (".old-" + name);
   fs::remove_all(old, ec);
   if (fs::exists(target)) {
     fs::rename(target, old, ec);
-    if (ec) return absl::InternalError(absl::StrCat(target.string(), ": rename: ", ec.message()));
+    if (ec) {
+      return fail(absl::InternalError(absl::StrCat(target.string(), ": rename: ", ec.message())));
+    }
   }
   fs::rename(tmp, target, ec);
-  if (ec) return absl::InternalError(absl::StrCat(tmp.string(), ": rename: ", ec.message()));
+  if (ec) {
+    std::error_code ignored;
+    fs::rename(old, target, ignored);  // the previous checkpoint back in place
+    return fail(absl::InternalError(absl::StrCat(tmp.string(), ": rename: ", ec.message())));
+  }
   if (absl::Status s = fsync_directory(out); !s.ok()) return s;
   fs::remove_all(old, ec);
   return absl::OkStatus();
+}
+
+absl::Status with_last_good(const absl::Status& s, const std::string& last_good) {
+  return absl::Status(s.code(),
+                      absl::StrCat(std::string(s.message()), "; last good checkpoint: ", last_good));
 }
 
 // Appends one JSON object per line, flushed at once, so a killed run leaves whole lines.
@@ -491,6 +520,8 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
         absl::StrCat(o.model_dir.string(), ": ", std::string(s.message())));
   }
   const BloomConfig config = base->config;
+  // Identifies the base weights (before surgery) for the resume check.
+  const std::string base_weights_sha256 = arena_sha256(base->arena);
   const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
   // The reference for drift: the base model's heads before surgery.
   std::optional<HeadScan> base_scan;
@@ -538,6 +569,11 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   nlohmann::json resumed_state;
   if (resume_step >= 0) {
     const fs::path dir = o.out_dir / absl::StrCat("step_", resume_step);
+    // Every byte of the checkpoint against its manifest before anything in it is used: the
+    // trainer's own files here, the model files when load_model_directory reads them below.
+    if (absl::Status s = verify_checkpoint_files(dir); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("resume: ", std::string(s.message())));
+    }
     absl::StatusOr<nlohmann::json> state = read_json(dir / kStateFile);
     if (!state.ok()) return state.status();
     auto mismatch = [&](const std::string& what) {
@@ -547,7 +583,21 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     if (!state->contains("version") || (*state)["version"] != kStateVersion) {
       return mismatch("trainer state version");
     }
-    if ((*state)["base_config"] != config_json) return mismatch("model configuration");
+    const std::string checkpoint_base = state->value("base_model", std::string("(unrecorded)"));
+    const std::string both_bases = absl::StrCat("checkpoint base ", checkpoint_base, ", --model ",
+                                                o.model_dir.string());
+    if ((*state)["base_config"] != config_json) {
+      return mismatch(absl::StrCat("model configuration: ",
+                                   first_difference((*state)["base_config"], config_json), "; ",
+                                   both_bases));
+    }
+    const std::string checkpoint_hash =
+        state->value("base_weights_sha256", std::string("(unrecorded)"));
+    if (checkpoint_hash != base_weights_sha256) {
+      return mismatch(absl::StrCat("base model: checkpoint base ", checkpoint_base,
+                                   " has weights sha256 ", checkpoint_hash, ", --model ",
+                                   o.model_dir.string(), " has ", base_weights_sha256));
+    }
     if ((*state)["plan"] != plan_json) return mismatch("surgery plan (or none)");
     const std::string diff = first_difference((*state)["recipe"], recipe);
     if (!diff.empty()) return mismatch(absl::StrCat("training recipe: ", diff));
@@ -617,6 +667,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   Trainer trainer(model, backend, *mask, o.optimizer);
   trainer.set_recompute(o.recompute);
   trainer.set_communicator(comm);
+  trainer.set_fault_hook(o.fault_hook);
   if (resume_step >= 0) {
     if (absl::Status s = read_optimizer_state(
             o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);
@@ -671,6 +722,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                           {"plan", plan_json},
                           {"base_model", o.model_dir.string()},
                           {"base_config", config_json},
+                          {"base_weights_sha256", base_weights_sha256},
                           {"mask", summary},
                           {"best", best}};
   };
@@ -786,7 +838,10 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                            {"grad_norm", r->grad_norm},
                            {"tokens", r->tokens},
                            {"tokens_per_s", tokens_per_s}};
-    if (!r->finite) line["skipped_nonfinite"] = true;
+    if (!r->finite) {
+      line["skipped_nonfinite"] = true;
+      line["nonfinite"] = r->nonfinite;
+    }
     metrics.write(line);
     log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total,
                         r->loss, lr, r->grad_norm, tokens_per_s,
@@ -801,14 +856,14 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
         best_ppl = **ppl;
         best_step = step;
         if (absl::Status s = save("best", state_for(step, last_loss)); !s.ok()) {
-          return s;
+          return with_last_good(s, last_good);
         }
       }
     }
     if (step % checkpoint_every == 0 || last) {
       const std::string name = absl::StrCat("step_", step);
       if (absl::Status s = save(name, state_for(step, last_loss)); !s.ok()) {
-        return s;
+        return with_last_good(s, last_good);
       }
       last_good = (o.out_dir / name).string();
     }
@@ -825,7 +880,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   }
   result.final_dir = o.out_dir / "final";
   if (absl::Status s = save("final", state_for(trainer.step_count(), last_loss)); !s.ok()) {
-    return s;
+    return with_last_good(s, last_good);
   }
   metrics.write({{"event", "end"}, {"step", trainer.step_count()}, {"loss", last_loss}});
   result.steps = trainer.step_count();

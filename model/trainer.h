@@ -8,10 +8,16 @@
 //   the global norm over trainable elements, and applies masked AdamW or SGD: only arena elements
 //   listed by the FrozenMask are ever written, so frozen ones stay bit-identical. Optimizer state
 //   holds one m and one v per trainable element (the arena is f32, so no master copy is needed).
-//   A non-finite loss or gradient leaves the weights and state untouched and is reported.
+//   A non-finite loss or gradient leaves the weights and state untouched and is reported with
+//   its cause named (model/numeric_faults.h): the weight tensor, the loss, or the gradient tensor.
+//   A non-finite weight is an error even with skip_nonfinite (skipping cannot clear it).
 // - run_training drives Trainer over a ChunkedDataset in its seeded per-epoch order; everything
 //   it does is a pure function of (weights, plan, options, data), so on the CPU backend a run
 //   resumed from checkpoint step_N ends bit-identical to an uninterrupted run.
+// - Checkpoints carry a content manifest (model/checkpoint_manifest.h) written last; resume
+//   verifies every byte of the checkpoint against it first, and refuses a checkpoint made from
+//   another base model (configuration or weights hash) naming both. A checkpoint save that fails
+//   (e.g. a full disk) removes what it wrote and leaves earlier checkpoints untouched.
 // - Every input problem (plan for another shape, targets out of range, an output path that is a
 //   file, a resume directory from another model, plan or recipe) is an error before any work.
 #pragma once
@@ -62,6 +68,15 @@ struct StepResult {
   double lr = 0.0;
   int64_t tokens = 0;  // scored tokens
   bool finite = true;  // false: nothing was updated
+  std::string nonfinite;  // when !finite: the cause (numeric_faults.h), e.g. the tensor named
+};
+
+// Test hook for injecting numerical faults into a step; both members are empty in production.
+// before_forward sees the weights before the step's forward pass, after_backward the accumulated
+// compact gradient before its norm is taken.
+struct StepFaultHook {
+  std::function<void(int64_t step, BloomModel& model)> before_forward;
+  std::function<void(int64_t step, CompactGradients& gradients)> after_backward;
 };
 
 class Trainer {
@@ -85,6 +100,7 @@ class Trainer {
   // ranks before the norm, and the non-finite decision is agreed, so every rank applies the same
   // update. Null or world size 1 = one process.
   void set_communicator(Communicator* comm) { comm_ = comm; }
+  void set_fault_hook(StepFaultHook hook) { fault_hook_ = std::move(hook); }
 
  private:
   BloomModel& model_;
@@ -95,6 +111,7 @@ class Trainer {
   int64_t step_ = 0;
   bool recompute_ = false;
   Communicator* comm_ = nullptr;
+  StepFaultHook fault_hook_;
 };
 
 // sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
@@ -120,6 +137,8 @@ struct TrainRunOptions {
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;
+  // Test hook for numerical faults (Trainer::set_fault_hook).
+  StepFaultHook fault_hook;
   // Human-readable progress lines (the library itself never prints).
   std::function<void(const std::string&)> log;
   // Called after every optimizer step with (steps done, total steps), for a progress bar.
