@@ -69,6 +69,24 @@ const ManifestEntry* Manifest::find(const std::string& name) const {
   return nullptr;
 }
 
+namespace {
+
+// SHA-256 of a whole mapped file, read in slices that leave the resident set once hashed
+// (MappedFile::release): hashing a checkpoint's weights while training must not add their size to
+// the process's peak memory.
+Sha256Digest sha256_of_file(const MappedFile& f) {
+  constexpr size_t kSlice = size_t{64} << 20;
+  Sha256 h;
+  for (size_t at = 0; at < f.size(); at += kSlice) {
+    const size_t n = std::min(kSlice, f.size() - at);
+    h.update(f.data() + at, n);
+    f.release(at, n);
+  }
+  return h.digest();
+}
+
+}  // namespace
+
 absl::StatusOr<ManifestEntry> hash_manifest_entry(const fs::path& dir, const std::string& name) {
   if (!is_plain_name(name)) {
     return absl::InvalidArgumentError(
@@ -76,7 +94,7 @@ absl::StatusOr<ManifestEntry> hash_manifest_entry(const fs::path& dir, const std
   }
   absl::StatusOr<MappedFile> f = MappedFile::open(dir / name);
   if (!f.ok()) return f.status();
-  return ManifestEntry{name, f->size(), to_hex(sha256(f->data(), f->size()))};
+  return ManifestEntry{name, f->size(), to_hex(sha256_of_file(*f))};
 }
 
 absl::Status write_manifest(const fs::path& dir, const std::vector<std::string>& names) {
@@ -173,7 +191,7 @@ absl::Status verify_manifest_files(const fs::path& dir, const Manifest& manifest
       return absl::DataLossError(absl::StrCat(file.string(), ": size ", f->size(),
                                               " bytes differs from the manifest's ", e->size));
     }
-    const std::string got = to_hex(sha256(f->data(), f->size()));
+    const std::string got = to_hex(sha256_of_file(*f));
     if (got != e->sha256) {
       return absl::DataLossError(absl::StrCat(file.string(),
                                               ": content hash mismatch (manifest says ", e->sha256,
