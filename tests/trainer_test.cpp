@@ -312,6 +312,21 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(lines, 1 + 6 + 3 + 1);  // start, steps, evals, end
   EXPECT_NE(metrics.find("\"grad_norm\""), std::string::npos);
   EXPECT_NE(metrics.find("\"tokens_per_s\""), std::string::npos);
+  // The resumed run's log is one history: step 3 ran before the kill and again after the resume
+  // from step_2, but appears once; every step 1..6 appears exactly once, in order.
+  std::ifstream split_log(root_ / "split" / "metrics.jsonl");
+  std::vector<int64_t> steps;
+  int resumes = 0;
+  for (std::string line; std::getline(split_log, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j["event"] == "step") steps.push_back(j["step"].get<int64_t>());
+    if (j["event"] == "resume") {
+      ++resumes;
+      EXPECT_EQ(j["step"], 2);
+    }
+  }
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  EXPECT_EQ(resumes, 1);
 }
 
 // Killed before the first checkpoint: --resume starts from the beginning and completes.
