@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: builds the engine (Release, CUDA on, for the local GPU's
-# architecture), runs the GPU tests (every CUDA kernel against the CPU reference), then the
-# attention benchmark, and prints a summary. Meant to finish in under 8 minutes.
+# architecture), runs the GPU tests (every CUDA kernel against the CPU reference), the two-rank
+# data-parallel equality test over NCCL when there are two GPUs, then the attention benchmark,
+# and prints a summary. Meant to finish in under 8 minutes.
 #   ENGINE_GPU_BUILD_DIR   build directory (default: build-gpu in the repository)
 #   ENGINE_GPU_ARCHS       CMAKE_CUDA_ARCHITECTURES (default: native)
 #   ENGINE_GPU_BENCH_MIN_TIME  seconds per benchmark (default: 0.05)
@@ -32,7 +33,7 @@ step "configure + build (Release, CUDA ON, archs $archs)"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DENGINE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" >/dev/null
 build_log="$build/gpu-build.log"
-if ! ninja -C "$build" -j "$jobs" engine_tests attention_cuda_bench >"$build_log" 2>&1; then
+if ! ninja -C "$build" -j "$jobs" engine engine_tests attention_cuda_bench >"$build_log" 2>&1; then
   grep -vE '^\[[0-9]+/[0-9]+\] ' "$build_log" | tail -60 >&2
   echo "gpu-check: build FAILED (log $build_log)" >&2
   exit 1
@@ -56,6 +57,25 @@ if grep -q '^\[  SKIPPED \]' "$test_log"; then
   tests=FAILED
 fi
 
+step "data parallel over NCCL (2 ranks, one GPU each)"
+nccl=skipped
+gpus="$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)"
+if [ "$gpus" -lt 2 ]; then
+  echo "gpu-check: $gpus GPU(s): the NCCL two-rank run needs two; skipped"
+elif ! command -v mpirun >/dev/null; then
+  echo "gpu-check: mpirun not found (openmpi-bin): NCCL two-rank run skipped"
+else
+  nccl_log="$build/nccl-test.log"
+  if ENGINE_TEST_DIST_BACKEND=nccl OMP_WAIT_POLICY=passive timeout 120 "$build/tests/engine_tests" \
+      --gtest_filter='TwoRanks.SameWeightsAsOneProcessWithTheSameGlobalBatch' >"$nccl_log" 2>&1 &&
+      grep -q '^\[  PASSED  \] 1 test' "$nccl_log"; then
+    nccl=ok
+  else
+    tail -30 "$nccl_log" >&2
+    nccl=FAILED
+  fi
+fi
+
 step "attention benchmark (bf16, B*T = 16k tokens, 16 heads)"
 bench_log="$build/attention-bench.log"
 timeout 240 "$build/bench/attention_cuda_bench" --benchmark_min_time="$min_time" \
@@ -64,7 +84,8 @@ timeout 240 "$build/bench/attention_cuda_bench" --benchmark_min_time="$min_time"
 step "summary"
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "spill check: $spills"
+echo "NCCL 2-rank: $nccl"
 echo "GPU tests:   $tests ($(grep -c '^\[       OK \]' "$test_log" || true) passed, log $test_log)"
 echo "benchmark:   $(grep -c '^BM_' "$bench_log" || true) rows, log $bench_log"
 echo "total time:  $((SECONDS - started)) s"
-[ "$tests" = ok ] && [ "$spills" = ok ]
+[ "$tests" = ok ] && [ "$spills" = ok ] && [ "$nccl" != FAILED ]
