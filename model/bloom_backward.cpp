@@ -94,12 +94,14 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   tape.record(at);
   const int x_mid = tape.add_value(a.x_mid.data(), rows * C);
   tape.record(TapeLinear{rows, C, C, p.dense_w, p.dense_b, attn, x, x_mid});
-  const int ln2 = tape.add_value(a.ln2.data(), rows * C);
+  // Unkept (empty) ln2 / gelu buffers belong to frozen fc1 / fc2 weights: their values are never
+  // read (ForwardInputs::keep_ln2), so they enter the tape without data.
+  const int ln2 = tape.add_value(a.ln2.empty() ? nullptr : a.ln2.data(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, a.ln2_mean.data(), a.ln2_rstd.data(), p.ln2_w, p.ln2_b,
                             x_mid, ln2});
   const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
   tape.record(TapeLinear{rows, C, 4 * C, p.fc1_w, p.fc1_b, ln2, -1, fc1});
-  const int gelu = tape.add_value(a.gelu.data(), rows * 4 * C);
+  const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.data(), rows * 4 * C);
   tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
   const int x_next = tape.add_value(out, rows * C);
   tape.record(TapeLinear{rows, 4 * C, C, p.fc2_w, p.fc2_b, gelu, x_mid, x_next});
@@ -162,6 +164,24 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   ForwardInputs fwd = in;
   fwd.keep_activations = !recompute;
   fwd.keep_block_inputs = recompute;
+  const int64_t L = c.n_layer;
+  // What the backward will read (ForwardInputs::keep_from_layer, keep_ln2, keep_gelu): nothing
+  // below the lowest block with a trainable element (unless the embedding trains), and a block's
+  // ln2 / GELU outputs only for a trainable fc1 / fc2 weight.
+  const bool embedding_trains = grads.any_trainable(params->embedding) ||
+                                grads.any_trainable(params->emb_ln_w) ||
+                                grads.any_trainable(params->emb_ln_b);
+  int64_t lowest = L;
+  for (int64_t l = L - 1; l >= 0; --l) {
+    if (block_trainable(grads, params->blocks[l])) lowest = l;
+  }
+  fwd.keep_from_layer = embedding_trains ? 0 : lowest;
+  fwd.keep_ln2.resize(static_cast<size_t>(L));
+  fwd.keep_gelu.resize(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    fwd.keep_ln2[l] = grads.any_trainable(params->blocks[l].fc1_w) ? 1 : 0;
+    fwd.keep_gelu[l] = grads.any_trainable(params->blocks[l].fc2_w) ? 1 : 0;
+  }
   // With a frozen embedding (every surgery plan) the classifier's input gradient comes out of
   // the forward's pass over the vocabulary: the backward then never recomputes the logits, which
   // for BLOOM's 250,880-entry vocabulary are a large share of a step's work.
@@ -180,7 +200,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     return result;
   }
   BloomActivations& act = *result->activations;
-  const int64_t L = c.n_layer, rows = in.batch * in.seq, C = c.hidden_size;
+  const int64_t rows = in.batch * in.seq, C = c.hidden_size;
   const std::vector<float> slopes = alibi_slopes(c.n_head);
   GraphShape shape;
   shape.batch = in.batch, shape.seq = in.seq, shape.hidden = C;
@@ -192,11 +212,15 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
 
   if (!recompute) {
-    // One tape over every kept intermediate.
+    // One tape over every kept intermediate, from the embedding when it trains, else from the
+    // input of the lowest block with something trainable (nothing below it needs a gradient).
     Tape tape;
-    int x =
-        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.blocks[0].x.data());
-    for (int64_t l = 0; l < L; ++l) {
+    const int64_t from = fwd.keep_from_layer;
+    int x = from == 0 ? record_embedding(tape, shape, *params, act, in.ids, c.vocab_size,
+                                         act.blocks[0].x.data())
+                      : tape.add_value(from < L ? act.blocks[from].x.data() : act.final_x.data(),
+                                       rows * C);
+    for (int64_t l = from; l < L; ++l) {
       const float* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
     }

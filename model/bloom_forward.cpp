@@ -52,7 +52,7 @@ absl::Status layernorm(Backend& backend, const float* x, int64_t rows, int64_t w
 }
 
 void size_block(BlockActivations& a, int64_t rows, int64_t batch, int64_t seq,
-                const BloomConfig& c) {
+                const BloomConfig& c, bool ln2 = true, bool gelu = true) {
   const int64_t C = c.hidden_size;
   a.x.resize(rows * C);
   a.ln1.resize(rows * C);
@@ -62,11 +62,11 @@ void size_block(BlockActivations& a, int64_t rows, int64_t batch, int64_t seq,
   a.attn.resize(rows * C);
   a.lse.resize(batch * c.n_head * seq);
   a.x_mid.resize(rows * C);
-  a.ln2.resize(rows * C);
+  if (ln2) a.ln2.resize(rows * C);
   a.ln2_mean.resize(rows);
   a.ln2_rstd.resize(rows);
   a.fc1.resize(rows * 4 * C);
-  a.gelu.resize(rows * 4 * C);
+  if (gelu) a.gelu.resize(rows * 4 * C);
 }
 
 // Where one block reads and writes.
@@ -80,6 +80,9 @@ struct BlockCall {
   const float* x_in = nullptr;  // (rows, C)
   float* x_out = nullptr;       // (rows, C), may alias x_in
   HeadStatsAccumulator stats;
+  // Where the ln2 and GELU outputs go when the block's own buffers are not kept (else null).
+  float* ln2_out = nullptr;
+  float* gelu_out = nullptr;
 };
 
 absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockWeights& w,
@@ -89,6 +92,8 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   const int64_t rows = call.batch * call.rows_per_batch;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
   float* qkv = call.qkv_store + call.past * 3 * C;
+  float* ln2 = call.ln2_out != nullptr ? call.ln2_out : a.ln2.data();
+  float* gelu = call.gelu_out != nullptr ? call.gelu_out : a.gelu.data();
   if (absl::Status s = layernorm(backend, call.x_in, rows, C, eps, w.ln1_weight, w.ln1_bias,
                                  a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data());
       !s.ok()) {
@@ -117,20 +122,20 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
     return s;
   }
   if (absl::Status s = layernorm(backend, a.x_mid.data(), rows, C, eps, w.ln2_weight, w.ln2_bias,
-                                 a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data());
+                                 ln2, a.ln2_mean.data(), a.ln2_rstd.data());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = linear(backend, a.ln2.data(), rows, C, w.fc1_weight, w.fc1_bias, 4 * C,
+  if (absl::Status s = linear(backend, ln2, rows, C, w.fc1_weight, w.fc1_bias, 4 * C,
                               a.fc1.data());
       !s.ok()) {
     return s;
   }
   GeluParams gp;
   gp.n = rows * 4 * C;
-  gp.x = a.fc1.data(), gp.y = a.gelu.data();
+  gp.x = a.fc1.data(), gp.y = gelu;
   if (absl::Status s = backend.gelu_forward(gp); !s.ok()) return s;
-  return linear(backend, a.gelu.data(), rows, 4 * C, w.fc2_weight, w.fc2_bias, C, call.x_out,
+  return linear(backend, gelu, rows, 4 * C, w.fc2_weight, w.fc2_bias, C, call.x_out,
                 a.x_mid.data());
 }
 
@@ -258,8 +263,24 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       act->positions[b * T + t] = real ? count - 1 : 0;
     }
   }
-  act->blocks.resize(in.keep_activations ? L : 1);
-  for (BlockActivations& a : act->blocks) size_block(a, rows, B, T, c);
+  if ((!in.keep_ln2.empty() && static_cast<int64_t>(in.keep_ln2.size()) != L) ||
+      (!in.keep_gelu.empty() && static_cast<int64_t>(in.keep_gelu.size()) != L)) {
+    return absl::InvalidArgumentError("forward: keep_ln2 / keep_gelu need one entry per layer");
+  }
+  const bool keep = in.keep_activations;
+  const int64_t keep_from = keep ? std::clamp<int64_t>(in.keep_from_layer, 0, L) : 0;
+  auto kept = [](const std::vector<uint8_t>& v, int64_t l) { return v.empty() || v[l] != 0; };
+  bool use_scratch = keep && keep_from > 0;
+  act->blocks.resize(keep ? std::max<int64_t>(L, 1) : 1);
+  if (!keep || L == 0) size_block(act->blocks[0], rows, B, T, c);
+  for (int64_t l = keep_from; keep && l < L; ++l) {
+    const bool ln2 = kept(in.keep_ln2, l), gelu = kept(in.keep_gelu, l);
+    size_block(act->blocks[l], rows, B, T, c, ln2, gelu);
+    use_scratch = use_scratch || !ln2 || !gelu;
+  }
+  if (use_scratch) size_block(act->scratch, rows, B, T, c);
+  // The block every layer below keep_from runs in (and the embedding LayerNorm writes into).
+  BlockActivations& first = keep && keep_from > 0 ? act->scratch : act->blocks[0];
   act->embedded.resize(rows * C);
   act->emb_ln_mean.resize(rows);
   act->emb_ln_rstd.resize(rows);
@@ -270,7 +291,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
   if (absl::Status s = layernorm(backend, act->embedded.data(), rows, C, eps,
                                  weights->emb_ln_weight, weights->emb_ln_bias,
-                                 act->blocks[0].x.data(), act->emb_ln_mean.data(),
+                                 first.x.data(), act->emb_ln_mean.data(),
                                  act->emb_ln_rstd.data());
       !s.ok()) {
     return s;
@@ -289,7 +310,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   const bool keep_inputs = in.keep_block_inputs && !in.keep_activations;
   if (keep_inputs) act->block_inputs.resize(L * rows * C);
   for (int64_t l = 0; l < L; ++l) {
-    BlockActivations& a = act->blocks[in.keep_activations ? l : 0];
+    BlockActivations& a = !keep ? act->blocks[0] : (l < keep_from ? act->scratch : act->blocks[l]);
     if (keep_inputs) std::copy(a.x.begin(), a.x.end(), act->block_inputs.begin() + l * rows * C);
     BlockCall call;
     call.batch = B, call.rows_per_batch = T, call.past = 0;
@@ -300,8 +321,13 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     const bool last = l + 1 == L;
     // Kept: the next block's input buffer; shared: the block's own input, which is dead once
     // the attention residual has been formed.
-    call.x_out = last ? act->final_x.data()
-                      : (in.keep_activations ? act->blocks[l + 1].x.data() : a.x.data());
+    call.x_out = last                            ? act->final_x.data()
+                 : !keep || l + 1 < keep_from ? a.x.data()
+                                              : act->blocks[l + 1].x.data();
+    if (keep && l >= keep_from) {
+      if (!kept(in.keep_ln2, l)) call.ln2_out = act->scratch.ln2.data();
+      if (!kept(in.keep_gelu, l)) call.gelu_out = act->scratch.gelu.data();
+    }
     if (in.want_stats) {
       call.stats.bos_mass_sum = st.bos_mass.data() + l * B * H;
       call.stats.entropy_sum = st.entropy.data() + l * B * H;
@@ -312,7 +338,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       return s;
     }
   }
-  if (L == 0) act->final_x = act->blocks[0].x;
+  if (L == 0) act->final_x = first.x;
   if (in.want_stats) {
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t b = 0; b < B; ++b) {

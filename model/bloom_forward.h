@@ -70,6 +70,9 @@ struct BloomActivations {
   std::vector<float> emb_ln_mean, emb_ln_rstd;  // (rows)
   std::vector<BlockActivations> blocks;  // (L) when kept, else (1) shared by every layer
   std::vector<float> block_inputs;       // (L, rows, C) when keep_block_inputs
+  // keep_activations with a KeepPolicy: the intermediates nobody will read share this block
+  // (blocks below keep_from_layer run in it entirely; unkept ln2 / gelu outputs land in it).
+  BlockActivations scratch;
   std::vector<float> final_x;           // (rows, C) residual stream after the last block
   std::vector<float> lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
 };
@@ -85,6 +88,14 @@ struct ForwardInputs {
   // Keep only each block's input (and the embedding/final intermediates): for a backward that
   // recomputes each block's intermediates from its input (activation recomputation).
   bool keep_block_inputs = false;
+  // With keep_activations: what a backward with frozen parts will read. Blocks below
+  // keep_from_layer are never visited by it (nothing trainable at or below them), so their
+  // intermediates are not kept; above, a block's ln2 output is read only for the fc1 weight
+  // gradient and its GELU output only for the fc2 weight gradient (the activation gradients need
+  // the weights, the LayerNorm input and the pre-GELU values), so frozen MLP weights let those go.
+  // Empty vectors: keep every layer's ln2 / gelu.
+  int64_t keep_from_layer = 0;
+  std::vector<uint8_t> keep_ln2, keep_gelu;  // (L)
   int64_t vocab_chunk = 8192;        // classifier chunk width
   // Training: when set (with targets), the classifier also writes the gradient of
   // dhidden_scale * (sum of scored row losses) with respect to its input (the ln_f output),

@@ -121,6 +121,29 @@ TEST(BloomForward, OptionalOutputsDoNotChangeResults) {
   ASSERT_NE(full->activations, nullptr);
   EXPECT_EQ(full->activations->blocks.size(), static_cast<size_t>(model->config.n_layer));
   EXPECT_EQ(plain->activations, nullptr);
+
+  // A keep policy (what a backward with frozen parts reads) changes what is kept, not results:
+  // layer 0 runs in the shared scratch block, layer 1 keeps no ln2 / GELU output, layer 2 all.
+  in.keep_activations = true;
+  in.keep_from_layer = 1;
+  in.keep_ln2 = {0, 0, 1};
+  in.keep_gelu = {0, 0, 1};
+  absl::StatusOr<ForwardResult> partial = bloom_forward(*model, *backend, in);
+  ASSERT_TRUE(partial.ok()) << partial.status();
+  EXPECT_EQ(plain->row_loss, partial->row_loss);
+  const BloomActivations& a = *partial->activations;
+  EXPECT_TRUE(a.blocks[0].qkv.empty() && a.blocks[0].x.empty());
+  EXPECT_TRUE(a.blocks[1].ln2.empty() && a.blocks[1].gelu.empty());
+  EXPECT_FALSE(a.blocks[1].fc1.empty() || a.blocks[1].qkv.empty());
+  EXPECT_FALSE(a.blocks[2].ln2.empty() || a.blocks[2].gelu.empty());
+  // Every kept intermediate equals the fully kept run's.
+  for (int64_t l = 1; l < 3; ++l) {
+    EXPECT_EQ(a.blocks[l].x, full->activations->blocks[l].x) << l;
+    EXPECT_EQ(a.blocks[l].fc1, full->activations->blocks[l].fc1) << l;
+  }
+  EXPECT_EQ(a.blocks[2].gelu, full->activations->blocks[2].gelu);
+  in.keep_ln2 = {1, 1};  // not one entry per layer
+  EXPECT_FALSE(bloom_forward(*model, *backend, in).ok());
 }
 
 TEST(BloomForward, GreedyDecodingWithKvCacheMatchesTransformers) {
