@@ -7,12 +7,62 @@
 
 namespace engine {
 
-CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements,
-                                   std::vector<int64_t> indices)
-    : words_(std::move(words)),
-      elements_(elements),
-      indices_(std::move(indices)),
-      values_(indices_.size(), 0.0f) {}
+CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements)
+    : words_(std::move(words)), elements_(elements) {
+  // Whole words of zeros or ones are skipped or taken at once; only mixed words go bit by bit.
+  auto extend = [&](int64_t begin, int64_t length) {
+    if (!runs_.empty() && runs_.back().arena_begin + runs_.back().length == begin) {
+      runs_.back().length += length;
+    } else {
+      runs_.push_back({begin, size_, length});
+    }
+    size_ += length;
+  };
+  for (size_t w = 0; w < words_.size(); ++w) {
+    const int64_t base = static_cast<int64_t>(w) * 64;
+    const int64_t bits = std::min<int64_t>(64, elements_ - base);
+    if (bits <= 0) break;
+    const uint64_t word = words_[w];
+    if (word == 0) continue;
+    if (bits == 64 && word == ~uint64_t{0}) {
+      extend(base, 64);
+      continue;
+    }
+    for (int64_t b = 0; b < bits; ++b) {
+      if ((word >> b) & 1u) extend(base + b, 1);
+    }
+  }
+  values_.assign(static_cast<size_t>(size_), 0.0f);
+}
+
+int64_t CompactGradients::arena_index(int64_t i) const {
+  // The last run starting at or before compact position i.
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), i,
+                             [](int64_t pos, const Run& r) { return pos < r.compact_begin; });
+  --it;
+  return it->arena_begin + (i - it->compact_begin);
+}
+
+void CompactGradients::arena_indices(int64_t first, int64_t count, int64_t* out) const {
+  if (count <= 0) return;
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), first,
+                             [](int64_t pos, const Run& r) { return pos < r.compact_begin; });
+  --it;
+  int64_t i = first;
+  for (int64_t k = 0; k < count; ++it) {
+    const int64_t end = std::min(it->compact_begin + it->length, first + count);
+    for (; i < end; ++i, ++k) *out++ = it->arena_begin + (i - it->compact_begin);
+  }
+}
+
+int64_t CompactGradients::compact_position(int64_t element) const {
+  // The first run ending after `element`: either it contains `element` or starts after it.
+  auto it = std::upper_bound(runs_.begin(), runs_.end(), element, [](int64_t e, const Run& r) {
+    return e < r.arena_begin + r.length;
+  });
+  if (it == runs_.end()) return size_;
+  return it->compact_begin + std::max<int64_t>(0, element - it->arena_begin);
+}
 
 void CompactGradients::zero() { std::fill(values_.begin(), values_.end(), 0.0f); }
 
@@ -52,7 +102,7 @@ void CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t base = p.arena_offset + (r0 + r) * p.cols + c0;
-    int64_t pos = std::lower_bound(indices_.begin(), indices_.end(), base) - indices_.begin();
+    int64_t pos = compact_position(base);
     const float* gr = g + r * ld;
     for (int64_t c = 0; c < nc; ++c) {
       if (trainable(base + c)) values_[static_cast<size_t>(pos++)] += gr[c];

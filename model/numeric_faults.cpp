@@ -30,11 +30,10 @@ std::optional<NonFiniteElement> first_nonfinite_weight(const ParameterArena& are
 std::optional<NonFiniteElement> first_nonfinite_gradient(const ParameterArena& arena,
                                                          const CompactGradients& gradients) {
   const float* g = gradients.data();
-  const std::vector<int64_t>& offsets = gradients.indices();
   const std::vector<ParameterInfo>& params = arena.parameters();
   for (int64_t j = 0; j < gradients.size(); ++j) {
     if (std::isfinite(g[j])) continue;
-    const int64_t offset = offsets[static_cast<size_t>(j)];
+    const int64_t offset = gradients.arena_index(j);
     // Parameters are declared in ascending offset order: the owner is the last one starting at or
     // before `offset`.
     auto owner = std::upper_bound(

@@ -60,7 +60,7 @@ Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
     : model_(model),
       backend_(backend),
       options_(options),
-      grads_(mask.words(), mask.elements(), mask.trainable_indices()) {
+      grads_(mask.words(), mask.elements()) {
   if (options_.kind == OptimizerKind::kAdamW) {
     m_.assign(static_cast<size_t>(grads_.size()), 0.0f);
     v_.assign(static_cast<size_t>(grads_.size()), 0.0f);
@@ -134,25 +134,33 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   if (options_.clip > 0.0 && r.grad_norm > options_.clip) {
     grad_scale = static_cast<float>(options_.clip / (r.grad_norm + kClipEpsilon));
   }
-  MaskedAdamWParams p;
-  p.n = grads_.size();
-  p.index = grads_.indices().data();
-  p.params = reinterpret_cast<float*>(model_.arena.base());
-  p.grad = grads_.data();
-  p.lr = static_cast<float>(lr);
-  p.grad_scale = grad_scale;
-  p.step = step_ + 1;
-  absl::Status s;
-  if (options_.kind == OptimizerKind::kAdamW) {
-    p.m = m_.data(), p.v = v_.data();
-    p.beta1 = static_cast<float>(options_.beta1), p.beta2 = static_cast<float>(options_.beta2);
-    p.eps = static_cast<float>(options_.eps);
-    p.weight_decay = static_cast<float>(options_.weight_decay);
-    s = backend_.masked_adamw(p);
-  } else {
-    s = cpu::masked_sgd(p);
+  // The update is elementwise, so it runs over the compact buffer in chunks, each with its
+  // slice of arena offsets (CompactGradients keeps runs, not one offset per element).
+  constexpr int64_t kUpdateChunk = int64_t{1} << 20;
+  std::vector<int64_t> index(static_cast<size_t>(std::min(kUpdateChunk, grads_.size())));
+  for (int64_t first = 0; first < grads_.size(); first += kUpdateChunk) {
+    const int64_t count = std::min(kUpdateChunk, grads_.size() - first);
+    grads_.arena_indices(first, count, index.data());
+    MaskedAdamWParams p;
+    p.n = count;
+    p.index = index.data();
+    p.params = reinterpret_cast<float*>(model_.arena.base());
+    p.grad = grads_.data() + first;
+    p.lr = static_cast<float>(lr);
+    p.grad_scale = grad_scale;
+    p.step = step_ + 1;
+    absl::Status s;
+    if (options_.kind == OptimizerKind::kAdamW) {
+      p.m = m_.data() + first, p.v = v_.data() + first;
+      p.beta1 = static_cast<float>(options_.beta1), p.beta2 = static_cast<float>(options_.beta2);
+      p.eps = static_cast<float>(options_.eps);
+      p.weight_decay = static_cast<float>(options_.weight_decay);
+      s = backend_.masked_adamw(p);
+    } else {
+      s = cpu::masked_sgd(p);
+    }
+    if (!s.ok()) return s;
   }
-  if (!s.ok()) return s;
   ++step_;
   return r;
 }

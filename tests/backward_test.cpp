@@ -34,13 +34,13 @@ using testing_fixtures::Reference;
 constexpr double kLossTol = 1e-5;
 
 CompactGradients compact_for(const FrozenMask& mask) {
-  return CompactGradients(mask.words(), mask.elements(), mask.trainable_indices());
+  return CompactGradients(mask.words(), mask.elements());
 }
 
 // The compact gradient scattered back to arena layout (frozen elements 0).
 std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
   std::vector<float> out(static_cast<size_t>(elements), 0.0f);
-  for (int64_t i = 0; i < g.size(); ++i) out[g.indices()[i]] = g.data()[i];
+  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
   return out;
 }
 

@@ -313,10 +313,10 @@ StepFaultHook nan_gradient_at(int64_t at, const ParameterArena& arena) {
   StepFaultHook hook;
   hook.after_backward = [at, offset](int64_t step, CompactGradients& g) {
     if (step != at) return;
-    const std::vector<int64_t>& idx = g.indices();
-    const auto it = std::lower_bound(idx.begin(), idx.end(), offset);
-    ASSERT_TRUE(it != idx.end() && *it == offset);
-    g.data()[it - idx.begin()] = std::numeric_limits<float>::quiet_NaN();
+    int64_t pos = -1;
+    for (int64_t i = 0; i < g.size() && pos < 0; ++i) pos = g.arena_index(i) == offset ? i : -1;
+    ASSERT_GE(pos, 0) << "element " << offset << " is not trainable";
+    g.data()[pos] = std::numeric_limits<float>::quiet_NaN();
   };
   return hook;
 }
