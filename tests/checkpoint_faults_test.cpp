@@ -51,13 +51,8 @@ ChunkedDataset make_dataset() {
   return std::move(*ds);
 }
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-void write_bytes(const fs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
-}
+using testing_fixtures::read_bytes;
+using testing_fixtures::write_bytes;
 std::string hex_of(const std::string& bytes) { return to_hex(sha256(bytes.data(), bytes.size())); }
 
 class CheckpointFaults : public ::testing::Test {

@@ -29,6 +29,7 @@
 #include "gtest/gtest.h"
 #include "model/model_directory.h"
 #include "nlohmann/json.hpp"
+#include "tests/fixture_reference.h"
 
 extern char** environ;
 
@@ -257,10 +258,7 @@ std::string find_in_path(const std::string& name) {
   return "";
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using testing_fixtures::read_bytes;
 
 class TwoRanks : public ::testing::Test {
  protected:
@@ -273,15 +271,7 @@ class TwoRanks : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("engine_distributed_test." + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    // 60 documents of 10-30 random ids inside the fixture vocabulary (260).
-    std::ofstream data(dir_ / "data.jsonl");
-    std::mt19937 rng(21);
-    std::uniform_int_distribution<int> id(4, 259), len(10, 30);
-    for (int d = 0; d < 60; ++d) {
-      data << "{\"input_ids\": [";
-      for (int t = len(rng); t > 0; --t) data << id(rng) << (t > 1 ? ", " : "");
-      data << "]}\n";
-    }
+    testing_fixtures::write_random_id_documents(dir_ / "data.jsonl", 60, 21);
   }
   void TearDown() override {
     if (!dir_.empty()) fs::remove_all(dir_);
@@ -367,7 +357,7 @@ class TwoRanks : public ::testing::Test {
     const int code = run(argv, "fault.log");
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const std::string log = read_file(dir_ / "fault.log");
+    const std::string log = read_bytes(dir_ / "fault.log");
     RecordProperty("seconds_to_fail", absl::StrCat(seconds));
     EXPECT_NE(code, 0) << log;
     EXPECT_LT(seconds, kFailureDeadlineSeconds) << log;
@@ -388,7 +378,7 @@ class TwoRanks : public ::testing::Test {
 TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   constexpr int kSteps = 4;
   ASSERT_EQ(run(train_args("single", 2, kSteps), "single.log"), 0)
-      << read_file(dir_ / "single.log");
+      << read_bytes(dir_ / "single.log");
   std::vector<std::string> two = mpirun({}, {});
   for (const std::string& a : train_args("two", 1, kSteps)) two.push_back(a);
   two.push_back("--dist_checksum");
@@ -397,8 +387,8 @@ TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   if (const char* backend = std::getenv("ENGINE_TEST_DIST_BACKEND"); backend != nullptr) {
     two.push_back(absl::StrCat("--dist_backend=", backend));
   }
-  ASSERT_EQ(run(two, "two.log"), 0) << read_file(dir_ / "two.log");
-  const std::string log = read_file(dir_ / "two.log");
+  ASSERT_EQ(run(two, "two.log"), 0) << read_bytes(dir_ / "two.log");
+  const std::string log = read_bytes(dir_ / "two.log");
   EXPECT_NE(log.find("step 4/4"), std::string::npos) << log;
 
   absl::StatusOr<BloomModel> a = load_model_directory(dir_ / "single" / "final");

@@ -7,7 +7,10 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -19,6 +22,29 @@ namespace engine::testing_fixtures {
 inline const std::filesystem::path kFixtures =
     std::filesystem::path(ENGINE_SOURCE_DIR) / "tests/fixtures";
 constexpr int32_t kIgnoreIndex = -100;
+
+// A whole file's bytes ("" when it cannot be read), and writing them back.
+inline std::string read_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+inline void write_bytes(const std::filesystem::path& p, const std::string& bytes) {
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// Training data for the fixture models: `documents` lines of {"input_ids": [...]}, each 10-30
+// ids drawn with `seed` from [4, 260) (the fixture vocabulary without its special ids).
+inline void write_random_id_documents(const std::filesystem::path& file, int documents,
+                                      uint32_t seed) {
+  std::ofstream data(file);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> id(4, 259), len(10, 30);
+  for (int d = 0; d < documents; ++d) {
+    data << "{\"input_ids\": [";
+    for (int t = len(rng); t > 0; --t) data << id(rng) << (t > 1 ? ", " : "");
+    data << "]}\n";
+  }
+}
 
 inline std::filesystem::path fixture_model_dir(const std::string& model) {
   return kFixtures / "models" / model;

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "surgery/plan.h"
+#include "tests/fixture_reference.h"
 
 extern char** environ;
 
@@ -30,10 +31,7 @@ namespace fs = std::filesystem;
 
 const fs::path kModel = fs::path(ENGINE_SOURCE_DIR) / "tests/fixtures/models/bloom-h4-l2";
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+using testing_fixtures::read_bytes;
 
 class TrainCli : public ::testing::Test {
  protected:
@@ -42,15 +40,7 @@ class TrainCli : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("engine_train_cli_test." + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    // 80 documents of 10-30 random ids inside the fixture vocabulary (260).
-    std::ofstream data(dir_ / "data.jsonl");
-    std::mt19937 rng(9);
-    std::uniform_int_distribution<int> id(4, 259), len(10, 30);
-    for (int d = 0; d < 80; ++d) {
-      data << "{\"input_ids\": [";
-      for (int t = len(rng); t > 0; --t) data << id(rng) << (t > 1 ? ", " : "");
-      data << "]}\n";
-    }
+    testing_fixtures::write_random_id_documents(dir_ / "data.jsonl", 80, 9);
     SurgeryPlan plan;
     plan.targets = {{0, 1}, {1, 3}};
     plan.seed = 5;
@@ -116,8 +106,8 @@ class TrainCli : public ::testing::Test {
 };
 
 TEST_F(TrainCli, SigkillThenResumeIsBitIdenticalToAnUninterruptedRun) {
-  ASSERT_EQ(run(args("whole"), "whole.log"), 0) << read_file(dir_ / "whole.log");
-  const std::string log = read_file(dir_ / "whole.log");
+  ASSERT_EQ(run(args("whole"), "whole.log"), 0) << read_bytes(dir_ / "whole.log");
+  const std::string log = read_bytes(dir_ / "whole.log");
   EXPECT_NE(log.find("step 24/24"), std::string::npos) << log;
   EXPECT_NE(log.find("held-out perplexity"), std::string::npos) << log;
 
@@ -136,9 +126,9 @@ TEST_F(TrainCli, SigkillThenResumeIsBitIdenticalToAnUninterruptedRun) {
 
   std::vector<std::string> resume = args("killed");
   resume.push_back("--resume");
-  ASSERT_EQ(run(resume, "resume.log"), 0) << read_file(dir_ / "resume.log");
+  ASSERT_EQ(run(resume, "resume.log"), 0) << read_bytes(dir_ / "resume.log");
   for (const char* file : {"final/model.safetensors", "final/optimizer.bin"}) {
-    const std::string a = read_file(dir_ / "whole" / file), b = read_file(dir_ / "killed" / file);
+    const std::string a = read_bytes(dir_ / "whole" / file), b = read_bytes(dir_ / "killed" / file);
     EXPECT_FALSE(a.empty()) << file;
     EXPECT_TRUE(a == b) << file << " differs after SIGKILL + --resume";
   }
@@ -147,7 +137,7 @@ TEST_F(TrainCli, SigkillThenResumeIsBitIdenticalToAnUninterruptedRun) {
 TEST_F(TrainCli, BadInputsAreOneLineErrors) {
   auto expect_error = [&](std::vector<std::string> argv, const std::string& needle) {
     ASSERT_EQ(run(argv, "err.log"), 1);
-    const std::string err = read_file(dir_ / "err.log");
+    const std::string err = read_bytes(dir_ / "err.log");
     EXPECT_EQ(err.rfind("engine: ", 0), 0u) << err;
     EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
     EXPECT_NE(err.find(needle), std::string::npos) << err;
