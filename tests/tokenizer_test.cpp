@@ -261,6 +261,13 @@ TEST(Tokenizer, RejectsConfigurationsItDoesNotImplement) {
       {[](Json& j) { j["model"]["merges"][4] = Json::array({"zz9", "qq"}); }, "model.merges[4]"},
       {[](Json& j) { j["model"]["vocab"].erase("\xC4\x8A"); }, "model.vocab"},  // byte 0x0A
       {[](Json& j) { j["added_tokens"][1]["lstrip"] = true; }, "added_tokens[1].lstrip"},
+      // Found by tokenizer_json_fuzz: "<pad>" given </s>'s id decoded as "</s>".
+      {[](Json& j) { j["added_tokens"][3]["id"] = 2; }, "added_tokens[3]"},
+      // An added token on an id the vocabulary gives to other text.
+      {[](Json& j) {
+         j["added_tokens"].push_back(
+             {{"id", 10}, {"content", "<extra>"}, {"special", true}, {"normalized", false}});
+       }, "added_tokens[4]"},
       {[](Json& j) { j["decoder"] = {{"type", "Metaspace"}}; }, "decoder"},
       {[](Json& j) {
          j["post_processor"] = {{"type", "TemplateProcessing"}};
@@ -273,6 +280,13 @@ TEST(Tokenizer, RejectsConfigurationsItDoesNotImplement) {
     ASSERT_FALSE(tok.ok()) << e.field;
     EXPECT_THAT(std::string(tok.status().message()), HasSubstr("edited.json: " + e.field));
   }
+  // Found by tokenizer_json_fuzz: a field of the wrong JSON type used to escape as an exception.
+  Json wrong_type = fixture_json();
+  wrong_type["pre_tokenizer"]["type"] = true;
+  auto typed = Tokenizer::from_json(wrong_type.dump(), "typed.json");
+  ASSERT_FALSE(typed.ok());
+  EXPECT_THAT(std::string(typed.status().message()),
+              HasSubstr("typed.json: a field has the wrong JSON type"));
   auto not_json = Tokenizer::from_json("{\"model\": ", "broken.json");
   ASSERT_FALSE(not_json.ok());
   EXPECT_THAT(std::string(not_json.status().message()), HasSubstr("broken.json: not valid JSON"));
