@@ -23,6 +23,7 @@
 #include "model/checkpoint_manifest.h"
 #include "model/trainer.h"
 #include "tests/fixture_reference.h"
+#include "tests/training_data.h"
 
 namespace engine {
 namespace {
@@ -33,23 +34,7 @@ using testing_fixtures::kFixtures;
 constexpr int64_t kSeq = 16;
 const fs::path kModel = kFixtures / "models" / "bloom-h4-l2";
 
-// Random ids inside the fixture vocabulary (260): 40 documents of 13-30 tokens.
-ChunkedDataset make_dataset() {
-  Corpus corpus;
-  std::mt19937 rng(5);
-  std::uniform_int_distribution<uint32_t> id(4, 259);
-  std::uniform_int_distribution<int> len(13, 30);
-  for (int doc = 0; doc < 40; ++doc) {
-    for (int t = len(rng); t > 0; --t) corpus.ids.push_back(id(rng));
-    corpus.document_ends.push_back(corpus.ids.size());
-  }
-  ChunkOptions co;
-  co.seq_len = kSeq, co.holdout_fraction = 0.1, co.seed = 3;
-  const std::vector<uint32_t> separator = {10, 10};
-  absl::StatusOr<ChunkedDataset> ds = ChunkedDataset::build(corpus, separator, co);
-  EXPECT_TRUE(ds.ok()) << ds.status();
-  return std::move(*ds);
-}
+ChunkedDataset make_dataset() { return testing_fixtures::random_id_dataset(kSeq); }
 
 using testing_fixtures::read_bytes;
 using testing_fixtures::write_bytes;

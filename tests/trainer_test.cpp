@@ -16,6 +16,7 @@
 #include "gtest/gtest.h"
 #include "surgery/head_surgery.h"
 #include "tests/fixture_reference.h"
+#include "tests/training_data.h"
 
 namespace engine {
 namespace {
@@ -206,23 +207,7 @@ TEST(TrainerStep, NonFiniteLossStopsWithTheStepNamed) {
 
 constexpr int64_t kSeq = 16;
 
-// Random ids inside the fixture vocabulary (260): 40 documents of 13-30 tokens.
-ChunkedDataset make_dataset() {
-  Corpus corpus;
-  std::mt19937 rng(5);
-  std::uniform_int_distribution<uint32_t> id(4, 259);
-  std::uniform_int_distribution<int> len(13, 30);
-  for (int doc = 0; doc < 40; ++doc) {
-    for (int t = len(rng); t > 0; --t) corpus.ids.push_back(id(rng));
-    corpus.document_ends.push_back(corpus.ids.size());
-  }
-  const std::vector<uint32_t> separator = {10, 10};
-  ChunkOptions co;
-  co.seq_len = kSeq, co.holdout_fraction = 0.1, co.seed = 3;
-  absl::StatusOr<ChunkedDataset> ds = ChunkedDataset::build(corpus, separator, co);
-  EXPECT_TRUE(ds.ok()) << ds.status();
-  return std::move(*ds);
-}
+ChunkedDataset make_dataset() { return testing_fixtures::random_id_dataset(kSeq); }
 
 TrainData data_of(const ChunkedDataset& ds) {
   TrainData data;
