@@ -17,6 +17,9 @@ namespace engine {
 enum class DeviceKind { kCpu, kCuda };
 
 // C = alpha * op(A) * op(B) + beta * C, row-major. op(X) = X or X^T.
+// Optional epilogue of a linear layer (only with beta = 0): C = alpha op(A) op(B) + bias + R,
+// bias (n) added to every row, R (m, n) with leading dimension ldr (a residual); either may be
+// null. R may be C itself (ldr = ldc): the sum is then formed in place.
 struct GemmParams {
   bool transpose_a = false;
   bool transpose_b = false;
@@ -25,6 +28,8 @@ struct GemmParams {
   const float* a = nullptr; int64_t lda = 0;
   const float* b = nullptr; int64_t ldb = 0;
   float* c = nullptr; int64_t ldc = 0;
+  const float* bias = nullptr;
+  const float* residual = nullptr; int64_t ldr = 0;
 };
 
 // y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim; keeps mean and rstd.

@@ -19,26 +19,18 @@ absl::StatusOr<const float*> tensor(const BloomModel& model, const std::string& 
   return v->as<const float>();
 }
 
-// y = x W^T + bias (+ residual): W is (out, in) as torch.nn.Linear stores it. The bias (and the
-// residual) are written first and the product accumulated on top with beta = 1.
+// y = x W^T + bias (+ residual): W is (out, in) as torch.nn.Linear stores it. The bias and the
+// residual are the GEMM's epilogue, so the backend adds them where the product is formed.
 absl::Status linear(Backend& backend, const float* x, int64_t rows, int64_t in, const float* w,
                     const float* bias, int64_t out, float* y, const float* residual = nullptr) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* yr = y + r * out;
-    if (residual != nullptr) {
-      const float* res = residual + r * out;
-      for (int64_t i = 0; i < out; ++i) yr[i] = res[i] + bias[i];
-    } else {
-      std::copy_n(bias, out, yr);
-    }
-  }
   GemmParams g;
   g.transpose_b = true;
   g.m = rows, g.n = out, g.k = in;
   g.a = x, g.lda = in;
   g.b = w, g.ldb = in;
   g.c = y, g.ldc = out;
-  g.beta = 1.0f;
+  g.bias = bias;
+  g.residual = residual, g.ldr = out;
   return backend.gemm(g);
 }
 

@@ -93,6 +93,28 @@ TEST_F(CudaOps, GemmMatchesCpuAllTransposes) {
   }
 }
 
+// The linear-layer epilogue (bias over every row plus a residual with its own leading
+// dimension) gives what the CPU backend gives.
+TEST_F(CudaOps, GemmEpilogueMatchesCpu) {
+  const int64_t m = 29, n = 41, k = 17, ldr = n + 5;
+  auto a = random_vector(m * k, 11), b = random_vector(n * k, 12);
+  auto bias = random_vector(n, 13), residual = random_vector(m * ldr, 14);
+  std::vector<float> c_cpu(m * n, 0.0f);
+  GemmParams p;
+  p.transpose_b = true;
+  p.m = m; p.n = n; p.k = k;
+  p.lda = k; p.ldb = k; p.ldc = n; p.ldr = ldr;
+  p.a = a.data(); p.b = b.data(); p.c = c_cpu.data();
+  p.bias = bias.data(); p.residual = residual.data();
+  ASSERT_TRUE(cpu_->gemm(p).ok());
+  DeviceBuffer da(a), db(b), dbias(bias), dres(residual);
+  DeviceBuffer dc{std::vector<float>(m * n, 0.0f)};
+  p.a = da.ptr; p.b = db.ptr; p.c = dc.ptr; p.bias = dbias.ptr; p.residual = dres.ptr;
+  ASSERT_TRUE(gpu_->gemm(p).ok());
+  auto c_gpu = dc.read(m * n);
+  for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
+}
+
 TEST_F(CudaOps, GeluMatchesFormula) {
   const size_t n = 1000;
   auto x = random_vector(n, 3);

@@ -165,6 +165,16 @@ absl::Status check_layernorm(const LayerNormParams& p, const char* op) {
 
 // ---- GELU --------------------------------------------------------------------------------------
 
+// C = bias + residual over an (m, n) block, before a GEMM accumulates onto it (beta = 1).
+__global__ void gemm_epilogue_kernel(GemmParams p) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.m * p.n) return;
+  const int64_t r = i / p.n, col = i % p.n;
+  float v = p.bias != nullptr ? p.bias[col] : 0.0f;
+  if (p.residual != nullptr) v += p.residual[r * p.ldr + col];
+  p.c[r * p.ldc + col] = v;
+}
+
 __global__ void gelu_forward_kernel(int64_t n, const float* x, float* y) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
@@ -317,12 +327,25 @@ absl::Status gemm(cublasHandle_t handle, const GemmParams& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda gemm: negative size m=", p.m, " n=", p.n, " k=", p.k));
   }
+  const bool epilogue = p.bias != nullptr || p.residual != nullptr;
+  if (epilogue && p.beta != 0.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cuda gemm: a bias or residual needs beta = 0, got beta=", p.beta));
+  }
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
+  float beta = p.beta;
+  if (epilogue) {
+    cudaStream_t stream = nullptr;
+    ENGINE_CUBLAS_CHECK(cublasGetStream(handle, &stream));
+    gemm_epilogue_kernel<<<blocks_for(p.m * p.n), kThreads, 0, stream>>>(p);
+    ENGINE_CUDA_LAUNCH_CHECK(gemm_epilogue_kernel);
+    beta = 1.0f;
+  }
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
   ENGINE_CUBLAS_CHECK(cublasSgemm(
       handle, p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
       static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k), &p.alpha, p.b,
-      static_cast<int>(p.ldb), p.a, static_cast<int>(p.lda), &p.beta, p.c,
+      static_cast<int>(p.ldb), p.a, static_cast<int>(p.lda), &beta, p.c,
       static_cast<int>(p.ldc)));
   return absl::OkStatus();
 }
