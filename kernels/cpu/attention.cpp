@@ -126,8 +126,12 @@ using Vec = Float8;
 constexpr int64_t kLanes = static_cast<int64_t>(sizeof(Vec) / sizeof(float));
 constexpr Int8 kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
 static_assert(sizeof(Int8) / sizeof(int32_t) == kLanes);
-// 6 rows x 2 vectors = 12 accumulators + 2 B vectors + 1 broadcast = 15 of the 16 registers.
-constexpr int kBlockRows = 6;
+// 5 rows x 2 vectors = 10 accumulators + 2 B vectors + 1 broadcast = 13 of the 16 registers.
+// Six rows (15 registers) is the textbook shape, but GCC 12 kept one of its twelve accumulators
+// on the stack (a store and a reload in every step of the reduction, a loop-carried dependency
+// through memory): the attention ran at 30 GFLOP/s on one core at T = 2048, against 50 with five
+// rows (bench/attention_bench; check the loop with objdump after changing this).
+constexpr int kBlockRows = 5;
 constexpr int kBlockVecs = 2;
 
 Vec load(const float* p) {
