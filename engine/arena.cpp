@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/large_pages.h"
 
 namespace engine {
 
@@ -45,7 +46,7 @@ absl::Status ParameterArena::allocate() {
   size_t bytes = size_bytes();
   bytes = (bytes + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
   if (bytes == 0) bytes = kAlignBytes;
-  auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlignBytes, bytes));
+  auto* p = static_cast<std::byte*>(allocate_large(bytes, kAlignBytes));
   if (p == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate parameter arena of ", bytes, " bytes"));

@@ -23,6 +23,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
+#include "engine/large_pages.h"
 #include "model/model_directory.h"
 
 namespace engine {
@@ -50,31 +51,34 @@ absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model);
 // Fails on the first parameter holding NaN or Inf, naming the tensor and the element index.
 absl::Status check_finite_parameters(const BloomModel& model);
 
+// Activation storage: large buffers go on transparent huge pages (engine/large_pages.h).
+using ActivationBuffer = std::vector<float, LargePageAllocator<float>>;
+
 // One block's intermediates, rows = B * T.
 struct BlockActivations {
-  std::vector<float> x;           // (rows, C) block input (residual stream)
-  std::vector<float> ln1, ln1_mean, ln1_rstd;  // (rows, C), (rows), (rows)
-  std::vector<float> qkv;         // (rows, 3C) = (B, T, H, 3, D)
-  std::vector<float> attn;        // (rows, C) attention output before `dense`
-  std::vector<float> lse;         // (B, H, T)
-  std::vector<float> x_mid;       // (rows, C) residual after attention
-  std::vector<float> ln2, ln2_mean, ln2_rstd;
-  std::vector<float> fc1;         // (rows, 4C) before GELU
-  std::vector<float> gelu;        // (rows, 4C)
+  ActivationBuffer x;           // (rows, C) block input (residual stream)
+  ActivationBuffer ln1, ln1_mean, ln1_rstd;  // (rows, C), (rows), (rows)
+  ActivationBuffer qkv;         // (rows, 3C) = (B, T, H, 3, D)
+  ActivationBuffer attn;        // (rows, C) attention output before `dense`
+  ActivationBuffer lse;         // (B, H, T)
+  ActivationBuffer x_mid;       // (rows, C) residual after attention
+  ActivationBuffer ln2, ln2_mean, ln2_rstd;
+  ActivationBuffer fc1;         // (rows, 4C) before GELU
+  ActivationBuffer gelu;        // (rows, 4C)
 };
 
 struct BloomActivations {
   int64_t batch = 0, seq = 0;
   std::vector<int32_t> positions;       // (B, T) ALiBi key positions
-  std::vector<float> embedded;          // (rows, C) word embeddings
-  std::vector<float> emb_ln_mean, emb_ln_rstd;  // (rows)
+  ActivationBuffer embedded;          // (rows, C) word embeddings
+  ActivationBuffer emb_ln_mean, emb_ln_rstd;  // (rows)
   std::vector<BlockActivations> blocks;  // (L) when kept, else (1) shared by every layer
-  std::vector<float> block_inputs;       // (L, rows, C) when keep_block_inputs
+  ActivationBuffer block_inputs;       // (L, rows, C) when keep_block_inputs
   // keep_activations with a KeepPolicy: the intermediates nobody will read share this block
   // (blocks below keep_from_layer run in it entirely; unkept ln2 / gelu outputs land in it).
   BlockActivations scratch;
-  std::vector<float> final_x;           // (rows, C) residual stream after the last block
-  std::vector<float> lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
+  ActivationBuffer final_x;           // (rows, C) residual stream after the last block
+  ActivationBuffer lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
 };
 
 struct ForwardInputs {

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/large_pages.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vector_math.h"
 
@@ -302,8 +303,12 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
   const bool pack = q_tiles > 1;
   const int64_t key_tiles = (T + kKeyTile - 1) / kKeyTile;
   const int64_t kt_size = D * kKeyTile, v_size = kKeyTile * Dp;
-  std::vector<float> packed_kt(pack ? static_cast<size_t>(B * H * key_tiles * kt_size) : 0);
-  std::vector<float> packed_v(pack ? static_cast<size_t>(B * H * key_tiles * v_size) : 0);
+  // On huge pages (engine/large_pages.h): 4 KiB pages made every layer's fresh 16 MiB (T = 2048,
+  // 16 heads of 64) fault in page by page.
+  std::vector<float, LargePageAllocator<float>> packed_kt(
+      pack ? static_cast<size_t>(B * H * key_tiles * kt_size) : 0);
+  std::vector<float, LargePageAllocator<float>> packed_v(
+      pack ? static_cast<size_t>(B * H * key_tiles * v_size) : 0);
   // Gathers keys [j0, j0 + nk) of (b, h) into kt (D, kKeyTile) and v (kKeyTile, Dp).
   auto gather_keys = [&](int64_t b, int64_t h, int64_t j0, int64_t nk, float* kt, float* v) {
     const float* base = p.qkv + b * T * token_stride + h * 3 * D;
