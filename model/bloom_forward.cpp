@@ -75,6 +75,9 @@ struct BlockCall {
   // Where the ln2 and GELU outputs go when the block's own buffers are not kept (else null).
   float* ln2_out = nullptr;
   float* gelu_out = nullptr;
+  // Nothing reads the block's output (the last block when only statistics are wanted): stop
+  // after the attention, whose call produced them.
+  bool attention_only = false;
 };
 
 absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockWeights& w,
@@ -108,6 +111,7 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   ap.lse = call.past == 0 ? a.lse.data() : nullptr;
   ap.stats = call.stats;
   if (absl::Status s = backend.alibi_attention_forward(ap); !s.ok()) return s;
+  if (call.attention_only) return absl::OkStatus();
   if (absl::Status s = linear(backend, a.attn.data(), rows, C, w.dense_weight, w.dense_bias, C,
                               a.x_mid.data(), call.x_in);
       !s.ok()) {
@@ -298,7 +302,12 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     st.local_mass.assign(L * B * H, 0.0);
     st.rows.assign(B, 0);
   }
-  act->final_x.resize(rows * C);
+  // Only statistics wanted (no loss, no logits, no activations handed back): nothing reads the
+  // last block's MLP output or ln_f, so neither runs (a twenty-fourth of the MLP work of a
+  // bloom-560m diagnosis).
+  const bool output_needed = in.targets != nullptr || in.want_logits || in.keep_activations ||
+                             in.keep_block_inputs;
+  if (output_needed) act->final_x.resize(rows * C);
   const bool keep_inputs = in.keep_block_inputs && !in.keep_activations;
   if (keep_inputs) act->block_inputs.resize(L * rows * C);
   for (int64_t l = 0; l < L; ++l) {
@@ -311,6 +320,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     call.qkv_store = a.qkv.data();
     call.x_in = a.x.data();
     const bool last = l + 1 == L;
+    call.attention_only = last && !output_needed;
     // Kept: the next block's input buffer; shared: the block's own input, which is dead once
     // the attention residual has been formed.
     call.x_out = last                            ? act->final_x.data()
@@ -345,6 +355,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     }
   }
 
+  if (!output_needed) return result;
   act->lnf.resize(rows * C);
   act->lnf_mean.resize(rows);
   act->lnf_rstd.resize(rows);

@@ -144,6 +144,20 @@ TEST(BloomForward, OptionalOutputsDoNotChangeResults) {
   EXPECT_EQ(a.blocks[2].gelu, full->activations->blocks[2].gelu);
   in.keep_ln2 = {1, 1};  // not one entry per layer
   EXPECT_FALSE(bloom_forward(*model, *backend, in).ok());
+
+  // Statistics alone (what diagnosis asks for) stop after the last block's attention; they are
+  // the very numbers the full run produced.
+  ForwardInputs stats_only;
+  stats_only.batch = d.batch, stats_only.seq = d.seq;
+  stats_only.ids = d.ids.data(), stats_only.mask = d.mask.data();
+  stats_only.want_stats = true;
+  absl::StatusOr<ForwardResult> stats = bloom_forward(*model, *backend, stats_only);
+  ASSERT_TRUE(stats.ok()) << stats.status();
+  EXPECT_EQ(stats->stats.bos_mass, full->stats.bos_mass);
+  EXPECT_EQ(stats->stats.entropy, full->stats.entropy);
+  EXPECT_EQ(stats->stats.local_mass, full->stats.local_mass);
+  EXPECT_EQ(stats->stats.rows, full->stats.rows);
+  EXPECT_TRUE(stats->row_loss.empty() && stats->logits.empty());
 }
 
 TEST(BloomForward, GreedyDecodingWithKvCacheMatchesTransformers) {
