@@ -7,6 +7,7 @@
 //   STATS_BENCH_MODEL  model directory (default: tests/fixtures/models/bloom-h4-l2)
 //   STATS_BENCH_IDS    .jsonl whose first line holds "input_ids" (default: seeded random ids)
 //   STATS_BENCH_SEQ    sequence length for the random ids (default 512)
+//   STATS_BENCH_WARMUP 0 = no untimed forward before the timed ones (default: one)
 // Counters: tokens/s; rss_after_load_MiB (resident memory once the model is loaded) and
 // peak_rss_MiB (the process's resident peak from then on: the peak is reset after loading, on
 // Linux, so that loading's own transient does not hide the forward's), whose difference is the
@@ -81,6 +82,18 @@ const Setup& setup() {
       for (int64_t i = 0; i < t; ++i) r.ids.push_back(pick(rng));
     }
     r.rss_after_load_mib = proc_status_mib("VmRSS:");
+    // One untimed forward (unless STATS_BENCH_WARMUP=0), so that every timed one runs warm
+    // (thread pools started, the allocator's heap grown); the comparison script warms
+    // transformers the same way. The peak is reset after it, before the timed passes.
+    const char* warm = std::getenv("STATS_BENCH_WARMUP");
+    if (warm == nullptr || std::string(warm) != "0") {
+      std::unique_ptr<engine::Backend> backend = engine::make_cpu_backend();
+      engine::ForwardInputs in;
+      in.batch = 1, in.seq = static_cast<int64_t>(r.ids.size()), in.ids = r.ids.data();
+      in.want_stats = true;
+      auto result = engine::bloom_forward(r.model, *backend, in);
+      if (!result.ok()) fail(std::string(result.status().message()));
+    }
     return r;
   }();
   return s;
