@@ -200,6 +200,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     return result;
   }
   BloomActivations& act = *result->activations;
+  result->kept_activation_bytes = activation_bytes(act);
   const int64_t rows = in.batch * in.seq, C = c.hidden_size;
   const std::vector<float> slopes = alibi_slopes(c.n_head);
   GraphShape shape;
@@ -260,6 +261,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         !s.ok()) {
       return s;
     }
+    if (l == L - 1) result->kept_activation_bytes += activation_bytes(a);
     Tape tape;
     const int x = tape.add_value(x_in, rows * C, below[l] != 0);
     const int y = record_block(tape, shape, params->blocks[l], a, x, out.data());

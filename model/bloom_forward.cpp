@@ -135,6 +135,11 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
                 a.x_mid.data());
 }
 
+template <typename V>
+int64_t bytes_of(const V& v) {
+  return static_cast<int64_t>(v.size() * sizeof(typename V::value_type));
+}
+
 absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
   if (in.batch <= 0 || in.seq <= 0) {
     return absl::InvalidArgumentError(
@@ -235,6 +240,22 @@ std::vector<int32_t> next_token_targets(const int32_t* ids, const uint8_t* mask,
     }
   }
   return targets;
+}
+
+int64_t activation_bytes(const BlockActivations& a) {
+  return bytes_of(a.x) + bytes_of(a.ln1) + bytes_of(a.ln1_mean) + bytes_of(a.ln1_rstd) +
+         bytes_of(a.qkv) + bytes_of(a.attn) + bytes_of(a.lse) + bytes_of(a.x_mid) +
+         bytes_of(a.ln2) + bytes_of(a.ln2_mean) + bytes_of(a.ln2_rstd) + bytes_of(a.fc1) +
+         bytes_of(a.gelu);
+}
+
+int64_t activation_bytes(const BloomActivations& a) {
+  int64_t total = bytes_of(a.positions) + bytes_of(a.embedded) + bytes_of(a.emb_ln_mean) +
+                  bytes_of(a.emb_ln_rstd) + bytes_of(a.block_inputs) + bytes_of(a.final_x) +
+                  bytes_of(a.lnf) + bytes_of(a.lnf_mean) + bytes_of(a.lnf_rstd) +
+                  activation_bytes(a.scratch);
+  for (const BlockActivations& b : a.blocks) total += activation_bytes(b);
+  return total;
 }
 
 absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& backend,

@@ -81,6 +81,10 @@ struct BloomActivations {
   ActivationBuffer lnf, lnf_mean, lnf_rstd;  // ln_f output (rows, C) and its moments
 };
 
+// Bytes held by the buffers of a block's / a forward's intermediates (sizes, not capacities).
+int64_t activation_bytes(const BlockActivations& a);
+int64_t activation_bytes(const BloomActivations& a);
+
 struct ForwardInputs {
   int64_t batch = 0, seq = 0;
   const int32_t* ids = nullptr;      // (B, T)
@@ -125,6 +129,9 @@ struct ForwardResult {
   std::vector<float> logits;        // (B, T, V) when want_logits
   HeadStats stats;                  // filled when want_stats
   std::unique_ptr<BloomActivations> activations;  // when keep_activations or keep_block_inputs
+  // bloom_forward_backward: bytes of the intermediates it held for the backward (the forward's
+  // kept activations, plus the recomputed block's with recomputation); see memory_estimate.h.
+  int64_t kept_activation_bytes = 0;
 };
 
 absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& backend,

@@ -156,6 +156,29 @@ TEST_F(TrainCli, BadInputsAreOneLineErrors) {
   a = args("resume_nothing");
   a.push_back("--resume");
   expect_error(a, "does not exist");
+
+  // --dry_run checks the plan against the model before printing anything.
+  expect_error({ENGINE_CLI_PATH, "train", "--model", kModel.string(), "--surgery",
+                (dir_ / "deep.json").string(), "--dry_run"},
+               "layer 9");
+}
+
+// --dry_run prints the memory plan from config.json and the plan, reads no data, writes nothing.
+TEST_F(TrainCli, DryRunPrintsTheMemoryPlanAndWritesNothing) {
+  const std::vector<std::string> argv = {ENGINE_CLI_PATH,      "train",
+                                         "--model",            kModel.string(),
+                                         "--surgery",          (dir_ / "plan.json").string(),
+                                         "--out",              (dir_ / "never").string(),
+                                         "--dry_run",          "--device=cuda",
+                                         "--recompute"};
+  ASSERT_EQ(run(argv, "dry.log"), 0) << read_bytes(dir_ / "dry.log");
+  const std::string out = read_bytes(dir_ / "dry.log");
+  for (const char* line : {"2 target heads", "device cuda", "recompute on", "weights",
+                           "AdamW moments", "fp32 master weights", "activations (blocks)",
+                           "backward transients", "total"}) {
+    EXPECT_NE(out.find(line), std::string::npos) << line << " in\n" << out;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "never"));
 }
 
 }  // namespace

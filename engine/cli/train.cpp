@@ -2,7 +2,7 @@
 //   [--epochs E | --steps N] [--seq_len 512] [--batch 1] [--grad_accum 8] [--lr 5e-5]
 //   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
 //   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
-//   [--seed S] [--resume] [--recompute] [--skip_nonfinite]
+//   [--seed S] [--resume] [--recompute] [--skip_nonfinite] [--dry_run [--device cpu|cuda]]
 //   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
@@ -21,7 +21,9 @@
 #include "engine/cli/flags.h"
 #include "engine/cli/progress.h"
 #include "engine/cli/model_loading.h"
+#include "model/config.h"
 #include "model/dataset.h"
+#include "model/memory_estimate.h"
 #include "model/model_directory.h"
 #include "model/tokenizer.h"
 #include "model/trainer.h"
@@ -48,6 +50,9 @@ ABSL_FLAG(bool, resume, false, "train: continue from the last complete OUT/step_
 ABSL_FLAG(bool, recompute, false,
           "train: recompute each block's activations in the backward (less memory, same result)");
 ABSL_FLAG(bool, skip_nonfinite, false, "train: skip steps with a NaN/Inf loss or gradient");
+ABSL_FLAG(bool, dry_run, false,
+          "train: print the planned memory per component for --model's config.json, --surgery, "
+          "--batch, --seq_len, --recompute and --device, and exit (no weights are read)");
 ABSL_FLAG(int, stop_after, 0,
           "train: stop after this many steps without a final checkpoint "
           "(for interruption tests; 0 = off)");
@@ -82,8 +87,51 @@ absl::StatusOr<ChunkedDataset> chunks_of(const std::string& path, Tokenizer* tok
 
 }  // namespace
 
+// `--dry_run`: the memory plan (model/memory_estimate.h) from config.json and the plan alone.
+int run_train_dry_run() {
+  const std::string dir = absl::GetFlag(FLAGS_model);
+  if (dir.empty()) return fail("train --dry_run: --model DIR is required (its config.json)");
+  absl::StatusOr<BloomConfig> config = load_bloom_config(std::filesystem::path(dir) / "config.json");
+  if (!config.ok()) return fail(std::string(config.status().message()));
+  std::optional<SurgeryPlan> plan;
+  const std::string plan_path = absl::GetFlag(FLAGS_surgery);
+  if (!plan_path.empty()) {
+    absl::StatusOr<SurgeryPlan> p = load_plan(plan_path);
+    if (!p.ok()) return fail(std::string(p.status().message()));
+    plan = std::move(*p);
+  }
+  const std::string device = absl::GetFlag(FLAGS_device);
+  const bool cuda = device.rfind("cuda", 0) == 0;
+  if (!cuda && device != "cpu") {
+    return fail(absl::StrCat("train --dry_run: --device ", device, ": expected cpu or cuda"));
+  }
+  TrainingMemoryShape shape;
+  shape.batch = absl::GetFlag(FLAGS_batch);
+  shape.seq = absl::GetFlag(FLAGS_seq_len);
+  shape.recompute = absl::GetFlag(FLAGS_recompute);
+  shape.weight_bytes = cuda ? 2 : 4;
+  shape.activation_bytes = cuda ? 2 : 4;
+  absl::StatusOr<TrainingMemoryPlan> m =
+      plan_training_memory(*config, plan ? &*plan : nullptr, shape);
+  if (!m.ok()) {
+    return fail(absl::StrCat(plan_path.empty() ? dir : plan_path, ": ",
+                             std::string(m.status().message())));
+  }
+  std::printf("train --dry_run: %s, %s\n", dir.c_str(),
+              plan ? absl::StrCat(plan->targets.size(), " target heads from ", plan_path).c_str()
+                   : "every parameter trainable");
+  std::printf("device %s (%s), batch %lld x seq %lld, recompute %s\n", device.c_str(),
+              cuda ? "bf16 weights and activations, fp32 masters, gradient and AdamW state"
+                   : "fp32 throughout",
+              static_cast<long long>(shape.batch), static_cast<long long>(shape.seq),
+              shape.recompute ? "on" : "off");
+  std::printf("%s", m->table().c_str());
+  return 0;
+}
+
 int run_train(const std::vector<std::string>& args) {
   apply_thread_flag();
+  if (absl::GetFlag(FLAGS_dry_run)) return run_train_dry_run();
   // First, so that every later failure can end all ranks (distributed_launch.h): from here on
   // this local `fail` shadows the one of commands.h.
   absl::StatusOr<std::unique_ptr<Communicator>> comm = communicator_from_environment();

@@ -1,0 +1,59 @@
+// The memory a training run will need, by component, computed from the model's config.json and
+// the surgery plan alone (nothing is allocated, no weights are read): `engine train --dry-run`.
+// Contract: the components follow what the trainer actually allocates (model/trainer.cpp,
+// model/bloom_backward.cpp, engine/tape.cpp):
+//   - weights: every parameter at the weight storage size;
+//   - trainable state: per trainable element the compact gradient (fp32), AdamW's two moments
+//     (fp32) and, when weights are stored in 16 bits, an fp32 master copy; plus the frozen-mask
+//     bit words (held twice: the mask and the compact gradient's copy);
+//   - kept activations: without recomputation every block from the lowest one holding a
+//     trainable element (layer 0 when the embedding trains), without the ln2 / GELU outputs of
+//     blocks whose MLP weights are frozen, plus one shared scratch block; with recomputation
+//     every block's input plus two blocks' intermediates (the forward's and the backward's);
+//     plus the embedding, ln_f and final residual rows;
+//   - the classifier's input gradient (rows x hidden, fp32) when the embedding is frozen;
+//   - the backward's transient gradients: the largest live set inside one block (about 14 hidden
+//     widths per row) plus the largest dense weight-gradient block of a trainable slice.
+// Shapes: rows = batch x seq. Activation storage is fp32 on the CPU; the CUDA plan stores
+// activations and weights in bf16 (LayerNorm moments and the attention log-sum-exp stay fp32).
+// Everything is an estimate of live buffers, not of allocator overhead or the process itself.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/config.h"
+#include "surgery/plan.h"
+
+namespace engine {
+
+struct TrainingMemoryShape {
+  int64_t batch = 1, seq = 512;
+  bool recompute = false;
+  int64_t weight_bytes = 4;      // 4: fp32 (CPU); 2: bf16 weights + fp32 masters (CUDA plan)
+  int64_t activation_bytes = 4;  // storage of kept activations
+};
+
+struct MemoryLine {
+  std::string name;
+  int64_t bytes = 0;
+  std::string detail;
+};
+
+struct TrainingMemoryPlan {
+  int64_t parameters = 0, trainable = 0;
+  std::vector<MemoryLine> lines;
+  int64_t total_bytes() const;
+  // One aligned line per component and the total, in GiB / MiB.
+  std::string table() const;
+};
+
+// `plan` null: every parameter trains (ordinary fine-tuning). Errors name a plan target outside
+// the model or a non-positive shape.
+absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& config,
+                                                        const SurgeryPlan* plan,
+                                                        const TrainingMemoryShape& shape);
+
+}  // namespace engine
