@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 namespace engine {
 
@@ -41,5 +42,8 @@ struct LargePageAllocator {
   template <typename U>
   bool operator==(const LargePageAllocator<U>&) const { return true; }
 };
+
+// The engine's large float buffers (activations, gradients).
+using LargeFloatVector = std::vector<float, LargePageAllocator<float>>;
 
 }  // namespace engine

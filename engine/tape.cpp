@@ -200,7 +200,7 @@ absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float
   };
   // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
   // otherwise into scratch that is then added.
-  std::vector<float> scratch;
+  LargeFloatVector scratch;
   auto overwrite_target = [&](int v) -> float* {
     Grad& gv = grad_of(v);
     if (!gv.written) return gv.data.data();
@@ -212,7 +212,7 @@ absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float
     if (gv.written) add_into(gv.data.data(), scratch.data(), values_[v].size);
     gv.written = true;
   };
-  std::vector<float> pgrad;  // dense gradient of one parameter block
+  LargeFloatVector pgrad;  // dense gradient of one parameter block
   auto zeroed = [&](int64_t count) {
     pgrad.assign(static_cast<size_t>(count), 0.0f);
     return pgrad.data();
@@ -363,7 +363,7 @@ absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float
               finish_overwrite(e.x);
             }
             // The output's gradient is fully consumed: free it.
-            std::vector<float>().swap(g[out].data);
+            LargeFloatVector().swap(g[out].data);
             return absl::OkStatus();
           }
         },

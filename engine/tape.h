@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "engine/backend.h"
+#include "engine/large_pages.h"
 
 namespace engine {
 
@@ -163,7 +164,7 @@ class Tape {
   absl::Status backward_from(Backend& backend, CompactGradients& grads, int value,
                              const float* seed);
   // The gradient of an external input after a backward (empty when none was computed).
-  const std::vector<float>& grad(int value) const { return grads_[value].data; }
+  const LargeFloatVector& grad(int value) const { return grads_[value].data; }
 
  private:
   struct Value {
@@ -173,7 +174,7 @@ class Tape {
     bool requires_grad = false;
   };
   struct Grad {
-    std::vector<float> data;
+    LargeFloatVector data;  // on huge pages: a step allocates and frees these per block
     bool written = false;
   };
 

@@ -187,7 +187,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   // for BLOOM's 250,880-entry vocabulary are a large share of a step's work.
   int64_t scored = 0;
   for (int64_t r = 0; r < in.batch * in.seq; ++r) scored += in.targets[r] >= 0 ? 1 : 0;
-  std::vector<float> head_dhidden;
+  ActivationBuffer head_dhidden;
   if (scored > 0 && !grads.any_trainable(params->embedding)) {
     head_dhidden.resize(static_cast<size_t>(in.batch * in.seq * c.hidden_size));
     fwd.dhidden = head_dhidden.data();
@@ -241,7 +241,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   for (int64_t l = 0; l < L; ++l) {
     below[l + 1] = below[l] || block_trainable(grads, params->blocks[l]);
   }
-  std::vector<float> dx;  // gradient of the current segment's output
+  LargeFloatVector dx;  // gradient of the current segment's output
   {
     Tape head;
     const int x = head.add_value(act.final_x.data(), rows * C, below[L] != 0);
@@ -253,7 +253,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   absl::StatusOr<BloomWeights> weights = bloom_weights(model);
   if (!weights.ok()) return weights.status();
   BlockActivations a;  // one block's recomputed intermediates, reused from the top down
-  std::vector<float> out(static_cast<size_t>(rows * C));
+  ActivationBuffer out(static_cast<size_t>(rows * C));
   for (int64_t l = L - 1; l >= 0 && below[l + 1] != 0; --l) {
     const float* x_in = act.block_inputs.data() + l * rows * C;
     if (absl::Status s = bloom_block_forward(c, weights->blocks[l], backend, in.batch, in.seq,

@@ -52,7 +52,7 @@ absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model);
 absl::Status check_finite_parameters(const BloomModel& model);
 
 // Activation storage: large buffers go on transparent huge pages (engine/large_pages.h).
-using ActivationBuffer = std::vector<float, LargePageAllocator<float>>;
+using ActivationBuffer = LargeFloatVector;
 
 // One block's intermediates, rows = B * T.
 struct BlockActivations {
