@@ -96,8 +96,8 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
   // Weights and per-trainable-element state.
   out.lines.push_back({"weights", out.parameters * s.weight_bytes,
                        absl::StrCat(out.parameters, " parameters x ", s.weight_bytes, " B")});
-  const int64_t mask_bytes = 2 * ((out.parameters + 63) / 64) * 8;
-  out.lines.push_back({"frozen-mask bits", mask_bytes, "one bit per element, mask + gradient copy"});
+  const int64_t mask_bytes = (out.parameters + 63) / 64 * 8;
+  out.lines.push_back({"frozen-mask bits", mask_bytes, "one bit per element"});
   out.lines.push_back({"gradient (compact)", out.trainable * kF32,
                        absl::StrCat(out.trainable, " trainable elements x 4 B")});
   out.lines.push_back({"AdamW moments", 2 * out.trainable * kF32, "m and v, fp32, trainable only"});

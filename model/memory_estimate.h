@@ -5,7 +5,7 @@
 //   - weights: every parameter at the weight storage size;
 //   - trainable state: per trainable element the compact gradient (fp32), AdamW's two moments
 //     (fp32) and, when weights are stored in 16 bits, an fp32 master copy; plus the frozen-mask
-//     bit words (held twice: the mask and the compact gradient's copy);
+//     bit words (one bit per element, held by the compact gradient);
 //   - kept activations: without recomputation every block from the lowest one holding a
 //     trainable element (layer 0 when the embedding trains), without the ln2 / GELU outputs of
 //     blocks whose MLP weights are frozen, plus one shared scratch block; with recomputation

@@ -701,7 +701,11 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   if (!fs::create_directories(o.out_dir, ec) && ec) {
     return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
   }
+  const nlohmann::json summary = mask_summary(model, *mask);
   Trainer trainer(model, backend, *mask, o.optimizer);
+  // The trainer's compact gradient holds its own copy of the mask's bit words; this one would
+  // only double them for the rest of the run (70 MiB at bloom-560m, 205 MiB at bloom-1b7).
+  mask.reset();
   trainer.set_recompute(o.recompute);
   trainer.set_communicator(comm);
   trainer.set_fault_hook(o.fault_hook);
@@ -716,7 +720,6 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   if (writer) {  // other ranks' metrics writes go nowhere
     if (absl::Status s = metrics.open(o.out_dir / kMetricsFile, resume_step); !s.ok()) return s;
   }
-  const nlohmann::json summary = mask_summary(model, *mask);
   const int64_t optimizer_bytes =
       static_cast<int64_t>(2 * trainer.first_moment().size() * sizeof(float));
   metrics.write({{"event", resume_step >= 0 ? "resume" : "start"},
