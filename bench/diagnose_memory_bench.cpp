@@ -10,6 +10,8 @@
 #include <sys/resource.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -55,7 +57,10 @@ engine::BloomModel random_model() {
   c.n_layer = kLayers;
   c.n_head = kHeads;
   absl::StatusOr<engine::BloomModel> m = engine::allocate_bloom_model(c);
-  if (!m.ok()) return {};
+  if (!m.ok()) {
+    std::fprintf(stderr, "diagnose_memory_bench: %s\n", std::string(m.status().message()).c_str());
+    std::exit(1);
+  }
   uint64_t state = 1234;
   for (const engine::ParameterInfo& p : m->arena.parameters()) {
     float* data = reinterpret_cast<float*>(m->arena.base()) + p.offset;
