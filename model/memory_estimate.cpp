@@ -86,12 +86,11 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
     out.trainable = per_head * static_cast<int64_t>(plan->targets.size());
   }
   const bool something_trains = out.trainable > 0;
+  // A plan trains attention slices only: embedding, LayerNorms and MLPs stay frozen.
   const bool embedding_trains = full;
   const bool mlp_trains = full;
-  int64_t lowest = L;
-  if (full) lowest = 0;
-  if (!full && something_trains && !heads_in_layer.empty()) lowest = heads_in_layer.begin()->first;
-  const int64_t keep_from = embedding_trains ? 0 : lowest;
+  // The lowest block holding a trainable element (L when none does); heads_in_layer is ordered.
+  const int64_t keep_from = full ? 0 : something_trains ? heads_in_layer.begin()->first : L;
 
   // Weights and per-trainable-element state.
   out.lines.push_back({"weights", out.parameters * s.weight_bytes,

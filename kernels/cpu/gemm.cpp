@@ -25,8 +25,8 @@
 namespace engine::cpu {
 namespace {
 
-// Below this many multiply-adds a GEMM runs on the calling thread (a parallel region costs a
-// few microseconds; a 64 x 64 x 64 product takes about that long).
+// Below this many multiply-adds (about 10 microseconds of one core) a GEMM runs on the calling
+// thread: waking the OpenMP team costs microseconds, a scheduler slice on a busy machine.
 constexpr double kParallelMinMacs = 1 << 20;
 constexpr int64_t kSlabAlign = 16;
 
