@@ -1,7 +1,7 @@
 // Elementwise float math written so that GCC/Clang vectorise the loops that call it.
 // Contract: exp_approx(x) equals expf(x) to within a few ulp for x in [kExpMinArg, kExpMaxArg]
 // and is clamped outside that range (so it never returns inf or a denormal); callers that need an
-// exact zero for masked entries select it themselves. tanh_approx is built on exp_approx.
+// exact zero for masked entries select it themselves.
 // exp_approx also takes a Float8 (eight lanes, same arithmetic per lane) for code that writes
 // its vector loops explicitly. The library is built with -fno-trapping-math, without which GCC
 // does not if-convert the clamps below and the scalar form never vectorises.
@@ -61,10 +61,5 @@ inline F exp_approx_lanes(F x) {
 
 inline float exp_approx(float x) { return exp_approx_lanes<float, int32_t>(x); }
 inline Float8 exp_approx(Float8 x) { return exp_approx_lanes<Float8, Int8>(x); }
-
-// tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits +-1 for large |u| because exp_approx saturates.
-inline float tanh_approx(float u) {
-  return 1.0f - 2.0f / (exp_approx(2.0f * u) + 1.0f);
-}
 
 }  // namespace engine::cpu

@@ -22,6 +22,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/scratch.h"
 #include "kernels/cuda/storage.cuh"
 
@@ -193,7 +194,7 @@ __global__ void __launch_bounds__(kBlockThreads) stats_kernel(KernelArgs a,
 
 // Grid (ceil(q_rows / kWarps), H, B). Dynamic shared memory: K and V tiles, (kTile, D) each.
 __global__ void __launch_bounds__(kBlockThreads) f32_forward_kernel(KernelArgs a) {
-  extern __shared__ float shared[];
+  float* shared = dynamic_shared<float>();
   const int64_t D = a.head_dim, T = a.seq, H = a.heads, ts = token_stride(a);
   float* sk = shared;
   float* sv = shared + kTile * D;
@@ -282,7 +283,7 @@ __global__ void __launch_bounds__(kBlockThreads) f32_forward_kernel(KernelArgs a
 
 // dQ, one warp per query row. Grid (ceil(T / kWarps), H, B); shared K and V tiles.
 __global__ void __launch_bounds__(kBlockThreads) f32_dq_kernel(KernelArgs a) {
-  extern __shared__ float shared[];
+  float* shared = dynamic_shared<float>();
   const int64_t D = a.head_dim, T = a.seq, H = a.heads, ts = token_stride(a);
   float* sk = shared;
   float* sv = shared + kTile * D;
@@ -356,7 +357,7 @@ __global__ void __launch_bounds__(kBlockThreads) f32_dq_kernel(KernelArgs a) {
 // dK and dV, one warp per key. Grid (ceil(T / kWarps), H, B); shared tiles of Q and dO rows
 // with their lse and delta.
 __global__ void __launch_bounds__(kBlockThreads) f32_dkdv_kernel(KernelArgs a) {
-  extern __shared__ float shared[];
+  float* shared = dynamic_shared<float>();
   const int64_t D = a.head_dim, T = a.seq, H = a.heads, ts = token_stride(a);
   float* sq = shared;                 // (kTile, D)
   float* sg = shared + kTile * D;     // (kTile, D)
@@ -517,9 +518,9 @@ absl::Status prepare_rows(const AttentionParams& p, int64_t* rows_acc, StreamScr
     }
   }
   constexpr int kThreads = 128;
-  row_layout_kernel<<<static_cast<unsigned>(ceil_div(p.batch, kThreads)), kThreads, 0,
-                      p.stream>>>(p.batch, p.seq, p.query_begin, p.mask, first_real, positions,
-                                  rows_acc);
+  launch_kernel<row_layout_kernel>(static_cast<unsigned>(ceil_div(p.batch, kThreads)), kThreads, 0,
+                                   p.stream, p.batch, p.seq, p.query_begin, p.mask, first_real,
+                                   positions, rows_acc);
   ENGINE_CUDA_LAUNCH_CHECK(row_layout_kernel);
   if (first_real != nullptr) a.first_real = first_real;
   if (positions != nullptr) a.positions = positions;
@@ -530,12 +531,12 @@ template <typename Elem>
 absl::Status shared_forward_tail(const AttentionParams& p, const KernelArgs& a) {
   const unsigned bh_blocks = static_cast<unsigned>(p.batch * p.heads);
   if (p.mask != nullptr) {
-    padded_rows_kernel<Elem><<<bh_blocks, kBlockThreads, 0, p.stream>>>(a);
+    launch_kernel<padded_rows_kernel<Elem>>(bh_blocks, kBlockThreads, 0, p.stream, a);
     ENGINE_CUDA_LAUNCH_CHECK(padded_rows_kernel);
   }
   const HeadStatsAccumulator& st = p.stats;
   if (st.bos_mass_sum != nullptr || st.entropy_sum != nullptr || st.local_mass_sum != nullptr) {
-    stats_kernel<Elem><<<bh_blocks, kBlockThreads, 0, p.stream>>>(a, st);
+    launch_kernel<stats_kernel<Elem>>(bh_blocks, kBlockThreads, 0, p.stream, a, st);
     ENGINE_CUDA_LAUNCH_CHECK(stats_kernel);
   }
   return absl::OkStatus();
@@ -546,7 +547,7 @@ absl::Status f32_forward(const KernelArgs& a, cudaStream_t stream) {
   if (absl::Status s = allow_shared_bytes(f32_forward_kernel, shared); !s.ok()) return s;
   const dim3 grid(static_cast<unsigned>(ceil_div(a.seq - a.query_begin, kWarps)),
                   static_cast<unsigned>(a.heads), static_cast<unsigned>(a.batch));
-  f32_forward_kernel<<<grid, kBlockThreads, shared, stream>>>(a);
+  launch_kernel<f32_forward_kernel>(grid, kBlockThreads, shared, stream, a);
   ENGINE_CUDA_LAUNCH_CHECK(f32_forward_kernel);
   return absl::OkStatus();
 }
@@ -556,11 +557,11 @@ absl::Status f32_backward(const KernelArgs& a, cudaStream_t stream) {
                   static_cast<unsigned>(a.batch));
   const size_t dq_shared = 2 * kTile * a.head_dim * sizeof(float);
   if (absl::Status s = allow_shared_bytes(f32_dq_kernel, dq_shared); !s.ok()) return s;
-  f32_dq_kernel<<<grid, kBlockThreads, dq_shared, stream>>>(a);
+  launch_kernel<f32_dq_kernel>(grid, kBlockThreads, dq_shared, stream, a);
   ENGINE_CUDA_LAUNCH_CHECK(f32_dq_kernel);
   const size_t kv_shared = (2 * kTile * a.head_dim + 2 * kTile) * sizeof(float);
   if (absl::Status s = allow_shared_bytes(f32_dkdv_kernel, kv_shared); !s.ok()) return s;
-  f32_dkdv_kernel<<<grid, kBlockThreads, kv_shared, stream>>>(a);
+  launch_kernel<f32_dkdv_kernel>(grid, kBlockThreads, kv_shared, stream, a);
   ENGINE_CUDA_LAUNCH_CHECK(f32_dkdv_kernel);
   return absl::OkStatus();
 }
@@ -569,12 +570,12 @@ template <typename Elem>
 absl::Status backward_prologue(const AttentionParams& p, const KernelArgs& a, float* delta,
                                float* uniform_dv) {
   const int64_t warps = p.batch * p.seq * p.heads;
-  delta_kernel<Elem><<<static_cast<unsigned>(ceil_div(warps, kWarps)), kBlockThreads, 0,
-                       p.stream>>>(a, delta);
+  launch_kernel<delta_kernel<Elem>>(static_cast<unsigned>(ceil_div(warps, kWarps)), kBlockThreads,
+                                    0, p.stream, a, delta);
   ENGINE_CUDA_LAUNCH_CHECK(delta_kernel);
   if (uniform_dv != nullptr) {
-    uniform_dv_kernel<Elem><<<static_cast<unsigned>(p.batch * p.heads), kBlockThreads, 0,
-                              p.stream>>>(a, uniform_dv);
+    launch_kernel<uniform_dv_kernel<Elem>>(static_cast<unsigned>(p.batch * p.heads), kBlockThreads,
+                                           0, p.stream, a, uniform_dv);
     ENGINE_CUDA_LAUNCH_CHECK(uniform_dv_kernel);
   }
   return absl::OkStatus();

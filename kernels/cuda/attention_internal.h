@@ -35,7 +35,7 @@ __host__ __device__ inline int64_t token_stride(const KernelArgs& a) {
   return 3 * a.heads * a.head_dim;
 }
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(ENGINE_CUDA_EMULATION)
 __device__ inline bool key_is_real(const KernelArgs& a, int64_t b, int64_t j) {
   return a.mask == nullptr || a.mask[b * a.seq + j] != 0;
 }

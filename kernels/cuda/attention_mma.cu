@@ -26,6 +26,8 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/attention_internal.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/storage.cuh"
 
 namespace engine::cuda::attention_detail {
@@ -61,28 +63,6 @@ __device__ __forceinline__ uint32_t pack_raw(Elem lo, Elem hi) {
 template <typename Elem>
 __device__ __forceinline__ uint32_t pack_floats(float lo, float hi) {
   return pack_raw(from_float<Elem>(lo), from_float<Elem>(hi));
-}
-
-// D = A B + D for one 16 x 8 x 16 tile.
-template <typename Elem>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
-                                                   const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-template <>
-__device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4],
-                                            const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 __device__ __forceinline__ uint32_t load32(const void* p) {
@@ -173,8 +153,7 @@ __global__ void __launch_bounds__(kThreads) mma_forward_kernel(KernelArgs a) {
   constexpr int kStride = kD + kPad;
   constexpr int kKeyTiles = kForwardKeys / kMmaN;  // C tiles across a key tile
   constexpr int kDimTiles = kD / kMmaN;            // C tiles across the head dim
-  extern __shared__ uint4 shared_vectors[];
-  Elem* sq = reinterpret_cast<Elem*>(shared_vectors);
+  Elem* sq = dynamic_shared<Elem>();
   Elem* sk = sq + kBlockRows * kStride;
   Elem* sv = sk + kForwardKeys * kStride;
   float* sbias = reinterpret_cast<float*>(sv + kForwardKeys * kStride);
@@ -224,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) mma_forward_kernel(KernelArgs a) {
       for (int n = 0; n < kKeyTiles; ++n) {
         uint32_t kb[2];
         load_b_transposed<kStride>(kb, sk, n * kMmaN, k * kMmaK);
-        mma<Elem>(s[n], qa, kb);
+        mma_m16n8k16<Elem>(s[n], qa, kb);
       }
     }
 
@@ -279,7 +258,7 @@ __global__ void __launch_bounds__(kThreads) mma_forward_kernel(KernelArgs a) {
       for (int n = 0; n < kDimTiles; ++n) {
         uint32_t vb[2];
         load_b<kStride>(vb, sv, k * kMmaK, n * kMmaN);
-        mma<Elem>(o[n], pa, vb);
+        mma_m16n8k16<Elem>(o[n], pa, vb);
       }
     }
   }
@@ -314,8 +293,7 @@ __global__ void __launch_bounds__(kThreads) mma_dq_kernel(KernelArgs a) {
   constexpr int kStride = kD + kPad;
   constexpr int kKeyTiles = kBackwardTile / kMmaN;
   constexpr int kDimTiles = kD / kMmaN;
-  extern __shared__ uint4 shared_vectors[];
-  Elem* sq = reinterpret_cast<Elem*>(shared_vectors);
+  Elem* sq = dynamic_shared<Elem>();
   Elem* sg = sq + kBlockRows * kStride;
   Elem* sk = sg + kBlockRows * kStride;
   Elem* sv = sk + kBackwardTile * kStride;
@@ -375,8 +353,8 @@ __global__ void __launch_bounds__(kThreads) mma_dq_kernel(KernelArgs a) {
         uint32_t kb[2], vb[2];
         load_b_transposed<kStride>(kb, sk, n * kMmaN, k * kMmaK);
         load_b_transposed<kStride>(vb, sv, n * kMmaN, k * kMmaK);
-        mma<Elem>(s[n], qa, kb);    // Q K^T
-        mma<Elem>(dp[n], ga, vb);   // dO V^T
+        mma_m16n8k16<Elem>(s[n], qa, kb);   // Q K^T
+        mma_m16n8k16<Elem>(dp[n], ga, vb);  // dO V^T
       }
     }
 #pragma unroll
@@ -400,7 +378,7 @@ __global__ void __launch_bounds__(kThreads) mma_dq_kernel(KernelArgs a) {
       for (int n = 0; n < kDimTiles; ++n) {
         uint32_t kb[2];
         load_b<kStride>(kb, sk, k * kMmaK, n * kMmaN);
-        mma<Elem>(dq[n], da, kb);  // dS K
+        mma_m16n8k16<Elem>(dq[n], da, kb);  // dS K
       }
     }
   }
@@ -426,8 +404,7 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
   constexpr int kStride = kD + kPad;
   constexpr int kQueryTiles = kBackwardTile / kMmaN;
   constexpr int kDimTiles = kD / kMmaN;
-  extern __shared__ uint4 shared_vectors[];
-  Elem* sk = reinterpret_cast<Elem*>(shared_vectors);
+  Elem* sk = dynamic_shared<Elem>();
   Elem* sv = sk + kBlockRows * kStride;
   Elem* sq = sv + kBlockRows * kStride;
   Elem* sg = sq + kBackwardTile * kStride;
@@ -488,8 +465,8 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
         uint32_t qb[2], gb[2];
         load_b_transposed<kStride>(qb, sq, n * kMmaN, k * kMmaK);
         load_b_transposed<kStride>(gb, sg, n * kMmaN, k * kMmaK);
-        mma<Elem>(st[n], ka, qb);   // K Q^T
-        mma<Elem>(dpt[n], va, gb);  // V dO^T
+        mma_m16n8k16<Elem>(st[n], ka, qb);   // K Q^T
+        mma_m16n8k16<Elem>(dpt[n], va, gb);  // V dO^T
       }
     }
 #pragma unroll
@@ -516,8 +493,8 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
         uint32_t gb[2], qb[2];
         load_b<kStride>(gb, sg, k * kMmaK, n * kMmaN);
         load_b<kStride>(qb, sq, k * kMmaK, n * kMmaN);
-        mma<Elem>(dv[n], pa, gb);  // P^T dO
-        mma<Elem>(dk[n], da, qb);  // dS^T Q
+        mma_m16n8k16<Elem>(dv[n], pa, gb);  // P^T dO
+        mma_m16n8k16<Elem>(dk[n], da, qb);  // dS^T Q
       }
     }
   }
@@ -540,14 +517,13 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
 
 // ---- launchers -------------------------------------------------------------------------------
 
-template <typename Kernel>
-absl::Status launch(Kernel kernel, dim3 grid, size_t shared, cudaStream_t stream,
-                    const KernelArgs& a) {
+template <auto Kernel>
+absl::Status launch(dim3 grid, size_t shared, cudaStream_t stream, const KernelArgs& a) {
   if (shared > kDefaultSharedBytes) {
-    ENGINE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    ENGINE_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shared)));
   }
-  kernel<<<grid, kThreads, shared, stream>>>(a);
+  launch_kernel<Kernel>(grid, kThreads, shared, stream, a);
   ENGINE_CUDA_LAUNCH_CHECK(mma_attention_kernel);
   return absl::OkStatus();
 }
@@ -566,20 +542,20 @@ template <typename Elem, int kD>
 absl::Status forward_for(const KernelArgs& a, cudaStream_t stream) {
   const size_t shared = tile_bytes<Elem>(kBlockRows + 2 * kForwardKeys, kD) +
                         kForwardKeys * sizeof(float);
-  return launch(mma_forward_kernel<Elem, kD>, grid_for(a.seq - a.query_begin, a), shared, stream,
-                a);
+  return launch<mma_forward_kernel<Elem, kD>>(grid_for(a.seq - a.query_begin, a), shared, stream,
+                                              a);
 }
 
 template <typename Elem, int kD>
 absl::Status backward_for(const KernelArgs& a, cudaStream_t stream) {
   const size_t tiles = tile_bytes<Elem>(2 * kBlockRows + 2 * kBackwardTile, kD);
   const size_t dq_shared = tiles + kBackwardTile * sizeof(float);
-  if (absl::Status s = launch(mma_dq_kernel<Elem, kD>, grid_for(a.seq, a), dq_shared, stream, a);
+  if (absl::Status s = launch<mma_dq_kernel<Elem, kD>>(grid_for(a.seq, a), dq_shared, stream, a);
       !s.ok()) {
     return s;
   }
   const size_t kv_shared = tiles + (kBlockRows + 2 * kBackwardTile) * sizeof(float);
-  return launch(mma_dkdv_kernel<Elem, kD>, grid_for(a.seq, a), kv_shared, stream, a);
+  return launch<mma_dkdv_kernel<Elem, kD>>(grid_for(a.seq, a), kv_shared, stream, a);
 }
 
 template <typename Elem>

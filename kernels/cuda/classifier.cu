@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/scratch.h"
 
@@ -165,19 +166,19 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
   for (int64_t r0 = 0; r0 < p.rows; r0 += kRowBlock) {
     const int64_t nr = std::min(kRowBlock, p.rows - r0);
     const int32_t* targets = p.targets != nullptr ? p.targets + r0 : nullptr;
-    init_rows_kernel<<<row_threads_blocks, kThreads, 0, stream>>>(nr, st);
+    launch_kernel<init_rows_kernel>(row_threads_blocks, kThreads, 0, stream, nr, st);
     ENGINE_CUDA_LAUNCH_CHECK(init_rows_kernel);
     for (int64_t v0 = 0; v0 < V; v0 += chunk) {
       const int64_t nc = std::min(chunk, V - v0);
       int64_t ld = 0;
       const float* z = nullptr;
       if (absl::Status s = chunk_logits(r0, nr, v0, nc, &z, &ld); !s.ok()) return s;
-      chunk_merge_kernel<<<static_cast<unsigned>(nr), kThreads, 0, stream>>>(z, ld, nc, v0,
-                                                                              targets, st);
+      launch_kernel<chunk_merge_kernel>(static_cast<unsigned>(nr), kThreads, 0, stream, z, ld, nc,
+                                        v0, targets, st);
       ENGINE_CUDA_LAUNCH_CHECK(chunk_merge_kernel);
     }
-    finish_rows_kernel<<<row_threads_blocks, kThreads, 0, stream>>>(
-        nr, targets, st, p.row_loss != nullptr ? p.row_loss + r0 : nullptr);
+    launch_kernel<finish_rows_kernel>(row_threads_blocks, kThreads, 0, stream, nr, targets, st,
+                                      p.row_loss != nullptr ? p.row_loss + r0 : nullptr);
     ENGINE_CUDA_LAUNCH_CHECK(finish_rows_kernel);
     if (!want_grad) continue;
 
@@ -192,8 +193,8 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
       }
       const dim3 grid(static_cast<unsigned>((nc + kThreads - 1) / kThreads),
                       static_cast<unsigned>(nr));
-      dlogits_kernel<<<grid, kThreads, 0, stream>>>(z, ld, nc, v0, targets, st.lse,
-                                                    p.loss_scale, dlogits);
+      launch_kernel<dlogits_kernel>(grid, kThreads, 0, stream, z, ld, nc, v0, targets, st.lse,
+                                    p.loss_scale, dlogits);
       ENGINE_CUDA_LAUNCH_CHECK(dlogits_kernel);
       if (p.dhidden != nullptr) {
         GemmParams g;  // (nr, nc) . (nc, W) -> (nr, W)

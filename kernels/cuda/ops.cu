@@ -2,7 +2,8 @@
 // gradient norm and the cuBLAS GEMMs. Contracts: kernels/cuda/ops.h, which defers to the CPU
 // kernels; each kernel here mirrors its CPU counterpart's formula and summation precision:
 //   LayerNorm: two-pass row moments accumulated in double; dx = rstd (g - mean g - xhat mean(g xhat)).
-//   GELU: 0.5 x (1 + tanh(c x (1 + a x^2))), c = 0.79788456, a = 0.044715, and its derivative.
+//   GELU: 0.5 x (1 + tanh(c x (1 + a x^2))), c = 0.79788456, a = 0.044715, and its derivative,
+//         in the sigmoid form of kernels/cpu/gelu.cpp.
 //   AdamW: PyTorch's update with bias corrections computed in double on the host.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -14,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/scratch.h"
 #include "kernels/cuda/storage.cuh"
@@ -175,21 +177,32 @@ __global__ void gemm_epilogue_kernel(GemmParams p) {
   p.c[r * p.ldc + col] = v;
 }
 
+// GELU in the sigmoid form of kernels/cpu/gelu.cpp's Note [GELU in sigmoid form]: s =
+// sigmoid(2u) and 1 - s from e = exp(-2|u|), so neither tail loses its relative accuracy.
+struct GeluSigmoid {
+  float s, s_rest;  // sigmoid(2u), 1 - sigmoid(2u)
+};
+__device__ __forceinline__ GeluSigmoid gelu_sigmoid(float v) {
+  const float u = kGeluC * v * (1.0f + kGeluA * v * v);
+  const float e = expf(-2.0f * fabsf(u));
+  const float inv = 1.0f / (1.0f + e);
+  return u >= 0.0f ? GeluSigmoid{inv, e * inv} : GeluSigmoid{e * inv, inv};
+}
+
 __global__ void gelu_forward_kernel(int64_t n, const float* x, float* y) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float v = x[i];
-  const float t = tanhf(kGeluC * v * (1.0f + kGeluA * v * v));
-  y[i] = v * 0.5f * (1.0f + t);
+  y[i] = v * gelu_sigmoid(v).s;
 }
 
 __global__ void gelu_backward_kernel(int64_t n, const float* x, const float* dy, float* dx) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float v = x[i];
-  const float t = tanhf(kGeluC * v * (1.0f + kGeluA * v * v));
+  const GeluSigmoid g = gelu_sigmoid(v);
   const float du = kGeluC * (1.0f + 3.0f * kGeluA * v * v);
-  dx[i] = (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du) * dy[i];
+  dx[i] = (g.s + 2.0f * v * g.s * g.s_rest * du) * dy[i];
 }
 
 absl::Status check_gelu(const GeluParams& p, const char* op, bool backward) {
@@ -291,7 +304,8 @@ absl::Status check_ids(const int32_t* ids, int64_t rows, int32_t lo, int64_t hi,
   if (absl::Status s = scratch.allocate(&first_bad, 1); !s.ok()) return s;
   const unsigned long long none = static_cast<unsigned long long>(rows);
   ENGINE_CUDA_CHECK(cudaMemcpyAsync(first_bad, &none, sizeof none, cudaMemcpyHostToDevice, stream));
-  first_bad_id_kernel<<<blocks_for(rows), kThreads, 0, stream>>>(ids, rows, lo, hi, first_bad);
+  launch_kernel<first_bad_id_kernel>(blocks_for(rows), kThreads, 0, stream, ids, rows, lo, hi,
+                                     first_bad);
   ENGINE_CUDA_LAUNCH_CHECK(first_bad_id_kernel);
   unsigned long long found = none;
   ENGINE_CUDA_CHECK(cudaMemcpyAsync(&found, first_bad, sizeof found, cudaMemcpyDeviceToHost, stream));
@@ -337,7 +351,7 @@ absl::Status gemm(cublasHandle_t handle, const GemmParams& p) {
   if (epilogue) {
     cudaStream_t stream = nullptr;
     ENGINE_CUBLAS_CHECK(cublasGetStream(handle, &stream));
-    gemm_epilogue_kernel<<<blocks_for(p.m * p.n), kThreads, 0, stream>>>(p);
+    launch_kernel<gemm_epilogue_kernel>(blocks_for(p.m * p.n), kThreads, 0, stream, p);
     ENGINE_CUDA_LAUNCH_CHECK(gemm_epilogue_kernel);
     beta = 1.0f;
   }
@@ -369,7 +383,7 @@ absl::Status layernorm_forward(const LayerNormParams& p, cudaStream_t stream) {
   if (absl::Status s = check_layernorm(p, "cuda layernorm_forward"); !s.ok()) return s;
   if (p.y == nullptr) return absl::InvalidArgumentError("cuda layernorm_forward: y is required");
   if (p.rows == 0) return absl::OkStatus();
-  layernorm_forward_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  launch_kernel<layernorm_forward_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p);
   ENGINE_CUDA_LAUNCH_CHECK(layernorm_forward_kernel);
   return absl::OkStatus();
 }
@@ -386,7 +400,8 @@ absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream) {
     float* r = nullptr;
     if (absl::Status s = scratch.allocate(&m, p.rows); !s.ok()) return s;
     if (absl::Status s = scratch.allocate(&r, p.rows); !s.ok()) return s;
-    layernorm_moments_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p, m, r);
+    launch_kernel<layernorm_moments_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p,
+                                            m, r);
     ENGINE_CUDA_LAUNCH_CHECK(layernorm_moments_kernel);
     mean = m;
     rstd = r;
@@ -396,14 +411,16 @@ absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream) {
     float* partial = nullptr;
     if (absl::Status s = scratch.allocate(&partial, chunks * 2 * p.width); !s.ok()) return s;
     const dim3 grid(blocks_for(p.width), static_cast<unsigned>(chunks));
-    layernorm_param_partial_kernel<<<grid, kThreads, 0, stream>>>(p, mean, rstd, partial);
+    launch_kernel<layernorm_param_partial_kernel>(grid, kThreads, 0, stream, p, mean, rstd,
+                                                  partial);
     ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_partial_kernel);
-    layernorm_param_reduce_kernel<<<blocks_for(p.width), kThreads, 0, stream>>>(p, partial,
-                                                                                 chunks);
+    launch_kernel<layernorm_param_reduce_kernel>(blocks_for(p.width), kThreads, 0, stream, p,
+                                                 partial, chunks);
     ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_reduce_kernel);
   }
   if (p.dx != nullptr) {
-    layernorm_dx_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p, mean, rstd);
+    launch_kernel<layernorm_dx_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p, mean,
+                                       rstd);
     ENGINE_CUDA_LAUNCH_CHECK(layernorm_dx_kernel);
   }
   return absl::OkStatus();
@@ -412,7 +429,7 @@ absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream) {
 absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream) {
   if (absl::Status s = check_gelu(p, "cuda gelu_forward", false); !s.ok()) return s;
   if (p.n == 0) return absl::OkStatus();
-  gelu_forward_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p.n, p.x, p.y);
+  launch_kernel<gelu_forward_kernel>(blocks_for(p.n), kThreads, 0, stream, p.n, p.x, p.y);
   ENGINE_CUDA_LAUNCH_CHECK(gelu_forward_kernel);
   return absl::OkStatus();
 }
@@ -420,7 +437,7 @@ absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream) {
 absl::Status gelu_backward(const GeluParams& p, cudaStream_t stream) {
   if (absl::Status s = check_gelu(p, "cuda gelu_backward", true); !s.ok()) return s;
   if (p.n == 0) return absl::OkStatus();
-  gelu_backward_kernel<<<blocks_for(p.n), kThreads, 0, stream>>>(p.n, p.x, p.dy, p.dx);
+  launch_kernel<gelu_backward_kernel>(blocks_for(p.n), kThreads, 0, stream, p.n, p.x, p.dy, p.dx);
   ENGINE_CUDA_LAUNCH_CHECK(gelu_backward_kernel);
   return absl::OkStatus();
 }
@@ -431,7 +448,7 @@ absl::Status embedding_forward(const EmbeddingParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("cuda embedding_forward: table and out are required");
   }
   if (p.rows == 0) return absl::OkStatus();
-  embedding_forward_kernel<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  launch_kernel<embedding_forward_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p);
   ENGINE_CUDA_LAUNCH_CHECK(embedding_forward_kernel);
   return absl::OkStatus();
 }
@@ -442,7 +459,7 @@ absl::Status embedding_backward(const EmbeddingParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("cuda embedding_backward: dout and dtable are required");
   }
   if (p.rows == 0) return absl::OkStatus();
-  embedding_backward_kernel<<<blocks_for(p.width), kThreads, 0, stream>>>(p);
+  launch_kernel<embedding_backward_kernel>(blocks_for(p.width), kThreads, 0, stream, p);
   ENGINE_CUDA_LAUNCH_CHECK(embedding_backward_kernel);
   return absl::OkStatus();
 }
@@ -473,16 +490,16 @@ absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void*
                     1.0f - p.lr * p.weight_decay};
   switch (storage) {
     case StorageType::kF32:
-      masked_adamw_kernel<float><<<blocks_for(p.n), kThreads, 0, stream>>>(
-          p, s, static_cast<float*>(arena));
+      launch_kernel<masked_adamw_kernel<float>>(blocks_for(p.n), kThreads, 0, stream, p, s,
+                                                static_cast<float*>(arena));
       break;
     case StorageType::kBF16:
-      masked_adamw_kernel<__nv_bfloat16><<<blocks_for(p.n), kThreads, 0, stream>>>(
-          p, s, static_cast<__nv_bfloat16*>(arena));
+      launch_kernel<masked_adamw_kernel<__nv_bfloat16>>(blocks_for(p.n), kThreads, 0, stream, p, s,
+                                                        static_cast<__nv_bfloat16*>(arena));
       break;
     case StorageType::kF16:
-      masked_adamw_kernel<__half><<<blocks_for(p.n), kThreads, 0, stream>>>(
-          p, s, static_cast<__half*>(arena));
+      launch_kernel<masked_adamw_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p, s,
+                                                 static_cast<__half*>(arena));
       break;
   }
   ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
@@ -496,9 +513,9 @@ absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream
   StreamScratch scratch(stream);
   double* partial = nullptr;
   if (absl::Status s = scratch.allocate(&partial, kNormBlocks + 1); !s.ok()) return s;
-  square_sum_partial_kernel<<<kNormBlocks, kThreads, 0, stream>>>(grad, n, partial);
+  launch_kernel<square_sum_partial_kernel>(kNormBlocks, kThreads, 0, stream, grad, n, partial);
   ENGINE_CUDA_LAUNCH_CHECK(square_sum_partial_kernel);
-  sum_partials_kernel<<<1, 1, 0, stream>>>(partial, kNormBlocks, partial + kNormBlocks);
+  launch_kernel<sum_partials_kernel>(1, 1, 0, stream, partial, kNormBlocks, partial + kNormBlocks);
   ENGINE_CUDA_LAUNCH_CHECK(sum_partials_kernel);
   double sum = 0.0;
   ENGINE_CUDA_CHECK(cudaMemcpyAsync(&sum, partial + kNormBlocks, sizeof sum,

@@ -1,0 +1,761 @@
+// Blocks on OS threads, CUDA threads as fibers, barriers and warp collectives as rendezvous
+// points (contract: emulator.h). Fibers are Boost.Context's fcontext: a stack and a saved register
+// set, switched in a few nanoseconds. Under AddressSanitizer every switch is announced with the
+// sanitizer's fiber API, so stack use and fake stacks stay correct.
+//
+// Scheduling: each OS thread runs one block at a time. Its fibers sit in a ready queue; the
+// scheduler resumes the first ready fiber, which runs until it waits (barrier, collective) or
+// ends. The last arrival at a barrier or collective completes it for everyone and carries on, so
+// a block's threads interleave only where CUDA orders them: code that needs a barrier it does not
+// have reads shared data its peers have not written yet, and fails here as it would on hardware.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/context/detail/fcontext.hpp>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/cuda/emulation/emulator.h"
+#include "kernels/cuda/emulation/emulator_internal.h"
+#include "kernels/cuda/emulation/include/cuda_runtime.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define ENGINE_EMULATION_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ENGINE_EMULATION_ASAN 1
+#endif
+#endif
+#ifdef ENGINE_EMULATION_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace engine::cuda::emulation {
+
+namespace fctx = boost::context::detail;
+
+namespace {
+
+// A fiber's stack: kernels keep fragments and accumulators in locals (a few KiB); sanitizer
+// builds add redzones around every local. One guard page below each stack turns an overflow into
+// a fault instead of silent corruption.
+#ifdef ENGINE_EMULATION_ASAN
+constexpr size_t kStackBytes = 512 * 1024;
+#else
+constexpr size_t kStackBytes = 128 * 1024;
+#endif
+constexpr uint32_t kFullMask = 0xffffffffu;
+constexpr int kMaxShuffleWidth = 32;
+
+const char* collective_name(Collective kind) {
+  switch (kind) {
+    case Collective::kSyncWarp:
+      return "__syncwarp";
+    case Collective::kShuffleIndex:
+      return "__shfl_sync";
+    case Collective::kShuffleUp:
+      return "__shfl_up_sync";
+    case Collective::kShuffleDown:
+      return "__shfl_down_sync";
+    case Collective::kShuffleXor:
+      return "__shfl_xor_sync";
+    case Collective::kBallot:
+      return "__ballot_sync";
+    case Collective::kAny:
+      return "__any_sync";
+    case Collective::kAll:
+      return "__all_sync";
+    case Collective::kMma:
+      return "mma.sync.m16n8k16";
+  }
+  return "?";
+}
+
+}  // namespace
+
+enum class FiberState { kReady, kAtBarrier, kInCollective, kDone, kAbandoned };
+
+struct BlockState;
+
+struct ThreadState {
+  Uint3 thread_idx{0, 0, 0};
+  int linear = 0, warp = 0, lane = 0;
+  BlockState* block = nullptr;
+  fctx::fcontext_t context = nullptr;  // where the fiber resumes
+  FiberState state = FiberState::kReady;
+  char* stack_bottom = nullptr;
+  uint64_t result = 0;         // of the last collective
+  float mma_d[4] = {};         // of the last mma
+  void* fake_stack = nullptr;  // AddressSanitizer's, while switched out
+};
+
+thread_local ThreadState* current_thread = nullptr;
+
+// Lanes of one warp that wait at the same collective.
+struct PendingGroup {
+  Collective kind = Collective::kSyncWarp;
+  uint32_t mask = 0, arrived = 0;
+  int width = kMaxShuffleWidth;
+};
+
+struct WarpState {
+  uint32_t launched = 0;  // lanes that exist (the last warp of a block may be partial)
+  uint32_t exited = 0;
+  std::vector<PendingGroup> pending;
+  uint64_t value[kWarpLanes] = {};
+  int arg[kWarpLanes] = {};
+  // mma operands, per lane, in the PTX ISA's fragment layout.
+  uint32_t a[kWarpLanes][4] = {};
+  uint32_t b[kWarpLanes][2] = {};
+  float c[kWarpLanes][4] = {};
+  MmaInput input[kWarpLanes] = {};
+};
+
+struct LaunchState {
+  LaunchConfig config;
+  ThreadBody body;
+  std::string kernel_name;
+  unsigned threads_per_block = 0;
+  unsigned long long blocks = 0;
+};
+
+struct BlockState {
+  const LaunchState* launch = nullptr;
+  Uint3 block_idx{0, 0, 0};
+  std::vector<ThreadState> threads;
+  std::vector<WarpState> warps;
+  std::vector<int> ready;  // a FIFO: ready[ready_head..] are runnable
+  size_t ready_head = 0;
+  int finished = 0, exited_before_barrier = 0, at_barrier = 0;
+  void* shared = nullptr;
+  bool failed = false;
+  std::string error;
+  // The OS thread's own context while one of this block's fibers runs.
+  fctx::fcontext_t scheduler = nullptr;
+  const void* scheduler_stack_bottom = nullptr;
+  size_t scheduler_stack_size = 0;
+};
+
+namespace {
+
+std::string kernel_name_from(const char* pretty) {
+  if (pretty == nullptr) return "kernel";
+  const std::string text(pretty);
+  const size_t at = text.find("Kernel = ");
+  if (at == std::string::npos) return text;
+  const size_t begin = at + 9;
+  size_t end = text.find(';', begin);
+  if (end == std::string::npos) end = text.rfind(']');
+  return text.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
+std::string dims(const Uint3& d) { return absl::StrCat("(", d.x, ",", d.y, ",", d.z, ")"); }
+
+// One OS thread's fiber stacks, reused by every block it runs.
+class StackPool {
+ public:
+  ~StackPool() {
+    if (base_ != nullptr) munmap(base_, mapped_);
+  }
+  // Stack i of at least `count`; its usable bytes are [bottom, bottom + kStackBytes).
+  char* bottom(int i) const { return base_ + static_cast<size_t>(i) * slot_ + page_; }
+  bool reserve(int count) {
+    if (count <= count_) return true;
+    if (base_ != nullptr) munmap(base_, mapped_);
+    page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    slot_ = kStackBytes + page_;
+    mapped_ = slot_ * static_cast<size_t>(count);
+    void* p = mmap(nullptr, mapped_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+      base_ = nullptr, count_ = 0;
+      return false;
+    }
+    base_ = static_cast<char*>(p);
+    for (int i = 0; i < count; ++i)
+      mprotect(base_ + static_cast<size_t>(i) * slot_, page_, PROT_NONE);
+    count_ = count;
+    return true;
+  }
+
+ private:
+  char* base_ = nullptr;
+  size_t mapped_ = 0, slot_ = 0, page_ = 4096;
+  int count_ = 0;
+};
+
+thread_local StackPool stack_pool;
+
+// ---- fiber switches ---------------------------------------------------------------------------
+
+void fiber_entry(fctx::transfer_t t);
+
+// From a fiber to its block's scheduler. `final`: the fiber never runs again.
+void switch_to_scheduler(ThreadState* self, bool final) {
+  BlockState& b = *self->block;
+#ifdef ENGINE_EMULATION_ASAN
+  __sanitizer_start_switch_fiber(final ? nullptr : &self->fake_stack, b.scheduler_stack_bottom,
+                                 b.scheduler_stack_size);
+#endif
+  fctx::transfer_t t = fctx::jump_fcontext(b.scheduler, self);
+  // Resumed by run_fiber.
+  b.scheduler = t.fctx;
+#ifdef ENGINE_EMULATION_ASAN
+  __sanitizer_finish_switch_fiber(self->fake_stack, &b.scheduler_stack_bottom,
+                                  &b.scheduler_stack_size);
+#endif
+}
+
+void run_fiber(BlockState& b, ThreadState* f) {
+  current_thread = f;
+#ifdef ENGINE_EMULATION_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(&fake_stack, f->stack_bottom, kStackBytes);
+#endif
+  fctx::transfer_t t = fctx::jump_fcontext(f->context, f);
+#ifdef ENGINE_EMULATION_ASAN
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#endif
+  f->context = t.fctx;
+  current_thread = nullptr;
+  (void)b;
+}
+
+void make_ready(BlockState& b, ThreadState& t) {
+  t.state = FiberState::kReady;
+  b.ready.push_back(t.linear);
+}
+
+// Ends the block with an error; the calling fiber is abandoned.
+[[noreturn]] void fail_block(ThreadState* self, const std::string& what) {
+  BlockState& b = *self->block;
+  if (!b.failed) {
+    b.failed = true;
+    b.error = absl::StrCat("kernel ", b.launch->kernel_name, ": block ", dims(b.block_idx),
+                           " thread ", dims(self->thread_idx), ": ", what);
+  }
+  self->state = FiberState::kAbandoned;
+  switch_to_scheduler(self, true);
+  std::abort();  // never resumed
+}
+
+std::string mask_text(uint32_t mask) { return absl::StrFormat("0x%08x", mask); }
+
+// Lanes of `mask` that have exited; any is an error for a collective that names them.
+void check_no_exited_lanes(ThreadState* self, const WarpState& w, const PendingGroup& g) {
+  const uint32_t gone = g.mask & w.exited;
+  if (gone != 0) {
+    fail_block(self,
+               absl::StrCat(collective_name(g.kind), " with mask ", mask_text(g.mask), " in warp ",
+                            self->warp, ": lanes ", mask_text(gone), " of the mask have exited"));
+  }
+}
+
+float mma_input_value(MmaInput input, uint16_t bits) {
+  uint32_t u;
+  if (input == MmaInput::kBF16) {
+    u = static_cast<uint32_t>(bits) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  // binary16 -> float, exact.
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu;
+  uint32_t mantissa = bits & 0x3ffu;
+  if (exponent == 0x1fu) {
+    u = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    u = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    u = sign;
+  } else {
+    int e = -14;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --e;
+    }
+    u = sign | (static_cast<uint32_t>(e + 127) << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+uint16_t half_of(uint32_t reg, int which) {
+  return static_cast<uint16_t>(which == 0 ? reg & 0xffffu : reg >> 16);
+}
+
+// D = A B + C for the warp, from the lanes' fragments (PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type"; g = lane / 4, t = lane % 4):
+//   A (16 x 16): register r of lane holds row g + 8 (r & 1), columns 2t + 8 (r >> 1) + {0, 1}
+//   B (16 x 8):  register r holds rows (k) 2t + 8 r + {0, 1}, column (n) g
+//   C, D (16 x 8, fp32): element e holds row g + 8 (e >> 1), column 2t + (e & 1)
+// Products of 16-bit inputs are exact in fp32; they are accumulated in fp32, in k order, onto C.
+void complete_mma(BlockState& b, WarpState& w, int warp) {
+  float A[16][16], B[16][8], C[16][8];
+  const MmaInput input = w.input[0];
+  for (int lane = 0; lane < kWarpLanes; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+      A[row][col] = mma_input_value(input, half_of(w.a[lane][r], 0));
+      A[row][col + 1] = mma_input_value(input, half_of(w.a[lane][r], 1));
+    }
+    for (int r = 0; r < 2; ++r) {
+      const int k = 2 * t + 8 * r;
+      B[k][g] = mma_input_value(input, half_of(w.b[lane][r], 0));
+      B[k + 1][g] = mma_input_value(input, half_of(w.b[lane][r], 1));
+    }
+    for (int e = 0; e < 4; ++e) C[g + 8 * (e >> 1)][2 * t + (e & 1)] = w.c[lane][e];
+  }
+  for (int lane = 0; lane < kWarpLanes; ++lane) {
+    const int g = lane / 4, t = lane % 4;
+    ThreadState& th = b.threads[warp * kWarpLanes + lane];
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+      float acc = C[row][col];
+      for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+      th.mma_d[e] = acc;
+    }
+  }
+}
+
+// Computes every participating lane's result and wakes them (the caller keeps running).
+void complete_group(ThreadState* self, WarpState& w, const PendingGroup& g) {
+  BlockState& b = *self->block;
+  const int warp = self->warp;
+  if (g.kind == Collective::kMma) {
+    for (int lane = 1; lane < kWarpLanes; ++lane) {
+      if (w.input[lane] != w.input[0]) {
+        fail_block(self, "mma.sync: lanes of one warp disagree on the input type (bf16 / f16)");
+      }
+    }
+    complete_mma(b, w, warp);
+  } else {
+    uint32_t votes = 0;
+    for (int lane = 0; lane < kWarpLanes; ++lane) {
+      if ((g.mask >> lane & 1u) != 0 && w.value[lane] != 0) votes |= 1u << lane;
+    }
+    for (int lane = 0; lane < kWarpLanes; ++lane) {
+      if ((g.mask >> lane & 1u) == 0) continue;
+      ThreadState& th = b.threads[warp * kWarpLanes + lane];
+      const int segment = lane & ~(g.width - 1);
+      int src = lane;
+      const int arg = w.arg[lane];
+      switch (g.kind) {
+        case Collective::kShuffleIndex:
+          src = segment + (arg & (g.width - 1));
+          break;
+        case Collective::kShuffleUp:
+          src = lane - arg < segment ? lane : lane - arg;
+          break;
+        case Collective::kShuffleDown:
+          src = lane + arg >= segment + g.width ? lane : lane + arg;
+          break;
+        case Collective::kShuffleXor: {
+          const int x = lane ^ arg;
+          src = x >= segment + g.width || x >= kWarpLanes ? lane : x;
+          break;
+        }
+        default:
+          break;
+      }
+      if ((g.mask >> src & 1u) == 0) {
+        fail_block(self, absl::StrCat(collective_name(g.kind), " in warp ", warp, ": lane ", lane,
+                                      " reads lane ", src, ", which is not in the mask ",
+                                      mask_text(g.mask)));
+      }
+      switch (g.kind) {
+        case Collective::kBallot:
+          th.result = votes;
+          break;
+        case Collective::kAny:
+          th.result = votes != 0;
+          break;
+        case Collective::kAll:
+          th.result = votes == g.mask;
+          break;
+        case Collective::kSyncWarp:
+          th.result = 0;
+          break;
+        default:
+          th.result = w.value[src];
+          break;
+      }
+    }
+  }
+  for (int lane = 0; lane < kWarpLanes; ++lane) {
+    if ((g.mask >> lane & 1u) == 0 || lane == self->lane) continue;
+    make_ready(b, b.threads[warp * kWarpLanes + lane]);
+  }
+}
+
+// Arrival of the calling lane at a collective whose operands it has already stored in `w`.
+void arrive(ThreadState* self, Collective kind, uint32_t mask, int width) {
+  BlockState& b = *self->block;
+  WarpState& w = b.warps[self->warp];
+  const uint32_t bit = 1u << self->lane;
+  if ((mask & bit) == 0) {
+    fail_block(self, absl::StrCat(collective_name(kind), ": the mask ", mask_text(mask),
+                                  " does not include the calling lane ", self->lane));
+  }
+  if ((mask & ~w.launched) != 0) {
+    fail_block(self, absl::StrCat(collective_name(kind), ": the mask ", mask_text(mask),
+                                  " names lanes that were not launched (block of ",
+                                  b.launch->threads_per_block, " threads)"));
+  }
+  if (kind == Collective::kMma && mask != kFullMask) {
+    fail_block(self, "mma.sync.aligned needs all 32 lanes of the warp");
+  }
+  if (width <= 0 || width > kMaxShuffleWidth || (width & (width - 1)) != 0) {
+    fail_block(self, absl::StrCat(collective_name(kind), ": width ", width,
+                                  " is not a power of two in [1, 32]"));
+  }
+  PendingGroup* group = nullptr;
+  for (PendingGroup& g : w.pending) {
+    if ((g.mask & mask) == 0) continue;
+    if (g.mask != mask || g.kind != kind || g.width != width) {
+      fail_block(
+          self, absl::StrCat("warp ", self->warp, " diverged: lane ", self->lane, " reached ",
+                             collective_name(kind), " with mask ", mask_text(mask), " while lanes ",
+                             mask_text(g.arrived), " wait at ", collective_name(g.kind),
+                             " with mask ", mask_text(g.mask)));
+    }
+    group = &g;
+  }
+  if (group == nullptr) {
+    w.pending.push_back(PendingGroup{kind, mask, 0, width});
+    group = &w.pending.back();
+  }
+  check_no_exited_lanes(self, w, *group);
+  group->arrived |= bit;
+  if (group->arrived == group->mask) {
+    const PendingGroup done = *group;
+    w.pending.erase(w.pending.begin() + (group - w.pending.data()));
+    complete_group(self, w, done);
+    return;
+  }
+  self->state = FiberState::kInCollective;
+  switch_to_scheduler(self, false);
+}
+
+ThreadState* device_thread(const char* what) {
+  ThreadState* self = current_thread;
+  if (self == nullptr) {
+    std::fprintf(stderr, "cuda emulation: %s called outside a kernel\n", what);
+    std::abort();
+  }
+  return self;
+}
+
+void thread_exit(ThreadState* self) {
+  BlockState& b = *self->block;
+  WarpState& w = b.warps[self->warp];
+  w.exited |= 1u << self->lane;
+  for (const PendingGroup& g : w.pending) {
+    if ((g.mask >> self->lane & 1u) != 0) {
+      fail_block(self, absl::StrCat("exited while lanes ", mask_text(g.arrived), " of warp ",
+                                    self->warp, " wait for it at ", collective_name(g.kind),
+                                    " with mask ", mask_text(g.mask)));
+    }
+  }
+  if (b.at_barrier > 0) {
+    fail_block(self, absl::StrCat("exited while ", b.at_barrier,
+                                  " threads of the block wait at __syncthreads"));
+  }
+  ++b.exited_before_barrier;
+  ++b.finished;
+  self->state = FiberState::kDone;
+}
+
+void fiber_entry(fctx::transfer_t t) {
+  ThreadState* self = static_cast<ThreadState*>(t.data);
+  BlockState& b = *self->block;
+  b.scheduler = t.fctx;
+#ifdef ENGINE_EMULATION_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_size);
+#endif
+  b.launch->body();
+  thread_exit(self);
+  switch_to_scheduler(self, true);
+  std::abort();  // a finished fiber is never resumed
+}
+
+std::string describe_deadlock(const BlockState& b) {
+  std::string text = absl::StrCat("deadlock: ", b.launch->threads_per_block - b.finished,
+                                  " threads wait and none can run (", b.at_barrier,
+                                  " at __syncthreads, ", b.finished, " finished");
+  for (size_t wi = 0; wi < b.warps.size(); ++wi) {
+    for (const PendingGroup& g : b.warps[wi].pending) {
+      absl::StrAppend(&text, "; warp ", wi, ": lanes ", mask_text(g.arrived), " at ",
+                      collective_name(g.kind), " with mask ", mask_text(g.mask));
+    }
+  }
+  absl::StrAppend(&text, ")");
+  return text;
+}
+
+void run_block(BlockState& b, const LaunchState& launch, unsigned long long index) {
+  const LaunchConfig& c = launch.config;
+  b.launch = &launch;
+  b.block_idx = Uint3{
+      static_cast<unsigned>(index % c.grid.x), static_cast<unsigned>(index / c.grid.x % c.grid.y),
+      static_cast<unsigned>(index / (static_cast<unsigned long long>(c.grid.x) * c.grid.y))};
+  const unsigned n = launch.threads_per_block;
+  b.threads.assign(n, ThreadState{});
+  b.warps.assign((n + kWarpLanes - 1) / kWarpLanes, WarpState{});
+  b.ready.clear();
+  b.ready_head = 0;
+  b.finished = b.exited_before_barrier = b.at_barrier = 0;
+  b.failed = false;
+  b.error.clear();
+  for (unsigned i = 0; i < n; ++i) {
+    ThreadState& t = b.threads[i];
+    t.thread_idx = Uint3{i % c.block.x, i / c.block.x % c.block.y, i / (c.block.x * c.block.y)};
+    t.linear = static_cast<int>(i);
+    t.warp = static_cast<int>(i / kWarpLanes);
+    t.lane = static_cast<int>(i % kWarpLanes);
+    t.block = &b;
+    t.stack_bottom = stack_pool.bottom(static_cast<int>(i));
+    t.context = fctx::make_fcontext(t.stack_bottom + kStackBytes, kStackBytes, fiber_entry);
+    b.warps[t.warp].launched |= 1u << t.lane;
+    b.ready.push_back(static_cast<int>(i));
+  }
+  // Shared memory of exactly the launch's size (a sanitizer build sees overruns), filled with a
+  // NaN pattern so that reading it before writing it shows.
+  std::unique_ptr<unsigned char[]> shared;
+  if (c.dynamic_shared_bytes > 0) {
+    shared.reset(new (std::align_val_t(16)) unsigned char[c.dynamic_shared_bytes]);
+    std::memset(shared.get(), 0xff, c.dynamic_shared_bytes);
+  }
+  b.shared = shared.get();
+  while (b.ready_head < b.ready.size() && !b.failed) {
+    ThreadState* f = &b.threads[b.ready[b.ready_head++]];
+    run_fiber(b, f);
+    if (b.ready_head > 4096 && b.ready_head * 2 > b.ready.size()) {
+      b.ready.erase(b.ready.begin(), b.ready.begin() + static_cast<std::ptrdiff_t>(b.ready_head));
+      b.ready_head = 0;
+    }
+  }
+  if (!b.failed && b.finished != static_cast<int>(n)) {
+    b.failed = true;
+    b.error = absl::StrCat("kernel ", launch.kernel_name, ": block ", dims(b.block_idx), ": ",
+                           describe_deadlock(b));
+  }
+#ifdef ENGINE_EMULATION_ASAN
+  if (b.failed) {  // abandoned fibers left their frames' redzones poisoned
+    for (ThreadState& t : b.threads) {
+      if (t.state != FiberState::kDone) ASAN_UNPOISON_MEMORY_REGION(t.stack_bottom, kStackBytes);
+    }
+  }
+#endif
+  // new[] with an alignment needs the matching delete[].
+  ::operator delete[](shared.release(), std::align_val_t(16));
+  b.shared = nullptr;
+}
+
+// ---- the pool of OS threads ---------------------------------------------------------------------
+
+class BlockPool {
+ public:
+  static BlockPool& instance() {
+    static BlockPool* pool = new BlockPool();  // never destroyed: workers outlive static teardown
+    return *pool;
+  }
+
+  // Runs every block of `launch`; returns the error of the lowest failing block, or "".
+  std::string run(const LaunchState& launch) {
+    std::lock_guard<std::mutex> serial(launch_mutex_);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      launch_ = &launch;
+      next_.store(0);
+      first_error_block_ = ~0ull;
+      first_error_.clear();
+      active_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();  // the calling thread runs blocks too
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return active_ == 0; });
+    launch_ = nullptr;
+    return first_error_;
+  }
+
+ private:
+  BlockPool() {
+    int threads = static_cast<int>(std::thread::hardware_concurrency());
+    if (const char* env = std::getenv("ENGINE_CUDA_EMULATION_THREADS")) threads = std::atoi(env);
+    threads = std::max(1, threads);
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker(); });
+    for (std::thread& t : workers_) t.detach();
+  }
+
+  void worker() {
+    unsigned long long seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+      }
+      work();
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--active_ == 0) done_.notify_all();
+    }
+  }
+
+  void work() {
+    const LaunchState& launch = *launch_;
+    if (!stack_pool.reserve(static_cast<int>(launch.threads_per_block))) {
+      record_failure(0, "cannot map fiber stacks");
+      return;
+    }
+    thread_local BlockState block;
+    for (;;) {
+      const unsigned long long index = next_.fetch_add(1);
+      if (index >= launch.blocks) return;
+      run_block(block, launch, index);
+      if (block.failed) {
+        record_failure(index, block.error);
+        next_.store(launch.blocks);  // stop handing out blocks
+      }
+    }
+  }
+
+  void record_failure(unsigned long long index, const std::string& error) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (index < first_error_block_) {
+      first_error_block_ = index;
+      first_error_ = error;
+    }
+  }
+
+  std::mutex launch_mutex_;
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const LaunchState* launch_ = nullptr;
+  std::atomic<unsigned long long> next_{0};
+  unsigned long long generation_ = 0;
+  int active_ = 0;
+  unsigned long long first_error_block_ = ~0ull;
+  std::string first_error_;
+};
+
+}  // namespace
+
+// ---- the interface of emulator.h ----------------------------------------------------------------
+
+int launch(const LaunchConfig& config, ThreadBody body) {
+  LaunchState launch;
+  launch.config = config;
+  launch.body = body;
+  launch.kernel_name = kernel_name_from(config.name);
+  const Uint3 g = config.grid, k = config.block;
+  const unsigned long long threads = static_cast<unsigned long long>(k.x) * k.y * k.z;
+  if (k.x == 0 || k.y == 0 || k.z == 0 || k.x > kMaxBlockDim[0] || k.y > kMaxBlockDim[1] ||
+      k.z > kMaxBlockDim[2] || threads > kMaxThreadsPerBlock) {
+    return record_error(cudaErrorInvalidConfiguration,
+                        absl::StrCat("cudaErrorInvalidConfiguration: kernel ", launch.kernel_name,
+                                     ": block ", dims(k), " (at most ", kMaxThreadsPerBlock,
+                                     " threads, (1024, 1024, 64) per dimension)"));
+  }
+  if (g.x == 0 || g.y == 0 || g.z == 0 || g.x > kMaxGridDim[0] || g.y > kMaxGridDim[1] ||
+      g.z > kMaxGridDim[2]) {
+    return record_error(cudaErrorInvalidConfiguration,
+                        absl::StrCat("cudaErrorInvalidConfiguration: kernel ", launch.kernel_name,
+                                     ": grid ", dims(g)));
+  }
+  const size_t allowed =
+      std::max(kDefaultDynamicSharedBytes, max_dynamic_shared_bytes(config.function));
+  if (config.dynamic_shared_bytes > allowed) {
+    return record_error(
+        cudaErrorInvalidValue,
+        absl::StrCat("cudaErrorInvalidValue: kernel ", launch.kernel_name, ": ",
+                     config.dynamic_shared_bytes, " bytes of dynamic shared memory, above the ",
+                     allowed, " allowed",
+                     config.dynamic_shared_bytes <= kMaxSharedBytesOptIn
+                         ? " (raise it with cudaFuncSetAttribute)"
+                         : absl::StrCat(" (the device's limit is ", kMaxSharedBytesOptIn, ")")));
+  }
+  launch.threads_per_block = static_cast<unsigned>(threads);
+  launch.blocks = static_cast<unsigned long long>(g.x) * g.y * g.z;
+  if (current_thread != nullptr) {
+    return record_error(cudaErrorLaunchFailure,
+                        absl::StrCat("cudaErrorLaunchFailure: kernel ", launch.kernel_name,
+                                     " launched from device code (not emulated)"));
+  }
+  const std::string error = BlockPool::instance().run(launch);
+  if (!error.empty()) {
+    return record_error(cudaErrorLaunchFailure, absl::StrCat("cudaErrorLaunchFailure: ", error));
+  }
+  return cudaSuccess;
+}
+
+const Uint3& thread_index() { return device_thread("threadIdx")->thread_idx; }
+const Uint3& block_index() { return device_thread("blockIdx")->block->block_idx; }
+const Uint3& block_dim() { return device_thread("blockDim")->block->launch->config.block; }
+const Uint3& grid_dim() { return device_thread("gridDim")->block->launch->config.grid; }
+void* dynamic_shared_memory() { return device_thread("dynamic shared memory")->block->shared; }
+
+void block_barrier() {
+  ThreadState* self = device_thread("__syncthreads");
+  BlockState& b = *self->block;
+  // Which __syncthreads is not compared: an optimising compiler duplicates one call into the
+  // branches of a preceding `if`, so one source barrier has several addresses. A barrier that
+  // some threads never reach still fails, as an exit or a deadlock.
+  if (b.exited_before_barrier > 0) {
+    fail_block(self, absl::StrCat("reached __syncthreads after ", b.exited_before_barrier,
+                                  " threads of the block exited"));
+  }
+  if (++b.at_barrier == static_cast<int>(b.launch->threads_per_block)) {
+    b.at_barrier = 0;
+    for (ThreadState& t : b.threads) {
+      if (t.state == FiberState::kAtBarrier) make_ready(b, t);
+    }
+    return;
+  }
+  self->state = FiberState::kAtBarrier;
+  switch_to_scheduler(self, false);
+}
+
+uint64_t warp_collective(Collective kind, uint32_t mask, uint64_t value, int arg, int width) {
+  ThreadState* self = device_thread(collective_name(kind));
+  WarpState& w = self->block->warps[self->warp];
+  w.value[self->lane] = value;
+  w.arg[self->lane] = arg;
+  arrive(self, kind, mask, width);
+  return self->result;
+}
+
+void mma_m16n8k16(MmaInput input, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  ThreadState* self = device_thread("mma.sync");
+  WarpState& w = self->block->warps[self->warp];
+  const int lane = self->lane;
+  for (int r = 0; r < 4; ++r) w.a[lane][r] = a[r];
+  for (int r = 0; r < 2; ++r) w.b[lane][r] = b[r];
+  for (int e = 0; e < 4; ++e) w.c[lane][e] = d[e];
+  w.input[lane] = input;
+  arrive(self, Collective::kMma, kFullMask, kMaxShuffleWidth);
+  for (int e = 0; e < 4; ++e) d[e] = self->mma_d[e];
+}
+
+void device_fault(const char* what) { fail_block(device_thread(what), what); }
+
+}  // namespace engine::cuda::emulation

@@ -1,0 +1,139 @@
+// The CUDA backend's fp32 ops (GEMM, its epilogue, GELU) against the CPU backend, through the
+// Backend interface. A GPU test (CTest label gpu): it runs on a GPU or under the emulator.
+#ifdef ENGINE_HAVE_CUDA
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "engine/device.h"
+
+namespace engine {
+namespace {
+
+// Copies host data to a device buffer owned by the test.
+struct DeviceBuffer {
+  float* ptr = nullptr;
+  explicit DeviceBuffer(const std::vector<float>& host) {
+    cudaMalloc(&ptr, host.size() * sizeof(float));
+    cudaMemcpy(ptr, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  std::vector<float> read(size_t n) const {
+    std::vector<float> out(n);
+    cudaMemcpy(out.data(), ptr, n * sizeof(float), cudaMemcpyDeviceToHost);
+    return out;
+  }
+};
+
+std::vector<float> random_vector(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+class CudaOps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    auto g = make_backend("cuda");
+    ASSERT_TRUE(g.ok()) << g.status();
+    gpu_ = std::move(*g);
+    cpu_ = make_cpu_backend();
+  }
+  std::unique_ptr<Backend> gpu_, cpu_;
+};
+
+// fp32 GEMM: cuBLAS and OpenBLAS agree to accumulated rounding (tolerance in docs/TOLERANCES.md).
+TEST_F(CudaOps, GemmMatchesCpuAllTransposes) {
+  const int64_t m = 37, n = 53, k = 71;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      auto a = random_vector(m * k, 1), b = random_vector(k * n, 2);
+      std::vector<float> c_cpu(m * n, 0.0f);
+      GemmParams p;
+      p.transpose_a = ta;
+      p.transpose_b = tb;
+      p.m = m;
+      p.n = n;
+      p.k = k;
+      p.lda = ta ? m : k;
+      p.ldb = tb ? k : n;
+      p.ldc = n;
+      p.a = a.data();
+      p.b = b.data();
+      p.c = c_cpu.data();
+      ASSERT_TRUE(cpu_->gemm(p).ok());
+      DeviceBuffer da(a), db(b);
+      DeviceBuffer dc{std::vector<float>(m * n, 0.0f)};
+      p.a = da.ptr;
+      p.b = db.ptr;
+      p.c = dc.ptr;
+      ASSERT_TRUE(gpu_->gemm(p).ok());
+      auto c_gpu = dc.read(m * n);
+      for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
+    }
+  }
+}
+
+// The linear-layer epilogue (bias over every row plus a residual with its own leading
+// dimension) gives what the CPU backend gives.
+TEST_F(CudaOps, GemmEpilogueMatchesCpu) {
+  const int64_t m = 29, n = 41, k = 17, ldr = n + 5;
+  auto a = random_vector(m * k, 11), b = random_vector(n * k, 12);
+  auto bias = random_vector(n, 13), residual = random_vector(m * ldr, 14);
+  std::vector<float> c_cpu(m * n, 0.0f);
+  GemmParams p;
+  p.transpose_b = true;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  p.lda = k;
+  p.ldb = k;
+  p.ldc = n;
+  p.ldr = ldr;
+  p.a = a.data();
+  p.b = b.data();
+  p.c = c_cpu.data();
+  p.bias = bias.data();
+  p.residual = residual.data();
+  ASSERT_TRUE(cpu_->gemm(p).ok());
+  DeviceBuffer da(a), db(b), dbias(bias), dres(residual);
+  DeviceBuffer dc{std::vector<float>(m * n, 0.0f)};
+  p.a = da.ptr;
+  p.b = db.ptr;
+  p.c = dc.ptr;
+  p.bias = dbias.ptr;
+  p.residual = dres.ptr;
+  ASSERT_TRUE(gpu_->gemm(p).ok());
+  auto c_gpu = dc.read(m * n);
+  for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
+}
+
+TEST_F(CudaOps, GeluMatchesFormula) {
+  const size_t n = 1000;
+  auto x = random_vector(n, 3);
+  DeviceBuffer dx(x);
+  DeviceBuffer dy{std::vector<float>(n)};
+  GeluParams p;
+  p.n = n;
+  p.x = dx.ptr;
+  p.y = dy.ptr;
+  ASSERT_TRUE(gpu_->gelu_forward(p).ok());
+  auto y = dy.read(n);
+  for (size_t i = 0; i < n; ++i) {
+    const double v = x[i];
+    const double ref = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    ASSERT_NEAR(y[i], ref, 1e-6) << i;
+  }
+}
+
+}  // namespace
+}  // namespace engine
+
+#endif  // ENGINE_HAVE_CUDA
