@@ -33,7 +33,8 @@ step "configure + build (Release, CUDA ON, archs $archs)"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DENGINE_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" >/dev/null
 build_log="$build/gpu-build.log"
-if ! ninja -C "$build" -j "$jobs" engine engine_tests attention_cuda_bench >"$build_log" 2>&1; then
+if ! ninja -C "$build" -j "$jobs" engine engine_tests engine_gpu_tests attention_cuda_bench \
+    >"$build_log" 2>&1; then
   grep -vE '^\[[0-9]+/[0-9]+\] ' "$build_log" | tail -60 >&2
   echo "gpu-check: build FAILED (log $build_log)" >&2
   exit 1
@@ -46,10 +47,14 @@ bash "$root/scripts/check_attention_spills.sh" | tail -1 || spills=FAILED
 step "GPU tests"
 test_log="$build/gpu-tests.log"
 tests=ok
-OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 300 \
-  "$build/tests/engine_tests" --gtest_filter='CudaKernels.*:CudaOps.*:Device.*' \
-  2>&1 | tee "$test_log" | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error' || true
-if ! grep -q '^\[  PASSED  \]' "$test_log" || grep -q '^\[  FAILED  \]' "$test_log"; then
+# The GPU binary (every CUDA kernel against the CPU reference; CTest label gpu), then backend
+# selection from the main binary.
+{
+  OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 300 "$build/tests/engine_gpu_tests" 2>&1
+  OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 60 "$build/tests/engine_tests" \
+    --gtest_filter='Device.*' 2>&1
+} | tee "$test_log" | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error' || true
+if [ "$(grep -c '^\[  PASSED  \]' "$test_log")" -ne 2 ] || grep -q '^\[  FAILED  \]' "$test_log"; then
   tests=FAILED
 fi
 if grep -q '^\[  SKIPPED \]' "$test_log"; then
