@@ -3,10 +3,11 @@
 // Contract: forward y = gelu(x); backward dx = gelu'(x) * dy (the exact derivative of the same
 // formula); x and y, or x and dx, may alias.
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/vector_math.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 namespace {
 
 constexpr float kGeluC = 0.79788456f;
@@ -51,4 +52,4 @@ absl::Status gelu_backward(const GeluParams& p) {
   return absl::OkStatus();
 }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END
