@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's second command: installs dependencies, builds everything, runs every test.
 #   1. the googletest suite through CTest (CPU; GPU tests skip themselves without a device), after
-#      the attention register-spill check when nvcc is present (scripts/check_attention_spills.sh).
+#      the attention register-spill check when nvcc is present (scripts/check_attention_spills.sh)
+#      and the check that no linker-merged symbol of the AVX-512 kernels holds AVX-512 code
+#      (scripts/check_isa_objects.sh).
 #      It runs with the kernel families this CPU selects: OpenBLAS's own choice from CPUID and the
 #      engine's kernel build (kernels/cpu/isa.h); OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE and
 #      ENGINE_CPU_ISA from the caller's environment are reported and dropped, since each changes
@@ -18,6 +20,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${ENGINE_BUILD_DIR:-$root/build}"
 bash "$root/scripts/build.sh"
 bash "$root/scripts/check_attention_spills.sh" | tail -1
+bash "$root/scripts/check_isa_objects.sh"
 for var in OPENBLAS_CORETYPE OPENBLAS_L2_SIZE ENGINE_CPU_ISA; do
   if [ -n "${!var:-}" ]; then echo "test: ignoring $var=${!var} from the environment"; fi
   unset "$var"

@@ -71,7 +71,8 @@ TEST(CpuIsa, EnvironmentVariableIsHonouredOrRefusedInOneLine) {
     EXPECT_THAT(out, HasSubstr("\"isa\": \"avx512\"")) << out;
   } else {
     EXPECT_NE(rc, 0);
-    EXPECT_THAT(out, HasSubstr("ENGINE_CPU_ISA=avx512: this CPU does not support it")) << out;
+    // The CPU lacks AVX-512, or this build has no AVX-512 kernels (clang builds).
+    EXPECT_EQ(out.rfind("engine: ENGINE_CPU_ISA=avx512: ", 0), 0u) << out;
     EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
   }
 }

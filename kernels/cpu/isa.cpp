@@ -17,6 +17,12 @@ namespace {
 
 constexpr const char* kIsaVariable = "ENGINE_CPU_ISA";
 
+#if defined(ENGINE_HAVE_AVX512_KERNELS)
+constexpr bool kAvx512Built = true;
+#else
+constexpr bool kAvx512Built = false;  // a clang build (CMakeLists.txt: ENGINE_CPU_ISAS)
+#endif
+
 bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -30,6 +36,11 @@ absl::StatusOr<CpuIsa> isa_from_environment() {
   const std::string v(value);
   for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
     if (v != cpu_isa_name(isa)) continue;
+    if (isa == CpuIsa::kAvx512 && !kAvx512Built) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          kIsaVariable, "=", v, ": this build of the engine has no AVX-512 kernels (compiled "
+          "without GCC); unset it or use avx2"));
+    }
     if (!cpu_supports(isa)) {
       return absl::FailedPreconditionError(
           absl::StrCat(kIsaVariable, "=", v, ": this CPU does not support it (", v,
@@ -59,6 +70,14 @@ absl::Status dispatch(absl::Status (*avx2_kernel)(const Params&),
   return *isa == CpuIsa::kAvx512 ? avx512_kernel(p) : avx2_kernel(p);
 }
 
+// The AVX-512 entry points, or the AVX2 ones in a build without them (never called then:
+// cpu_supports(kAvx512) is false, so active_cpu_isa() never returns it).
+#if defined(ENGINE_HAVE_AVX512_KERNELS)
+namespace wide = avx512;
+#else
+namespace wide = avx2;
+#endif
+
 }  // namespace
 
 std::string_view cpu_isa_name(CpuIsa isa) {
@@ -72,7 +91,7 @@ std::string_view cpu_isa_name(CpuIsa isa) {
 }
 
 bool cpu_supports(CpuIsa isa) {
-  static const bool avx512 = cpu_has_avx512();
+  static const bool avx512 = kAvx512Built && cpu_has_avx512();
   return isa == CpuIsa::kAvx2 || avx512;
 }
 
@@ -104,31 +123,31 @@ std::string blas_core_name() {
 }
 
 absl::Status layernorm_forward(const LayerNormParams& p) {
-  return dispatch(avx2::layernorm_forward, avx512::layernorm_forward, p);
+  return dispatch(avx2::layernorm_forward, wide::layernorm_forward, p);
 }
 absl::Status layernorm_backward(const LayerNormParams& p) {
-  return dispatch(avx2::layernorm_backward, avx512::layernorm_backward, p);
+  return dispatch(avx2::layernorm_backward, wide::layernorm_backward, p);
 }
 absl::Status gelu_forward(const GeluParams& p) {
-  return dispatch(avx2::gelu_forward, avx512::gelu_forward, p);
+  return dispatch(avx2::gelu_forward, wide::gelu_forward, p);
 }
 absl::Status gelu_backward(const GeluParams& p) {
-  return dispatch(avx2::gelu_backward, avx512::gelu_backward, p);
+  return dispatch(avx2::gelu_backward, wide::gelu_backward, p);
 }
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
-  return dispatch(avx2::alibi_attention_forward, avx512::alibi_attention_forward, p);
+  return dispatch(avx2::alibi_attention_forward, wide::alibi_attention_forward, p);
 }
 absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
-  return dispatch(avx2::alibi_attention_backward, avx512::alibi_attention_backward, p);
+  return dispatch(avx2::alibi_attention_backward, wide::alibi_attention_backward, p);
 }
 absl::Status classifier_cross_entropy(const ClassifierParams& p) {
-  return dispatch(avx2::classifier_cross_entropy, avx512::classifier_cross_entropy, p);
+  return dispatch(avx2::classifier_cross_entropy, wide::classifier_cross_entropy, p);
 }
 absl::Status masked_adamw(const MaskedAdamWParams& p) {
-  return dispatch(avx2::masked_adamw, avx512::masked_adamw, p);
+  return dispatch(avx2::masked_adamw, wide::masked_adamw, p);
 }
 absl::Status masked_sgd(const MaskedAdamWParams& p) {
-  return dispatch(avx2::masked_sgd, avx512::masked_sgd, p);
+  return dispatch(avx2::masked_sgd, wide::masked_sgd, p);
 }
 
 }  // namespace engine::cpu

@@ -9,7 +9,8 @@
 //
 //   ENGINE_CPU_ISA unset or empty   best supported: avx512 where available, else avx2
 //   ENGINE_CPU_ISA=avx2             the AVX2 + FMA build (runs on every CPU the engine runs on)
-//   ENGINE_CPU_ISA=avx512           the AVX-512 build; an error on a CPU without AVX-512
+//   ENGINE_CPU_ISA=avx512           the AVX-512 build; an error on a CPU without AVX-512, and in
+//                                   a clang build, which has the AVX2 build only (isa_region.h)
 //   anything else                   an error
 // An invalid ENGINE_CPU_ISA is an error, not a silent fallback: every dispatched kernel returns
 // it, and the CLI prints it and exits before doing any work. Running another path than the one

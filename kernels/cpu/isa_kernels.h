@@ -2,6 +2,7 @@
 // kernels/cpu/isa_region.h), declared for both builds. The files defining them include this
 // header, so a signature that drifts from these declarations does not compile. The dispatching
 // entry points with the same names in engine::cpu (ops.h, adamw.h) are defined in isa.cpp.
+// The AVX-512 build exists where ENGINE_HAVE_AVX512_KERNELS is defined (GCC builds).
 #pragma once
 
 #include "absl/status/status.h"
