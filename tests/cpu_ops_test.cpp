@@ -3,7 +3,8 @@
 // differences of those references.
 // Tolerances (float kernel vs double reference):
 //   layernorm/gelu forward: abs error <= 1e-5 * max(1, |ref|) (a few float ulps of O(1) values);
-//   classifier logits 1e-5 * max(1, |ref|), row losses 2e-5 (log-sum-exp over <= 1000 terms);
+//   classifier logits, row losses and dhidden, and the classifier's chunkings and paths against
+//   each other: rounding bounds derived per element (classifier_bounds, tests/error_bounds.h);
 //   backward vs finite differences in double: abs error <= 1e-4 * max(1, |fd|) (float
 //   accumulation over the reduced dimension; the step 1e-4 leaves ~1e-8 truncation error).
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <random>
 #include <vector>
 
+#include "error_bounds.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
 
@@ -244,6 +246,48 @@ ClassifierRun run_classifier(const std::vector<float>& hidden, const std::vector
   return r;
 }
 
+// Rounding bounds of the classifier's forward (docs/TOLERANCES.md, "Bounds from the
+// computation"), per element, against the exact result of the same float inputs:
+//   logit (r, v): a length-width dot product in float, any order: gamma_width * sum_k |h_k e_k|.
+//   row loss: lse - z_t. Moving every logit by at most L (the row's largest logit bound) moves
+//     lse and z_t by at most L each; the kernel's own log-sum-exp rounds z - m (relative u on
+//     |z - m| <= the row's logit range R), exp_approx (kExpApproxUlps), a float sum of at most
+//     `vocab` positive terms (gamma_vocab relative), then lse and the loss once each:
+//       2 L + gamma_(R + kExpApproxUlps + vocab) + u (|lse| + |loss|).
+// Two runs with different summation orders (chunkings, BLAS kernels) differ by at most the sum
+// of their bounds, 2x. A wrong chunk boundary or a dropped vocabulary entry moves a logit by
+// O(1) and a loss by that entry's probability (about 1e-3 here), far above these bounds.
+struct ClassifierBounds {
+  std::vector<double> logits, loss;
+};
+
+ClassifierBounds classifier_bounds(const std::vector<float>& hidden, const std::vector<float>& emb,
+                                   const NaiveClassifier& ref, int64_t rows, int64_t width,
+                                   int64_t vocab) {
+  const double u = test::kFloatUnitRoundoff;
+  ClassifierBounds b{std::vector<double>(rows * vocab), std::vector<double>(rows)};
+  for (int64_t i = 0; i < rows; ++i) {
+    double largest = 0.0, lo = INFINITY, hi = -INFINITY, sum = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      double abs_dot = 0.0;
+      for (int64_t k = 0; k < width; ++k) {
+        abs_dot += std::abs(double(hidden[i * width + k]) * emb[v * width + k]);
+      }
+      b.logits[i * vocab + v] = test::float_gamma(width) * abs_dot;
+      largest = std::max(largest, b.logits[i * vocab + v]);
+      lo = std::min(lo, ref.logits[i * vocab + v]);
+      hi = std::max(hi, ref.logits[i * vocab + v]);
+    }
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(ref.logits[i * vocab + v] - hi);
+    const double lse = hi + std::log(sum);
+    const int64_t log_sum_exp_roundings =
+        static_cast<int64_t>(std::ceil(hi - lo + test::kExpApproxUlps)) + vocab;
+    b.loss[i] = 2.0 * largest + test::float_gamma(log_sum_exp_roundings) +
+                u * (std::abs(lse) + std::abs(ref.loss[i]));
+  }
+  return b;
+}
+
 TEST(Classifier, MatchesNaiveReferenceInEveryChunking) {
   // 300 rows cross the 256-row block; vocab 997 is prime, so no chunk size divides it.
   const int64_t rows = 300, width = 32, vocab = 997;
@@ -253,6 +297,7 @@ TEST(Classifier, MatchesNaiveReferenceInEveryChunking) {
   for (int64_t i = 0; i < rows; ++i) targets[i] = i % 5 == 4 ? -1 : static_cast<int32_t>((i * 37) % vocab);
   const NaiveClassifier ref =
       naive_classifier(to_double(hidden), to_double(emb), targets, rows, width, vocab);
+  const ClassifierBounds bound = classifier_bounds(hidden, emb, ref, rows, width, vocab);
   const ClassifierRun whole =
       run_classifier(hidden, emb, targets, rows, width, vocab, vocab, true, false, 1.0f);
   for (int64_t chunk : {vocab, int64_t{7}, int64_t{64}, int64_t{500}, int64_t{100000}}) {
@@ -262,18 +307,20 @@ TEST(Classifier, MatchesNaiveReferenceInEveryChunking) {
     const ClassifierRun no_logits =
         run_classifier(hidden, emb, targets, rows, width, vocab, chunk, false, false, 1.0f);
     for (size_t i = 0; i < ref.logits.size(); ++i) {
-      ASSERT_NEAR(got.logits[i], ref.logits[i], 1e-5 * std::max(1.0, std::abs(ref.logits[i])));
-      // Each logit is one dot product of the same operands whatever the chunking, but BLAS may
-      // use a different micro-kernel (summation order) at the edge of a narrower chunk.
-      ASSERT_NEAR(got.logits[i], whole.logits[i], 1e-6 * std::max(1.0f, std::abs(whole.logits[i])))
-          << i;
+      ASSERT_NEAR(got.logits[i], ref.logits[i], bound.logits[i]) << i;
+      // The same dot product whatever the chunking, but BLAS may use another micro-kernel
+      // (summation order) at the edge of a narrower chunk.
+      ASSERT_NEAR(got.logits[i], whole.logits[i], 2.0 * bound.logits[i]) << i;
     }
     for (int64_t i = 0; i < rows; ++i) {
-      ASSERT_NEAR(got.loss[i], ref.loss[i], 2e-5) << "row " << i;
-      // The chunked log-sum-exp sums in a different order; it stays within a few float ulps.
-      ASSERT_NEAR(got.loss[i], whole.loss[i], 2e-6) << "row " << i;
+      if (targets[i] < 0) {
+        ASSERT_EQ(got.loss[i], 0.0f);
+        continue;
+      }
+      ASSERT_NEAR(got.loss[i], ref.loss[i], bound.loss[i]) << "row " << i;
+      ASSERT_NEAR(got.loss[i], whole.loss[i], 2.0 * bound.loss[i]) << "row " << i;
+      // With or without a logits buffer the kernel runs the same operations on the same values.
       ASSERT_EQ(got.loss[i], no_logits.loss[i]) << "row " << i;
-      if (targets[i] < 0) ASSERT_EQ(got.loss[i], 0.0f);
     }
   }
 }
@@ -324,6 +371,36 @@ TEST(Classifier, OnePassHiddenGradientMatchesTwoPassAndFiniteDifferences) {
   for (int64_t i = 0; i < rows; ++i) targets[i] = i % 7 == 3 ? -1 : static_cast<int32_t>((i * 13) % vocab);
   const ClassifierRun two_pass =
       run_classifier(hidden, emb, targets, rows, width, vocab, 32, false, true, loss_scale);
+  // Bounds per element against the exact result of the same float inputs (see
+  // classifier_bounds); the two paths differ by at most twice that. dhidden_r = loss_scale *
+  // (sum_v p_v e_v - e_t): each p_v carries the logit bounds (z_v and lse, 2 L relative, L the
+  // row's largest logit bound, taken twice for the normalising sum) and the log-sum-exp's
+  // roundings (as for the loss, plus one rescale per chunk, at most `vocab`); the product with
+  // the embedding is a float sum of `vocab` terms; scaling and subtracting e_t round 3 times:
+  //   loss_scale * (4 L + gamma_(R + kExpApproxUlps + 3 vocab + 3)) * (sum_v p_v |e_v| + |e_t|).
+  const NaiveClassifier ref =
+      naive_classifier(to_double(hidden), to_double(emb), targets, rows, width, vocab);
+  const ClassifierBounds bound = classifier_bounds(hidden, emb, ref, rows, width, vocab);
+  std::vector<double> dhidden_bound(rows * width, 0.0);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (targets[i] < 0) continue;
+    double largest = 0.0, lo = INFINITY, hi = -INFINITY, sum = 0.0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      largest = std::max(largest, bound.logits[i * vocab + v]);
+      lo = std::min(lo, ref.logits[i * vocab + v]);
+      hi = std::max(hi, ref.logits[i * vocab + v]);
+    }
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(ref.logits[i * vocab + v] - hi);
+    const double rel = 4.0 * largest + test::float_gamma(static_cast<int64_t>(std::ceil(
+                                           hi - lo + test::kExpApproxUlps)) + 3 * vocab + 3);
+    for (int64_t k = 0; k < width; ++k) {
+      double weighted = std::abs(emb[targets[i] * width + k]);
+      for (int64_t v = 0; v < vocab; ++v) {
+        weighted += std::exp(ref.logits[i * vocab + v] - hi) / sum * std::abs(emb[v * width + k]);
+      }
+      dhidden_bound[i * width + k] = loss_scale * rel * weighted;
+    }
+  }
   for (int64_t chunk : {int64_t{7}, int64_t{32}, vocab}) {
     SCOPED_TRACE(chunk);
     std::vector<float> loss(rows, -7.0f), dhidden(rows * width, -7.0f);
@@ -332,10 +409,15 @@ TEST(Classifier, OnePassHiddenGradientMatchesTwoPassAndFiniteDifferences) {
     p.hidden = hidden.data(), p.embedding = emb.data(), p.targets = targets.data();
     p.row_loss = loss.data(), p.dhidden = dhidden.data(), p.loss_scale = loss_scale;
     ASSERT_TRUE(cpu::classifier_cross_entropy(p).ok());
-    for (int64_t i = 0; i < rows; ++i) ASSERT_NEAR(loss[i], two_pass.loss[i], 2e-5) << "row " << i;
+    for (int64_t i = 0; i < rows; ++i) {
+      ASSERT_NEAR(loss[i], two_pass.loss[i], 2.0 * bound.loss[i]) << "row " << i;
+    }
     for (size_t i = 0; i < dhidden.size(); ++i) {
-      ASSERT_NEAR(dhidden[i], two_pass.dhidden[i], 1e-5 * std::max(1.0f, std::abs(two_pass.dhidden[i])))
-          << "dhidden " << i;
+      if (targets[i / width] < 0) {
+        ASSERT_EQ(dhidden[i], 0.0f) << "dhidden " << i << " of an unscored row";
+        continue;
+      }
+      ASSERT_NEAR(dhidden[i], two_pass.dhidden[i], 2.0 * dhidden_bound[i]) << "dhidden " << i;
     }
   }
   // Finite differences on a few rows of the same problem (the full one is covered above).

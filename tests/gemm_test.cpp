@@ -3,7 +3,7 @@
 // These tests compare it with a plain double-precision triple loop over every transpose
 // combination, on sizes below and above the threading cut-off, on both split directions (more
 // rows than columns and the reverse), on sub-matrices with leading dimensions wider than the
-// sizes, and on every epilogue combination.
+// sizes, and on every epilogue combination, each element within its rounding bound.
 #include <omp.h>
 
 #include <cmath>
@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/backend.h"
+#include "error_bounds.h"
 
 namespace engine {
 namespace {
@@ -59,16 +60,21 @@ void check(Backend& cpu, const Case& c) {
         ASSERT_EQ(got, c0[i * ldc + j]) << "padding column " << j << " of row " << i;
         continue;
       }
-      double want = 0.0;
+      double want = 0.0, magnitude = 0.0;
       for (int64_t l = 0; l < c.k; ++l) {
         const double x = c.ta ? a[l * lda + i] : a[i * lda + l];
         const double y = c.tb ? b[j * ldb + l] : b[l * ldb + j];
         want += x * y;
+        magnitude += std::abs(x * y);
       }
       want = 0.5 * want + c.beta * c0[i * ldc + j];
-      if (c.bias) want += bias[j];
-      if (c.residual) want += residual[i * ldr + j];
-      ASSERT_NEAR(got, want, 1e-4 * (1.0 + std::abs(want)))
+      magnitude = 0.5 * magnitude + std::abs(c.beta * c0[i * ldc + j]);
+      if (c.bias) want += bias[j], magnitude += std::abs(bias[j]);
+      if (c.residual) want += residual[i * ldr + j], magnitude += std::abs(residual[i * ldr + j]);
+      // A float dot product of length k in any order, scaled by alpha, plus up to three more
+      // terms (beta C, bias, residual): gamma_(k + 4) times the sum of the terms' magnitudes
+      // (tests/error_bounds.h). A dropped or misplaced term is 0.5 |a b| ~ 0.1 on average.
+      ASSERT_NEAR(got, want, test::float_gamma(c.k + 4) * magnitude)
           << "m=" << c.m << " n=" << c.n << " k=" << c.k << " ta=" << c.ta << " tb=" << c.tb
           << " at (" << i << ", " << j << ")";
     }
@@ -130,9 +136,12 @@ TEST(CpuGemm, EpilogueIsInPlaceWhenTheResidualIsTheOutput) {
   ASSERT_TRUE(cpu->gemm(p).ok());
   for (int64_t i = 0; i < m; ++i) {
     for (int64_t j = 0; j < n; ++j) {
-      double want = before[i * n + j];
-      for (int64_t l = 0; l < k; ++l) want += double(a[i * k + l]) * b[l * n + j];
-      ASSERT_NEAR(c[i * n + j], want, 1e-4) << i << ", " << j;
+      double want = before[i * n + j], magnitude = std::abs(want);
+      for (int64_t l = 0; l < k; ++l) {
+        want += double(a[i * k + l]) * b[l * n + j];
+        magnitude += std::abs(double(a[i * k + l]) * b[l * n + j]);
+      }
+      ASSERT_NEAR(c[i * n + j], want, test::float_gamma(k + 1) * magnitude) << i << ", " << j;
     }
   }
 }

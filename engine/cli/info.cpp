@@ -1,5 +1,6 @@
-// `engine info --model DIR [--json]`: a model directory's architecture, parameter counts per
-// group, source dtype, ALiBi slope per head, and files with sizes.
+// `engine info [--model DIR] [--json]`: the CPU kernels this process runs (instruction-set build
+// and the OpenBLAS kernel family), and, with --model, a model directory's architecture, parameter
+// counts per group, source dtype, ALiBi slope per head, and files with sizes.
 // It validates everything loading would (config, every safetensors header, tensor names, shapes
 // and dtypes) but reads no tensor data, so it is quick even for large checkpoints.
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "engine/cli/commands.h"
 #include "engine/cli/flags.h"
+#include "kernels/cpu/isa.h"
 #include "model/bloom_layout.h"
 #include "model/config.h"
 #include "model/model_directory.h"
@@ -61,13 +63,46 @@ ParameterCounts count_parameters(const BloomConfig& c) {
   return n;
 }
 
+// The CPU section of both outputs. main() has already rejected an invalid ENGINE_CPU_ISA.
+struct CpuRuntime {
+  std::string isa;       // the build the kernels run (kernels/cpu/isa.h)
+  std::string detected;  // the best build this CPU supports
+  std::string blas_core;
+};
+
+CpuRuntime cpu_runtime() {
+  const absl::StatusOr<cpu::CpuIsa> isa = cpu::active_cpu_isa();
+  return {isa.ok() ? std::string(cpu::cpu_isa_name(*isa)) : std::string(isa.status().message()),
+          std::string(cpu::cpu_isa_name(cpu::detected_cpu_isa())), cpu::blas_core_name()};
+}
+
+nlohmann::ordered_json cpu_json(const CpuRuntime& r) {
+  return {{"isa", r.isa}, {"isa_detected", r.detected}, {"blas_core", r.blas_core}};
+}
+
+void print_cpu(const CpuRuntime& r) {
+  std::printf("cpu: kernels %s (best supported: %s), OpenBLAS core %s\n", r.isa.c_str(),
+              r.detected.c_str(), r.blas_core.c_str());
+}
+
 }  // namespace
 
 int run_info(const std::vector<std::string>& args) {
   const std::string dir = absl::GetFlag(FLAGS_model);
-  if (dir.empty() || !args.empty()) {
-    std::fprintf(stderr, "usage: engine info --model DIR [--json]\n");
+  if (!args.empty()) {
+    std::fprintf(stderr, "usage: engine info [--model DIR] [--json]\n");
     return 2;
+  }
+  const CpuRuntime cpu = cpu_runtime();
+  if (dir.empty()) {
+    if (absl::GetFlag(FLAGS_json)) {
+      nlohmann::ordered_json j;
+      j["cpu"] = cpu_json(cpu);
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      print_cpu(cpu);
+    }
+    return 0;
   }
   absl::StatusOr<ModelDirectoryInfo> info = inspect_model_directory(dir);
   if (!info.ok()) return fail(std::string(info.status().message()));
@@ -100,6 +135,7 @@ int run_info(const std::vector<std::string>& args) {
       files.push_back({{"path", path.string()}, {"bytes", size}});
     }
     j["files"] = std::move(files);
+    j["cpu"] = cpu_json(cpu);
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
@@ -137,6 +173,7 @@ int run_info(const std::vector<std::string>& args) {
     std::printf("  %-40s %15llu bytes\n", path.filename().c_str(),
                 static_cast<unsigned long long>(size));
   }
+  print_cpu(cpu);
   return 0;
 }
 

@@ -11,6 +11,7 @@
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "engine/cli/commands.h"
+#include "kernels/cpu/isa.h"
 
 namespace engine::cli {
 
@@ -22,7 +23,7 @@ int fail(const std::string& message) {
 namespace {
 
 constexpr Command kCommands[] = {
-    {"info", "print a model directory's architecture, parameters and files", run_info, "model json"},
+    {"info", "print the CPU kernels in use and a model directory's architecture, parameters and files", run_info, "model json"},
     {"export", "load a model directory and write it as a Hugging Face directory", run_export, "model out dtype"},
     {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose, "model data prompt out seq_len max_seqs batch csv svg html json dead sink low_entropy compare plan drift threads"},
     {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan, "report out select heads layers head_indices exclude init seed comment"},
@@ -79,6 +80,10 @@ int main(int argc, char** argv) {
   if (positional.size() < 2) {
     engine::cli::print_commands();
     return 2;
+  }
+  // An invalid ENGINE_CPU_ISA (kernels/cpu/isa.h) stops every command before it does any work.
+  if (const absl::StatusOr<engine::cpu::CpuIsa> isa = engine::cpu::active_cpu_isa(); !isa.ok()) {
+    return engine::cli::fail(std::string(isa.status().message()));
   }
   const std::string name = positional[1];
   std::vector<std::string> rest(positional.begin() + 2, positional.end());

@@ -1,10 +1,11 @@
-#include "kernels/cpu/adamw.h"
-
+// Masked AdamW and SGD (contracts in adamw.h), built once per instruction set (isa_region.h).
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 
 namespace {
 absl::Status check(const MaskedAdamWParams& p, bool needs_state) {
@@ -61,11 +62,4 @@ absl::Status masked_sgd(const MaskedAdamWParams& p) {
   return absl::OkStatus();
 }
 
-double global_grad_norm(const float* grad, int64_t n) {
-  double sum = 0.0;
-#pragma omp parallel for reduction(+ : sum) schedule(static)
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(grad[i]) * grad[i];
-  return std::sqrt(sum);
-}
-
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END

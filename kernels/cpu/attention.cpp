@@ -30,10 +30,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/large_pages.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/vector_math.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 namespace {
 
 // 64 x 64 tiles keep the per-thread working set (Q tile, transposed K tile, V tile, accumulator)
@@ -121,19 +122,30 @@ std::vector<RowLayout> row_layouts(const AlibiAttentionParams& p, const int32_t*
 // so the loop is bound by the multiply-add units rather than by loads (a one-row loop, as a
 // plain vectorised dot product gives, issues one load per multiply-add and runs at a fraction of
 // that). A's strides are free, so A^T products (backward) need no transposed copy.
-// Float8 (vector_math.h) is one 256-bit register under -march=x86-64-v3, and a + b * c on it
-// becomes a fused multiply-add under -ffp-contract=fast (both set for the library).
-using Vec = Float8;
-constexpr int64_t kLanes = static_cast<int64_t>(sizeof(Vec) / sizeof(float));
-constexpr Int8 kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};
-static_assert(sizeof(Int8) / sizeof(int32_t) == kLanes);
-// 5 rows x 2 vectors = 10 accumulators + 2 B vectors + 1 broadcast = 13 of the 16 registers.
-// Six rows (15 registers) is the textbook shape, but GCC 12 kept one of its twelve accumulators
-// on the stack (a store and a reload in every step of the reduction, a loop-carried dependency
-// through memory): the attention ran at 30 GFLOP/s on one core at T = 2048, against 50 with five
-// rows (bench/attention_bench; check the loop with objdump after changing this).
+// FloatVec (vector_math.h) is one vector register: 8 lanes in the AVX2 build, 16 in the AVX-512
+// build (Note [one source, one build per instruction set], isa_region.h); a + b * c on it becomes
+// a fused multiply-add under -ffp-contract=fast (set for the library).
+using Vec = FloatVec;
+constexpr int64_t kLanes = kVecLanes;
+static_assert(sizeof(IntVec) / sizeof(int32_t) == kLanes);
+#if ENGINE_CPU_VECTOR_BYTES == 32
+constexpr IntVec kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7};  // lane l holds l
+// AVX2, 16 vector registers. 5 rows x 2 vectors = 10 accumulators + 2 B vectors + 1 broadcast =
+// 13 of the 16. Six rows (15 registers) is the textbook shape, but GCC 12 kept one of its twelve
+// accumulators on the stack (a store and a reload in every step of the reduction, a loop-carried
+// dependency through memory): the attention ran at 30 GFLOP/s on one core at T = 2048, against
+// 50 with five rows (bench/attention_bench; check the loop with objdump after changing this).
 constexpr int kBlockRows = 5;
 constexpr int kBlockVecs = 2;
+#else
+constexpr IntVec kLaneIndex = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+// AVX-512, 32 vector registers of 16 lanes. 8 rows x 2 vectors = 16 accumulators + 2 B vectors
+// + 1 broadcast = 19 of the 32 (AVX-512 FMAs can also broadcast A's scalar from memory). Two
+// vectors are 32 columns, so a 64-key tile or D = 64 is two blocks wide; eight rows keep the
+// ratio of multiply-adds to loads at 16 / 10, against 10 / 7 in the AVX2 build.
+constexpr int kBlockRows = 8;
+constexpr int kBlockVecs = 2;
+#endif
 
 Vec load(const float* p) {
   Vec v;
@@ -387,7 +399,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
           const Vec neg_inf = Vec{} + kNegInf;
           Vec lane_tile_max = neg_inf;
           for (int64_t c = 0; c < kKeyTile; c += kLanes) {
-            const Int8 live = kLaneIndex + static_cast<int32_t>(c) < static_cast<int32_t>(visible);
+            const IntVec live = kLaneIndex + static_cast<int32_t>(c) < static_cast<int32_t>(visible);
             const Vec v = live ? load(s + c) * p.scale + load(sc.bias.data() + c) : neg_inf;
             store(s + c, v);
             lane_tile_max = v > lane_tile_max ? v : lane_tile_max;
@@ -414,7 +426,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
           Vec lane_sum_e{}, lane_sum_ps{};
           for (int64_t c = 0; c < kKeyTile; c += kLanes) {
             const Vec v = load(s + c);
-            const Int8 live = v != neg_inf;
+            const IntVec live = v != neg_inf;
             const Vec rel = live ? v - new_max : Vec{};
             const Vec e = live ? exp_approx(rel) : Vec{};
             store(s + c, e);
@@ -620,7 +632,7 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
             float* dpr = dp.data() + r * kKeyTile;
             for (int64_t c = 0; c < kKeyTile; c += kLanes) {
               const Vec b = load(bias.data() + c);
-              const Int8 live = (kLaneIndex + static_cast<int32_t>(c) <
+              const IntVec live = (kLaneIndex + static_cast<int32_t>(c) <
                                  static_cast<int32_t>(visible)) & (b != kNegInf);
               const Vec prob = live ? exp_approx(load(sr + c) * p.scale + b - li) : Vec{};
               store(sr + c, prob);                                   // now P_ij
@@ -659,4 +671,4 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
   return absl::OkStatus();
 }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END

@@ -17,10 +17,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/vector_math.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 namespace {
 
 // Rows per block: bounds the chunk buffer at kRowBlock * vocab_chunk floats (8 MiB at the default
@@ -237,4 +239,4 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
   return absl::OkStatus();
 }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END

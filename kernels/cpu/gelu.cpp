@@ -12,10 +12,11 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/vector_math.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 namespace {
 
 constexpr float kGeluC = 0.79788456f;
@@ -67,4 +68,4 @@ absl::Status gelu_backward(const GeluParams& p) {
   return absl::OkStatus();
 }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END

@@ -8,9 +8,10 @@
 #include <omp.h>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/isa_kernels.h"
+#include "kernels/cpu/isa_region.h"
 
-namespace engine::cpu {
+ENGINE_CPU_KERNELS_BEGIN
 namespace {
 
 struct RowMoments {
@@ -127,4 +128,4 @@ absl::Status layernorm_backward(const LayerNormParams& p) {
   return absl::OkStatus();
 }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END

@@ -2,31 +2,38 @@
 // Contract: exp_approx(x) equals expf(x) to within a few ulp for x in [kExpMinArg, kExpMaxArg]
 // and is clamped outside that range (so it never returns inf or a denormal); callers that need an
 // exact zero for masked entries select it themselves.
-// exp_approx also takes a Float8 (eight lanes, same arithmetic per lane) for code that writes
-// its vector loops explicitly. The library is built with -fno-trapping-math, without which GCC
-// does not if-convert the clamps below and the scalar form never vectorises.
+// exp_approx also takes a FloatVec (one vector register of kVecLanes floats, same arithmetic per
+// lane) for code that writes its vector loops explicitly. The library is built with
+// -fno-trapping-math, without which GCC does not if-convert the clamps below and the scalar form
+// never vectorises.
+// Built once per instruction set (kernels/cpu/isa_region.h): FloatVec is 8 lanes in the AVX2
+// build and 16 in the AVX-512 build; the arithmetic of each lane, and so every exp_approx
+// result, is the same in both.
 //
 // Why not std::exp: without -ffast-math the libm call cannot be vectorised, and in the attention
 // inner loop one exp per score costs more than the head_dim-long dot product that made the score.
 #pragma once
 
-#include <bit>
 #include <cstdint>
 
-namespace engine::cpu {
+#include "kernels/cpu/isa_region.h"
+
+ENGINE_CPU_KERNELS_BEGIN
 
 // exp underflows to a denormal below about -87.34 and overflows above about 88.72; clamping
 // keeps the exponent-bit construction below inside the normal range.
 inline constexpr float kExpMinArg = -87.0f;
 inline constexpr float kExpMaxArg = 88.0f;
 
-// Eight floats / eight int32 in one 256-bit register (GCC/Clang vector extension). Arithmetic,
-// comparisons (lane masks), `mask ? a : b` and std::bit_cast work lane by lane, so code written
-// on them vectorises by construction instead of relying on the auto-vectoriser.
-using Float8 = float __attribute__((vector_size(32)));
-using Int8 = int32_t __attribute__((vector_size(32)));
+// kVecLanes floats / int32 in one vector register, 256-bit (AVX2) or 512-bit (AVX-512), as a
+// GCC/Clang vector extension. Arithmetic, comparisons (lane masks), `mask ? a : b` and
+// __builtin_bit_cast work lane by lane, so code written on them vectorises by construction
+// instead of relying on the auto-vectoriser.
+using FloatVec = float __attribute__((vector_size(ENGINE_CPU_VECTOR_BYTES)));
+using IntVec = int32_t __attribute__((vector_size(ENGINE_CPU_VECTOR_BYTES)));
+inline constexpr int64_t kVecLanes = ENGINE_CPU_VECTOR_BYTES / sizeof(float);
 
-// The body of exp_approx for F = float (I = int32_t) and for F = Float8 (I = Int8).
+// The body of exp_approx for F = float (I = int32_t) and for F = FloatVec (I = IntVec).
 template <typename F, typename I>
 inline F exp_approx_lanes(F x) {
   constexpr float kLog2e = 1.44269504088896341f;
@@ -54,12 +61,15 @@ inline F exp_approx_lanes(F x) {
   p = p * r + kC1;
   p = p * r + kC0;
   const F er = p * (r * r) + r + 1.0f;
-  const I ni = std::bit_cast<I>(t) - std::bit_cast<int32_t>(kRoundMagic);
-  const F scale = std::bit_cast<F>((ni + kExponentBias) << kMantissaBits);
+  // __builtin_bit_cast rather than std::bit_cast: a std:: template is compiled for the baseline
+  // target even when called from the AVX-512 build, and one taking or returning a 512-bit vector
+  // would have a different calling convention from its caller if it were ever not inlined.
+  const I ni = __builtin_bit_cast(I, t) - __builtin_bit_cast(int32_t, kRoundMagic);
+  const F scale = __builtin_bit_cast(F, (ni + kExponentBias) << kMantissaBits);
   return er * scale;
 }
 
 inline float exp_approx(float x) { return exp_approx_lanes<float, int32_t>(x); }
-inline Float8 exp_approx(Float8 x) { return exp_approx_lanes<Float8, Int8>(x); }
+inline FloatVec exp_approx(FloatVec x) { return exp_approx_lanes<FloatVec, IntVec>(x); }
 
-}  // namespace engine::cpu
+ENGINE_CPU_KERNELS_END
