@@ -39,6 +39,18 @@ struct ErrorRecord {
 };
 thread_local ErrorRecord errors;
 thread_local int current_device = 0;
+constexpr int kMaxEmulatedDevices = 8;
+
+// ENGINE_CUDA_EMULATION_DEVICES (1 to 8, default 1): how many devices the emulator shows, so that
+// one-GPU-per-rank code (the NCCL transport) can run several ranks on one machine.
+int device_count() {
+  static const int count = [] {
+    const char* env = std::getenv("ENGINE_CUDA_EMULATION_DEVICES");
+    const int n = env != nullptr ? std::atoi(env) : 1;
+    return std::clamp(n, 1, kMaxEmulatedDevices);
+  }();
+  return count;
+}
 
 class Registry {
  public:
@@ -175,13 +187,14 @@ using engine::cuda::emulation::Registry;
 
 cudaError_t cudaGetDeviceCount(int* count) {
   if (count == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount: null count");
-  *count = 1;
+  *count = engine::cuda::emulation::device_count();
   return cudaSuccess;
 }
 cudaError_t cudaSetDevice(int device) {
-  if (device != 0) {
-    return fail(cudaErrorInvalidDevice,
-                absl::StrCat("cudaSetDevice(", device, "): the emulator has one device, 0"));
+  const int count = engine::cuda::emulation::device_count();
+  if (device < 0 || device >= count) {
+    return fail(cudaErrorInvalidDevice, absl::StrCat("cudaSetDevice(", device, "): the emulator has ",
+                                                     count, " device(s)"));
   }
   engine::cuda::emulation::current_device = device;
   return cudaSuccess;
@@ -193,7 +206,7 @@ cudaError_t cudaGetDevice(int* device) {
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   namespace emu = engine::cuda::emulation;
-  if (prop == nullptr || device != 0) {
+  if (prop == nullptr || device < 0 || device >= emu::device_count()) {
     return fail(cudaErrorInvalidDevice, absl::StrCat("cudaGetDeviceProperties(", device, ")"));
   }
   *prop = cudaDeviceProp{};

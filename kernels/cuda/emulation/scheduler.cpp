@@ -239,7 +239,12 @@ void make_ready(BlockState& b, ThreadState& t) {
   b.ready.push_back(t.linear);
 }
 
-// Ends the block with an error; the calling fiber is abandoned.
+// Thrown by fail_block through the failing thread's kernel frames to its fiber's entry, so that
+// what those frames own (the error text itself, for one) is destroyed. The block's other fibers
+// are suspended at a barrier or collective, where nothing they own is on the heap.
+struct FiberUnwind {};
+
+// Ends the block with an error; the calling fiber unwinds and is never resumed.
 [[noreturn]] void fail_block(ThreadState* self, const std::string& what) {
   BlockState& b = *self->block;
   if (!b.failed) {
@@ -248,8 +253,7 @@ void make_ready(BlockState& b, ThreadState& t) {
                            " thread ", dims(self->thread_idx), ": ", what);
   }
   self->state = FiberState::kAbandoned;
-  switch_to_scheduler(self, true);
-  std::abort();  // never resumed
+  throw FiberUnwind{};
 }
 
 std::string mask_text(uint32_t mask) { return absl::StrFormat("0x%08x", mask); }
@@ -489,8 +493,12 @@ void fiber_entry(fctx::transfer_t t) {
 #ifdef ENGINE_EMULATION_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &b.scheduler_stack_bottom, &b.scheduler_stack_size);
 #endif
-  b.launch->body();
-  thread_exit(self);
+  try {
+    b.launch->body();
+    thread_exit(self);
+  } catch (const FiberUnwind&) {
+    // fail_block recorded the error.
+  }
   switch_to_scheduler(self, true);
   std::abort();  // a finished fiber is never resumed
 }
