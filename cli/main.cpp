@@ -10,8 +10,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flag_spelling.h"
+#include "cli/commands.h"
+#include "cli/flag_spelling.h"
 
 namespace engine::cli {
 

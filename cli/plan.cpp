@@ -5,9 +5,9 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flags.h"
-#include "engine/cli/head_selection.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "cli/head_selection.h"
 #include "engine/io.h"
 #include "surgery/plan_select.h"
 

@@ -1,5 +1,5 @@
-// See engine/cli/head_selection.h.
-#include "engine/cli/head_selection.h"
+// See cli/head_selection.h.
+#include "cli/head_selection.h"
 
 #include "absl/flags/flag.h"
 

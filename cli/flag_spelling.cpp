@@ -1,5 +1,5 @@
-// See engine/cli/flag_spelling.h.
-#include "engine/cli/flag_spelling.h"
+// See cli/flag_spelling.h.
+#include "cli/flag_spelling.h"
 
 #include <algorithm>
 
