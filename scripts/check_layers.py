@@ -23,9 +23,9 @@ SOURCE_SUFFIXES = {".h", ".hpp", ".cpp", ".cc", ".cu", ".cuh"}
 PENDING = {
     ("model/memory_estimate.h", "surgery/plan.h"),
     ("model/trainer.h", "surgery/plan.h"),
-    ("model/trainer.cpp", "surgery/corpus_scan.h"),
-    ("model/trainer.cpp", "surgery/diagnosis.h"),
-    ("model/trainer.cpp", "surgery/head_surgery.h"),
+    ("model/training_run.cpp", "surgery/corpus_scan.h"),
+    ("model/training_run.cpp", "surgery/diagnosis.h"),
+    ("model/training_run.cpp", "surgery/head_surgery.h"),
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"')
 
