@@ -1,4 +1,5 @@
-// Backend: the one op interface every device implements (CPU reference now, CUDA next).
+// Backend: the one op interface every device implements (the CPU reference in kernels/cpu, CUDA in
+// kernels/cuda/cuda_backend.cu).
 // Contract: each op takes one plain params struct (pointers, sizes, strides, scalars) built on
 // the host and returns a Status; no op allocates persistent memory or exits the process.
 // Pointers refer to memory of the backend's device; element types are the backend's

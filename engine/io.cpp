@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -174,6 +176,17 @@ absl::Status write_string_atomically(const std::filesystem::path& target,
                                      const std::string& contents) {
   return write_file_atomically(
       target, [&](AtomicFileWriter& w) { return w.write(contents.data(), contents.size()); });
+}
+
+absl::StatusOr<std::string> read_file(const std::filesystem::path& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat(path.string(), ": cannot open", what.empty() ? "" : " ", what));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return absl::DataLossError(absl::StrCat(path.string(), ": read error"));
+  return text.str();
 }
 
 absl::Status copy_file_atomically(const std::filesystem::path& source,

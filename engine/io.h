@@ -76,6 +76,12 @@ absl::Status write_file_atomically(const std::filesystem::path& target,
 absl::Status write_string_atomically(const std::filesystem::path& target,
                                      const std::string& contents);
 
+// Reads a whole (small: a config, a report, a tokenizer) file into memory. A file that cannot be
+// opened is NotFound "<path>: cannot open <what>" ("<path>: cannot open" when `what` is empty); a
+// failed read is DataLoss "<path>: read error".
+absl::StatusOr<std::string> read_file(const std::filesystem::path& path,
+                                      const std::string& what = "");
+
 // Copies `source` to `target` atomically (the target's old contents survive any failure).
 absl::Status copy_file_atomically(const std::filesystem::path& source,
                                   const std::filesystem::path& target);

@@ -115,10 +115,9 @@ absl::StatusOr<std::optional<Manifest>> read_manifest(const fs::path& dir) {
   const fs::path file = dir / kManifestFile;
   std::error_code ec;
   if (!fs::exists(file, ec)) return std::optional<Manifest>();
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(file.string(), ": cannot open"));
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  absl::StatusOr<std::string> text = read_file(file);
+  if (!text.ok()) return text.status();
+  const nlohmann::json j = nlohmann::json::parse(*text, nullptr, false);
   auto field_error = [&](const std::string& field, const std::string& what) {
     return absl::DataLossError(absl::StrCat(file.string(), ": field \"", field, "\": ", what));
   };

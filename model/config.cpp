@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io.h"
 
 namespace engine {
 
@@ -131,13 +132,9 @@ absl::StatusOr<BloomConfig> parse_bloom_config(const json& j, const std::string&
 }
 
 absl::StatusOr<BloomConfig> load_bloom_config(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat(file.string(), ": cannot open config file"));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  const json j = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<std::string> text = read_file(file, "config file");
+  if (!text.ok()) return text.status();
+  const json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) {
     return absl::InvalidArgumentError(absl::StrCat(file.string(), ": not valid JSON"));
   }

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/io.h"
 #include "model/token_file.h"
 #include "nlohmann/json.hpp"
 
@@ -18,15 +19,6 @@ using Json = nlohmann::json;
 
 // Progress is reported after at least this many input bytes, to keep the callback cheap.
 constexpr uint64_t kProgressStepBytes = uint64_t{1} << 20;
-
-absl::StatusOr<std::string> read_whole_file(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  return ss.str();
-}
 
 absl::Status check_ids(std::span<const uint32_t> ids, uint32_t limit, const std::string& where) {
   for (size_t i = 0; i < ids.size(); ++i) {
@@ -52,7 +44,7 @@ uint32_t id_limit(const DataReadOptions& o) {
 
 absl::Status read_text(const std::string& path, const DataReadOptions& o, const DocumentSink& sink) {
   if (auto s = need_tokenizer(o, path); !s.ok()) return s;
-  absl::StatusOr<std::string> text = read_whole_file(path);
+  absl::StatusOr<std::string> text = read_file(path);
   if (!text.ok()) return text.status();
   if (std::optional<size_t> bad = find_invalid_utf8(*text)) {
     return absl::InvalidArgumentError(

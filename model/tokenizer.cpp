@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io.h"
 #include "nlohmann/json.hpp"
 
 namespace engine {
@@ -389,12 +390,9 @@ absl::Status check_pipeline(const Json& root, const std::string& source) {
 }  // namespace
 
 absl::StatusOr<Tokenizer> Tokenizer::load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return absl::NotFoundError(absl::StrCat(path, ": cannot open tokenizer file"));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (f.bad()) return absl::DataLossError(absl::StrCat(path, ": read error"));
-  return from_json(ss.str(), path);
+  absl::StatusOr<std::string> text = read_file(path, "tokenizer file");
+  if (!text.ok()) return text.status();
+  return from_json(*text, path);
 }
 
 absl::StatusOr<Tokenizer> Tokenizer::from_json(std::string_view text, const std::string& source) {

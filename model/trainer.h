@@ -40,7 +40,7 @@
 #include "model/dataset.h"
 #include "model/model_directory.h"
 #include "nlohmann/json.hpp"
-#include "surgery/frozen_mask.h"
+#include "engine/frozen_mask.h"
 #include "surgery/plan.h"
 
 namespace engine {

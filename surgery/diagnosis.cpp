@@ -9,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io.h"
+#include "surgery/html.h"
 
 namespace engine {
 namespace {
@@ -68,20 +70,6 @@ std::string heat_colour(double v) {
 
 
 }  // namespace
-
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 const char* head_class_name(HeadClass c) {
   switch (c) {
@@ -345,11 +333,9 @@ absl::StatusOr<DiagnosisReport> report_from_json(const json& j, const std::strin
 }
 
 absl::StatusOr<DiagnosisReport> load_report(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open report"));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json j = json::parse(buffer.str(), nullptr, /*allow_exceptions=*/false);
+  absl::StatusOr<std::string> text = read_file(path, "report");
+  if (!text.ok()) return text.status();
+  json j = json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
   return report_from_json(j, path);
 }
@@ -421,14 +407,7 @@ std::string render_svg(const DiagnosisReport& r) {
           y + kCell / 2 + 4, head_class_mark(h.cls)));
     }
   }
-  for (int64_t l = 0; l < r.n_layer; ++l) {
-    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>\n",
-                                        kMargin - 4, kMargin + l * kCell + kCell / 2 + 4, l));
-  }
-  for (int64_t h = 0; h < r.n_head; ++h) {
-    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n",
-                                        kMargin + h * kCell + kCell / 2, kMargin - 4, h));
-  }
+  absl::StrAppend(&s, heatmap_axis_labels(r.n_layer, r.n_head, kMargin, kMargin, kCell));
   // Scatter: ALiBi slope (log2, x) against bos_mass (y).
   const int sx = kMargin + grid_w + kGap, sy = kMargin;
   double lo = 0, hi = 0;

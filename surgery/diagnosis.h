@@ -95,9 +95,6 @@ nlohmann::json report_to_json(const DiagnosisReport& report);
 absl::StatusOr<DiagnosisReport> report_from_json(const nlohmann::json& j, const std::string& source);
 absl::StatusOr<DiagnosisReport> load_report(const std::string& path);
 
-// Escapes text for HTML/SVG content and attribute values (< > & ").
-std::string html_escape(const std::string& s);
-
 // Human renderings.
 std::string render_grid(const DiagnosisReport& report);   // layer x head, one mark per head
 std::string render_csv(const DiagnosisReport& report);    // one row per head

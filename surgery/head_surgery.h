@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "engine/arena.h"
 #include "engine/tensor.h"
-#include "surgery/frozen_mask.h"
+#include "engine/frozen_mask.h"
 #include "surgery/plan.h"
 
 namespace engine {

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io.h"
 
 namespace engine {
 namespace {
@@ -186,11 +187,9 @@ absl::StatusOr<SurgeryPlan> parse_plan_text(const std::string& text, const std::
 }
 
 absl::StatusOr<SurgeryPlan> load_plan(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open plan file"));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return parse_plan_text(buffer.str(), path);
+  absl::StatusOr<std::string> text = read_file(path, "plan file");
+  if (!text.ok()) return text.status();
+  return parse_plan_text(*text, path);
 }
 
 json plan_to_json(const SurgeryPlan& plan) {

@@ -10,18 +10,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "model/head_geometry.h"
 #include "nlohmann/json.hpp"
 
 namespace engine {
-
-struct HeadTarget {
-  int64_t layer = 0;
-  int64_t head = 0;
-  bool operator==(const HeadTarget&) const = default;
-  bool operator<(const HeadTarget& o) const {
-    return layer != o.layer ? layer < o.layer : head < o.head;
-  }
-};
 
 enum class QkvWeightInit { kXavierUniform, kXavierNormal, kKeep };
 enum class QkvBiasInit { kZero, kKeep };
@@ -45,14 +37,6 @@ struct SurgeryPlan {
   uint64_t seed = 0;
   std::string comment;
   bool operator==(const SurgeryPlan&) const = default;
-};
-
-// The model shape a plan is checked against.
-struct HeadGeometry {
-  int64_t n_layer = 0;
-  int64_t n_head = 0;
-  int64_t head_dim = 0;
-  int64_t hidden() const { return n_head * head_dim; }
 };
 
 // `source` names the file (or "<string>") in error messages.

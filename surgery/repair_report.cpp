@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "surgery/html.h"
 
 namespace engine {
 namespace {
@@ -15,20 +16,6 @@ namespace {
 constexpr int kPlotWidth = 640, kPlotHeight = 260;
 constexpr int kMarginLeft = 56, kMarginRight = 16, kMarginTop = 16, kMarginBottom = 40;
 constexpr int kAxisTicks = 4;
-
-std::string escaped(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 std::string ppl_text(const std::optional<double>& p) {
   return p.has_value() ? absl::StrFormat("%.3f", *p) : std::string("-");
@@ -115,11 +102,11 @@ std::string render_repair_html(const RepairReportHeader& header,
       "th{background:#eee}td.l{text-align:left}"
       "pre{background:#f4f4f4;padding:6px;white-space:pre-wrap}"
       "</style></head><body>\n<h1>Repair report</h1>\n";
-  absl::StrAppend(&html, "<p>Model: <code>", escaped(header.model), "</code><br>Data: ",
-                  escaped(header.data), "<br>Engine version: ", escaped(header.version),
-                  "<br>Outcome: ", escaped(header.stop_reason), "</p>\n");
+  absl::StrAppend(&html, "<p>Model: <code>", html_escape(header.model), "</code><br>Data: ",
+                  html_escape(header.data), "<br>Engine version: ", html_escape(header.version),
+                  "<br>Outcome: ", html_escape(header.stop_reason), "</p>\n");
   html += "<h2>Commands</h2>\n";
-  for (const std::string& c : header.commands) absl::StrAppend(&html, "<pre>", escaped(c), "</pre>\n");
+  for (const std::string& c : header.commands) absl::StrAppend(&html, "<pre>", html_escape(c), "</pre>\n");
 
   html +=
       "<h2>Head classes and held-out perplexity per pass</h2>\n<table><tr><th>pass</th>"
@@ -147,7 +134,7 @@ std::string render_repair_html(const RepairReportHeader& header,
 
   for (const RepairPassView& v : passes) {
     const PassSummary& s = v.summary;
-    absl::StrAppend(&html, "<h2>Pass ", s.pass, "</h2>\n<p>Plan: ", escaped(s.plan_note),
+    absl::StrAppend(&html, "<h2>Pass ", s.pass, "</h2>\n<p>Plan: ", html_escape(s.plan_note),
                     s.fallback_healthy ? " <strong>(healthy-column fallback)</strong>" : "",
                     "<br>Targets (layer:head): ", head_list(v.plan.targets), "</p>\n");
     absl::StrAppend(&html, "<h3>Before</h3>\n", render_svg(v.before), "<h3>After</h3>\n",

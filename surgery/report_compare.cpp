@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "surgery/html.h"
 
 namespace engine {
 namespace {
@@ -257,14 +258,7 @@ std::string render_delta_svg(const ReportComparison& c) {
           y + kCell / 2 + 4, head_class_mark(h.class_after)));
     }
   }
-  for (int64_t l = 0; l < c.n_layer; ++l) {
-    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>\n",
-                                        kLeft - 4, kTop + l * kCell + kCell / 2 + 4, l));
-  }
-  for (int64_t h = 0; h < c.n_head; ++h) {
-    absl::StrAppend(&s, absl::StrFormat("<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n",
-                                        kLeft + h * kCell + kCell / 2, kTop - 4, h));
-  }
+  absl::StrAppend(&s, heatmap_axis_labels(c.n_layer, c.n_head, kLeft, kTop, kCell));
   // Colour bar from -1 to +1 and the legend of the marks.
   const int bar_y = kTop + grid_h + 16;
   for (int i = 0; i < kBarSteps; ++i) {

@@ -1,4 +1,4 @@
-// The public API (engine/include/engine/engine.h), used as an embedding program would.
+// The public API (include/engine/engine.h), used as an embedding program would.
 #include <engine/engine.h>
 
 #include <cmath>

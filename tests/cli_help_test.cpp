@@ -40,4 +40,23 @@ TEST(CliHelp, EveryCommandListsItsFlags) {
   EXPECT_GE(commands, 9);
 }
 
+// Every command takes --seq-len as well as --seq_len (and --no-flag for a boolean); --help keeps
+// listing Abseil's underscore names.
+TEST(CliHelp, DashedFlagNamesAreAccepted) {
+  auto [rc, help] = run(std::string(ENGINE_CLI_PATH) + " train --help");
+  EXPECT_EQ(rc, 0) << help;
+  EXPECT_THAT(help, ::testing::HasSubstr("--seq_len"));
+  EXPECT_THAT(help, ::testing::Not(::testing::HasSubstr("--seq-len")));
+  // An unknown dashed name is still an error, named as it was typed.
+  auto [bad_rc, bad] = run(std::string(ENGINE_CLI_PATH) + " eval --no-such-flag=1");
+  EXPECT_NE(bad_rc, 0);
+  EXPECT_THAT(bad, ::testing::HasSubstr("no-such-flag"));
+  // --seq-len reaches the same check as --seq_len; so do --dry-run and --no-dry-run.
+  for (const char* flags : {"--seq_len=-1", "--seq-len=-1", "--seq-len -1"}) {
+    auto [a_rc, a] = run(std::string(ENGINE_CLI_PATH) + " train --model /nonexistent " + flags);
+    EXPECT_NE(a_rc, 0) << flags;
+    EXPECT_THAT(a, ::testing::Not(::testing::HasSubstr("Unknown command line flag"))) << a;
+  }
+}
+
 }  // namespace

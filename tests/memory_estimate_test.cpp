@@ -14,7 +14,7 @@
 #include "model/bloom_backward.h"
 #include "model/bloom_layout.h"
 #include "model/model_directory.h"
-#include "surgery/frozen_mask.h"
+#include "engine/frozen_mask.h"
 #include "surgery/head_surgery.h"
 #include "tests/fixture_reference.h"
 

@@ -131,5 +131,40 @@ TEST(PlanCommand, WritesAStrictPlanFromAReport) {
   std::filesystem::remove_all(dir);
 }
 
+// Flag names take dashes or underscores (--head-indices = --head_indices, the spelling the usage
+// line once showed but the parser refused), errors name the flag as --help spells it, and a value
+// that looks like a flag stays a value.
+TEST(PlanCommand, DashedAndUnderscoredFlagNamesAreOneFlag) {
+  const auto dir = std::filesystem::temp_directory_path() / "engine_plan_dashes_test";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir / "report.json") << report_to_json(make_report()).dump();
+  }
+  const std::string report = (dir / "report.json").string();
+  for (const char* spelling : {"--head_indices 3", "--head-indices 3", "--head-indices=3"}) {
+    const std::string out = (dir / "plan.json").string();
+    std::filesystem::remove(out);
+    const std::string cmd = absl::StrCat(ENGINE_CLI_PATH, " plan --report ", report, " --out ", out,
+                                         " ", spelling, " --comment --not-a-flag > /dev/null");
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << spelling;
+    auto plan = load_plan(out);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    EXPECT_EQ(plan->targets, (std::vector<HeadTarget>{{1, 3}, {2, 3}, {3, 3}})) << spelling;
+    EXPECT_EQ(plan->comment, "--not-a-flag") << spelling;
+  }
+  for (const char* spelling : {"--head_indices 5-2", "--head-indices 5-2"}) {
+    const std::string cmd = absl::StrCat(ENGINE_CLI_PATH, " plan --report ", report, " --out ",
+                                         (dir / "p2.json").string(), " ", spelling, " 2> ",
+                                         (dir / "err.txt").string());
+    EXPECT_NE(std::system(cmd.c_str()), 0) << spelling;
+    std::ifstream err(dir / "err.txt");
+    std::string line;
+    std::getline(err, line);
+    EXPECT_THAT(line, HasSubstr("--head_indices: ")) << spelling;
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace engine

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/attention_checks.h"
 #include "engine/large_pages.h"
 #include "kernels/cpu/isa_kernels.h"
 #include "kernels/cpu/isa_region.h"
@@ -62,25 +63,6 @@ struct RowLayout {
   int64_t first_real;       // first j with mask[j] = 1; T when the row is all padding
   bool real(int64_t j) const { return mask == nullptr || mask[j] != 0; }
 };
-
-absl::Status check(const AlibiAttentionParams& p, const char* op) {
-  if (p.batch < 0 || p.seq < 0 || p.heads <= 0 || p.head_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": bad shape batch=", p.batch, " seq=",
-                                                   p.seq, " heads=", p.heads,
-                                                   " head_dim=", p.head_dim));
-  }
-  if (p.query_begin < 0 || p.query_begin > p.seq) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": query_begin ", p.query_begin, " outside [0, ", p.seq, "]"));
-  }
-  if (p.qkv == nullptr || p.slopes == nullptr || p.out == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": qkv, slopes and out are required"));
-  }
-  if (!(p.scale > 0.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": scale must be positive, got ", p.scale));
-  }
-  return absl::OkStatus();
-}
 
 // Positions from the mask when the caller gave none: pos_j = cumsum(mask)_j - 1 for real tokens
 // and 0 for padding, as transformers builds its ALiBi tensor.
@@ -276,7 +258,7 @@ struct ForwardScratch {
 }  // namespace
 
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
-  if (absl::Status s = check(p, "alibi_attention_forward"); !s.ok()) return s;
+  if (absl::Status s = check_attention_params(p, "alibi_attention_forward"); !s.ok()) return s;
   const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
   const int64_t Dp = round_up(D, kLanes);
   const int64_t token_stride = 3 * H * D;  // one token's fused QKV row
@@ -531,13 +513,9 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
 }
 
 absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
-  if (absl::Status s = check(p, "alibi_attention_backward"); !s.ok()) return s;
-  if (p.query_begin != 0) {
-    return absl::InvalidArgumentError("alibi_attention_backward: query_begin must be 0");
-  }
-  if (p.lse == nullptr || p.dout == nullptr || p.dqkv == nullptr) {
-    return absl::InvalidArgumentError(
-        "alibi_attention_backward: lse, out, dout and dqkv are required");
+  if (absl::Status s = check_attention_params(p, "alibi_attention_backward"); !s.ok()) return s;
+  if (absl::Status s = check_attention_backward_params(p, "alibi_attention_backward"); !s.ok()) {
+    return s;
   }
   const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
   const int64_t Dp = round_up(D, kLanes);

@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "engine/attention_checks.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_internal.h"
 #include "kernels/cuda/cuda_check.h"
@@ -449,21 +450,7 @@ absl::Status allow_shared_bytes(Kernel kernel, size_t bytes) {
 }
 
 absl::Status check(const AttentionParams& p, const char* op, bool backward) {
-  if (p.batch < 0 || p.seq < 0 || p.heads <= 0 || p.head_dim <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": bad shape batch=", p.batch, " seq=",
-                                                   p.seq, " heads=", p.heads,
-                                                   " head_dim=", p.head_dim));
-  }
-  if (p.query_begin < 0 || p.query_begin > p.seq) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(op, ": query_begin ", p.query_begin, " outside [0, ", p.seq, "]"));
-  }
-  if (p.qkv == nullptr || p.slopes == nullptr || p.out == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": qkv, slopes and out are required"));
-  }
-  if (!(p.scale > 0.0f)) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": scale must be positive, got ", p.scale));
-  }
+  if (absl::Status s = check_attention_params(p, op); !s.ok()) return s;
   if (p.storage == StorageType::kF32) {
     if (p.head_dim > kMaxF32HeadDim) {
       return absl::InvalidArgumentError(absl::StrCat(op, ": fp32 head_dim ", p.head_dim,
@@ -484,15 +471,7 @@ absl::Status check(const AttentionParams& p, const char* op, bool backward) {
       }
     }
   }
-  if (backward) {
-    if (p.query_begin != 0) {
-      return absl::InvalidArgumentError(absl::StrCat(op, ": query_begin must be 0"));
-    }
-    if (p.lse == nullptr || p.dout == nullptr || p.dqkv == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(op, ": lse, out, dout and dqkv are required"));
-    }
-  }
+  if (backward) return check_attention_backward_params(p, op);
   return absl::OkStatus();
 }
 

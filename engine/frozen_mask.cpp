@@ -1,4 +1,4 @@
-#include "surgery/frozen_mask.h"
+#include "engine/frozen_mask.h"
 
 #include <bit>
 

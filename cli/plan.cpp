@@ -5,18 +5,13 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flags.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "cli/head_selection.h"
 #include "engine/io.h"
 #include "surgery/plan_select.h"
 
 ABSL_FLAG(std::string, report, "", "plan: diagnosis report (report.json)");
-ABSL_FLAG(std::string, select, "collapsed", "plan: collapsed | sink | dead | all-in-band");
-ABSL_FLAG(std::string, heads, "", "plan: explicit targets LAYER:HEAD,... (overrides --select)");
-ABSL_FLAG(std::string, layers, "", "plan: keep only layers A-B");
-ABSL_FLAG(std::string, head_indices, "", "plan: keep only head indices A-B");
-ABSL_FLAG(std::string, exclude, "", "plan: drop these LAYER:HEAD,...");
-ABSL_FLAG(std::string, init, "xavier_uniform", "plan: QKV re-init: xavier_uniform | xavier_normal | keep");
 ABSL_FLAG(std::string, comment, "", "plan: free-text comment stored in the plan");
 
 namespace engine::cli {
@@ -26,35 +21,16 @@ int run_plan(const std::vector<std::string>& args) {
   const std::string out = absl::GetFlag(FLAGS_out);
   if (report_path.empty() || out.empty()) {
     std::cerr << "usage: engine plan --report report.json --out plan.json [--select collapsed|sink|"
-                 "dead|all-in-band] [--heads L:H,...] [--layers A-B] [--head-indices A-B] "
+                 "dead|all-in-band] [--heads L:H,...] [--layers A-B] [--head_indices A-B] "
                  "[--exclude L:H,...] [--init xavier_uniform|xavier_normal|keep] [--seed S]\n";
     return 2;
   }
   auto report = load_report(report_path);
   if (!report.ok()) return fail(std::string(report.status().message()));
 
-  PlanSelection sel;
-  sel.select = absl::GetFlag(FLAGS_select);
-  if (!absl::GetFlag(FLAGS_heads).empty()) {
-    auto heads = parse_head_list(absl::GetFlag(FLAGS_heads), "heads");
-    if (!heads.ok()) return fail(std::string(heads.status().message()));
-    sel.heads = *heads;
-  }
-  if (!absl::GetFlag(FLAGS_exclude).empty()) {
-    auto ex = parse_head_list(absl::GetFlag(FLAGS_exclude), "exclude");
-    if (!ex.ok()) return fail(std::string(ex.status().message()));
-    sel.exclude = *ex;
-  }
-  if (!absl::GetFlag(FLAGS_layers).empty()) {
-    auto r = parse_index_range(absl::GetFlag(FLAGS_layers), "layers");
-    if (!r.ok()) return fail(std::string(r.status().message()));
-    sel.layers = *r;
-  }
-  if (!absl::GetFlag(FLAGS_head_indices).empty()) {
-    auto r = parse_index_range(absl::GetFlag(FLAGS_head_indices), "head-indices");
-    if (!r.ok()) return fail(std::string(r.status().message()));
-    sel.head_indices = *r;
-  }
+  absl::StatusOr<PlanSelection> selection = selection_from_flags();
+  if (!selection.ok()) return fail(std::string(selection.status().message()));
+  const PlanSelection& sel = *selection;
   auto targets = select_heads(*report, sel);
   if (!targets.ok()) return fail(absl::StrCat(report_path, ": ", targets.status().message()));
 

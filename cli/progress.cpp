@@ -1,5 +1,5 @@
 // Terminal progress bar; see progress.h.
-#include "engine/cli/progress.h"
+#include "cli/progress.h"
 
 #include <unistd.h>
 

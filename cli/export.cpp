@@ -7,8 +7,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flags.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
 #include "model/model_directory.h"
 
 ABSL_FLAG(std::string, dtype, "f32", "export: dtype of the written weights: f32, f16 or bf16");

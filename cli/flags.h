@@ -1,5 +1,6 @@
 // Flags shared by several `engine` subcommands. Subcommand-specific flags are defined in the
-// subcommand's own file. Flags follow Abseil's syntax: --name=value or --name value.
+// subcommand's own file. Flags follow Abseil's syntax: --name=value or --name value; a name may
+// be written with dashes too (--seq-len), cli/flag_spelling.h.
 #pragma once
 
 #include <string>

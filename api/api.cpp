@@ -1,6 +1,6 @@
-// Implementation of the public API (engine/include/engine/engine.h) over the internal modules.
+// Implementation of the public API (include/engine/engine.h) over the internal modules.
 // Every absl::Status becomes a Result failure carrying its message; nothing here prints.
-#include "engine/include/engine/engine.h"
+#include "include/engine/engine.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,7 @@
 #include "model/trainer.h"
 #include "surgery/corpus_scan.h"
 #include "surgery/diagnosis.h"
-#include "surgery/frozen_mask.h"
+#include "engine/frozen_mask.h"
 #include "surgery/head_surgery.h"
 #include "surgery/plan.h"
 

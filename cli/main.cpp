@@ -10,7 +10,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
-#include "engine/cli/commands.h"
+#include "cli/commands.h"
+#include "cli/flag_spelling.h"
 #include "kernels/cpu/isa.h"
 
 namespace engine::cli {
@@ -69,7 +70,13 @@ bool asks_for_help(int argc, char** argv) {
 }  // namespace
 }  // namespace engine::cli
 
-int main(int argc, char** argv) {
+int main(int argc, char** original_argv) {
+  // --seq-len and --seq_len both work; from here on every flag name has underscores.
+  std::vector<std::string> args = engine::cli::underscore_flag_names(argc, original_argv);
+  std::vector<char*> argv_storage;
+  for (std::string& a : args) argv_storage.push_back(a.data());
+  argv_storage.push_back(nullptr);
+  char** argv = argv_storage.data();
   if (argc >= 3 && engine::cli::asks_for_help(argc, argv)) {
     for (const engine::cli::Command& c : engine::cli::kCommands) {
       if (std::strcmp(argv[1], c.name) == 0) return engine::cli::print_command_help(c);

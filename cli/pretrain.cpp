@@ -11,10 +11,10 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/reflection.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flags.h"
-#include "engine/cli/invocation.h"
-#include "engine/cli/model_loading.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "cli/invocation.h"
+#include "cli/model_loading.h"
 #include "model/pretrain.h"
 
 ABSL_DECLARE_FLAG(int, batch);

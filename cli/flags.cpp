@@ -1,4 +1,4 @@
-#include "engine/cli/flags.h"
+#include "cli/flags.h"
 
 #include "absl/flags/flag.h"
 

@@ -1,5 +1,5 @@
 // Multi-process launch for the CLI; contract in distributed_launch.h.
-#include "engine/cli/distributed_launch.h"
+#include "cli/distributed_launch.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -14,7 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/cli/commands.h"
+#include "cli/commands.h"
 
 ABSL_FLAG(std::string, dist_backend, "auto",
           "train: multi-process transport: auto (mpi under mpirun/srun, else nccl), mpi or nccl");

@@ -1,5 +1,5 @@
-// See engine/cli/invocation.h.
-#include "engine/cli/invocation.h"
+// See cli/invocation.h.
+#include "cli/invocation.h"
 
 #include <fstream>
 #include <iterator>

@@ -14,10 +14,11 @@
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cli/commands.h"
-#include "engine/cli/flags.h"
-#include "engine/cli/invocation.h"
-#include "engine/cli/model_loading.h"
+#include "cli/commands.h"
+#include "cli/flags.h"
+#include "cli/head_selection.h"
+#include "cli/invocation.h"
+#include "cli/model_loading.h"
 #include "engine/engine.h"
 #include "model/dataset.h"
 #include "model/pretrain.h"
@@ -38,12 +39,6 @@ ABSL_DECLARE_FLAG(int, eval_every);
 ABSL_DECLARE_FLAG(int, checkpoint_every);
 ABSL_DECLARE_FLAG(double, holdout);
 ABSL_DECLARE_FLAG(bool, resume);
-ABSL_DECLARE_FLAG(std::string, select);
-ABSL_DECLARE_FLAG(std::string, heads);
-ABSL_DECLARE_FLAG(std::string, layers);
-ABSL_DECLARE_FLAG(std::string, head_indices);
-ABSL_DECLARE_FLAG(std::string, exclude);
-ABSL_DECLARE_FLAG(std::string, init);
 ABSL_DECLARE_FLAG(int, max_seqs);
 ABSL_DECLARE_FLAG(double, dead);
 ABSL_DECLARE_FLAG(double, sink);
@@ -55,34 +50,6 @@ ABSL_FLAG(bool, fallback_healthy, false,
 
 namespace engine::cli {
 namespace {
-
-absl::StatusOr<PlanSelection> selection_from_flags() {
-  PlanSelection sel;
-  sel.select = absl::GetFlag(FLAGS_select);
-  if (!absl::GetFlag(FLAGS_heads).empty()) {
-    absl::StatusOr<std::vector<HeadTarget>> h = parse_head_list(absl::GetFlag(FLAGS_heads), "heads");
-    if (!h.ok()) return h.status();
-    sel.heads = *h;
-  }
-  if (!absl::GetFlag(FLAGS_exclude).empty()) {
-    absl::StatusOr<std::vector<HeadTarget>> h =
-        parse_head_list(absl::GetFlag(FLAGS_exclude), "exclude");
-    if (!h.ok()) return h.status();
-    sel.exclude = *h;
-  }
-  if (!absl::GetFlag(FLAGS_layers).empty()) {
-    absl::StatusOr<IndexRange> r = parse_index_range(absl::GetFlag(FLAGS_layers), "layers");
-    if (!r.ok()) return r.status();
-    sel.layers = *r;
-  }
-  if (!absl::GetFlag(FLAGS_head_indices).empty()) {
-    absl::StatusOr<IndexRange> r =
-        parse_index_range(absl::GetFlag(FLAGS_head_indices), "head_indices");
-    if (!r.ok()) return r.status();
-    sel.head_indices = *r;
-  }
-  return sel;
-}
 
 // The pretraining command recorded next to a model made by `engine pretrain`, if any.
 std::optional<std::string> pretrain_command(const std::filesystem::path& model_dir) {

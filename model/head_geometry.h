@@ -1,0 +1,27 @@
+// Attention heads as training sees them: which head (a target) and the model shape the heads
+// are cut from. Surgery plans (surgery/plan.h) list targets; the trainer, the memory plan and the
+// head scans take them without knowing about plans.
+#pragma once
+
+#include <cstdint>
+
+namespace engine {
+
+struct HeadTarget {
+  int64_t layer = 0;
+  int64_t head = 0;
+  bool operator==(const HeadTarget&) const = default;
+  bool operator<(const HeadTarget& o) const {
+    return layer != o.layer ? layer < o.layer : head < o.head;
+  }
+};
+
+// The model shape a set of head targets is checked against.
+struct HeadGeometry {
+  int64_t n_layer = 0;
+  int64_t n_head = 0;
+  int64_t head_dim = 0;
+  int64_t hidden() const { return n_head * head_dim; }
+};
+
+}  // namespace engine
