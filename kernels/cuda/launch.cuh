@@ -64,7 +64,9 @@ __device__ __forceinline__ T* dynamic_shared() {
 template <auto Kernel, typename... Args>
 void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
                    Args&&... args) {
-  Kernel<<<grid, block, shared_bytes, stream> > >(std::forward<Args>(args)...);
+  // clang-format off
+  Kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 }
 
 // One extern array for every kernel (of one type, so the declarations agree); 16-byte aligned.
