@@ -8,7 +8,8 @@
 //
 // Arguments are converted to the kernel's parameter types at the call, as CUDA copies them at
 // launch. Errors surface through cudaGetLastError, as after `<<<...>>>`: follow each launch with
-// ENGINE_CUDA_LAUNCH_CHECK.
+// ENGINE_CUDA_LAUNCH_CHECK. Under the emulator a pointer argument that is not device memory is a
+// launch error (on a GPU: an illegal address when the kernel dereferences it).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,6 +32,26 @@ template <typename... Params, typename... Args>
 std::tuple<std::decay_t<Params>...> kernel_arguments(void (*)(Params...), Args&&... args) {
   return std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...);
 }
+
+// Index of the first non-null pointer argument outside device memory, or -1.
+template <typename Tuple>
+int first_host_pointer(const Tuple& arguments) {
+  int bad = -1;
+  int index = 0;
+  std::apply(
+      [&](const auto&... arg) {
+        (
+            [&] {
+              if constexpr (std::is_pointer_v<std::decay_t<decltype(arg)>>) {
+                if (bad < 0 && arg != nullptr && !emulation::is_device_pointer(arg)) bad = index;
+              }
+              ++index;
+            }(),
+            ...);
+      },
+      arguments);
+  return bad;
+}
 }  // namespace launch_detail
 
 template <auto Kernel, typename... Args>
@@ -45,6 +66,10 @@ void launch_kernel(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stre
   config.grid = {grid.x, grid.y, grid.z};
   config.block = {block.x, block.y, block.z};
   config.dynamic_shared_bytes = shared_bytes;
+  if (const int bad = launch_detail::first_host_pointer(arguments); bad >= 0) {
+    emulation::bad_kernel_argument(config, bad);
+    return;
+  }
   // Each CUDA thread calls the kernel with its own copy of the arguments.
   emulation::ThreadBody body;
   body.state = &arguments;

@@ -40,10 +40,18 @@ struct ThreadBody {
   void operator()() const { invoke(state); }
 };
 
+// Records a launch error for a kernel argument that is not device memory; returns the error code.
+int bad_kernel_argument(const LaunchConfig& config, int index);
+
 // Runs the whole grid and returns when every block has finished (streams are synchronous in the
 // emulator). Returns 0 on success, otherwise a cudaError_t value; the error's text is then
 // available from last_error_detail().
 int launch(const LaunchConfig& config, ThreadBody body);
+
+// Whether `p` points into (or one past the end of) a live device allocation. launch_kernel checks
+// every pointer argument of a kernel with it: a host pointer handed to a kernel is a launch error
+// here, where on a GPU it is an illegal address (pointers inside a params struct are not seen).
+bool is_device_pointer(const void* p);
 
 // The text of the most recent error recorded on this host thread (launch, memory, cuBLAS).
 const char* last_error_detail();

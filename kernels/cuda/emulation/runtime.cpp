@@ -66,6 +66,15 @@ class Registry {
     std::lock_guard<std::mutex> lock(mutex_);
     return blocks_.erase(reinterpret_cast<uintptr_t>(p)) == 1;
   }
+  // Whether p lies in [base, base + size] of one allocation (one past the end included).
+  bool points_into(const void* p) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = blocks_.upper_bound(a);
+    if (it == blocks_.begin()) return false;
+    --it;
+    return a >= it->first && a <= it->first + it->second;
+  }
   // Whether [p, p + bytes) lies inside one allocation.
   bool contains(const void* p, size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -171,6 +180,8 @@ int record_error(int code, std::string detail) {
 }
 
 const char* last_error_detail() { return errors.detail.c_str(); }
+
+bool is_device_pointer(const void* p) { return Registry::instance().points_into(p); }
 void set_error_detail(const char* text) { errors.detail = text; }
 
 size_t max_dynamic_shared_bytes(const void* function) {

@@ -427,6 +427,14 @@ int launch(const LaunchConfig& config, ThreadBody body) {
   return cudaSuccess;
 }
 
+int bad_kernel_argument(const LaunchConfig& config, int index) {
+  return record_error(cudaErrorInvalidValue,
+                      absl::StrCat("cudaErrorInvalidValue: kernel ", kernel_name_from(config.name),
+                                   ": pointer argument ", index,
+                                   " is not device memory (a host pointer on the GPU is an "
+                                   "illegal address)"));
+}
+
 const Uint3& thread_index() { return device_thread("threadIdx")->thread_idx; }
 const Uint3& block_index() { return device_thread("blockIdx")->block->block_idx; }
 const Uint3& block_dim() { return device_thread("blockDim")->block->launch->config.block; }
