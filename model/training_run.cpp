@@ -15,9 +15,6 @@
 #include "model/perplexity.h"
 #include "model/trainer.h"
 #include "model/training_checkpoint.h"
-#include "surgery/corpus_scan.h"
-#include "surgery/diagnosis.h"
-#include "surgery/head_surgery.h"
 
 namespace engine {
 
@@ -177,58 +174,6 @@ std::string first_difference(const nlohmann::json& got, const nlohmann::json& wa
 
 }  // namespace
 
-absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
-                                    const std::vector<std::vector<int32_t>>& chunks,
-                                    const std::vector<HeadTarget>& targets,
-                                    const HeadScan* before_surgery) {
-  const int64_t L = model.config.n_layer, H = model.config.n_head;
-  // The same scan as `engine diagnose` (surgery/corpus_scan.h), default thresholds.
-  DiagnoseOptions options;
-  options.seq_len = 0;
-  for (const std::vector<int32_t>& chunk : chunks) {
-    options.seq_len = std::max<int64_t>(options.seq_len, static_cast<int64_t>(chunk.size()));
-  }
-  absl::StatusOr<DiagnosisReport> diagnosed = diagnose_sequences(model, backend, chunks, options);
-  if (!diagnosed.ok()) return diagnosed.status();
-  const DiagnosisReport& report = *diagnosed;
-  HeadScan scan;
-  for (const HeadSummary& head : report.heads) scan.bos_mass.push_back(head.bos_mass.mean);
-  std::vector<uint8_t> is_target(static_cast<size_t>(L * H), 0), target_layer(L, 0);
-  int64_t revived = 0;
-  for (const HeadTarget& t : targets) {
-    is_target[t.layer * H + t.head] = 1;
-    target_layer[t.layer] = 1;
-    revived += is_collapsed(report.at(t.layer, t.head).cls) ? 0 : 1;
-  }
-  scan.summary = {{"scan_sequences", report.sequences},
-                  {"healthy", report.counts.healthy},
-                  {"low_entropy", report.counts.low_entropy},
-                  {"sink", report.counts.sink},
-                  {"dead", report.counts.dead},
-                  {"collapsed", report.counts.collapsed()},
-                  {"targets", targets.size()},
-                  {"targets_not_collapsed", revived},
-                  {"bos_mass", scan.bos_mass}};
-  if (before_surgery != nullptr) {
-    int64_t inside = 0, outside = 0;
-    nlohmann::json drifted = nlohmann::json::array();
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t h = 0; h < H; ++h) {
-        const size_t k = static_cast<size_t>(l * H + h);
-        if (is_target[k] != 0) continue;
-        if (std::abs(scan.bos_mass[k] - before_surgery->bos_mass[k]) > HeadScan::kDriftThreshold) {
-          (target_layer[l] != 0 ? inside : outside) += 1;
-          drifted.push_back({l, h});
-        }
-      }
-    }
-    scan.summary["drift_inside_zone"] = inside;
-    scan.summary["drift_outside_zone"] = outside;
-    scan.summary["drifted_heads"] = drifted;
-  }
-  return scan;
-}
-
 absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const TrainData& data,
                                             Backend& backend) {
   using Clock = std::chrono::steady_clock;
@@ -287,26 +232,21 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   // Identifies the base weights (before surgery) for the resume check.
   const std::string base_weights_sha256 = arena_sha256(base->arena);
   const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
-  // The reference for drift: the base model's heads before surgery.
-  std::optional<HeadScan> base_scan;
-  const std::vector<HeadTarget> targets =
-      o.plan.has_value() ? o.plan->targets : std::vector<HeadTarget>{};
-  if (o.plan.has_value()) {
-    if (absl::Status s = validate_plan(*o.plan, geometry, "surgery plan"); !s.ok()) return s;
+  if (o.selection.validate) {
+    if (absl::Status s = o.selection.validate(geometry); !s.ok()) return s;
   }
-  if (!data.scan_chunks.empty()) {
-    absl::StatusOr<HeadScan> scan = scan_heads(*base, backend, data.scan_chunks, {}, nullptr);
+  // The reference of the later scans: the base model's heads before any change.
+  std::optional<nlohmann::json> base_scan;
+  if (o.scan != nullptr) {
+    absl::StatusOr<nlohmann::json> scan = o.scan->scan_base(*base, backend);
     if (!scan.ok()) return scan.status();
     base_scan = std::move(*scan);
   }
   std::optional<FrozenMask> mask;
-  if (o.plan.has_value()) {
-    // Surgery on the base weights: the reference every frozen element must keep.
-    absl::StatusOr<FrozenMask> m = apply_surgery(base->arena, geometry, *o.plan);
-    if (!m.ok()) {
-      return absl::Status(m.status().code(),
-                          absl::StrCat("surgery plan: ", std::string(m.status().message())));
-    }
+  if (o.selection.prepare) {
+    // E.g. surgery on the base weights: the reference every frozen element must keep.
+    absl::StatusOr<FrozenMask> m = o.selection.prepare(base->arena, geometry);
+    if (!m.ok()) return m.status();
     mask.emplace(std::move(*m));
   } else {
     mask.emplace(FrozenMask::all_trainable(base->arena));
@@ -323,7 +263,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   // N ranks with micro-batch b follow one process with micro-batch N*b, but a resumed run must
   // keep its rank count to keep its data order; single-process recipes stay as they were.
   if (world > 1) recipe["world_size"] = world;
-  const nlohmann::json plan_json = o.plan.has_value() ? plan_to_json(*o.plan) : nlohmann::json();
+  const nlohmann::json& plan_json = o.selection.record;
   const nlohmann::json config_json = architecture_json(config);
 
   BloomModel model;
@@ -465,7 +405,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                        : std::string("from the start")));
 
   if (base_scan.has_value()) {
-    nlohmann::json line = base_scan->summary;
+    nlohmann::json line = *base_scan;
     line["event"] = "scan";
     line["step"] = 0;
     line["before_surgery"] = true;
@@ -494,21 +434,14 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
                           {"best", best}};
   };
   auto scan = [&](int64_t step) -> absl::Status {
-    if (!base_scan.has_value()) return absl::OkStatus();
-    absl::StatusOr<HeadScan> now =
-        scan_heads(model, backend, data.scan_chunks, targets, &*base_scan);
+    if (o.scan == nullptr) return absl::OkStatus();
+    absl::StatusOr<TrainingScan::Line> now = o.scan->scan(model, backend, step);
     if (!now.ok()) return now.status();
-    nlohmann::json line = now->summary;
+    nlohmann::json line = std::move(now->fields);
     line["event"] = "scan";
     line["step"] = step;
     metrics.write(line);
-    log(absl::StrFormat(
-        "scan  step %d: %d collapsed of %d heads, %d/%d targets not collapsed, "
-        "%d frozen heads drifted (%d inside the surgical layers)",
-        step, line["collapsed"].get<int64_t>(), config.n_layer * config.n_head,
-        line["targets_not_collapsed"].get<int64_t>(), targets.size(),
-        line["drift_inside_zone"].get<int64_t>() + line["drift_outside_zone"].get<int64_t>(),
-        line["drift_inside_zone"].get<int64_t>()));
+    log(now->log);
     return absl::OkStatus();
   };
   auto evaluate = [&](int64_t step) -> absl::StatusOr<std::optional<double>> {
@@ -557,7 +490,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   auto save = [&](const std::string& name, const nlohmann::json& state) -> absl::Status {
     const absl::Status written =
         writer ? save_checkpoint(o.out_dir, name, model, trainer, state,
-                                 o.plan.has_value() ? &plan_json : nullptr)
+                                 plan_json.is_null() ? nullptr : &plan_json)
                : absl::OkStatus();
     if (comm == nullptr) return written;
     const double step_timeout = comm->timeout();

@@ -15,6 +15,7 @@
 #include "model/pretrain.h"
 #include "surgery/report_compare.h"
 #include "surgery/repair_report.h"
+#include "surgery/surgery_training.h"
 
 namespace engine {
 namespace fs = std::filesystem;
@@ -308,7 +309,7 @@ absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const Repa
       TrainRunOptions train = options.train;
       train.model_dir = current;
       train.out_dir = dir / kTrainDir;
-      train.plan = plan;
+      train.selection = surgery_selection(plan);
       train.resume = options.resume && has_resumable_checkpoint(train.out_dir);
       if (!train.resume && fs::exists(train.out_dir, ec)) {
         // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
