@@ -28,6 +28,7 @@
 #include "model/tokenizer.h"
 #include "model/trainer.h"
 #include "surgery/plan.h"
+#include "surgery/surgery_training.h"
 
 ABSL_DECLARE_FLAG(std::string, tokenizer);
 ABSL_DECLARE_FLAG(int, batch);
@@ -112,7 +113,7 @@ int run_train_dry_run() {
   shape.weight_bytes = cuda ? 2 : 4;
   shape.activation_bytes = cuda ? 2 : 4;
   absl::StatusOr<TrainingMemoryPlan> m =
-      plan_training_memory(*config, plan ? &*plan : nullptr, shape);
+      plan_surgery_training_memory(*config, plan ? &*plan : nullptr, shape);
   if (!m.ok()) {
     return fail(absl::StrCat(plan_path.empty() ? dir : plan_path, ": ",
                              std::string(m.status().message())));
@@ -137,7 +138,7 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<Communicator>> comm = communicator_from_environment();
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
-  TrainRunOptions o;
+  SurgeryTrainOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.out_dir = absl::GetFlag(FLAGS_out);
   const std::string data_path = absl::GetFlag(FLAGS_data);
@@ -212,15 +213,15 @@ int run_train(const std::vector<std::string>& args) {
     if (!scan.ok()) return fail(std::string(scan.status().message()));
     for (size_t i = 0; i < scan->train_size(); ++i) {
       std::span<const uint32_t> c = scan->train_chunk(i);
-      data.scan_chunks.emplace_back(c.begin(), c.end());
+      o.scan_chunks.emplace_back(c.begin(), c.end());
     }
   } else {
     const size_t n = std::min(data.eval_chunks.size(), kDefaultScanChunks);
-    data.scan_chunks.assign(data.eval_chunks.begin(), data.eval_chunks.begin() + n);
+    o.scan_chunks.assign(data.eval_chunks.begin(), data.eval_chunks.begin() + n);
   }
   apply_distributed_options(**comm, o);
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  absl::StatusOr<TrainRunResult> r = run_surgery_training(o, data, *backend);
   if (!r.ok()) return fail(std::string(r.status().message()));
   if ((*comm)->rank() != 0) return 0;
   if (r->final_dir.empty()) {

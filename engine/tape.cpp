@@ -141,12 +141,280 @@ void add_into(float* y, const float* x, int64_t n) {
 
 }  // namespace
 
+class Tape::Backward {
+ public:
+  Backward(Tape& tape, Backend& backend, CompactGradients& grads, float loss_scale)
+      : tape_(tape), backend_(backend), grads_(grads), loss_scale_(loss_scale) {}
+
+  // The entries in reverse, down to the last one with something trainable at or before it.
+  absl::Status run();
+
+ private:
+  // prefix[i]: some entry in [0, i] has a trainable parameter, or an input of the segment needs
+  // a gradient.
+  std::vector<uint8_t> trainable_prefix();
+  bool has_trainable(const TapeEntry& entry);
+
+  // One function per op. Each reads its output's gradient (none: nobody needed the output, and
+  // nothing is done) and frees it once fully consumed.
+  absl::Status op(const TapeClassifier& e);
+  absl::Status op(const TapeEmbedding& e);
+  absl::Status op(const TapeLayerNorm& e);
+  absl::Status op(const TapeLinear& e);
+  absl::Status op(const TapeAttention& e);
+  absl::Status op(const TapeGelu& e);
+
+  // The gradient of value `out`, or null when nobody needed it.
+  const float* output_grad(int out) const {
+    const Grad& go = tape_.grads_[out];
+    return go.data.empty() ? nullptr : go.data.data();
+  }
+  // The output's gradient is fully consumed: free it.
+  absl::Status release(int out) {
+    LargeFloatVector().swap(tape_.grads_[out].data);
+    return absl::OkStatus();
+  }
+  bool needs(int v) const {
+    if (v < 0) return false;
+    const Value& value = tape_.values_[v];
+    return value.producer >= 0 ? prefix_[value.producer] != 0 : value.requires_grad;
+  }
+  // The gradient buffer of value v, zero-filled on first use.
+  Grad& grad_of(int v) {
+    Grad& gv = tape_.grads_[v];
+    if (gv.data.empty()) gv.data.assign(static_cast<size_t>(tape_.values_[v].size), 0.0f);
+    return gv;
+  }
+  // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
+  // otherwise into scratch that is then added.
+  float* overwrite_target(int v) {
+    Grad& gv = grad_of(v);
+    if (!gv.written) return gv.data.data();
+    scratch_.assign(static_cast<size_t>(tape_.values_[v].size), 0.0f);
+    return scratch_.data();
+  }
+  void finish_overwrite(int v) {
+    Grad& gv = tape_.grads_[v];
+    if (gv.written) add_into(gv.data.data(), scratch_.data(), tape_.values_[v].size);
+    gv.written = true;
+  }
+  float* zeroed(int64_t count) {
+    pgrad_.assign(static_cast<size_t>(count), 0.0f);
+    return pgrad_.data();
+  }
+
+  Tape& tape_;
+  Backend& backend_;
+  CompactGradients& grads_;
+  const float loss_scale_;
+  std::vector<uint8_t> prefix_;
+  LargeFloatVector scratch_;
+  LargeFloatVector pgrad_;  // dense gradient of one parameter block
+};
+
+bool Tape::Backward::has_trainable(const TapeEntry& entry) {
+  bool trainable = false;
+  std::visit(
+      [&](const auto& e) {
+        using E = std::decay_t<decltype(e)>;
+        if constexpr (std::is_same_v<E, TapeEmbedding>) trainable = grads_.any_trainable(e.table);
+        if constexpr (std::is_same_v<E, TapeLayerNorm>) {
+          trainable = grads_.any_trainable(e.weight) || grads_.any_trainable(e.bias);
+        }
+        if constexpr (std::is_same_v<E, TapeLinear>) {
+          trainable = grads_.any_trainable(e.weight) || grads_.any_trainable(e.bias);
+        }
+        if constexpr (std::is_same_v<E, TapeClassifier>) {
+          trainable = grads_.any_trainable(e.embedding);
+        }
+      },
+      entry);
+  return trainable;
+}
+
+std::vector<uint8_t> Tape::Backward::trainable_prefix() {
+  const int n = static_cast<int>(tape_.entries_.size());
+  bool external_grad = false;
+  for (const Value& v : tape_.values_)
+    external_grad = external_grad || (v.producer < 0 && v.requires_grad);
+  std::vector<uint8_t> prefix(n, 0);
+  for (int i = 0; i < n; ++i) {
+    const bool trainable = has_trainable(tape_.entries_[i]);
+    prefix[i] = (trainable || external_grad || (i > 0 && prefix[i - 1] != 0)) ? 1 : 0;
+  }
+  return prefix;
+}
+
+absl::Status Tape::Backward::run() {
+  prefix_ = trainable_prefix();
+  for (int i = static_cast<int>(tape_.entries_.size()) - 1; i >= 0; --i) {
+    if (!prefix_[i]) break;  // nothing at or before this entry is trainable
+    const absl::Status status =
+        std::visit([&](const auto& e) { return op(e); }, tape_.entries_[i]);
+    if (!status.ok()) {
+      return absl::Status(status.code(),
+                          absl::StrCat("tape entry ", i, ": ", std::string(status.message())));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Tape::Backward::op(const TapeClassifier& e) {
+  ClassifierParams p = e.forward;
+  p.loss_scale = loss_scale_;
+  p.logits = nullptr;
+  p.row_loss = nullptr;
+  const bool want_table = grads_.any_trainable(e.embedding);
+  if (!want_table && e.dhidden != nullptr) {
+    if (needs(e.hidden)) {
+      float* dst = overwrite_target(e.hidden);
+      std::copy_n(e.dhidden, tape_.values_[e.hidden].size, dst);
+      finish_overwrite(e.hidden);
+    }
+    return absl::OkStatus();
+  }
+  p.dhidden = needs(e.hidden) ? overwrite_target(e.hidden) : nullptr;
+  p.dembedding = want_table ? zeroed(e.embedding.numel()) : nullptr;
+  if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();
+  if (absl::Status s = backend_.classifier_cross_entropy(p); !s.ok()) return s;
+  if (p.dhidden != nullptr) finish_overwrite(e.hidden);
+  if (want_table) {
+    grads_.accumulate(e.embedding, 0, 0, e.embedding.rows, e.embedding.cols, pgrad_.data(),
+                      e.embedding.cols);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Tape::Backward::op(const TapeEmbedding& e) {
+  const float* dy = output_grad(e.out);
+  if (dy == nullptr) return absl::OkStatus();
+  if (!grads_.any_trainable(e.table)) return absl::OkStatus();
+  EmbeddingParams p;
+  p.rows = e.rows, p.width = e.width, p.vocab = e.vocab;
+  p.ids = e.ids, p.table = e.table.data;
+  p.dout = dy, p.dtable = zeroed(e.table.numel());
+  if (absl::Status s = backend_.embedding_backward(p); !s.ok()) return s;
+  grads_.accumulate(e.table, 0, 0, e.table.rows, e.table.cols, pgrad_.data(), e.table.cols);
+  return release(e.out);
+}
+
+absl::Status Tape::Backward::op(const TapeLayerNorm& e) {
+  const float* dy = output_grad(e.y);
+  if (dy == nullptr) return absl::OkStatus();
+  const bool want_w = grads_.any_trainable(e.weight);
+  const bool want_b = grads_.any_trainable(e.bias);
+  LayerNormParams p;
+  p.rows = e.rows, p.width = e.width, p.eps = e.eps;
+  p.x = tape_.values_[e.x].data, p.weight = e.weight.data, p.bias = e.bias.data;
+  p.mean = const_cast<float*>(e.mean), p.rstd = const_cast<float*>(e.rstd);
+  p.dy = dy;
+  if (needs(e.x)) {
+    Grad& gx = grad_of(e.x);
+    p.dx = gx.data.data();
+    p.accumulate_dx = gx.written;
+  }
+  std::vector<float> dw, db;
+  if (want_w) {
+    dw.assign(static_cast<size_t>(e.width), 0.0f);
+    p.dweight = dw.data();
+  }
+  if (want_b) {
+    db.assign(static_cast<size_t>(e.width), 0.0f);
+    p.dbias = db.data();
+  }
+  if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
+  if (absl::Status s = backend_.layernorm_backward(p); !s.ok()) return s;
+  if (p.dx != nullptr) tape_.grads_[e.x].written = true;
+  if (want_w) grads_.accumulate(e.weight, 0, 0, 1, e.width, dw.data(), e.width);
+  if (want_b) grads_.accumulate(e.bias, 0, 0, 1, e.width, db.data(), e.width);
+  return release(e.y);
+}
+
+absl::Status Tape::Backward::op(const TapeLinear& e) {
+  const float* dy = output_grad(e.y);
+  if (dy == nullptr) return absl::OkStatus();
+  const float* x = tape_.values_[e.x].data;
+  // dW[rows r, cols c] = dY[:, r]^T X[:, c], only over runs holding trainable elements.
+  for (const IndexRun& rr : grads_.row_runs(e.weight)) {
+    for (const IndexRun& cr : grads_.col_runs(e.weight)) {
+      const int64_t nr = rr.end - rr.begin, nc = cr.end - cr.begin;
+      GemmParams gp;
+      gp.transpose_a = true;
+      gp.m = nr, gp.n = nc, gp.k = e.rows;
+      gp.a = dy + rr.begin, gp.lda = e.out;
+      gp.b = x + cr.begin, gp.ldb = e.in;
+      gp.c = zeroed(nr * nc), gp.ldc = nc;
+      if (absl::Status s = backend_.gemm(gp); !s.ok()) return s;
+      grads_.accumulate(e.weight, rr.begin, cr.begin, nr, nc, pgrad_.data(), nc);
+    }
+  }
+  for (const IndexRun& cr : grads_.col_runs(e.bias)) {
+    const int64_t nc = cr.end - cr.begin;
+    std::vector<double> sum(static_cast<size_t>(nc), 0.0);
+    for (int64_t r = 0; r < e.rows; ++r) {
+      const float* row = dy + r * e.out + cr.begin;
+      for (int64_t c = 0; c < nc; ++c) sum[c] += row[c];
+    }
+    float* db = zeroed(nc);
+    for (int64_t c = 0; c < nc; ++c) db[c] = static_cast<float>(sum[c]);
+    grads_.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc);
+  }
+  if (needs(e.x)) {
+    Grad& gx = grad_of(e.x);
+    GemmParams gp;  // dX (rows, in) = dY (rows, out) . W (out, in)
+    gp.m = e.rows, gp.n = e.in, gp.k = e.out;
+    gp.a = dy, gp.lda = e.out;
+    gp.b = e.weight.data, gp.ldb = e.in;
+    gp.c = gx.data.data(), gp.ldc = e.in;
+    gp.beta = gx.written ? 1.0f : 0.0f;
+    if (absl::Status s = backend_.gemm(gp); !s.ok()) return s;
+    gx.written = true;
+  }
+  if (needs(e.residual)) {
+    Grad& gr = grad_of(e.residual);
+    if (gr.written) {
+      add_into(gr.data.data(), dy, e.rows * e.out);
+    } else {
+      std::copy_n(dy, e.rows * e.out, gr.data.data());
+    }
+    gr.written = true;
+  }
+  return release(e.y);
+}
+
+absl::Status Tape::Backward::op(const TapeAttention& e) {
+  const float* dy = output_grad(e.out);
+  if (dy == nullptr) return absl::OkStatus();
+  if (!needs(e.qkv)) return absl::OkStatus();
+  AlibiAttentionParams p = e.forward;
+  p.stats = HeadStatsAccumulator{};
+  p.dout = dy;
+  p.dqkv = overwrite_target(e.qkv);
+  if (absl::Status s = backend_.alibi_attention_backward(p); !s.ok()) return s;
+  finish_overwrite(e.qkv);
+  return release(e.out);
+}
+
+absl::Status Tape::Backward::op(const TapeGelu& e) {
+  const float* dy = output_grad(e.y);
+  if (dy == nullptr) return absl::OkStatus();
+  if (!needs(e.x)) return absl::OkStatus();
+  GeluParams p;
+  p.n = e.n;
+  p.x = tape_.values_[e.x].data;
+  p.dy = dy;
+  p.dx = overwrite_target(e.x);
+  if (absl::Status s = backend_.gelu_backward(p); !s.ok()) return s;
+  finish_overwrite(e.x);
+  return release(e.y);
+}
+
 absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float loss_scale) {
   if (entries_.empty() || !std::holds_alternative<TapeClassifier>(entries_.back())) {
     return absl::FailedPreconditionError("tape: the last entry must be the classifier (the loss)");
   }
   grads_.assign(values_.size(), Grad{});
-  return run_backward(backend, grads, loss_scale);
+  return Backward(*this, backend, grads, loss_scale).run();
 }
 
 absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int value,
@@ -157,223 +425,7 @@ absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int 
   grads_.assign(values_.size(), Grad{});
   grads_[value].data.assign(seed, seed + values_[value].size);
   grads_[value].written = true;
-  return run_backward(backend, grads, 1.0f);
-}
-
-absl::Status Tape::run_backward(Backend& backend, CompactGradients& grads, float loss_scale) {
-  const int n = static_cast<int>(entries_.size());
-  bool external_grad = false;
-  for (const Value& v : values_)
-    external_grad = external_grad || (v.producer < 0 && v.requires_grad);
-  // prefix[i]: some entry in [0, i] has a trainable parameter, or an input of the segment needs
-  // a gradient.
-  std::vector<uint8_t> prefix(n, 0);
-  for (int i = 0; i < n; ++i) {
-    bool trainable = false;
-    std::visit(
-        [&](const auto& e) {
-          using E = std::decay_t<decltype(e)>;
-          if constexpr (std::is_same_v<E, TapeEmbedding>) trainable = grads.any_trainable(e.table);
-          if constexpr (std::is_same_v<E, TapeLayerNorm>) {
-            trainable = grads.any_trainable(e.weight) || grads.any_trainable(e.bias);
-          }
-          if constexpr (std::is_same_v<E, TapeLinear>) {
-            trainable = grads.any_trainable(e.weight) || grads.any_trainable(e.bias);
-          }
-          if constexpr (std::is_same_v<E, TapeClassifier>) {
-            trainable = grads.any_trainable(e.embedding);
-          }
-        },
-        entries_[i]);
-    prefix[i] = (trainable || external_grad || (i > 0 && prefix[i - 1] != 0)) ? 1 : 0;
-  }
-  std::vector<Grad>& g = grads_;
-  auto needs = [&](int v) {
-    if (v < 0) return false;
-    return values_[v].producer >= 0 ? prefix[values_[v].producer] != 0 : values_[v].requires_grad;
-  };
-  // The gradient buffer of value v, zero-filled on first use.
-  auto grad_of = [&](int v) -> Grad& {
-    Grad& gv = g[v];
-    if (gv.data.empty()) gv.data.assign(static_cast<size_t>(values_[v].size), 0.0f);
-    return gv;
-  };
-  // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
-  // otherwise into scratch that is then added.
-  LargeFloatVector scratch;
-  auto overwrite_target = [&](int v) -> float* {
-    Grad& gv = grad_of(v);
-    if (!gv.written) return gv.data.data();
-    scratch.assign(static_cast<size_t>(values_[v].size), 0.0f);
-    return scratch.data();
-  };
-  auto finish_overwrite = [&](int v) {
-    Grad& gv = g[v];
-    if (gv.written) add_into(gv.data.data(), scratch.data(), values_[v].size);
-    gv.written = true;
-  };
-  LargeFloatVector pgrad;  // dense gradient of one parameter block
-  auto zeroed = [&](int64_t count) {
-    pgrad.assign(static_cast<size_t>(count), 0.0f);
-    return pgrad.data();
-  };
-
-  for (int i = n - 1; i >= 0; --i) {
-    if (!prefix[i]) break;  // nothing at or before this entry is trainable
-    absl::Status status = std::visit(
-        [&](const auto& e) -> absl::Status {
-          using E = std::decay_t<decltype(e)>;
-          if constexpr (std::is_same_v<E, TapeClassifier>) {
-            ClassifierParams p = e.forward;
-            p.loss_scale = loss_scale;
-            p.logits = nullptr;
-            p.row_loss = nullptr;
-            const bool want_table = grads.any_trainable(e.embedding);
-            if (!want_table && e.dhidden != nullptr) {
-              if (needs(e.hidden)) {
-                float* dst = overwrite_target(e.hidden);
-                std::copy_n(e.dhidden, values_[e.hidden].size, dst);
-                finish_overwrite(e.hidden);
-              }
-              return absl::OkStatus();
-            }
-            p.dhidden = needs(e.hidden) ? overwrite_target(e.hidden) : nullptr;
-            p.dembedding = want_table ? zeroed(e.embedding.numel()) : nullptr;
-            if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();
-            if (absl::Status s = backend.classifier_cross_entropy(p); !s.ok()) return s;
-            if (p.dhidden != nullptr) finish_overwrite(e.hidden);
-            if (want_table) {
-              grads.accumulate(e.embedding, 0, 0, e.embedding.rows, e.embedding.cols, pgrad.data(),
-                               e.embedding.cols);
-            }
-            return absl::OkStatus();
-          } else {
-            int out = -1;
-            if constexpr (std::is_same_v<E, TapeEmbedding> || std::is_same_v<E, TapeAttention>) {
-              out = e.out;
-            } else {
-              out = e.y;
-            }
-            if (g[out].data.empty()) return absl::OkStatus();  // nobody needed this output
-            const float* dy = g[out].data.data();
-            if constexpr (std::is_same_v<E, TapeEmbedding>) {
-              if (!grads.any_trainable(e.table)) return absl::OkStatus();
-              EmbeddingParams p;
-              p.rows = e.rows, p.width = e.width, p.vocab = e.vocab;
-              p.ids = e.ids, p.table = e.table.data;
-              p.dout = dy, p.dtable = zeroed(e.table.numel());
-              if (absl::Status s = backend.embedding_backward(p); !s.ok()) return s;
-              grads.accumulate(e.table, 0, 0, e.table.rows, e.table.cols, pgrad.data(),
-                               e.table.cols);
-            }
-            if constexpr (std::is_same_v<E, TapeLayerNorm>) {
-              const bool want_w = grads.any_trainable(e.weight);
-              const bool want_b = grads.any_trainable(e.bias);
-              LayerNormParams p;
-              p.rows = e.rows, p.width = e.width, p.eps = e.eps;
-              p.x = values_[e.x].data, p.weight = e.weight.data, p.bias = e.bias.data;
-              p.mean = const_cast<float*>(e.mean), p.rstd = const_cast<float*>(e.rstd);
-              p.dy = dy;
-              if (needs(e.x)) {
-                Grad& gx = grad_of(e.x);
-                p.dx = gx.data.data();
-                p.accumulate_dx = gx.written;
-              }
-              std::vector<float> dw, db;
-              if (want_w) {
-                dw.assign(static_cast<size_t>(e.width), 0.0f);
-                p.dweight = dw.data();
-              }
-              if (want_b) {
-                db.assign(static_cast<size_t>(e.width), 0.0f);
-                p.dbias = db.data();
-              }
-              if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
-              if (absl::Status s = backend.layernorm_backward(p); !s.ok()) return s;
-              if (p.dx != nullptr) g[e.x].written = true;
-              if (want_w) grads.accumulate(e.weight, 0, 0, 1, e.width, dw.data(), e.width);
-              if (want_b) grads.accumulate(e.bias, 0, 0, 1, e.width, db.data(), e.width);
-            }
-            if constexpr (std::is_same_v<E, TapeLinear>) {
-              const float* x = values_[e.x].data;
-              // dW[rows r, cols c] = dY[:, r]^T X[:, c], only over runs holding trainable
-              // elements.
-              for (const IndexRun& rr : grads.row_runs(e.weight)) {
-                for (const IndexRun& cr : grads.col_runs(e.weight)) {
-                  const int64_t nr = rr.end - rr.begin, nc = cr.end - cr.begin;
-                  GemmParams gp;
-                  gp.transpose_a = true;
-                  gp.m = nr, gp.n = nc, gp.k = e.rows;
-                  gp.a = dy + rr.begin, gp.lda = e.out;
-                  gp.b = x + cr.begin, gp.ldb = e.in;
-                  gp.c = zeroed(nr * nc), gp.ldc = nc;
-                  if (absl::Status s = backend.gemm(gp); !s.ok()) return s;
-                  grads.accumulate(e.weight, rr.begin, cr.begin, nr, nc, pgrad.data(), nc);
-                }
-              }
-              for (const IndexRun& cr : grads.col_runs(e.bias)) {
-                const int64_t nc = cr.end - cr.begin;
-                std::vector<double> sum(static_cast<size_t>(nc), 0.0);
-                for (int64_t r = 0; r < e.rows; ++r) {
-                  const float* row = dy + r * e.out + cr.begin;
-                  for (int64_t c = 0; c < nc; ++c) sum[c] += row[c];
-                }
-                float* db = zeroed(nc);
-                for (int64_t c = 0; c < nc; ++c) db[c] = static_cast<float>(sum[c]);
-                grads.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc);
-              }
-              if (needs(e.x)) {
-                Grad& gx = grad_of(e.x);
-                GemmParams gp;  // dX (rows, in) = dY (rows, out) . W (out, in)
-                gp.m = e.rows, gp.n = e.in, gp.k = e.out;
-                gp.a = dy, gp.lda = e.out;
-                gp.b = e.weight.data, gp.ldb = e.in;
-                gp.c = gx.data.data(), gp.ldc = e.in;
-                gp.beta = gx.written ? 1.0f : 0.0f;
-                if (absl::Status s = backend.gemm(gp); !s.ok()) return s;
-                gx.written = true;
-              }
-              if (needs(e.residual)) {
-                Grad& gr = grad_of(e.residual);
-                if (gr.written) {
-                  add_into(gr.data.data(), dy, e.rows * e.out);
-                } else {
-                  std::copy_n(dy, e.rows * e.out, gr.data.data());
-                }
-                gr.written = true;
-              }
-            }
-            if constexpr (std::is_same_v<E, TapeAttention>) {
-              if (!needs(e.qkv)) return absl::OkStatus();
-              AlibiAttentionParams p = e.forward;
-              p.stats = HeadStatsAccumulator{};
-              p.dout = dy;
-              p.dqkv = overwrite_target(e.qkv);
-              if (absl::Status s = backend.alibi_attention_backward(p); !s.ok()) return s;
-              finish_overwrite(e.qkv);
-            }
-            if constexpr (std::is_same_v<E, TapeGelu>) {
-              if (!needs(e.x)) return absl::OkStatus();
-              GeluParams p;
-              p.n = e.n;
-              p.x = values_[e.x].data;
-              p.dy = dy;
-              p.dx = overwrite_target(e.x);
-              if (absl::Status s = backend.gelu_backward(p); !s.ok()) return s;
-              finish_overwrite(e.x);
-            }
-            // The output's gradient is fully consumed: free it.
-            LargeFloatVector().swap(g[out].data);
-            return absl::OkStatus();
-          }
-        },
-        entries_[i]);
-    if (!status.ok()) {
-      return absl::Status(status.code(),
-                          absl::StrCat("tape entry ", i, ": ", std::string(status.message())));
-    }
-  }
-  return absl::OkStatus();
+  return Backward(*this, backend, grads, 1.0f).run();
 }
 
 }  // namespace engine

@@ -178,7 +178,8 @@ class Tape {
     bool written = false;
   };
 
-  absl::Status run_backward(Backend& backend, CompactGradients& grads, float loss_scale);
+  // One backward pass over the entries, one member function per op (tape.cpp).
+  class Backward;
 
   std::vector<Value> values_;
   std::vector<TapeEntry> entries_;

@@ -1,6 +1,6 @@
-// Attention heads as training sees them: which head (a target) and the model shape the heads
-// are cut from. Surgery plans (surgery/plan.h) list targets; the trainer, the memory plan and the
-// head scans take them without knowing about plans.
+// Attention heads as training sees them: which head (a target), which of its slices train, and
+// the model shape the heads are cut from. Surgery plans (surgery/plan.h) list targets and slices;
+// the trainer, the memory plan and the head scans take them without knowing about plans.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,14 @@ struct HeadTarget {
   bool operator<(const HeadTarget& o) const {
     return layer != o.layer ? layer < o.layer : head < o.head;
   }
+};
+
+// Which slices of each target head the optimizer may change (surgery/head_surgery.h cuts them).
+struct TrainableSlices {
+  bool qkv_weight = true;
+  bool qkv_bias = true;
+  bool dense_columns = true;
+  bool operator==(const TrainableSlices&) const = default;
 };
 
 // The model shape a set of head targets is checked against.

@@ -46,7 +46,7 @@ std::string TrainingMemoryPlan::table() const {
 }
 
 absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
-                                                        const SurgeryPlan* plan,
+                                                        const TrainableHeads* plan,
                                                         const TrainingMemoryShape& s) {
   if (s.batch <= 0 || s.seq <= 0) {
     return absl::InvalidArgumentError(
@@ -59,8 +59,12 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
   const int64_t L = c.n_layer, H = c.n_head, C = c.hidden_size, D = c.head_dim();
   const int64_t rows = s.batch * s.seq, ab = s.activation_bytes;
   if (plan != nullptr) {
-    if (absl::Status st = validate_plan(*plan, HeadGeometry{L, H, D}, "plan"); !st.ok()) {
-      return st;
+    for (const HeadTarget& t : plan->targets) {
+      if (t.layer < 0 || t.layer >= L || t.head < 0 || t.head >= H) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("memory plan: target layer ", t.layer, " head ", t.head,
+                         " is outside the model (", L, " layers x ", H, " heads)"));
+      }
     }
   }
   TrainingMemoryPlan out;

@@ -1,5 +1,6 @@
 // The memory a training run will need, by component, computed from the model's config.json and
-// the surgery plan alone (nothing is allocated, no weights are read): `engine train --dry-run`.
+// what trains alone (nothing is allocated, no weights are read): `engine train --dry-run`, with
+// surgery/surgery_training.h turning a surgery plan into the trainable heads.
 // Contract: the components follow what the trainer actually allocates (model/trainer.cpp,
 // model/bloom_backward.cpp, engine/tape.cpp):
 //   - weights: every parameter at the weight storage size;
@@ -25,7 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/config.h"
-#include "surgery/plan.h"
+#include "model/head_geometry.h"
 
 namespace engine {
 
@@ -50,10 +51,17 @@ struct TrainingMemoryPlan {
   std::string table() const;
 };
 
-// `plan` null: every parameter trains (ordinary fine-tuning). Errors name a plan target outside
-// the model or a non-positive shape.
+// What trains when only some attention heads do: the slices of `targets` that `trainable` names
+// (embedding, LayerNorms and MLPs stay frozen).
+struct TrainableHeads {
+  std::vector<HeadTarget> targets;
+  TrainableSlices trainable;
+};
+
+// `heads` null: every parameter trains (ordinary fine-tuning). Errors name a target outside the
+// model or a non-positive shape.
 absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& config,
-                                                        const SurgeryPlan* plan,
+                                                        const TrainableHeads* heads,
                                                         const TrainingMemoryShape& shape);
 
 }  // namespace engine

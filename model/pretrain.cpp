@@ -156,7 +156,8 @@ absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, B
   TrainRunOptions train = options.train;
   train.model_dir = init_dir;
   train.out_dir = train_dir;
-  train.plan.reset();
+  train.selection = TrainSelection{};  // every parameter trains
+  train.scan = nullptr;
   train.resume = options.resume && has_resumable_checkpoint(train_dir);
   if (!train.resume && fs::exists(train_dir, ec)) {
     // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.

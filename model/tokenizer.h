@@ -35,7 +35,7 @@
 
 namespace engine {
 
-struct TokenizerData;  // vocabulary, merges and added tokens; defined in tokenizer.cpp
+struct TokenizerData;  // vocabulary, merges and added tokens; model/tokenizer_internal.h
 class PieceCache;      // piece bytes -> ids memo; defined in tokenizer.cpp
 
 struct EncodeOptions {

@@ -1,4 +1,4 @@
-// Training: surgery-aware optimizer steps and the whole run (data order, schedule, evaluation,
+// Training: masked optimizer steps and the whole run (data order, schedule, evaluation,
 // checkpoints, resume, metrics). docs/TRAINING.md describes the behaviour, docs/FORMATS.md the
 // checkpoint layout.
 //
@@ -12,19 +12,22 @@
 //   its cause named (model/numeric_faults.h): the weight tensor, the loss, or the gradient tensor.
 //   A non-finite weight is an error even with skip_nonfinite (skipping cannot clear it).
 // - run_training drives Trainer over a ChunkedDataset in its seeded per-epoch order; everything
-//   it does is a pure function of (weights, plan, options, data), so on the CPU backend a run
-//   resumed from checkpoint step_N ends bit-identical to an uninterrupted run.
+//   it does is a pure function of (weights, selection, options, data), so on the CPU backend a
+//   run resumed from checkpoint step_N ends bit-identical to an uninterrupted run. It knows no
+//   surgery plan: what trains comes as a TrainSelection and the head scans as a TrainingScan,
+//   both built by surgery/ (surgery/surgery_training.h) from a plan.
 // - Checkpoints carry a content manifest (model/checkpoint_manifest.h) written last; resume
 //   verifies every byte of the checkpoint against it first, and refuses a checkpoint made from
 //   another base model (configuration or weights hash) naming both. A checkpoint save that fails
 //   (e.g. a full disk) removes what it wrote and leaves earlier checkpoints untouched.
-// - Every input problem (plan for another shape, targets out of range, an output path that is a
-//   file, a resume directory from another model, plan or recipe) is an error before any work.
+// - Every input problem (a selection for another shape, targets out of range, an output path that
+//   is a file, a resume directory from another model, plan or recipe) is an error before any work.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -32,16 +35,17 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/arena.h"
 #include "engine/backend.h"
 #include "engine/distributed.h"
 #include "engine/schedule.h"
 #include "engine/tape.h"
 #include "model/bloom_forward.h"
 #include "model/dataset.h"
+#include "model/head_geometry.h"
 #include "model/model_directory.h"
 #include "nlohmann/json.hpp"
 #include "engine/frozen_mask.h"
-#include "surgery/plan.h"
 
 namespace engine {
 
@@ -118,10 +122,41 @@ class Trainer {
 // order), so it does not depend on the thread count or scheduling.
 double deterministic_norm(const float* g, int64_t n);
 
+// What a run trains, without saying where that comes from (surgery/surgery_training.h builds it
+// from a surgery plan). Default (every member empty): every parameter trains, nothing recorded.
+struct TrainSelection {
+  // Checked against the base model's shape before any work: before the head scan of the base
+  // model and before `prepare`. Empty: nothing to check.
+  std::function<absl::Status(const HeadGeometry&)> validate;
+  // Prepares the base weights in place (e.g. re-initialises heads) and returns the mask of the
+  // trainable elements; the prepared weights are the reference every frozen element keeps.
+  // Empty: the weights stay as loaded and every element trains.
+  std::function<absl::StatusOr<FrozenMask>(ParameterArena&, const HeadGeometry&)> prepare;
+  // What a resumed run must agree on (the trainer state's "plan"); when not null it is also
+  // written into every checkpoint as plan.json. Null: no plan.
+  nlohmann::json record;
+};
+
+// The periodic head scan of a run (surgery/ supplies it): once on the base model before
+// `TrainSelection::prepare`, then after every evaluation. Each scan returns the fields of its
+// metrics line ("event" and "step" are added by the run).
+class TrainingScan {
+ public:
+  virtual ~TrainingScan() = default;
+  // The base model before any change: the reference of the later scans.
+  virtual absl::StatusOr<nlohmann::json> scan_base(const BloomModel& base, Backend& backend) = 0;
+  struct Line {
+    nlohmann::json fields;  // of the metrics line
+    std::string log;        // the progress line
+  };
+  virtual absl::StatusOr<Line> scan(const BloomModel& model, Backend& backend, int64_t step) = 0;
+};
+
 struct TrainRunOptions {
   std::filesystem::path model_dir;  // --model (the base checkpoint)
   std::filesystem::path out_dir;    // --out
-  std::optional<SurgeryPlan> plan;  // --surgery; none = every parameter trainable
+  TrainSelection selection;         // --surgery (through surgery/); default: everything trains
+  std::shared_ptr<TrainingScan> scan;  // null: no head scans
   int64_t seq_len = 512, batch = 1, grad_accum = 8;
   int64_t epochs = 1;  // used when steps == 0
   int64_t steps = 0;   // total optimizer steps; 0 = from epochs
@@ -155,27 +190,11 @@ struct TrainRunOptions {
   std::function<void(int64_t)> on_step_start;
 };
 
-// Data for a run: training chunks with their seeded order, held-out chunks (may be empty), and
-// the sequences of the head scan (may be empty: no scan).
+// Data for a run: training chunks with their seeded order and held-out chunks (may be empty).
 struct TrainData {
   const ChunkedDataset* train = nullptr;
   std::vector<std::vector<int32_t>> eval_chunks;
-  std::vector<std::vector<int32_t>> scan_chunks;
 };
-
-// A head scan (METHOD.md section 2, default thresholds) compared with the scan of the base model
-// before surgery (section 5): class counts, how many targets are no longer collapsed, and the
-// frozen heads whose bos_mass moved by more than kDriftThreshold, split into those in layers that
-// hold a target ("inside" the surgical zone) and all others ("outside").
-struct HeadScan {
-  static constexpr double kDriftThreshold = 0.05;
-  std::vector<double> bos_mass;  // (L, H) means over the scan sequences
-  nlohmann::json summary;        // the metrics fields
-};
-absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
-                                    const std::vector<std::vector<int32_t>>& chunks,
-                                    const std::vector<HeadTarget>& targets,
-                                    const HeadScan* before_surgery);
 
 struct TrainRunResult {
   int64_t steps = 0;               // optimizer steps at the end

@@ -15,9 +15,6 @@
 #include "model/perplexity.h"
 #include "model/trainer.h"
 #include "model/training_checkpoint.h"
-#include "surgery/corpus_scan.h"
-#include "surgery/diagnosis.h"
-#include "surgery/head_surgery.h"
 
 namespace engine {
 
@@ -175,73 +172,82 @@ std::string first_difference(const nlohmann::json& got, const nlohmann::json& wa
   return "";
 }
 
-}  // namespace
+// One run of run_training, in phases: validate the inputs, prepare the base model (the
+// selection's check and preparation, the base scan), plan the schedule, resume from a checkpoint
+// or start fresh, agree across ranks, start the trainer and the metrics, then the optimizer steps
+// (each with its evaluation and checkpoints) and the final checkpoint.
+class TrainingRun {
+ public:
+  TrainingRun(const TrainRunOptions& o, const TrainData& data, Backend& backend)
+      : o_(o),
+        data_(data),
+        backend_(backend),
+        // Data parallelism (docs/DISTRIBUTED.md): every rank runs this; rank 0 alone writes.
+        comm_(o.comm != nullptr && o.comm->world_size() > 1 ? o.comm : nullptr),
+        world_(comm_ != nullptr ? comm_->world_size() : 1),
+        rank_(comm_ != nullptr ? comm_->rank() : 0),
+        writer_(rank_ == 0),
+        startup_timeout_(comm_ != nullptr ? comm_->timeout() : 0.0) {}
 
-absl::StatusOr<HeadScan> scan_heads(const BloomModel& model, Backend& backend,
-                                    const std::vector<std::vector<int32_t>>& chunks,
-                                    const std::vector<HeadTarget>& targets,
-                                    const HeadScan* before_surgery) {
-  const int64_t L = model.config.n_layer, H = model.config.n_head;
-  // The same scan as `engine diagnose` (surgery/corpus_scan.h), default thresholds.
-  DiagnoseOptions options;
-  options.seq_len = 0;
-  for (const std::vector<int32_t>& chunk : chunks) {
-    options.seq_len = std::max<int64_t>(options.seq_len, static_cast<int64_t>(chunk.size()));
-  }
-  absl::StatusOr<DiagnosisReport> diagnosed = diagnose_sequences(model, backend, chunks, options);
-  if (!diagnosed.ok()) return diagnosed.status();
-  const DiagnosisReport& report = *diagnosed;
-  HeadScan scan;
-  for (const HeadSummary& head : report.heads) scan.bos_mass.push_back(head.bos_mass.mean);
-  std::vector<uint8_t> is_target(static_cast<size_t>(L * H), 0), target_layer(L, 0);
-  int64_t revived = 0;
-  for (const HeadTarget& t : targets) {
-    is_target[t.layer * H + t.head] = 1;
-    target_layer[t.layer] = 1;
-    revived += is_collapsed(report.at(t.layer, t.head).cls) ? 0 : 1;
-  }
-  scan.summary = {{"scan_sequences", report.sequences},
-                  {"healthy", report.counts.healthy},
-                  {"low_entropy", report.counts.low_entropy},
-                  {"sink", report.counts.sink},
-                  {"dead", report.counts.dead},
-                  {"collapsed", report.counts.collapsed()},
-                  {"targets", targets.size()},
-                  {"targets_not_collapsed", revived},
-                  {"bos_mass", scan.bos_mass}};
-  if (before_surgery != nullptr) {
-    int64_t inside = 0, outside = 0;
-    nlohmann::json drifted = nlohmann::json::array();
-    for (int64_t l = 0; l < L; ++l) {
-      for (int64_t h = 0; h < H; ++h) {
-        const size_t k = static_cast<size_t>(l * H + h);
-        if (is_target[k] != 0) continue;
-        if (std::abs(scan.bos_mass[k] - before_surgery->bos_mass[k]) > HeadScan::kDriftThreshold) {
-          (target_layer[l] != 0 ? inside : outside) += 1;
-          drifted.push_back({l, h});
-        }
-      }
-    }
-    scan.summary["drift_inside_zone"] = inside;
-    scan.summary["drift_outside_zone"] = outside;
-    scan.summary["drifted_heads"] = drifted;
-  }
-  return scan;
-}
+  absl::StatusOr<TrainRunResult> run();
 
-absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const TrainData& data,
-                                            Backend& backend) {
-  using Clock = std::chrono::steady_clock;
-  auto log = [&](const std::string& line) {
-    if (o.log) o.log(line);
-  };
-  // Data parallelism (docs/DISTRIBUTED.md): every rank runs this function; rank 0 alone writes.
-  Communicator* comm = o.comm != nullptr && o.comm->world_size() > 1 ? o.comm : nullptr;
-  const int world = comm != nullptr ? comm->world_size() : 1;
-  const int rank = comm != nullptr ? comm->rank() : 0;
-  const bool writer = rank == 0;
-  const double startup_timeout = comm != nullptr ? comm->timeout() : 0.0;
-  // --- validate everything before any work -----------------------------------------------------
+ private:
+  void log(const std::string& line) const {
+    if (o_.log) o_.log(line);
+  }
+  const nlohmann::json& plan_json() const { return o_.selection.record; }
+
+  // Set-up.
+  absl::Status validate_inputs();
+  absl::StatusOr<BloomModel> prepare_base();
+  void plan_schedule();
+  absl::Status resume_from_checkpoint(const BloomModel& base);
+  absl::Status restore_moved_aside() const;
+  absl::Status agree_across_ranks() const;
+  absl::Status start_trainer();
+
+  // The step loop.
+  absl::StatusOr<bool> optimizer_step(int64_t step);
+  absl::Status scan(int64_t step);
+  absl::StatusOr<std::optional<double>> evaluate(int64_t step);
+  absl::StatusOr<PerplexityResult> held_out_perplexity(int64_t step);
+  nlohmann::json state_for(int64_t step, double loss) const;
+  absl::Status save(const std::string& name, const nlohmann::json& state);
+  absl::Status finish(TrainRunResult& result);
+
+  const TrainRunOptions& o_;
+  const TrainData& data_;
+  Backend& backend_;
+  Communicator* const comm_;
+  const int world_, rank_;
+  const bool writer_;
+  const double startup_timeout_;
+
+  int64_t resume_step_ = -1;
+  std::string base_weights_sha256_;  // the base weights (before any change), for resume
+  nlohmann::json config_json_;
+  std::optional<nlohmann::json> base_scan_;  // the reference of the later scans
+  std::optional<FrozenMask> mask_;
+  int64_t steps_per_epoch_ = 1, total_ = 0, checkpoint_every_ = 1;
+  LrSchedule schedule_;
+  nlohmann::json recipe_;
+
+  BloomModel model_;
+  std::optional<Trainer> trainer_;
+  nlohmann::json summary_;  // mask_summary
+  MetricsLog metrics_;
+  int64_t start_step_ = 0;
+  std::optional<double> best_ppl_;
+  int64_t best_step_ = 0;
+  double last_loss_ = 0.0;
+  bool evaluated_at_end_ = false;
+  std::string last_good_ = "none";
+  std::vector<MicroBatch> micro_;
+};
+
+// Everything is checked before any work.
+absl::Status TrainingRun::validate_inputs() {
+  const TrainRunOptions& o = o_;
   if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
@@ -251,11 +257,11 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
   if (!(o.lr >= 0.0) || !(o.optimizer.clip >= 0.0)) {
     return absl::InvalidArgumentError("train: --lr and --clip must be >= 0");
   }
-  if (data.train == nullptr || data.train->train_size() == 0) {
+  if (data_.train == nullptr || data_.train->train_size() == 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("train: no training chunk of ", o.seq_len, " tokens in the data"));
   }
-  if (data.train->seq_len() != o.seq_len) {
+  if (data_.train->seq_len() != o.seq_len) {
     return absl::InvalidArgumentError("train: data chunk length differs from seq_len");
   }
   if (o.out_dir.empty()) return absl::InvalidArgumentError("train: --out DIR is required");
@@ -264,7 +270,7 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
     return absl::InvalidArgumentError(
         absl::StrCat(o.out_dir.string(), ": output path exists and is not a directory"));
   }
-  const int64_t resume_step = fs::is_directory(o.out_dir, ec) ? last_checkpoint(o.out_dir) : -1;
+  resume_step_ = fs::is_directory(o.out_dir, ec) ? last_checkpoint(o.out_dir) : -1;
   // --resume into an existing OUT without a complete checkpoint (killed before the first one)
   // starts from the beginning; a missing OUT is more likely a mistyped path.
   if (o.resume && !fs::is_directory(o.out_dir, ec)) {
@@ -272,390 +278,427 @@ absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& o, const Trai
         absl::StrCat(o.out_dir.string(), ": --resume but the directory does not exist"));
   }
   if (!o.resume && fs::is_directory(o.out_dir, ec) &&
-      (resume_step >= 0 || fs::exists(o.out_dir / kMetricsFile))) {
+      (resume_step_ >= 0 || fs::exists(o.out_dir / kMetricsFile))) {
     return absl::AlreadyExistsError(absl::StrCat(
         o.out_dir.string(), ": holds a previous run; pass --resume or choose another --out"));
   }
+  return absl::OkStatus();
+}
 
-  absl::StatusOr<BloomModel> base = load_model_directory(o.model_dir);
+// The base model, checked, scanned and prepared (e.g. surgery); sets the mask and what identifies
+// the base model for a resume.
+absl::StatusOr<BloomModel> TrainingRun::prepare_base() {
+  absl::StatusOr<BloomModel> base = load_model_directory(o_.model_dir);
   if (!base.ok()) return base.status();
   if (absl::Status s = check_finite_parameters(*base); !s.ok()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(o.model_dir.string(), ": ", std::string(s.message())));
+        absl::StrCat(o_.model_dir.string(), ": ", std::string(s.message())));
   }
-  const BloomConfig config = base->config;
+  const BloomConfig& config = base->config;
   // Identifies the base weights (before surgery) for the resume check.
-  const std::string base_weights_sha256 = arena_sha256(base->arena);
+  base_weights_sha256_ = arena_sha256(base->arena);
+  config_json_ = architecture_json(config);
   const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
-  // The reference for drift: the base model's heads before surgery.
-  std::optional<HeadScan> base_scan;
-  const std::vector<HeadTarget> targets =
-      o.plan.has_value() ? o.plan->targets : std::vector<HeadTarget>{};
-  if (o.plan.has_value()) {
-    if (absl::Status s = validate_plan(*o.plan, geometry, "surgery plan"); !s.ok()) return s;
+  if (o_.selection.validate) {
+    if (absl::Status s = o_.selection.validate(geometry); !s.ok()) return s;
   }
-  if (!data.scan_chunks.empty()) {
-    absl::StatusOr<HeadScan> scan = scan_heads(*base, backend, data.scan_chunks, {}, nullptr);
+  if (o_.scan != nullptr) {
+    absl::StatusOr<nlohmann::json> scan = o_.scan->scan_base(*base, backend_);
     if (!scan.ok()) return scan.status();
-    base_scan = std::move(*scan);
+    base_scan_ = std::move(*scan);
   }
-  std::optional<FrozenMask> mask;
-  if (o.plan.has_value()) {
-    // Surgery on the base weights: the reference every frozen element must keep.
-    absl::StatusOr<FrozenMask> m = apply_surgery(base->arena, geometry, *o.plan);
-    if (!m.ok()) {
-      return absl::Status(m.status().code(),
-                          absl::StrCat("surgery plan: ", std::string(m.status().message())));
-    }
-    mask.emplace(std::move(*m));
+  if (o_.selection.prepare) {
+    // E.g. surgery on the base weights: the reference every frozen element must keep.
+    absl::StatusOr<FrozenMask> m = o_.selection.prepare(base->arena, geometry);
+    if (!m.ok()) return m.status();
+    mask_.emplace(std::move(*m));
   } else {
-    mask.emplace(FrozenMask::all_trainable(base->arena));
+    mask_.emplace(FrozenMask::all_trainable(base->arena));
   }
-  const int64_t steps_per_epoch = std::max<int64_t>(
-      1, static_cast<int64_t>(data.train->train_size()) / (o.batch * o.grad_accum * world));
-  const int64_t total = o.steps > 0 ? o.steps : steps_per_epoch * o.epochs;
-  LrSchedule schedule;
-  schedule.peak = o.lr;
-  schedule.total = total;
-  schedule.warmup = o.warmup >= 0 ? o.warmup : LrSchedule::default_warmup(total);
-  schedule.kind = o.schedule;
-  nlohmann::json recipe = recipe_json(o, total, schedule.warmup, *data.train);
+  return base;
+}
+
+void TrainingRun::plan_schedule() {
+  const TrainRunOptions& o = o_;
+  steps_per_epoch_ = std::max<int64_t>(
+      1, static_cast<int64_t>(data_.train->train_size()) / (o.batch * o.grad_accum * world_));
+  total_ = o.steps > 0 ? o.steps : steps_per_epoch_ * o.epochs;
+  schedule_.peak = o.lr;
+  schedule_.total = total_;
+  schedule_.warmup = o.warmup >= 0 ? o.warmup : LrSchedule::default_warmup(total_);
+  schedule_.kind = o.schedule;
+  recipe_ = recipe_json(o, total_, schedule_.warmup, *data_.train);
   // N ranks with micro-batch b follow one process with micro-batch N*b, but a resumed run must
   // keep its rank count to keep its data order; single-process recipes stay as they were.
-  if (world > 1) recipe["world_size"] = world;
-  const nlohmann::json plan_json = o.plan.has_value() ? plan_to_json(*o.plan) : nlohmann::json();
-  const nlohmann::json config_json = architecture_json(config);
+  if (world_ > 1) recipe_["world_size"] = world_;
+  checkpoint_every_ = o.checkpoint_every > 0
+                          ? o.checkpoint_every
+                          : (o.eval_every > 0 ? o.eval_every : steps_per_epoch_);
+}
 
-  BloomModel model;
-  int64_t start_step = 0;
-  std::optional<double> best_ppl;
-  int64_t best_step = 0;
-  nlohmann::json resumed_state;
-  if (resume_step >= 0) {
-    const fs::path dir = o.out_dir / absl::StrCat("step_", resume_step);
-    // Every byte of the checkpoint against its manifest before anything in it is used: the
-    // trainer's own files here, the model files when load_model_directory reads them below.
-    if (absl::Status s = verify_checkpoint_files(dir); !s.ok()) {
-      return absl::Status(s.code(), absl::StrCat("resume: ", std::string(s.message())));
-    }
-    absl::StatusOr<nlohmann::json> state = read_json(dir / kStateFile);
-    if (!state.ok()) return state.status();
-    auto mismatch = [&](const std::string& what) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("resume: ", dir.string(), " was made with a different ", what));
-    };
-    if (!state->contains("version") || (*state)["version"] != kStateVersion) {
-      return mismatch("trainer state version");
-    }
-    const std::string checkpoint_base = state->value("base_model", std::string("(unrecorded)"));
-    const std::string both_bases = absl::StrCat("checkpoint base ", checkpoint_base, ", --model ",
-                                                o.model_dir.string());
-    if ((*state)["base_config"] != config_json) {
-      return mismatch(absl::StrCat("model configuration: ",
-                                   first_difference((*state)["base_config"], config_json), "; ",
-                                   both_bases));
-    }
-    const std::string checkpoint_hash =
-        state->value("base_weights_sha256", std::string("(unrecorded)"));
-    if (checkpoint_hash != base_weights_sha256) {
-      return mismatch(absl::StrCat("base model: checkpoint base ", checkpoint_base,
-                                   " has weights sha256 ", checkpoint_hash, ", --model ",
-                                   o.model_dir.string(), " has ", base_weights_sha256));
-    }
-    if ((*state)["plan"] != plan_json) return mismatch("surgery plan (or none)");
-    const std::string diff = first_difference((*state)["recipe"], recipe);
-    if (!diff.empty()) return mismatch(absl::StrCat("training recipe: ", diff));
-    absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
-    if (!loaded.ok()) return loaded.status();
-    if (architecture_json(loaded->config) != config_json) return mismatch("model configuration");
-    // Every frozen element must be the base model's (after surgery), bit for bit.
-    const uint32_t* want = reinterpret_cast<const uint32_t*>(base->arena.base());
-    const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
-    for (const ParameterInfo& p : base->arena.parameters()) {
-      for (int64_t i = 0; i < p.numel; ++i) {
-        const int64_t k = p.offset + i;
-        if (!mask->trainable(k) && want[k] != got[k]) {
-          return absl::FailedPreconditionError(
-              absl::StrCat("resume: ", dir.string(), ": tensor ", p.name, " element ", i,
-                           " is frozen but differs from ", o.model_dir.string(),
-                           " (the checkpoint comes from another base model or plan)"));
-        }
-      }
-    }
-    model = std::move(*loaded);
-    start_step = resume_step;
-    if ((*state)["best"].is_object()) {
-      best_ppl = (*state)["best"]["ppl"].get<double>();
-      best_step = (*state)["best"]["step"].get<int64_t>();
-    }
-    resumed_state = *state;
-  } else {
-    model = std::move(*base);
+// Loads OUT/step_<resume_step> after checking that it belongs to this base model, selection and
+// recipe, bit for bit where frozen.
+absl::Status TrainingRun::resume_from_checkpoint(const BloomModel& base) {
+  const fs::path dir = o_.out_dir / absl::StrCat("step_", resume_step_);
+  // Every byte of the checkpoint against its manifest before anything in it is used: the
+  // trainer's own files here, the model files when load_model_directory reads them below.
+  if (absl::Status s = verify_checkpoint_files(dir); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("resume: ", std::string(s.message())));
   }
-  if (resume_step >= 0) {
-    // A kill between moving an old checkpoint aside and renaming its replacement into place
-    // leaves only OUT/.old-<name>: put it back.
-    for (const char* name : {"best", "final"}) {
-      const fs::path old = o.out_dir / absl::StrCat(".old-", name);
-      if (fs::is_directory(old, ec) && !fs::exists(o.out_dir / name, ec)) {
-        fs::rename(old, o.out_dir / name, ec);
-        if (ec) {
-          return absl::InternalError(absl::StrCat(old.string(), ": rename: ", ec.message()));
-        }
+  absl::StatusOr<nlohmann::json> state = read_json(dir / kStateFile);
+  if (!state.ok()) return state.status();
+  auto mismatch = [&](const std::string& what) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("resume: ", dir.string(), " was made with a different ", what));
+  };
+  if (!state->contains("version") || (*state)["version"] != kStateVersion) {
+    return mismatch("trainer state version");
+  }
+  const std::string checkpoint_base = state->value("base_model", std::string("(unrecorded)"));
+  const std::string both_bases = absl::StrCat("checkpoint base ", checkpoint_base, ", --model ",
+                                              o_.model_dir.string());
+  if ((*state)["base_config"] != config_json_) {
+    return mismatch(absl::StrCat("model configuration: ",
+                                 first_difference((*state)["base_config"], config_json_), "; ",
+                                 both_bases));
+  }
+  const std::string checkpoint_hash =
+      state->value("base_weights_sha256", std::string("(unrecorded)"));
+  if (checkpoint_hash != base_weights_sha256_) {
+    return mismatch(absl::StrCat("base model: checkpoint base ", checkpoint_base,
+                                 " has weights sha256 ", checkpoint_hash, ", --model ",
+                                 o_.model_dir.string(), " has ", base_weights_sha256_));
+  }
+  if ((*state)["plan"] != plan_json()) return mismatch("surgery plan (or none)");
+  const std::string diff = first_difference((*state)["recipe"], recipe_);
+  if (!diff.empty()) return mismatch(absl::StrCat("training recipe: ", diff));
+  absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
+  if (!loaded.ok()) return loaded.status();
+  if (architecture_json(loaded->config) != config_json_) return mismatch("model configuration");
+  // Every frozen element must be the base model's (after surgery), bit for bit.
+  const uint32_t* want = reinterpret_cast<const uint32_t*>(base.arena.base());
+  const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
+  for (const ParameterInfo& p : base.arena.parameters()) {
+    for (int64_t i = 0; i < p.numel; ++i) {
+      const int64_t k = p.offset + i;
+      if (!mask_->trainable(k) && want[k] != got[k]) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("resume: ", dir.string(), ": tensor ", p.name, " element ", i,
+                         " is frozen but differs from ", o_.model_dir.string(),
+                         " (the checkpoint comes from another base model or plan)"));
       }
     }
   }
-  if (comm != nullptr) {
-    // Every decision taken from the step number (evaluation, checkpoints, the stop hook, the
-    // schedule) is agreed here once, through a fingerprint of what drives it, and so is the
-    // checkpoint resumed from. This is also the barrier that keeps rank 0 from creating files in
-    // OUT while another rank still checks it.
-    if (absl::Status s = check_same_value(
-            *comm, static_cast<uint64_t>(resume_step),
-            "the last complete checkpoint in OUT (is OUT on a filesystem every rank sees?)");
-        !s.ok()) {
-      return s;
-    }
-    const std::string cadence =
-        absl::StrCat(recipe.dump(), plan_json.dump(), " ", o.eval_every, " ", o.checkpoint_every,
-                     " ", o.stop_after_step, " ", o.dist_checksum ? 1 : 0);
-    if (absl::Status s = check_same_value(*comm, checksum64(cadence.data(), cadence.size()),
-                                          "the training recipe or evaluation/checkpoint cadence");
-        !s.ok()) {
-      return s;
+  model_ = std::move(*loaded);
+  start_step_ = resume_step_;
+  if ((*state)["best"].is_object()) {
+    best_ppl_ = (*state)["best"]["ppl"].get<double>();
+    best_step_ = (*state)["best"]["step"].get<int64_t>();
+  }
+  last_loss_ = state->is_object() ? state->value("loss", 0.0) : 0.0;
+  last_good_ = dir.string();
+  return absl::OkStatus();
+}
+
+// A kill between moving an old checkpoint aside and renaming its replacement into place leaves
+// only OUT/.old-<name>: put it back.
+absl::Status TrainingRun::restore_moved_aside() const {
+  std::error_code ec;
+  for (const char* name : {"best", "final"}) {
+    const fs::path old = o_.out_dir / absl::StrCat(".old-", name);
+    if (fs::is_directory(old, ec) && !fs::exists(o_.out_dir / name, ec)) {
+      fs::rename(old, o_.out_dir / name, ec);
+      if (ec) return absl::InternalError(absl::StrCat(old.string(), ": rename: ", ec.message()));
     }
   }
-  if (!fs::create_directories(o.out_dir, ec) && ec) {
-    return absl::InternalError(absl::StrCat(o.out_dir.string(), ": cannot create: ", ec.message()));
+  return absl::OkStatus();
+}
+
+// Every decision taken from the step number (evaluation, checkpoints, the stop hook, the
+// schedule) is agreed here once, through a fingerprint of what drives it, and so is the
+// checkpoint resumed from. This is also the barrier that keeps rank 0 from creating files in OUT
+// while another rank still checks it.
+absl::Status TrainingRun::agree_across_ranks() const {
+  if (comm_ == nullptr) return absl::OkStatus();
+  if (absl::Status s = check_same_value(
+          *comm_, static_cast<uint64_t>(resume_step_),
+          "the last complete checkpoint in OUT (is OUT on a filesystem every rank sees?)");
+      !s.ok()) {
+    return s;
   }
-  const nlohmann::json summary = mask_summary(model, *mask);
-  Trainer trainer(model, backend, *mask, o.optimizer);
+  const std::string cadence =
+      absl::StrCat(recipe_.dump(), plan_json().dump(), " ", o_.eval_every, " ",
+                   o_.checkpoint_every, " ", o_.stop_after_step, " ", o_.dist_checksum ? 1 : 0);
+  return check_same_value(*comm_, checksum64(cadence.data(), cadence.size()),
+                          "the training recipe or evaluation/checkpoint cadence");
+}
+
+// OUT, the trainer (with the resumed optimizer state), the metrics log and its first lines.
+absl::Status TrainingRun::start_trainer() {
+  std::error_code ec;
+  if (!fs::create_directories(o_.out_dir, ec) && ec) {
+    return absl::InternalError(
+        absl::StrCat(o_.out_dir.string(), ": cannot create: ", ec.message()));
+  }
+  summary_ = mask_summary(model_, *mask_);
+  trainer_.emplace(model_, backend_, *mask_, o_.optimizer);
   // The trainer's compact gradient holds its own copy of the mask's bit words; this one would
   // only double them for the rest of the run (70 MiB at bloom-560m, 205 MiB at bloom-1b7).
-  mask.reset();
-  trainer.set_recompute(o.recompute);
-  trainer.set_communicator(comm);
-  trainer.set_fault_hook(o.fault_hook);
-  if (resume_step >= 0) {
+  mask_.reset();
+  trainer_->set_recompute(o_.recompute);
+  trainer_->set_communicator(comm_);
+  trainer_->set_fault_hook(o_.fault_hook);
+  if (resume_step_ >= 0) {
     if (absl::Status s = read_optimizer_state(
-            o.out_dir / absl::StrCat("step_", resume_step) / kOptimizerFile, trainer, resume_step);
+            o_.out_dir / absl::StrCat("step_", resume_step_) / kOptimizerFile, *trainer_,
+            resume_step_);
         !s.ok()) {
       return s;
     }
   }
-  MetricsLog metrics;
-  if (writer) {  // other ranks' metrics writes go nowhere
-    if (absl::Status s = metrics.open(o.out_dir / kMetricsFile, resume_step); !s.ok()) return s;
+  if (writer_) {  // other ranks' metrics writes go nowhere
+    if (absl::Status s = metrics_.open(o_.out_dir / kMetricsFile, resume_step_); !s.ok()) return s;
   }
   const int64_t optimizer_bytes =
-      static_cast<int64_t>(2 * trainer.first_moment().size() * sizeof(float));
-  metrics.write({{"event", resume_step >= 0 ? "resume" : "start"},
-                 {"step", start_step},
-                 {"total_steps", total},
-                 {"trainable_elements", summary["trainable_elements"]},
-                 {"parameter_elements", summary["parameter_elements"]},
-                 {"optimizer_state_bytes", optimizer_bytes},
-                 {"parameter_bytes", static_cast<int64_t>(model.arena.size_bytes())}});
+      static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float));
+  metrics_.write({{"event", resume_step_ >= 0 ? "resume" : "start"},
+                  {"step", start_step_},
+                  {"total_steps", total_},
+                  {"trainable_elements", summary_["trainable_elements"]},
+                  {"parameter_elements", summary_["parameter_elements"]},
+                  {"optimizer_state_bytes", optimizer_bytes},
+                  {"parameter_bytes", static_cast<int64_t>(model_.arena.size_bytes())}});
   log(absl::StrFormat(
       "train: %d steps, %d trainable of %d parameter elements (optimizer state "
       "%.1f MiB), %s",
-      total, summary["trainable_elements"].get<int64_t>(),
-      summary["parameter_elements"].get<int64_t>(), optimizer_bytes / (1024.0 * 1024.0),
-      resume_step >= 0 ? absl::StrCat("resumed at step ", resume_step)
-                       : std::string("from the start")));
-
-  if (base_scan.has_value()) {
-    nlohmann::json line = base_scan->summary;
+      total_, summary_["trainable_elements"].get<int64_t>(),
+      summary_["parameter_elements"].get<int64_t>(), optimizer_bytes / (1024.0 * 1024.0),
+      resume_step_ >= 0 ? absl::StrCat("resumed at step ", resume_step_)
+                        : std::string("from the start")));
+  if (base_scan_.has_value()) {
+    nlohmann::json line = *base_scan_;
     line["event"] = "scan";
     line["step"] = 0;
     line["before_surgery"] = true;
-    metrics.write(line);
+    metrics_.write(line);
   }
-  const int64_t checkpoint_every = o.checkpoint_every > 0
-                                       ? o.checkpoint_every
-                                       : (o.eval_every > 0 ? o.eval_every : steps_per_epoch);
-  std::string last_good = resume_step >= 0
-                              ? (o.out_dir / absl::StrCat("step_", resume_step)).string()
-                              : std::string("none");
-  auto state_for = [&](int64_t step, double loss) {
-    nlohmann::json best = nlohmann::json();
-    if (best_ppl.has_value()) best = {{"ppl", *best_ppl}, {"step", best_step}};
-    return nlohmann::json{{"format", "engine-train-state"},
-                          {"version", kStateVersion},
-                          {"step", step},
-                          {"chunks_consumed", step * o.batch * o.grad_accum * world},
-                          {"loss", loss},
-                          {"recipe", recipe},
-                          {"plan", plan_json},
-                          {"base_model", o.model_dir.string()},
-                          {"base_config", config_json},
-                          {"base_weights_sha256", base_weights_sha256},
-                          {"mask", summary},
-                          {"best", best}};
-  };
-  auto scan = [&](int64_t step) -> absl::Status {
-    if (!base_scan.has_value()) return absl::OkStatus();
-    absl::StatusOr<HeadScan> now =
-        scan_heads(model, backend, data.scan_chunks, targets, &*base_scan);
-    if (!now.ok()) return now.status();
-    nlohmann::json line = now->summary;
-    line["event"] = "scan";
-    line["step"] = step;
-    metrics.write(line);
-    log(absl::StrFormat(
-        "scan  step %d: %d collapsed of %d heads, %d/%d targets not collapsed, "
-        "%d frozen heads drifted (%d inside the surgical layers)",
-        step, line["collapsed"].get<int64_t>(), config.n_layer * config.n_head,
-        line["targets_not_collapsed"].get<int64_t>(), targets.size(),
-        line["drift_inside_zone"].get<int64_t>() + line["drift_outside_zone"].get<int64_t>(),
-        line["drift_inside_zone"].get<int64_t>()));
-    return absl::OkStatus();
-  };
-  auto evaluate = [&](int64_t step) -> absl::StatusOr<std::optional<double>> {
-    if (data.eval_chunks.empty()) {
-      if (absl::Status s = scan(step); !s.ok()) return s;
-      return std::optional<double>();
-    }
-    PerplexityOptions po;
-    po.seq_len = o.seq_len, po.stride = o.seq_len, po.batch = o.batch;
-    absl::StatusOr<PerplexityResult> r = PerplexityResult{};
-    if (comm == nullptr) {
-      r = sliding_window_perplexity(model, backend, data.eval_chunks, po);
-    } else {
-      // Rank r evaluates held-out chunks r, r + N, ...; the sums are then added up.
-      std::vector<std::vector<int32_t>> shard;
-      for (size_t i = static_cast<size_t>(rank); i < data.eval_chunks.size(); i += world) {
-        shard.push_back(data.eval_chunks[i]);
-      }
-      if (!shard.empty()) r = sliding_window_perplexity(model, backend, shard, po);
-      if (!r.ok()) return r.status();
-      double sums[3] = {r->nll_sum, static_cast<double>(r->tokens_scored),
-                        static_cast<double>(r->windows)};
-      if (absl::Status s = comm->all_reduce_sum(sums, 3, absl::StrCat("evaluation at step ", step));
-          !s.ok()) {
-        return s;
-      }
-      r->nll_sum = sums[0];
-      r->tokens_scored = static_cast<int64_t>(sums[1]);
-      r->windows = static_cast<int64_t>(sums[2]);
-    }
-    if (!r.ok()) return r.status();
-    const double ppl = std::exp(r->mean_nll());
-    metrics.write({{"event", "eval"},
-                   {"step", step},
-                   {"eval_nll", r->mean_nll()},
-                   {"eval_ppl", ppl},
-                   {"eval_tokens", r->tokens_scored}});
-    log(absl::StrFormat("eval  step %d: held-out perplexity %.4f over %d tokens", step, ppl,
-                        r->tokens_scored));
-    if (absl::Status s = scan(step); !s.ok()) return s;
-    return std::optional<double>(ppl);
-  };
+  return absl::OkStatus();
+}
 
-  // Rank 0 writes; then every rank learns whether that worked (and, with dist_checksum, that the
-  // weights are identical everywhere) under the start-up timeout, since a write may take long.
-  auto save = [&](const std::string& name, const nlohmann::json& state) -> absl::Status {
-    const absl::Status written =
-        writer ? save_checkpoint(o.out_dir, name, model, trainer, state,
-                                 o.plan.has_value() ? &plan_json : nullptr)
-               : absl::OkStatus();
-    if (comm == nullptr) return written;
-    const double step_timeout = comm->timeout();
-    comm->set_timeout(startup_timeout);
-    absl::StatusOr<bool> all =
-        agree_all(*comm, written.ok(), absl::StrCat("agreement after checkpoint ", name));
-    absl::Status result = !all.ok()       ? all.status()
-                          : !written.ok() ? written
-                          : *all          ? absl::OkStatus()
-                                          : absl::InternalError(absl::StrCat(
-                                       "rank 0 could not write checkpoint ", name,
-                                       " (its message is in rank 0's output)"));
-    if (result.ok() && o.dist_checksum) {
-      const uint64_t sum = checksum64(model.arena.base(), model.arena.size_bytes());
-      result = check_same_value(*comm, sum, absl::StrCat("the weight checksum at ", name));
+nlohmann::json TrainingRun::state_for(int64_t step, double loss) const {
+  nlohmann::json best = nlohmann::json();
+  if (best_ppl_.has_value()) best = {{"ppl", *best_ppl_}, {"step", best_step_}};
+  return nlohmann::json{{"format", "engine-train-state"},
+                        {"version", kStateVersion},
+                        {"step", step},
+                        {"chunks_consumed", step * o_.batch * o_.grad_accum * world_},
+                        {"loss", loss},
+                        {"recipe", recipe_},
+                        {"plan", plan_json()},
+                        {"base_model", o_.model_dir.string()},
+                        {"base_config", config_json_},
+                        {"base_weights_sha256", base_weights_sha256_},
+                        {"mask", summary_},
+                        {"best", best}};
+}
+
+absl::Status TrainingRun::scan(int64_t step) {
+  if (o_.scan == nullptr) return absl::OkStatus();
+  absl::StatusOr<TrainingScan::Line> now = o_.scan->scan(model_, backend_, step);
+  if (!now.ok()) return now.status();
+  nlohmann::json line = std::move(now->fields);
+  line["event"] = "scan";
+  line["step"] = step;
+  metrics_.write(line);
+  log(now->log);
+  return absl::OkStatus();
+}
+
+// The held-out perplexity sums; with several ranks, rank r evaluates held-out chunks r, r + N,
+// ... and the sums are then added up.
+absl::StatusOr<PerplexityResult> TrainingRun::held_out_perplexity(int64_t step) {
+  PerplexityOptions po;
+  po.seq_len = o_.seq_len, po.stride = o_.seq_len, po.batch = o_.batch;
+  if (comm_ == nullptr) return sliding_window_perplexity(model_, backend_, data_.eval_chunks, po);
+  absl::StatusOr<PerplexityResult> r = PerplexityResult{};
+  std::vector<std::vector<int32_t>> shard;
+  for (size_t i = static_cast<size_t>(rank_); i < data_.eval_chunks.size(); i += world_) {
+    shard.push_back(data_.eval_chunks[i]);
+  }
+  if (!shard.empty()) r = sliding_window_perplexity(model_, backend_, shard, po);
+  if (!r.ok()) return r.status();
+  double sums[3] = {r->nll_sum, static_cast<double>(r->tokens_scored),
+                    static_cast<double>(r->windows)};
+  if (absl::Status s = comm_->all_reduce_sum(sums, 3, absl::StrCat("evaluation at step ", step));
+      !s.ok()) {
+    return s;
+  }
+  r->nll_sum = sums[0];
+  r->tokens_scored = static_cast<int64_t>(sums[1]);
+  r->windows = static_cast<int64_t>(sums[2]);
+  return r;
+}
+
+// The held-out perplexity (none without held-out data) and the head scan.
+absl::StatusOr<std::optional<double>> TrainingRun::evaluate(int64_t step) {
+  if (data_.eval_chunks.empty()) {
+    if (absl::Status s = scan(step); !s.ok()) return s;
+    return std::optional<double>();
+  }
+  absl::StatusOr<PerplexityResult> r = held_out_perplexity(step);
+  if (!r.ok()) return r.status();
+  const double ppl = std::exp(r->mean_nll());
+  metrics_.write({{"event", "eval"},
+                  {"step", step},
+                  {"eval_nll", r->mean_nll()},
+                  {"eval_ppl", ppl},
+                  {"eval_tokens", r->tokens_scored}});
+  log(absl::StrFormat("eval  step %d: held-out perplexity %.4f over %d tokens", step, ppl,
+                      r->tokens_scored));
+  if (absl::Status s = scan(step); !s.ok()) return s;
+  return std::optional<double>(ppl);
+}
+
+// Rank 0 writes; then every rank learns whether that worked (and, with dist_checksum, that the
+// weights are identical everywhere) under the start-up timeout, since a write may take long.
+absl::Status TrainingRun::save(const std::string& name, const nlohmann::json& state) {
+  const absl::Status written =
+      writer_ ? save_checkpoint(o_.out_dir, name, model_, *trainer_, state,
+                                plan_json().is_null() ? nullptr : &plan_json())
+              : absl::OkStatus();
+  if (comm_ == nullptr) return written;
+  const double step_timeout = comm_->timeout();
+  comm_->set_timeout(startup_timeout_);
+  absl::StatusOr<bool> all =
+      agree_all(*comm_, written.ok(), absl::StrCat("agreement after checkpoint ", name));
+  absl::Status result = !all.ok()       ? all.status()
+                        : !written.ok() ? written
+                        : *all          ? absl::OkStatus()
+                                        : absl::InternalError(absl::StrCat(
+                                     "rank 0 could not write checkpoint ", name,
+                                     " (its message is in rank 0's output)"));
+  if (result.ok() && o_.dist_checksum) {
+    const uint64_t sum = checksum64(model_.arena.base(), model_.arena.size_bytes());
+    result = check_same_value(*comm_, sum, absl::StrCat("the weight checksum at ", name));
+  }
+  comm_->set_timeout(step_timeout);
+  return result;
+}
+
+// One optimizer step with its metrics line, then the evaluation and checkpoints due at it.
+// True: the stop hook ends the run here, without a final checkpoint.
+absl::StatusOr<bool> TrainingRun::optimizer_step(int64_t step) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  if (o_.on_step_start) o_.on_step_start(step);
+  for (int64_t a = 0; a < o_.grad_accum; ++a) {
+    micro_[a] = chunk_micro_batch(
+        *data_.train, shard_first_chunk(step, a, o_.batch, o_.grad_accum, rank_, world_), o_.batch);
+  }
+  const double lr = schedule_.lr(step);
+  absl::StatusOr<StepResult> r = trainer_->step(micro_, lr);
+  if (!r.ok()) {
+    return absl::Status(r.status().code(), absl::StrCat(std::string(r.status().message()),
+                                                        "; last good checkpoint: ", last_good_));
+  }
+  if (comm_ != nullptr && step == start_step_ + 1) comm_->set_timeout(o_.dist_step_timeout_s);
+  last_loss_ = r->loss;
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double tokens_per_s = r->tokens / std::max(seconds, 1e-9);
+  nlohmann::json line = {{"event", "step"},
+                         {"step", step},
+                         {"loss", r->loss},
+                         {"lr", lr},
+                         {"grad_norm", r->grad_norm},
+                         {"tokens", r->tokens},
+                         {"tokens_per_s", tokens_per_s}};
+  if (!r->finite) {
+    line["skipped_nonfinite"] = true;
+    line["nonfinite"] = r->nonfinite;
+  }
+  metrics_.write(line);
+  if (absl::Status s = metrics_.status(); !s.ok()) return with_last_good(s, last_good_);
+  log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total_,
+                      r->loss, lr, r->grad_norm, tokens_per_s,
+                      r->finite ? "" : "  (non-finite, skipped)"));
+  if (o_.progress) o_.progress(step, total_);
+  const bool last = step == total_;
+  if ((o_.eval_every > 0 && step % o_.eval_every == 0) || last) {
+    absl::StatusOr<std::optional<double>> ppl = evaluate(step);
+    if (!ppl.ok()) return ppl.status();
+    evaluated_at_end_ = last;
+    if (ppl->has_value() && (!best_ppl_.has_value() || **ppl < *best_ppl_)) {
+      best_ppl_ = **ppl;
+      best_step_ = step;
+      if (absl::Status s = save("best", state_for(step, last_loss_)); !s.ok()) {
+        return with_last_good(s, last_good_);
+      }
     }
-    comm->set_timeout(step_timeout);
-    return result;
-  };
+  }
+  if (step % checkpoint_every_ == 0 || last) {
+    const std::string name = absl::StrCat("step_", step);
+    if (absl::Status s = save(name, state_for(step, last_loss_)); !s.ok()) {
+      return with_last_good(s, last_good_);
+    }
+    last_good_ = (o_.out_dir / name).string();
+  }
+  return o_.stop_after_step > 0 && step >= o_.stop_after_step && !last;
+}
+
+// After the last step: the evaluation a run resumed at its end still owes, the final checkpoint
+// and the end line.
+absl::Status TrainingRun::finish(TrainRunResult& result) {
+  if (!evaluated_at_end_ && start_step_ >= total_) {
+    absl::StatusOr<std::optional<double>> ppl = evaluate(total_);
+    if (!ppl.ok()) return ppl.status();
+  }
+  result.final_dir = o_.out_dir / "final";
+  if (absl::Status s = save("final", state_for(trainer_->step_count(), last_loss_)); !s.ok()) {
+    return with_last_good(s, last_good_);
+  }
+  metrics_.write({{"event", "end"}, {"step", trainer_->step_count()}, {"loss", last_loss_}});
+  result.steps = trainer_->step_count();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TrainRunResult> TrainingRun::run() {
+  if (absl::Status s = validate_inputs(); !s.ok()) return s;
+  absl::StatusOr<BloomModel> base = prepare_base();
+  if (!base.ok()) return base.status();
+  plan_schedule();
+  if (resume_step_ >= 0) {
+    if (absl::Status s = resume_from_checkpoint(*base); !s.ok()) return s;
+    if (absl::Status s = restore_moved_aside(); !s.ok()) return s;
+  } else {
+    model_ = std::move(*base);
+  }
+  if (absl::Status s = agree_across_ranks(); !s.ok()) return s;
+  if (absl::Status s = start_trainer(); !s.ok()) return s;
 
   TrainRunResult result;
-  double last_loss = resumed_state.is_object() ? resumed_state.value("loss", 0.0) : 0.0;
-  bool evaluated_at_end = false;
-  std::vector<MicroBatch> micro(static_cast<size_t>(o.grad_accum));
-  for (int64_t step = start_step + 1; step <= total; ++step) {
-    const auto t0 = Clock::now();
-    if (o.on_step_start) o.on_step_start(step);
-    for (int64_t a = 0; a < o.grad_accum; ++a) {
-      micro[a] = chunk_micro_batch(
-          *data.train, shard_first_chunk(step, a, o.batch, o.grad_accum, rank, world), o.batch);
-    }
-    const double lr = schedule.lr(step);
-    absl::StatusOr<StepResult> r = trainer.step(micro, lr);
-    if (!r.ok()) {
-      return absl::Status(r.status().code(), absl::StrCat(std::string(r.status().message()),
-                                                          "; last good checkpoint: ", last_good));
-    }
-    if (comm != nullptr && step == start_step + 1) comm->set_timeout(o.dist_step_timeout_s);
-    last_loss = r->loss;
-    const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double tokens_per_s = r->tokens / std::max(seconds, 1e-9);
-    nlohmann::json line = {{"event", "step"},
-                           {"step", step},
-                           {"loss", r->loss},
-                           {"lr", lr},
-                           {"grad_norm", r->grad_norm},
-                           {"tokens", r->tokens},
-                           {"tokens_per_s", tokens_per_s}};
-    if (!r->finite) {
-      line["skipped_nonfinite"] = true;
-      line["nonfinite"] = r->nonfinite;
-    }
-    metrics.write(line);
-    if (absl::Status s = metrics.status(); !s.ok()) return with_last_good(s, last_good);
-    log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total,
-                        r->loss, lr, r->grad_norm, tokens_per_s,
-                        r->finite ? "" : "  (non-finite, skipped)"));
-    if (o.progress) o.progress(step, total);
-    const bool last = step == total;
-    if ((o.eval_every > 0 && step % o.eval_every == 0) || last) {
-      absl::StatusOr<std::optional<double>> ppl = evaluate(step);
-      if (!ppl.ok()) return ppl.status();
-      evaluated_at_end = last;
-      if (ppl->has_value() && (!best_ppl.has_value() || **ppl < *best_ppl)) {
-        best_ppl = **ppl;
-        best_step = step;
-        if (absl::Status s = save("best", state_for(step, last_loss)); !s.ok()) {
-          return with_last_good(s, last_good);
-        }
-      }
-    }
-    if (step % checkpoint_every == 0 || last) {
-      const std::string name = absl::StrCat("step_", step);
-      if (absl::Status s = save(name, state_for(step, last_loss)); !s.ok()) {
-        return with_last_good(s, last_good);
-      }
-      last_good = (o.out_dir / name).string();
-    }
-    if (o.stop_after_step > 0 && step >= o.stop_after_step && !last) {
+  micro_.resize(static_cast<size_t>(o_.grad_accum));
+  for (int64_t step = start_step_ + 1; step <= total_; ++step) {
+    absl::StatusOr<bool> stop = optimizer_step(step);
+    if (!stop.ok()) return stop.status();
+    if (*stop) {
       result.steps = step;
-      result.final_loss = last_loss;
-      result.best_ppl = best_ppl;
+      result.final_loss = last_loss_;
+      result.best_ppl = best_ppl_;
       return result;
     }
   }
-  if (!evaluated_at_end && start_step >= total) {
-    absl::StatusOr<std::optional<double>> ppl = evaluate(total);
-    if (!ppl.ok()) return ppl.status();
-  }
-  result.final_dir = o.out_dir / "final";
-  if (absl::Status s = save("final", state_for(trainer.step_count(), last_loss)); !s.ok()) {
-    return with_last_good(s, last_good);
-  }
-  metrics.write({{"event", "end"}, {"step", trainer.step_count()}, {"loss", last_loss}});
-  result.steps = trainer.step_count();
-  result.final_loss = last_loss;
-  result.best_ppl = best_ppl;
+  if (absl::Status s = finish(result); !s.ok()) return s;
+  result.final_loss = last_loss_;
+  result.best_ppl = best_ppl_;
   return result;
+}
+
+}  // namespace
+
+absl::StatusOr<TrainRunResult> run_training(const TrainRunOptions& options, const TrainData& data,
+                                            Backend& backend) {
+  TrainingRun run(options, data, backend);
+  return run.run();
 }
 
 }  // namespace engine

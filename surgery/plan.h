@@ -19,14 +19,6 @@ enum class QkvWeightInit { kXavierUniform, kXavierNormal, kKeep };
 enum class QkvBiasInit { kZero, kKeep };
 enum class DenseColumnsInit { kZero, kKeep };
 
-// Which slices of each target head the optimizer may change.
-struct TrainableSlices {
-  bool qkv_weight = true;
-  bool qkv_bias = true;
-  bool dense_columns = true;
-  bool operator==(const TrainableSlices&) const = default;
-};
-
 struct SurgeryPlan {
   static constexpr int kVersion = 1;
   std::vector<HeadTarget> targets;

@@ -15,6 +15,7 @@
 #include "model/pretrain.h"
 #include "surgery/report_compare.h"
 #include "surgery/repair_report.h"
+#include "surgery/surgery_training.h"
 
 namespace engine {
 namespace fs = std::filesystem;
@@ -182,22 +183,68 @@ absl::StatusOr<PassSummary> pass_summary_from_json(const nlohmann::json& j,
   return p;
 }
 
-absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const RepairData& data,
-                                        Backend& backend) {
-  auto log = [&](const std::string& line) {
-    if (options.log) options.log(line);
-  };
-  // --- validate everything before any work -----------------------------------------------------
+namespace {
+
+// One repair, in steps: validate the inputs, then per pass either read a finished pass back or
+// run it (diagnose, select the heads, train with surgery, re-diagnose and compare), record it,
+// and at the end write the final model, repair.json and the report.
+class RepairRun {
+ public:
+  RepairRun(const RepairOptions& options, const RepairData& data, Backend& backend)
+      : options_(options), data_(data), backend_(backend), current_(options.model_dir) {}
+
+  absl::StatusOr<RepairResult> run();
+
+ private:
+  void log(const std::string& line) const {
+    if (options_.log) options_.log(line);
+  }
+  absl::Status validate_inputs();
+  absl::StatusOr<RepairPassView> read_finished_pass(const fs::path& dir,
+                                                    const std::string& tag) const;
+  // A new pass; nullopt when there is nothing to repair (then result_.stop_reason says why).
+  absl::StatusOr<std::optional<RepairPassView>> run_pass(int64_t k, const fs::path& dir,
+                                                         const std::string& tag);
+  absl::StatusOr<DiagnosisReport> diagnose_before(const fs::path& dir, const std::string& tag,
+                                                  PassSummary& summary);
+  // The pass's targets; nullopt when nothing is selected and there is no fallback.
+  absl::StatusOr<std::optional<std::vector<HeadTarget>>> select_targets(
+      int64_t k, const DiagnosisReport& before, const std::string& tag, PassSummary& summary);
+  absl::StatusOr<TrainRunResult> train_with_surgery(const fs::path& dir, const std::string& tag,
+                                                    const SurgeryPlan& plan);
+  absl::StatusOr<DiagnosisReport> diagnose_after(const fs::path& dir, const std::string& tag,
+                                                 const DiagnosisReport& before,
+                                                 const SurgeryPlan& plan,
+                                                 const TrainRunResult& run, PassSummary& summary);
+  // Shared by fresh and skipped passes; true: no collapsed head left, stop.
+  absl::StatusOr<bool> record_pass(RepairPassView view, const fs::path& dir,
+                                   const std::string& tag);
+  absl::Status write_outputs();
+
+  const RepairOptions& options_;
+  const RepairData& data_;
+  Backend& backend_;
+  std::optional<BloomConfig> input_config_;
+  DiagnoseOptions diagnose_;
+  RepairResult result_;
+  std::vector<RepairPassView> views_;
+  fs::path current_;  // the model the next pass starts from
+  bool trained_any_ = false;
+};
+
+// Everything is checked before any work.
+absl::Status RepairRun::validate_inputs() {
+  const RepairOptions& options = options_;
   if (options.model_dir.empty()) return absl::InvalidArgumentError("repair: --model DIR is required");
   if (options.out_dir.empty()) return absl::InvalidArgumentError("repair: --out DIR is required");
   if (options.passes < 1) {
     return absl::InvalidArgumentError(absl::StrCat("repair: --passes ", options.passes, " < 1"));
   }
   if (absl::Status s = validate_thresholds(options.thresholds); !s.ok()) return s;
-  if (data.train == nullptr || data.train->train_size() == 0) {
+  if (data_.train == nullptr || data_.train->train_size() == 0) {
     return absl::InvalidArgumentError("repair: no training chunk in the data");
   }
-  if (data.scan_sequences.empty()) {
+  if (data_.scan_sequences.empty()) {
     return absl::InvalidArgumentError("repair: no held-out sequence to diagnose on");
   }
   std::error_code ec;
@@ -212,219 +259,290 @@ absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const Repa
   }
   absl::StatusOr<BloomConfig> input_config = load_bloom_config(options.model_dir / "config.json");
   if (!input_config.ok()) return input_config.status();
+  input_config_ = std::move(*input_config);
+  diagnose_.seq_len = options.train.seq_len;
+  diagnose_.batch = options.scan_batch;
+  diagnose_.thresholds = options.thresholds;
+  diagnose_.model_name = options.model_dir.filename().string();
+  return absl::OkStatus();
+}
 
-  DiagnoseOptions diagnose;
-  diagnose.seq_len = options.train.seq_len;
-  diagnose.batch = options.scan_batch;
-  diagnose.thresholds = options.thresholds;
-  diagnose.model_name = options.model_dir.filename().string();
+absl::StatusOr<RepairPassView> RepairRun::read_finished_pass(const fs::path& dir,
+                                                             const std::string& tag) const {
+  absl::StatusOr<nlohmann::json> pj = read_json_file(dir / kPassFile);
+  if (!pj.ok()) return pj.status();
+  absl::StatusOr<PassSummary> summary = pass_summary_from_json(*pj, (dir / kPassFile).string());
+  if (!summary.ok()) return summary.status();
+  absl::StatusOr<DiagnosisReport> before = load_report((dir / kReportBefore).string());
+  if (!before.ok()) return before.status();
+  absl::StatusOr<DiagnosisReport> after = load_report((dir / kReportAfter).string());
+  if (!after.ok()) return after.status();
+  absl::StatusOr<SurgeryPlan> plan = load_plan((dir / kPlanFile).string());
+  if (!plan.ok()) return plan.status();
+  RepairPassView view;
+  view.summary = *summary;
+  view.before = std::move(*before);
+  view.after = std::move(*after);
+  view.plan = std::move(*plan);
+  log(absl::StrCat(tag, ": finished earlier (", kReportAfter, " exists), skipped"));
+  return view;
+}
 
-  RepairResult result;
-  std::vector<RepairPassView> views;
-  fs::path current = options.model_dir;
-  bool trained_any = false;
-  for (int64_t k = 1; k <= options.passes; ++k) {
-    const fs::path dir = options.out_dir / absl::StrCat("pass_", k);
-    const std::string tag = absl::StrCat("pass ", k);
-    RepairPassView view;
-    if (options.resume && fs::exists(dir / kReportAfter, ec)) {
-      // A finished pass: read it back.
-      absl::StatusOr<nlohmann::json> pj = read_json_file(dir / kPassFile);
-      if (!pj.ok()) return pj.status();
-      absl::StatusOr<PassSummary> summary = pass_summary_from_json(*pj, (dir / kPassFile).string());
-      if (!summary.ok()) return summary.status();
-      absl::StatusOr<DiagnosisReport> before = load_report((dir / kReportBefore).string());
-      if (!before.ok()) return before.status();
-      absl::StatusOr<DiagnosisReport> after = load_report((dir / kReportAfter).string());
-      if (!after.ok()) return after.status();
-      absl::StatusOr<SurgeryPlan> plan = load_plan((dir / kPlanFile).string());
-      if (!plan.ok()) return plan.status();
-      view.summary = *summary;
-      view.before = std::move(*before);
-      view.after = std::move(*after);
-      view.plan = std::move(*plan);
-      log(absl::StrCat(tag, ": finished earlier (", kReportAfter, " exists), skipped"));
-    } else {
-      absl::StatusOr<BloomModel> model = load_model_directory(current);
-      if (!model.ok()) return model.status();
-      log(absl::StrCat(tag, ": diagnosing ", current.string(), " on ", data.scan_sequences.size(),
-                       " held-out sequences"));
-      absl::StatusOr<DiagnosisReport> before =
-          diagnose_sequences(*model, backend, data.scan_sequences, diagnose);
-      if (!before.ok()) return before.status();
-      absl::StatusOr<std::optional<double>> ppl_before =
-          held_out_perplexity(*model, backend, data, options.train);
-      if (!ppl_before.ok()) return ppl_before.status();
-      fs::create_directories(dir, ec);
-      if (ec) return absl::InternalError(absl::StrCat(dir.string(), ": ", ec.message()));
-      if (absl::Status s = write_json_file(dir / kReportBefore, report_to_json(*before)); !s.ok()) {
-        return s;
-      }
-      const HeadCounts& c = before->counts;
-      log(absl::StrFormat("%s: before: %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD", tag,
-                          c.healthy, c.low_entropy, c.sink, c.dead));
-
-      // --- plan ----------------------------------------------------------------------------------
-      PassSummary summary;
-      summary.pass = k;
-      summary.before = before->counts;
-      summary.ppl_before = *ppl_before;
-      std::vector<HeadTarget> targets;
-      absl::StatusOr<std::vector<HeadTarget>> selected = select_heads(*before, options.selection);
-      if (selected.ok()) {
-        targets = std::move(*selected);
-        summary.plan_note = absl::StrCat(
-            options.selection.heads.empty() ? absl::StrCat("--select ", options.selection.select)
-                                            : std::string("--heads"),
-            ": ", targets.size(), " heads");
-      } else if (selected.status().code() != absl::StatusCode::kNotFound) {
-        return absl::Status(selected.status().code(),
-                            absl::StrCat(tag, ": ", std::string(selected.status().message())));
-      } else if (k == 1 && options.fallback_healthy) {
-        int64_t column = 0;
-        targets = healthy_column_targets(*before, &column);
-        summary.fallback_healthy = true;
-        summary.plan_note = absl::StrCat(
-            "nothing selected by --select ", options.selection.select,
-            "; fallback: re-initialising the healthy head column ", column, " in layers ",
-            input_config->n_layer / 2, "-", input_config->n_layer - 1,
-            " (highest mean bos_mass over layers)");
-      } else {
-        result.stop_reason = absl::StrCat(tag, ": nothing to repair (",
-                                          std::string(selected.status().message()), ")");
-        log(result.stop_reason);
-        break;
-      }
-      log(absl::StrCat(tag, ": plan: ", summary.plan_note, " [", targets_text(targets), "]"));
-      SurgeryPlan plan;
-      plan.targets = targets;
-      plan.qkv_weight = options.qkv_init;
-      plan.seed = options.train.seed + static_cast<uint64_t>(k);
-      plan.comment = absl::StrCat("engine repair ", tag, ": ", summary.plan_note);
-      if (absl::Status s = write_json_file(dir / kPlanFile, plan_to_json(plan)); !s.ok()) return s;
-      summary.targets = static_cast<int64_t>(targets.size());
-
-      // --- train with surgery --------------------------------------------------------------------
-      TrainRunOptions train = options.train;
-      train.model_dir = current;
-      train.out_dir = dir / kTrainDir;
-      train.plan = plan;
-      train.resume = options.resume && has_resumable_checkpoint(train.out_dir);
-      if (!train.resume && fs::exists(train.out_dir, ec)) {
-        // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
-        fs::remove_all(train.out_dir, ec);
-        if (ec) return absl::InternalError(absl::StrCat(train.out_dir.string(), ": ", ec.message()));
-      }
-      train.log = [&](const std::string& line) { log(absl::StrCat(tag, ": ", line)); };
-      TrainData train_data;
-      train_data.train = data.train;
-      train_data.eval_chunks = data.eval_chunks;
-      absl::StatusOr<TrainRunResult> run = run_training(train, train_data, backend);
-      if (!run.ok()) {
-        return absl::Status(run.status().code(),
-                            absl::StrCat(tag, ": ", std::string(run.status().message())));
-      }
-      if (run->final_dir.empty()) {
-        return absl::AbortedError(absl::StrCat(tag, ": training stopped before its last step"));
-      }
-      summary.steps = run->steps;
-      summary.chosen_checkpoint = fs::exists(train.out_dir / "best", ec) ? "best" : "final";
-      const fs::path chosen = train.out_dir / summary.chosen_checkpoint;
-
-      // --- re-diagnose ---------------------------------------------------------------------------
-      absl::StatusOr<BloomModel> repaired = load_model_directory(chosen);
-      if (!repaired.ok()) return repaired.status();
-      absl::StatusOr<DiagnosisReport> after =
-          diagnose_sequences(*repaired, backend, data.scan_sequences, diagnose);
-      if (!after.ok()) return after.status();
-      if (summary.chosen_checkpoint == "best") {
-        summary.ppl_after = run->best_ppl;
-      } else {
-        absl::StatusOr<std::optional<double>> p =
-            held_out_perplexity(*repaired, backend, data, options.train);
-        if (!p.ok()) return p.status();
-        summary.ppl_after = *p;
-      }
-      summary.after = after->counts;
-      absl::StatusOr<ReportComparison> comparison =
-          compare_reports(*before, *after, &plan, options.drift_threshold, kReportBefore,
-                          kReportAfter, kPlanFile);
-      if (!comparison.ok()) return comparison.status();
-      summary.drift_outside = static_cast<int64_t>(comparison->drift_outside.size());
-      summary.drift_inside = static_cast<int64_t>(comparison->drift_inside.size());
-      summary.drift_below = static_cast<int64_t>(comparison->drift_below_lowest_target_layer.size());
-      if (absl::Status s = write_json_file(dir / kComparisonFile, comparison_to_json(*comparison));
-          !s.ok()) {
-        return s;
-      }
-      if (absl::Status s = write_json_file(dir / kPassFile, pass_summary_to_json(summary)); !s.ok()) {
-        return s;
-      }
-      if (absl::Status s = write_json_file(dir / kReportAfter, report_to_json(*after)); !s.ok()) {
-        return s;
-      }
-      const HeadCounts& a = after->counts;
-      log(absl::StrFormat("%s: after (%s checkpoint): %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD",
-                          tag, summary.chosen_checkpoint, a.healthy, a.low_entropy, a.sink, a.dead));
-      view.summary = summary;
-      view.before = std::move(*before);
-      view.after = std::move(*after);
-      view.plan = std::move(plan);
-    }
-    // Shared by fresh and skipped passes.
-    absl::StatusOr<ReportComparison> comparison = compare_reports(
-        view.before, view.after, &view.plan, options.drift_threshold, kReportBefore, kReportAfter,
-        kPlanFile);
-    if (!comparison.ok()) return comparison.status();
-    view.comparison = std::move(*comparison);
-    absl::StatusOr<TrainingCurves> curves = read_curves(dir / kTrainDir / "metrics.jsonl");
-    if (!curves.ok()) return curves.status();
-    view.curves = std::move(*curves);
-    current = dir / kTrainDir / view.summary.chosen_checkpoint;
-    trained_any = true;
-    result.passes.push_back(view.summary);
-    const bool nothing_collapsed = view.summary.after.collapsed() == 0;
-    views.push_back(std::move(view));
-    if (nothing_collapsed) {
-      result.stop_reason = absl::StrCat(tag, ": no collapsed head left; stopping");
-      log(result.stop_reason);
-      break;
-    }
+// The diagnosis and perplexity of the pass's input model, written as report_before.json.
+absl::StatusOr<DiagnosisReport> RepairRun::diagnose_before(const fs::path& dir,
+                                                           const std::string& tag,
+                                                           PassSummary& summary) {
+  absl::StatusOr<BloomModel> model = load_model_directory(current_);
+  if (!model.ok()) return model.status();
+  log(absl::StrCat(tag, ": diagnosing ", current_.string(), " on ", data_.scan_sequences.size(),
+                   " held-out sequences"));
+  absl::StatusOr<DiagnosisReport> before =
+      diagnose_sequences(*model, backend_, data_.scan_sequences, diagnose_);
+  if (!before.ok()) return before.status();
+  absl::StatusOr<std::optional<double>> ppl_before =
+      held_out_perplexity(*model, backend_, data_, options_.train);
+  if (!ppl_before.ok()) return ppl_before.status();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat(dir.string(), ": ", ec.message()));
+  if (absl::Status s = write_json_file(dir / kReportBefore, report_to_json(*before)); !s.ok()) {
+    return s;
   }
-  if (result.stop_reason.empty()) {
-    result.stop_reason = absl::StrCat("ran all ", options.passes, " passes");
-  }
+  const HeadCounts& c = before->counts;
+  log(absl::StrFormat("%s: before: %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD", tag, c.healthy,
+                      c.low_entropy, c.sink, c.dead));
+  summary.before = before->counts;
+  summary.ppl_before = *ppl_before;
+  return before;
+}
 
-  // --- final model, summary, report ---------------------------------------------------------------
-  absl::StatusOr<BloomModel> final_model = load_model_directory(current);
+absl::StatusOr<std::optional<std::vector<HeadTarget>>> RepairRun::select_targets(
+    int64_t k, const DiagnosisReport& before, const std::string& tag, PassSummary& summary) {
+  const RepairOptions& options = options_;
+  std::vector<HeadTarget> targets;
+  absl::StatusOr<std::vector<HeadTarget>> selected = select_heads(before, options.selection);
+  if (selected.ok()) {
+    targets = std::move(*selected);
+    summary.plan_note = absl::StrCat(
+        options.selection.heads.empty() ? absl::StrCat("--select ", options.selection.select)
+                                        : std::string("--heads"),
+        ": ", targets.size(), " heads");
+  } else if (selected.status().code() != absl::StatusCode::kNotFound) {
+    return absl::Status(selected.status().code(),
+                        absl::StrCat(tag, ": ", std::string(selected.status().message())));
+  } else if (k == 1 && options.fallback_healthy) {
+    int64_t column = 0;
+    targets = healthy_column_targets(before, &column);
+    summary.fallback_healthy = true;
+    summary.plan_note = absl::StrCat(
+        "nothing selected by --select ", options.selection.select,
+        "; fallback: re-initialising the healthy head column ", column, " in layers ",
+        input_config_->n_layer / 2, "-", input_config_->n_layer - 1,
+        " (highest mean bos_mass over layers)");
+  } else {
+    result_.stop_reason = absl::StrCat(tag, ": nothing to repair (",
+                                       std::string(selected.status().message()), ")");
+    log(result_.stop_reason);
+    return std::optional<std::vector<HeadTarget>>();
+  }
+  return std::optional<std::vector<HeadTarget>>(std::move(targets));
+}
+
+absl::StatusOr<TrainRunResult> RepairRun::train_with_surgery(const fs::path& dir,
+                                                             const std::string& tag,
+                                                             const SurgeryPlan& plan) {
+  std::error_code ec;
+  TrainRunOptions train = options_.train;
+  train.model_dir = current_;
+  train.out_dir = dir / kTrainDir;
+  train.selection = surgery_selection(plan);
+  train.resume = options_.resume && has_resumable_checkpoint(train.out_dir);
+  if (!train.resume && fs::exists(train.out_dir, ec)) {
+    // Left by a run interrupted before its first checkpoint: nothing in it can be resumed.
+    fs::remove_all(train.out_dir, ec);
+    if (ec) return absl::InternalError(absl::StrCat(train.out_dir.string(), ": ", ec.message()));
+  }
+  train.log = [&](const std::string& line) { log(absl::StrCat(tag, ": ", line)); };
+  TrainData train_data;
+  train_data.train = data_.train;
+  train_data.eval_chunks = data_.eval_chunks;
+  absl::StatusOr<TrainRunResult> run = run_training(train, train_data, backend_);
+  if (!run.ok()) {
+    return absl::Status(run.status().code(),
+                        absl::StrCat(tag, ": ", std::string(run.status().message())));
+  }
+  if (run->final_dir.empty()) {
+    return absl::AbortedError(absl::StrCat(tag, ": training stopped before its last step"));
+  }
+  return run;
+}
+
+// The chosen checkpoint re-diagnosed and compared with the input: comparison.json, pass.json and
+// report_after.json (written last: it marks the pass finished).
+absl::StatusOr<DiagnosisReport> RepairRun::diagnose_after(const fs::path& dir,
+                                                          const std::string& tag,
+                                                          const DiagnosisReport& before,
+                                                          const SurgeryPlan& plan,
+                                                          const TrainRunResult& run,
+                                                          PassSummary& summary) {
+  std::error_code ec;
+  summary.steps = run.steps;
+  summary.chosen_checkpoint = fs::exists(dir / kTrainDir / "best", ec) ? "best" : "final";
+  const fs::path chosen = dir / kTrainDir / summary.chosen_checkpoint;
+  absl::StatusOr<BloomModel> repaired = load_model_directory(chosen);
+  if (!repaired.ok()) return repaired.status();
+  absl::StatusOr<DiagnosisReport> after =
+      diagnose_sequences(*repaired, backend_, data_.scan_sequences, diagnose_);
+  if (!after.ok()) return after.status();
+  if (summary.chosen_checkpoint == "best") {
+    summary.ppl_after = run.best_ppl;
+  } else {
+    absl::StatusOr<std::optional<double>> p =
+        held_out_perplexity(*repaired, backend_, data_, options_.train);
+    if (!p.ok()) return p.status();
+    summary.ppl_after = *p;
+  }
+  summary.after = after->counts;
+  absl::StatusOr<ReportComparison> comparison =
+      compare_reports(before, *after, &plan, options_.drift_threshold, kReportBefore,
+                      kReportAfter, kPlanFile);
+  if (!comparison.ok()) return comparison.status();
+  summary.drift_outside = static_cast<int64_t>(comparison->drift_outside.size());
+  summary.drift_inside = static_cast<int64_t>(comparison->drift_inside.size());
+  summary.drift_below = static_cast<int64_t>(comparison->drift_below_lowest_target_layer.size());
+  if (absl::Status s = write_json_file(dir / kComparisonFile, comparison_to_json(*comparison));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = write_json_file(dir / kPassFile, pass_summary_to_json(summary)); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = write_json_file(dir / kReportAfter, report_to_json(*after)); !s.ok()) {
+    return s;
+  }
+  const HeadCounts& a = after->counts;
+  log(absl::StrFormat("%s: after (%s checkpoint): %d HEALTHY, %d LOW_ENTROPY, %d SINK, %d DEAD",
+                      tag, summary.chosen_checkpoint, a.healthy, a.low_entropy, a.sink, a.dead));
+  return after;
+}
+
+absl::StatusOr<std::optional<RepairPassView>> RepairRun::run_pass(int64_t k, const fs::path& dir,
+                                                                  const std::string& tag) {
+  PassSummary summary;
+  summary.pass = k;
+  absl::StatusOr<DiagnosisReport> before = diagnose_before(dir, tag, summary);
+  if (!before.ok()) return before.status();
+  absl::StatusOr<std::optional<std::vector<HeadTarget>>> targets =
+      select_targets(k, *before, tag, summary);
+  if (!targets.ok()) return targets.status();
+  if (!targets->has_value()) return std::optional<RepairPassView>();
+  log(absl::StrCat(tag, ": plan: ", summary.plan_note, " [", targets_text(**targets), "]"));
+  SurgeryPlan plan;
+  plan.targets = **targets;
+  plan.qkv_weight = options_.qkv_init;
+  plan.seed = options_.train.seed + static_cast<uint64_t>(k);
+  plan.comment = absl::StrCat("engine repair ", tag, ": ", summary.plan_note);
+  if (absl::Status s = write_json_file(dir / kPlanFile, plan_to_json(plan)); !s.ok()) return s;
+  summary.targets = static_cast<int64_t>((*targets)->size());
+
+  absl::StatusOr<TrainRunResult> run = train_with_surgery(dir, tag, plan);
+  if (!run.ok()) return run.status();
+  absl::StatusOr<DiagnosisReport> after = diagnose_after(dir, tag, *before, plan, *run, summary);
+  if (!after.ok()) return after.status();
+  RepairPassView view;
+  view.summary = summary;
+  view.before = std::move(*before);
+  view.after = std::move(*after);
+  view.plan = std::move(plan);
+  return std::optional<RepairPassView>(std::move(view));
+}
+
+absl::StatusOr<bool> RepairRun::record_pass(RepairPassView view, const fs::path& dir,
+                                            const std::string& tag) {
+  absl::StatusOr<ReportComparison> comparison = compare_reports(
+      view.before, view.after, &view.plan, options_.drift_threshold, kReportBefore, kReportAfter,
+      kPlanFile);
+  if (!comparison.ok()) return comparison.status();
+  view.comparison = std::move(*comparison);
+  absl::StatusOr<TrainingCurves> curves = read_curves(dir / kTrainDir / "metrics.jsonl");
+  if (!curves.ok()) return curves.status();
+  view.curves = std::move(*curves);
+  current_ = dir / kTrainDir / view.summary.chosen_checkpoint;
+  trained_any_ = true;
+  result_.passes.push_back(view.summary);
+  const bool nothing_collapsed = view.summary.after.collapsed() == 0;
+  views_.push_back(std::move(view));
+  if (nothing_collapsed) {
+    result_.stop_reason = absl::StrCat(tag, ": no collapsed head left; stopping");
+    log(result_.stop_reason);
+  }
+  return nothing_collapsed;
+}
+
+// The final model, repair.json and report.html.
+absl::Status RepairRun::write_outputs() {
+  const RepairOptions& options = options_;
+  absl::StatusOr<BloomModel> final_model = load_model_directory(current_);
   if (!final_model.ok()) return final_model.status();
-  result.final_dir = options.out_dir / "final";
-  if (absl::Status s = save_model_directory(*final_model, result.final_dir); !s.ok()) return s;
+  result_.final_dir = options.out_dir / "final";
+  if (absl::Status s = save_model_directory(*final_model, result_.final_dir); !s.ok()) return s;
   nlohmann::json passes = nlohmann::json::array();
-  for (const PassSummary& p : result.passes) passes.push_back(pass_summary_to_json(p));
+  for (const PassSummary& p : result_.passes) passes.push_back(pass_summary_to_json(p));
   const nlohmann::json summary = {{"model", options.model_dir.string()},
                                   {"data", options.data_description},
                                   {"version", options.version},
                                   {"commands", options.commands},
                                   {"passes", passes},
-                                  {"trained", trained_any},
-                                  {"stop_reason", result.stop_reason},
-                                  {"final", result.final_dir.string()}};
+                                  {"trained", trained_any_},
+                                  {"stop_reason", result_.stop_reason},
+                                  {"final", result_.final_dir.string()}};
   if (absl::Status s = write_json_file(options.out_dir / kSummaryFile, summary); !s.ok()) return s;
   RepairReportHeader header;
   header.model = options.model_dir.string();
   header.data = options.data_description;
   header.version = options.version;
   header.commands = options.commands;
-  header.stop_reason = result.stop_reason;
+  header.stop_reason = result_.stop_reason;
   header.drift_threshold = options.drift_threshold;
-  result.report_html = options.out_dir / kReportHtml;
-  if (absl::Status s = write_string_atomically(result.report_html,
-                                               render_repair_html(header, views));
-      !s.ok()) {
-    return s;
+  result_.report_html = options.out_dir / kReportHtml;
+  return write_string_atomically(result_.report_html, render_repair_html(header, views_));
+}
+
+absl::StatusOr<RepairResult> RepairRun::run() {
+  if (absl::Status s = validate_inputs(); !s.ok()) return s;
+  for (int64_t k = 1; k <= options_.passes; ++k) {
+    const fs::path dir = options_.out_dir / absl::StrCat("pass_", k);
+    const std::string tag = absl::StrCat("pass ", k);
+    std::error_code ec;
+    RepairPassView view;
+    if (options_.resume && fs::exists(dir / kReportAfter, ec)) {
+      // A finished pass: read it back.
+      absl::StatusOr<RepairPassView> finished = read_finished_pass(dir, tag);
+      if (!finished.ok()) return finished.status();
+      view = std::move(*finished);
+    } else {
+      absl::StatusOr<std::optional<RepairPassView>> fresh = run_pass(k, dir, tag);
+      if (!fresh.ok()) return fresh.status();
+      if (!fresh->has_value()) break;  // nothing to repair
+      view = std::move(**fresh);
+    }
+    absl::StatusOr<bool> stop = record_pass(std::move(view), dir, tag);
+    if (!stop.ok()) return stop.status();
+    if (*stop) break;
   }
-  return result;
+  if (result_.stop_reason.empty()) {
+    result_.stop_reason = absl::StrCat("ran all ", options_.passes, " passes");
+  }
+  if (absl::Status s = write_outputs(); !s.ok()) return s;
+  return std::move(result_);
+}
+
+}  // namespace
+
+absl::StatusOr<RepairResult> run_repair(const RepairOptions& options, const RepairData& data,
+                                        Backend& backend) {
+  RepairRun run(options, data, backend);
+  return run.run();
 }
 
 }  // namespace engine

@@ -51,7 +51,8 @@ struct RepairOptions {
   Thresholds thresholds;
   double drift_threshold = 0.05;
   int64_t scan_batch = 4;
-  // Per-pass training; model_dir, out_dir, plan, resume and log are set by the pipeline.
+  // Per-pass training; model_dir, out_dir, selection (the pass's plan), resume and log are set
+  // by the pipeline.
   TrainRunOptions train;
   bool resume = false;
   // Recorded in the report.

@@ -99,7 +99,7 @@ absl::StatusOr<ReportComparison> compare_reports(const DiagnosisReport& before,
       hc.local_after = a.local_mass.mean;
       hc.class_before = b.cls;
       hc.class_after = a.cls;
-      hc.drifted = std::abs(hc.delta_bos()) > drift_threshold;
+      hc.drifted = head_drifted(hc.bos_before, hc.bos_after, drift_threshold);
       const HeadTarget id{l, h};
       if (hc.class_changed()) c.class_changes.push_back(id);
       if (hc.drifted) {

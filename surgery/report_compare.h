@@ -6,12 +6,12 @@
 // - delta = after - before for bos_mass, entropy and local_mass (the reported means). Each
 //   report's classes are the ones its own thresholds give; `thresholds_match` says whether the
 //   two reports used the same thresholds (a class change is only meaningful when they do).
-// - A head drifts when |delta bos_mass| > drift_threshold (0.05 by default). With a plan, drifting
-//   heads are split into the plan's targets (re-initialised, so movement is expected) and the
-//   others (frozen heads that moved: the side effect to watch); the frozen drifters in layers
-//   below the lowest target layer are listed again, since nothing upstream of them changed and
-//   any drift there points at a bug or at reports of different models. Without a plan every
-//   drifting head is "outside".
+// - A head drifts when |delta bos_mass| > drift_threshold (0.05 by default; surgery/drift.h).
+//   With a plan, drifting heads are split into the plan's targets (re-initialised, so movement
+//   is expected) and the others (frozen heads that moved: the side effect to watch); the frozen
+//   drifters in layers below the lowest target layer are listed again, since nothing upstream of
+//   them changed and any drift there points at a bug or at reports of different models. Without
+//   a plan every drifting head is "outside".
 // - Lists are in (layer, head) order.
 #pragma once
 
@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "surgery/diagnosis.h"
+#include "surgery/drift.h"
 #include "surgery/plan.h"
 
 namespace engine {
@@ -42,7 +43,7 @@ struct HeadComparison {
 };
 
 struct ReportComparison {
-  static constexpr double kDefaultDriftThreshold = 0.05;
+  static constexpr double kDefaultDriftThreshold = engine::kDefaultDriftThreshold;
   int64_t n_layer = 0, n_head = 0;
   double drift_threshold = kDefaultDriftThreshold;
   bool thresholds_match = true;

@@ -22,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "model/checkpoint_manifest.h"
 #include "model/trainer.h"
+#include "surgery/surgery_training.h"
 #include "tests/fixture_reference.h"
 #include "tests/training_data.h"
 
@@ -59,8 +60,8 @@ class CheckpointFaults : public ::testing::Test {
     fs::remove_all(root_);
   }
 
-  TrainRunOptions options(const fs::path& out) const {
-    TrainRunOptions o;
+  SurgeryTrainOptions options(const fs::path& out) const {
+    SurgeryTrainOptions o;
     o.model_dir = kModel;
     o.out_dir = out;
     SurgeryPlan plan;
@@ -74,8 +75,8 @@ class CheckpointFaults : public ::testing::Test {
     o.checkpoint_every = 1;
     return o;
   }
-  absl::StatusOr<TrainRunResult> run(const TrainRunOptions& o) {
-    return run_training(o, data_, *backend_);
+  absl::StatusOr<TrainRunResult> run(const SurgeryTrainOptions& o) {
+    return run_surgery_training(o, data_, *backend_);
   }
 
   // Every entry of OUT is either metrics.jsonl or a complete checkpoint that verifies against its
@@ -98,7 +99,7 @@ class CheckpointFaults : public ::testing::Test {
 };
 
 TEST_F(CheckpointFaults, CheckpointsCarryAManifestOverEveryFile) {
-  TrainRunOptions o = options(root_ / "run");
+  SurgeryTrainOptions o = options(root_ / "run");
   o.steps = 1;
   ASSERT_TRUE(run(o).ok());
   absl::StatusOr<std::optional<Manifest>> m = read_manifest(o.out_dir / "step_1");
@@ -114,7 +115,7 @@ TEST_F(CheckpointFaults, CheckpointsCarryAManifestOverEveryFile) {
 }
 
 TEST_F(CheckpointFaults, ResumeRefusesAFlippedByteNamingTheFile) {
-  TrainRunOptions o = options(root_ / "run");
+  SurgeryTrainOptions o = options(root_ / "run");
   o.stop_after_step = 2;
   ASSERT_TRUE(run(o).ok());
   o.stop_after_step = 0;
@@ -141,10 +142,10 @@ TEST_F(CheckpointFaults, ResumeRefusesAFlippedByteNamingTheFile) {
 // verified, and nothing temporary remains. Resumed with space again (for a sample of n, since
 // each resume re-runs saves that fsync), the run ends byte-identical to an uninterrupted one.
 TEST_F(CheckpointFaults, FailedWritesKeepThePreviousCheckpoint) {
-  TrainRunOptions whole = options(root_ / "whole");
+  SurgeryTrainOptions whole = options(root_ / "whole");
   whole.steps = 2;  // resumed from step_1: saves best/, step_2/ and final/
   ASSERT_TRUE(run(whole).ok());
-  TrainRunOptions first = whole;
+  SurgeryTrainOptions first = whole;
   first.out_dir = root_ / "first";
   first.stop_after_step = 1;
   ASSERT_TRUE(run(first).ok());
@@ -155,7 +156,7 @@ TEST_F(CheckpointFaults, FailedWritesKeepThePreviousCheckpoint) {
   for (int64_t n = 1; n <= kGiveUp && !completed; n += n < kEveryWriteUpTo ? 1 : kStrideAfter) {
     const fs::path out = root_ / absl::StrCat("fail_", n);
     fs::copy(first.out_dir, out, fs::copy_options::recursive);
-    TrainRunOptions o = whole;
+    SurgeryTrainOptions o = whole;
     o.out_dir = out;
     o.resume = true;
     fail_nth_write_for_testing(n);
@@ -194,7 +195,7 @@ TEST_F(CheckpointFaults, FailedWritesKeepThePreviousCheckpoint) {
 // The same with a real full disk: a tmpfs with room for two checkpoints of this run and not a
 // third. Mounting needs privileges the test may not have; then it skips.
 TEST_F(CheckpointFaults, RealFullDiskKeepsThePreviousCheckpoint) {
-  TrainRunOptions probe = options(root_ / "probe");
+  SurgeryTrainOptions probe = options(root_ / "probe");
   probe.steps = 1;
   probe.eval_every = 0;
   ASSERT_TRUE(run(probe).ok());
@@ -215,7 +216,7 @@ TEST_F(CheckpointFaults, RealFullDiskKeepsThePreviousCheckpoint) {
     fs::path at;
     ~Unmount() { ::umount(at.c_str()); }
   } unmount{mount_point};
-  TrainRunOptions o = options(mount_point / "run");
+  SurgeryTrainOptions o = options(mount_point / "run");
   o.eval_every = 0;  // checkpoints step_1, step_2, then step_3 does not fit
   absl::StatusOr<TrainRunResult> r = run(o);
   ASSERT_FALSE(r.ok());
@@ -230,14 +231,14 @@ TEST_F(CheckpointFaults, RealFullDiskKeepsThePreviousCheckpoint) {
 }
 
 TEST_F(CheckpointFaults, ResumeFromAnotherModelIsRefusedNamingBoth) {
-  TrainRunOptions o = options(root_ / "run");
+  SurgeryTrainOptions o = options(root_ / "run");
   o.plan.reset();  // every element trainable: the frozen-element check cannot tell models apart
   o.stop_after_step = 2;
   ASSERT_TRUE(run(o).ok());
   o.stop_after_step = 0;
   o.resume = true;
 
-  TrainRunOptions other_shape = o;
+  SurgeryTrainOptions other_shape = o;
   other_shape.model_dir = kFixtures / "models" / "bloom-h6-l3";
   absl::StatusOr<TrainRunResult> r = run(other_shape);
   ASSERT_FALSE(r.ok());
@@ -255,7 +256,7 @@ TEST_F(CheckpointFaults, ResumeFromAnotherModelIsRefusedNamingBoth) {
   ASSERT_TRUE(w.ok());
   w->as<float>()[5] = std::nextafter(w->as<float>()[5], 2.0f);
   ASSERT_TRUE(save_model_directory(*base, root_ / "other_weights").ok());
-  TrainRunOptions other_weights = o;
+  SurgeryTrainOptions other_weights = o;
   other_weights.model_dir = root_ / "other_weights";
   r = run(other_weights);
   ASSERT_FALSE(r.ok());
@@ -358,7 +359,7 @@ TEST_F(CheckpointFaults, NanGradientIsReportedAtItsStepWithTheTensorNamed) {
 
 // Through a whole run: the error also names the last good checkpoint.
 TEST_F(CheckpointFaults, NanGradientInARunNamesTheLastGoodCheckpoint) {
-  TrainRunOptions o = options(root_ / "run");
+  SurgeryTrainOptions o = options(root_ / "run");
   o.plan.reset();  // the plan would freeze the element the fault goes into
   absl::StatusOr<BloomModel> model = load_model_directory(kModel);
   ASSERT_TRUE(model.ok());

@@ -16,6 +16,7 @@
 #include "model/model_directory.h"
 #include "engine/frozen_mask.h"
 #include "surgery/head_surgery.h"
+#include "surgery/surgery_training.h"
 #include "tests/fixture_reference.h"
 
 namespace engine {
@@ -84,7 +85,7 @@ TEST(MemoryEstimate, MatchesWhatTheCpuTrainerHolds) {
     ASSERT_TRUE(mask.ok()) << mask.status();
     TrainingMemoryShape shape;
     shape.batch = batch, shape.seq = seq, shape.recompute = k.recompute;
-    absl::StatusOr<TrainingMemoryPlan> m = plan_training_memory(c, full ? nullptr : &plan, shape);
+    absl::StatusOr<TrainingMemoryPlan> m = plan_surgery_training_memory(c, full ? nullptr : &plan, shape);
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ(m->parameters, model->arena.parameter_elements());
     EXPECT_EQ(m->trainable, mask->trainable_count());
@@ -110,7 +111,7 @@ TEST(MemoryEstimate, PublishedCaseFitsASixteenGigabyteGpu) {
   TrainingMemoryShape shape;
   shape.batch = 1, shape.seq = 512, shape.recompute = true;
   shape.weight_bytes = 2, shape.activation_bytes = 2;
-  absl::StatusOr<TrainingMemoryPlan> m = plan_training_memory(c, &plan, shape);
+  absl::StatusOr<TrainingMemoryPlan> m = plan_surgery_training_memory(c, &plan, shape);
   ASSERT_TRUE(m.ok()) << m.status();
   // Per head: its Q, K, V rows of the fused weight (3 x 128 x 2048) and bias, and its 128
   // columns of the dense weight (2048 x 128).
@@ -120,7 +121,7 @@ TEST(MemoryEstimate, PublishedCaseFitsASixteenGigabyteGpu) {
   EXPECT_GT(gib, 3.2) << m->table();   // at least the bf16 weights (1.7 G parameters)
   // Without recomputation the kept activations grow, but stay far below the weights.
   shape.recompute = false;
-  absl::StatusOr<TrainingMemoryPlan> kept = plan_training_memory(c, &plan, shape);
+  absl::StatusOr<TrainingMemoryPlan> kept = plan_surgery_training_memory(c, &plan, shape);
   ASSERT_TRUE(kept.ok());
   EXPECT_GT(line_bytes(*kept, "activations (blocks)"), line_bytes(*m, "activations (blocks)"));
 }
@@ -129,12 +130,12 @@ TEST(MemoryEstimate, RejectsPlansOutsideTheModelAndEmptyShapes) {
   BloomConfig c;
   c.vocab_size = 100, c.hidden_size = 64, c.n_layer = 2, c.n_head = 4;
   const SurgeryPlan bad = plan_of({{2, 0}});
-  absl::StatusOr<TrainingMemoryPlan> m = plan_training_memory(c, &bad, TrainingMemoryShape{});
+  absl::StatusOr<TrainingMemoryPlan> m = plan_surgery_training_memory(c, &bad, TrainingMemoryShape{});
   ASSERT_FALSE(m.ok());
   EXPECT_NE(m.status().message().find("layer"), std::string::npos) << m.status();
   TrainingMemoryShape empty;
   empty.seq = 0;
-  EXPECT_FALSE(plan_training_memory(c, nullptr, empty).ok());
+  EXPECT_FALSE(plan_surgery_training_memory(c, nullptr, empty).ok());
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "surgery/head_surgery.h"
+#include "surgery/head_scan.h"
+#include "surgery/surgery_training.h"
 #include "tests/fixture_reference.h"
 #include "tests/training_data.h"
 
@@ -230,8 +232,8 @@ class TrainRunTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root_); }
 
-  TrainRunOptions options(const std::string& out) const {
-    TrainRunOptions o;
+  SurgeryTrainOptions options(const std::string& out) const {
+    SurgeryTrainOptions o;
     o.model_dir = kFixtures / "models" / "bloom-h4-l2";
     o.out_dir = root_ / out;
     o.plan = plan_for({{0, 3}, {1, 2}}, false);
@@ -253,22 +255,22 @@ TEST_F(TrainRunTest, ResumeEndsBitIdenticalToAnUninterruptedRun) {
   const ChunkedDataset ds = make_dataset();
   const TrainData data = data_of(ds);
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  absl::StatusOr<TrainRunResult> whole = run_training(options("whole"), data, *backend);
+  absl::StatusOr<TrainRunResult> whole = run_surgery_training(options("whole"), data, *backend);
   ASSERT_TRUE(whole.ok()) << whole.status();
   EXPECT_EQ(whole->steps, 6);
   ASSERT_TRUE(whole->best_ppl.has_value());
 
-  TrainRunOptions first = options("split");
+  SurgeryTrainOptions first = options("split");
   first.stop_after_step = 3;  // killed after step 3; the last checkpoint is step_2
-  ASSERT_TRUE(run_training(first, data, *backend).ok());
+  ASSERT_TRUE(run_surgery_training(first, data, *backend).ok());
   EXPECT_TRUE(fs::exists(root_ / "split" / "step_2" / "trainer_state.json"));
   EXPECT_FALSE(fs::exists(root_ / "split" / "final"));
   // As if killed between moving the old best/ aside and renaming the new one into place.
   fs::rename(root_ / "split" / "best", root_ / "split" / ".old-best");
-  TrainRunOptions second = options("split");
+  SurgeryTrainOptions second = options("split");
   second.resume = true;
   second.recompute = true;  // recomputation changes memory, not results
-  absl::StatusOr<TrainRunResult> resumed = run_training(second, data, *backend);
+  absl::StatusOr<TrainRunResult> resumed = run_surgery_training(second, data, *backend);
   ASSERT_TRUE(resumed.ok()) << resumed.status();
   EXPECT_EQ(resumed->steps, 6);
   for (const char* file : {"final/model.safetensors", "final/optimizer.bin",
@@ -319,15 +321,15 @@ TEST_F(TrainRunTest, ResumeWithoutACheckpointStartsOver) {
   const ChunkedDataset ds = make_dataset();
   const TrainData data = data_of(ds);
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  TrainRunOptions o = options("early");
+  SurgeryTrainOptions o = options("early");
   o.steps = 3;
   o.stop_after_step = 1;
-  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  ASSERT_TRUE(run_surgery_training(o, data, *backend).ok());
   ASSERT_TRUE(fs::exists(o.out_dir / "metrics.jsonl"));
   o.stop_after_step = 0;
-  EXPECT_FALSE(run_training(o, data, *backend).ok());  // without --resume: refused
+  EXPECT_FALSE(run_surgery_training(o, data, *backend).ok());  // without --resume: refused
   o.resume = true;
-  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  absl::StatusOr<TrainRunResult> r = run_surgery_training(o, data, *backend);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->steps, 3);
   EXPECT_TRUE(fs::exists(o.out_dir / "final" / "model.safetensors"));
@@ -340,16 +342,16 @@ TEST_F(TrainRunTest, ResumeWithoutACheckpointStartsOver) {
 // the surgical zone) sees layer 0's changed output.
 TEST_F(TrainRunTest, ScanReportsRevivedTargetsAndDriftOnlyDownstream) {
   const ChunkedDataset ds = make_dataset();
-  TrainData data = data_of(ds);
+  const TrainData data = data_of(ds);
+  SurgeryTrainOptions o = options("scan");
   const CaseData d = load_case(Reference("bloom-h4-l2"), "batch");
   for (int64_t b = 0; b + 1 < d.batch; ++b) {  // the rows that start with <s>
-    data.scan_chunks.emplace_back(d.ids.begin() + b * d.seq, d.ids.begin() + (b + 1) * d.seq);
+    o.scan_chunks.emplace_back(d.ids.begin() + b * d.seq, d.ids.begin() + (b + 1) * d.seq);
   }
   std::unique_ptr<Backend> backend = make_cpu_backend();
-  TrainRunOptions o = options("scan");
   o.plan = plan_for({{0, 2}, {0, 3}}, false);
   o.steps = 4;
-  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  ASSERT_TRUE(run_surgery_training(o, data, *backend).ok());
   std::ifstream in(o.out_dir / "metrics.jsonl");
   std::vector<nlohmann::json> scans;
   for (std::string line; std::getline(in, line);) {
@@ -390,44 +392,44 @@ TEST_F(TrainRunTest, BadInputsFailBeforeAnyWork) {
   const TrainData data = data_of(ds);
   std::unique_ptr<Backend> backend = make_cpu_backend();
 
-  TrainRunOptions o = options("out_layer");
+  SurgeryTrainOptions o = options("out_layer");
   o.plan = plan_for({{5, 0}}, false);  // a plan for a deeper model
-  absl::StatusOr<TrainRunResult> r = run_training(o, data, *backend);
+  absl::StatusOr<TrainRunResult> r = run_surgery_training(o, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("layer 5"), absl::string_view::npos) << r.status();
   EXPECT_FALSE(fs::exists(o.out_dir));
 
   o = options("out_head");
   o.plan = plan_for({{0, 4}}, false);  // head 4 of a 4-head model
-  r = run_training(o, data, *backend);
+  r = run_surgery_training(o, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("head 4"), absl::string_view::npos) << r.status();
 
   o = options("a_file");
   std::ofstream(o.out_dir) << "not a directory";
-  r = run_training(o, data, *backend);
+  r = run_surgery_training(o, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not a directory"), absl::string_view::npos) << r.status();
 
   // A finished run resumed with another plan, another model, or another recipe.
   o = options("done");
   o.steps = 2;
-  ASSERT_TRUE(run_training(o, data, *backend).ok());
+  ASSERT_TRUE(run_surgery_training(o, data, *backend).ok());
   const std::string metrics_before = read(o.out_dir / "metrics.jsonl");
-  TrainRunOptions again = o;
-  r = run_training(again, data, *backend);
+  SurgeryTrainOptions again = o;
+  r = run_surgery_training(again, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("--resume"), absl::string_view::npos) << r.status();
   again.resume = true;
   again.plan = plan_for({{0, 1}}, false);
-  r = run_training(again, data, *backend);
+  r = run_surgery_training(again, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("different surgery plan"), absl::string_view::npos)
       << r.status();
   again = o;
   again.resume = true;
   again.model_dir = kFixtures / "models" / "bloom-h6-l3";
-  r = run_training(again, data, *backend);
+  r = run_surgery_training(again, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("different model configuration"), absl::string_view::npos)
       << r.status();
@@ -441,14 +443,14 @@ TEST_F(TrainRunTest, BadInputsFailBeforeAnyWork) {
   again = o;
   again.resume = true;
   again.model_dir = root_ / "other_model";
-  r = run_training(again, data, *backend);
+  r = run_surgery_training(again, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("different base model"), absl::string_view::npos)
       << r.status();
   again = o;
   again.resume = true;
   again.lr = 1e-4;
-  r = run_training(again, data, *backend);
+  r = run_surgery_training(again, data, *backend);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("training recipe: lr"), absl::string_view::npos)
       << r.status();
