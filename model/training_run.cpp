@@ -15,6 +15,7 @@
 #include "model/perplexity.h"
 #include "model/trainer.h"
 #include "model/training_checkpoint.h"
+#include "model/training_metrics.h"
 
 namespace engine {
 
@@ -102,55 +103,6 @@ absl::Status with_last_good(const absl::Status& s, const std::string& last_good)
   return absl::Status(s.code(),
                       absl::StrCat(std::string(s.message()), "; last good checkpoint: ", last_good));
 }
-
-// Appends one JSON object per line, flushed at once, so a killed run leaves whole lines.
-class MetricsLog {
- public:
-  // keep_through_step >= 0 (a resume from step_N): lines of the earlier run about steps after N
-  // are dropped first (atomically), since those steps run again and are logged anew; the log
-  // stays one history, each step once. A line cut short by a kill is dropped too.
-  absl::Status open(const fs::path& file, int64_t keep_through_step = -1) {
-    path_ = file;
-    std::error_code ec;
-    if (keep_through_step >= 0 && fs::exists(file, ec)) {
-      std::ifstream in(file);
-      std::string kept, line;
-      bool dropped = false;
-      while (std::getline(in, line)) {
-        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-        const auto step = j.is_object() ? j.find("step") : j.end();
-        if (!j.is_object() || (step != j.end() && step->is_number_integer() &&
-                               step->get<int64_t>() > keep_through_step)) {
-          dropped = true;
-          continue;
-        }
-        kept += line;
-        kept += '\n';
-      }
-      if (dropped) {
-        if (absl::Status s = write_string_atomically(file, kept); !s.ok()) return s;
-      }
-    }
-    stream_.open(file, std::ios::app);
-    if (!stream_)
-      return absl::InternalError(absl::StrCat(file.string(), ": cannot open for append"));
-    return absl::OkStatus();
-  }
-  void write(const nlohmann::json& j) {
-    if (!stream_.is_open()) return;
-    stream_ << j.dump() << '\n';
-    stream_.flush();
-  }
-  // An error once a write failed (e.g. a full disk), so the run stops instead of losing lines.
-  absl::Status status() const {
-    if (!stream_.is_open() || stream_.good()) return absl::OkStatus();
-    return absl::DataLossError(absl::StrCat(path_.string(), ": write failed (disk full?)"));
-  }
-
- private:
-  fs::path path_;
-  std::ofstream stream_;
-};
 
 absl::StatusOr<nlohmann::json> read_json(const fs::path& file) {
   std::ifstream in(file);
