@@ -21,33 +21,15 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/ops.h"
+#include "tests/cuda_device_buffer.h"
 
 namespace engine {
 namespace {
 
 using cuda::StorageType;
 
-// Device copy of a host vector, owned by the test; read() copies back.
 template <typename T>
-struct Device {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit Device(size_t count) : n(count) {
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemset(ptr, 0, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-  }
-  explicit Device(const std::vector<T>& host) : Device(host.size()) {
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  Device(const Device&) = delete;
-  ~Device() { cudaFree(ptr); }
-  std::vector<T> read() const {
-    std::vector<T> out(n);
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-};
+using Device = test_support::DeviceBuffer<T>;
 
 std::vector<float> random_vector(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

@@ -21,30 +21,13 @@
 
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "tests/cuda_device_buffer.h"
 
 namespace engine::cuda {
 namespace {
 
-// Device copy of a host vector, owned by the test.
 template <typename T>
-struct Buffer {
-  T* ptr = nullptr;
-  size_t n = 0;
-  explicit Buffer(size_t count) : n(count) {
-    EXPECT_EQ(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-    EXPECT_EQ(cudaMemset(ptr, 0, std::max<size_t>(n, 1) * sizeof(T)), cudaSuccess);
-  }
-  explicit Buffer(const std::vector<T>& host) : Buffer(host.size()) {
-    EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  Buffer(const Buffer&) = delete;
-  ~Buffer() { cudaFree(ptr); }
-  std::vector<T> read() const {
-    std::vector<T> out(n);
-    EXPECT_EQ(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-    return out;
-  }
-};
+using Buffer = test_support::DeviceBuffer<T>;
 
 // The launch's error: its code, with the emulator's text (which names the kernel).
 struct LaunchError {

@@ -10,24 +10,12 @@
 #include <vector>
 
 #include "engine/device.h"
+#include "tests/cuda_device_buffer.h"
 
 namespace engine {
 namespace {
 
-// Copies host data to a device buffer owned by the test.
-struct DeviceBuffer {
-  float* ptr = nullptr;
-  explicit DeviceBuffer(const std::vector<float>& host) {
-    cudaMalloc(&ptr, host.size() * sizeof(float));
-    cudaMemcpy(ptr, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  std::vector<float> read(size_t n) const {
-    std::vector<float> out(n);
-    cudaMemcpy(out.data(), ptr, n * sizeof(float), cudaMemcpyDeviceToHost);
-    return out;
-  }
-};
+using DeviceBuffer = test_support::DeviceBuffer<float>;
 
 std::vector<float> random_vector(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -75,7 +63,7 @@ TEST_F(CudaOps, GemmMatchesCpuAllTransposes) {
       p.b = db.ptr;
       p.c = dc.ptr;
       ASSERT_TRUE(gpu_->gemm(p).ok());
-      auto c_gpu = dc.read(m * n);
+      auto c_gpu = dc.read();
       for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
     }
   }
@@ -111,7 +99,7 @@ TEST_F(CudaOps, GemmEpilogueMatchesCpu) {
   p.bias = dbias.ptr;
   p.residual = dres.ptr;
   ASSERT_TRUE(gpu_->gemm(p).ok());
-  auto c_gpu = dc.read(m * n);
+  auto c_gpu = dc.read();
   for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
 }
 
@@ -125,7 +113,7 @@ TEST_F(CudaOps, GeluMatchesFormula) {
   p.x = dx.ptr;
   p.y = dy.ptr;
   ASSERT_TRUE(gpu_->gelu_forward(p).ok());
-  auto y = dy.read(n);
+  auto y = dy.read();
   for (size_t i = 0; i < n; ++i) {
     const double v = x[i];
     const double ref = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));

@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cuda/emulation/block_state.h"
+#include "kernels/cuda/emulation/include/cuda_bf16.h"
+#include "kernels/cuda/emulation/include/cuda_fp16.h"
 
 namespace engine::cuda::emulation {
 
@@ -52,34 +54,8 @@ void check_no_exited_lanes(ThreadState* self, const WarpState& w, const PendingG
 }
 
 float mma_input_value(MmaInput input, uint16_t bits) {
-  uint32_t u;
-  if (input == MmaInput::kBF16) {
-    u = static_cast<uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &u, sizeof f);
-    return f;
-  }
-  // binary16 -> float, exact.
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1fu;
-  uint32_t mantissa = bits & 0x3ffu;
-  if (exponent == 0x1fu) {
-    u = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    u = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    u = sign;
-  } else {
-    int e = -14;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --e;
-    }
-    u = sign | (static_cast<uint32_t>(e + 127) << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
+  return input == MmaInput::kBF16 ? __bfloat162float(__ushort_as_bfloat16(bits))
+                                  : __half2float(__ushort_as_half(bits));
 }
 
 uint16_t half_of(uint32_t reg, int which) {
