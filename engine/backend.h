@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace engine {
 
@@ -139,6 +140,14 @@ class Backend {
   virtual absl::Status alibi_attention_backward(const AlibiAttentionParams& p) = 0;
   virtual absl::Status classifier_cross_entropy(const ClassifierParams& p) = 0;
   virtual absl::Status masked_adamw(const MaskedAdamWParams& p) = 0;
+  // p[index[i]] -= lr * grad_scale * grad[i] over the compact trainable state (no optimizer
+  // state; m, v, betas, eps and weight decay are ignored); with masters, the master is updated
+  // and the arena receives it. For ablations and gradient checks.
+  virtual absl::Status masked_sgd(const MaskedAdamWParams& p) = 0;
+  // sqrt(sum grad[i]^2) over the n values of the compact gradient, accumulated in double in a
+  // fixed order, so the result does not depend on the thread count or scheduling (clipping and
+  // the non-finite check). Reads the result back to the host.
+  virtual absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) = 0;
 };
 
 // The CPU reference backend (fp32, OpenMP, BLAS GEMM).

@@ -6,34 +6,10 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/cpu/adamw.h"
 #include "model/bloom_backward.h"
 #include "model/numeric_faults.h"
 
 namespace engine {
-
-namespace {
-
-// Elements per partial sum of deterministic_norm: large enough to amortise the parallel loop,
-// small enough to spread a surgical trainable set over the threads.
-constexpr int64_t kNormBlock = 1 << 14;
-
-}  // namespace
-
-double deterministic_norm(const float* g, int64_t n) {
-  const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
-  std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t end = std::min(n, (b + 1) * kNormBlock);
-    double s = 0.0;
-    for (int64_t i = b * kNormBlock; i < end; ++i) s += static_cast<double>(g[i]) * g[i];
-    partial[static_cast<size_t>(b)] = s;
-  }
-  double sum = 0.0;
-  for (double p : partial) sum += p;
-  return std::sqrt(sum);
-}
 
 Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
                  OptimizerOptions options)
@@ -90,7 +66,9 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
       return s;
     }
   }
-  r.grad_norm = deterministic_norm(grads_.data(), grads_.size());
+  absl::StatusOr<double> norm = backend_.gradient_norm(grads_.data(), grads_.size());
+  if (!norm.ok()) return norm.status();
+  r.grad_norm = *norm;
   r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (comm_ != nullptr && comm_->world_size() > 1) {
     absl::StatusOr<bool> all =
@@ -137,7 +115,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
       p.weight_decay = static_cast<float>(options_.weight_decay);
       s = backend_.masked_adamw(p);
     } else {
-      s = cpu::masked_sgd(p);
+      s = backend_.masked_sgd(p);
     }
     if (!s.ok()) return s;
   }

@@ -118,9 +118,6 @@ class Trainer {
   StepFaultHook fault_hook_;
 };
 
-// sqrt(sum g^2) in double with a fixed summation order (fixed-size blocks, then the blocks in
-// order), so it does not depend on the thread count or scheduling.
-double deterministic_norm(const float* g, int64_t n);
 
 // What a run trains, without saying where that comes from (surgery/surgery_training.h builds it
 // from a surgery plan). Default (every member empty): every parameter trains, nothing recorded.

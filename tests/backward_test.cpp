@@ -131,6 +131,10 @@ class CountingBackend : public Backend {
     return cpu_->classifier_cross_entropy(p);
   }
   absl::Status masked_adamw(const MaskedAdamWParams& p) override { return cpu_->masked_adamw(p); }
+  absl::Status masked_sgd(const MaskedAdamWParams& p) override { return cpu_->masked_sgd(p); }
+  absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) override {
+    return cpu_->gradient_norm(grad, n);
+  }
 
   int layernorm_backward_calls = 0, gelu_backward_calls = 0, embedding_backward_calls = 0,
       attention_backward_calls = 0, classifier_table_grads = 0;

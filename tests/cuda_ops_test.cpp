@@ -103,6 +103,45 @@ TEST_F(CudaOps, GemmEpilogueMatchesCpu) {
   for (int64_t i = 0; i < m * n; ++i) ASSERT_NEAR(c_gpu[i], c_cpu[i], 1e-4f) << i;
 }
 
+// Masked SGD through both backends: the same update on the listed elements (one product and a
+// subtraction: within 2u of |w| + |lr s g| of each other, u = 2^-24), every other element
+// untouched; the gradient norm of both within 1e-12 relative (double sums of the same squares).
+TEST_F(CudaOps, MaskedSgdAndGradientNormMatchCpu) {
+  const int64_t arena = 300, n = 70;
+  std::vector<int64_t> index(n);
+  for (int64_t i = 0; i < n; ++i) index[i] = 3 * i + 2;
+  const std::vector<float> params = random_vector(arena, 21), grad = random_vector(n, 22);
+  MaskedAdamWParams p;
+  p.n = n, p.index = index.data(), p.lr = 0.05f, p.grad_scale = 0.7f;
+  std::vector<float> cpu_params = params;
+  p.params = cpu_params.data(), p.grad = grad.data();
+  ASSERT_TRUE(cpu_->masked_sgd(p).ok());
+  int64_t* dindex = nullptr;
+  ASSERT_EQ(cudaMalloc(&dindex, n * sizeof(int64_t)), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(dindex, index.data(), n * sizeof(int64_t), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  DeviceBuffer dparams(params), dgrad(grad);
+  MaskedAdamWParams g = p;
+  g.index = dindex, g.params = dparams.ptr, g.grad = dgrad.ptr;
+  ASSERT_TRUE(gpu_->masked_sgd(g).ok());
+  const std::vector<float> got = dparams.read();
+  for (int64_t e = 0; e < arena; ++e) {
+    if (e % 3 != 2 || e >= 3 * n) {
+      ASSERT_EQ(got[e], params[e]) << "frozen element " << e << " moved";
+      continue;
+    }
+    const double step = std::fabs(static_cast<double>(p.lr) * p.grad_scale * grad[(e - 2) / 3]);
+    EXPECT_LE(std::fabs(got[e] - cpu_params[e]), 4.0 / (1 << 24) * (std::fabs(params[e]) + step))
+        << e;
+    EXPECT_NE(got[e], params[e]) << "trainable element " << e << " did not move";
+  }
+  absl::StatusOr<double> want = cpu_->gradient_norm(grad.data(), n);
+  absl::StatusOr<double> norm = gpu_->gradient_norm(dgrad.ptr, n);
+  ASSERT_TRUE(want.ok() && norm.ok()) << want.status() << norm.status();
+  EXPECT_NEAR(*norm, *want, 1e-12 * *want);
+  cudaFree(dindex);
+}
+
 TEST_F(CudaOps, GeluMatchesFormula) {
   const size_t n = 1000;
   auto x = random_vector(n, 3);

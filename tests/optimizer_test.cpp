@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "engine/schedule.h"
 #include "kernels/cpu/adamw.h"
@@ -114,6 +115,27 @@ TEST(MaskedSgd, SubtractsScaledGradient) {
 TEST(GradNorm, IsTheEuclideanNorm) {
   std::vector<float> g = {3.0f, 4.0f, 0.0f, 12.0f};
   EXPECT_DOUBLE_EQ(cpu::global_grad_norm(g.data(), 4), 13.0);
+}
+
+// Clipping and the non-finite check read the norm: it must be the same number with any thread
+// count (fixed blocks summed in order), and the exact norm to double rounding.
+TEST(GradNorm, DoesNotDependOnTheThreadCount) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> g(5 * (1 << 14) + 123);  // several blocks and a partial one
+  for (float& x : g) x = dist(rng);
+  const int threads = omp_get_max_threads();
+  std::vector<double> norms;
+  for (int t : {1, 2, 3}) {
+    omp_set_num_threads(t);
+    norms.push_back(cpu::global_grad_norm(g.data(), static_cast<int64_t>(g.size())));
+  }
+  omp_set_num_threads(threads);
+  EXPECT_EQ(norms[0], norms[1]);
+  EXPECT_EQ(norms[0], norms[2]);
+  long double exact = 0.0L;
+  for (float x : g) exact += static_cast<long double>(x) * x;
+  EXPECT_NEAR(norms[0], std::sqrt(static_cast<double>(exact)), 1e-12 * norms[0]);
 }
 
 TEST(LrSchedule, WarmupThenCosineToZero) {

@@ -14,7 +14,7 @@ absl::Status masked_adamw(const MaskedAdamWParams& p);
 // p[index[i]] -= lr * grad_scale * grad[i] (no state): for ablations and gradient checks.
 absl::Status masked_sgd(const MaskedAdamWParams& p);
 
-// sqrt(sum grad[i]^2), accumulated in double.
+// sqrt(sum grad[i]^2), accumulated in double in a fixed order (independent of the thread count).
 double global_grad_norm(const float* grad, int64_t n);
 
 }  // namespace engine::cpu

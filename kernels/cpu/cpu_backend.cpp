@@ -40,6 +40,12 @@ class CpuBackend final : public Backend {
     return cpu::classifier_cross_entropy(p);
   }
   absl::Status masked_adamw(const MaskedAdamWParams& p) override { return cpu::masked_adamw(p); }
+  absl::Status masked_sgd(const MaskedAdamWParams& p) override { return cpu::masked_sgd(p); }
+  absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) override {
+    if (n < 0) return absl::InvalidArgumentError(absl::StrCat("gradient_norm: n = ", n));
+    if (n > 0 && grad == nullptr) return absl::InvalidArgumentError("gradient_norm: null grad");
+    return cpu::global_grad_norm(grad, n);
+  }
 };
 
 }  // namespace

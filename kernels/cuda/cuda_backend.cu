@@ -71,6 +71,12 @@ class CudaBackend final : public Backend {
   absl::Status masked_adamw(const MaskedAdamWParams& p) override {
     return cuda::masked_adamw(p, cuda::StorageType::kF32, nullptr, kStream);
   }
+  absl::Status masked_sgd(const MaskedAdamWParams& p) override {
+    return cuda::masked_sgd(p, cuda::StorageType::kF32, nullptr, kStream);
+  }
+  absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) override {
+    return cuda::global_grad_norm(grad, n, kStream);
+  }
 
  private:
   static constexpr cudaStream_t kStream = nullptr;  // the legacy default stream

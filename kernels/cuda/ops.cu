@@ -268,6 +268,17 @@ __global__ void masked_adamw_kernel(MaskedAdamWParams p, AdamWStep s, Elem* aren
   *target = from_float<Elem>(w);
 }
 
+template <typename Elem>
+__global__ void masked_sgd_kernel(MaskedAdamWParams p, Elem* arena) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= p.n) return;
+  Elem* target = arena + p.index[i];
+  float w = p.master != nullptr ? p.master[i] : to_float(*target);
+  w -= p.lr * p.grad_scale * p.grad[i];
+  if (p.master != nullptr) p.master[i] = w;
+  *target = from_float<Elem>(w);
+}
+
 // Pass 1: block b sums squares of elements b, b + stride, ... (grid-stride, fixed assignment).
 __global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const float* grad, int64_t n,
                                                                       double* partial) {
@@ -503,6 +514,35 @@ absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void*
       break;
   }
   ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* params16,
+                        cudaStream_t stream) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked SGD: n = ", p.n));
+  void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
+  if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr)) {
+    return absl::InvalidArgumentError("cuda masked SGD: null index, params or grad");
+  }
+  if (storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
+    return absl::InvalidArgumentError("cuda masked SGD: 16-bit parameters need fp32 master copies");
+  }
+  if (p.n == 0) return absl::OkStatus();
+  switch (storage) {
+    case StorageType::kF32:
+      launch_kernel<masked_sgd_kernel<float>>(blocks_for(p.n), kThreads, 0, stream, p,
+                                              static_cast<float*>(arena));
+      break;
+    case StorageType::kBF16:
+      launch_kernel<masked_sgd_kernel<__nv_bfloat16>>(blocks_for(p.n), kThreads, 0, stream, p,
+                                                      static_cast<__nv_bfloat16*>(arena));
+      break;
+    case StorageType::kF16:
+      launch_kernel<masked_sgd_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p,
+                                               static_cast<__half*>(arena));
+      break;
+  }
+  ENGINE_CUDA_LAUNCH_CHECK(masked_sgd_kernel);
   return absl::OkStatus();
 }
 

@@ -60,6 +60,11 @@ absl::Status check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
 absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
                           cudaStream_t stream);
 
+// Masked SGD over the compact trainable state (the CPU's cpu::masked_sgd): arena[index[i]] -=
+// lr * grad_scale * grad[i]; storage and masters as for masked_adamw; m, v are not used.
+absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* params16,
+                        cudaStream_t stream);
+
 // sqrt(sum grad[i]^2) in double over n fp32 values (the compact trainable gradient), for
 // clipping. Reads the result back (synchronises the stream).
 absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream);
