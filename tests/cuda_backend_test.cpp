@@ -577,6 +577,26 @@ TEST_F(CudaKernels, TensorCoreAttentionFromQueryBeginMatchesCpu) {
   }
 }
 
+// StorageType is the engine's DType: the integer types are refused, never launched.
+TEST_F(CudaKernels, IntegerStorageIsRefusedByEveryEntryPoint) {
+  cuda::AttentionParams p;
+  p.storage = DType::kI32;
+  p.batch = 1, p.seq = 4, p.heads = 1, p.head_dim = 64, p.scale = 0.1f;
+  p.qkv = p.out = reinterpret_cast<void*>(256);  // never dereferenced: the check comes first
+  p.slopes = reinterpret_cast<const float*>(256);
+  const absl::Status s = cuda::attention_forward(p);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("F32, BF16 or F16"), std::string::npos) << s;
+  MaskedAdamWParams a;
+  const absl::Status sa = cuda::masked_adamw(a, DType::kU8, nullptr, nullptr);
+  EXPECT_NE(std::string(sa.message()).find("F32, BF16 or F16"), std::string::npos) << sa;
+  cuda::MixedGemmParams g;
+  g.m = g.n = g.k = 1;
+  g.a_type = DType::kI64;
+  const absl::Status sg = cuda::gemm_mixed(nullptr, g);
+  EXPECT_NE(std::string(sg.message()).find("F32, BF16 or F16"), std::string::npos) << sg;
+}
+
 TEST_F(CudaKernels, TensorCoreAttentionRejectsUnsupportedHeadDim) {
   cuda::AttentionParams p;
   p.storage = StorageType::kBF16;

@@ -450,6 +450,10 @@ absl::Status allow_shared_bytes(Kernel kernel, size_t bytes) {
 }
 
 absl::Status check(const AttentionParams& p, const char* op, bool backward) {
+  if (!storage_supported(p.storage)) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": storage must be F32, BF16 or F16, got dtype ",
+                                                   static_cast<int>(p.storage)));
+  }
   if (absl::Status s = check_attention_params(p, op); !s.ok()) return s;
   if (p.storage == StorageType::kF32) {
     if (p.head_dim > kMaxF32HeadDim) {
@@ -593,6 +597,8 @@ absl::Status attention_forward(const AttentionParams& p) {
         return s;
       }
       return shared_forward_tail<__half>(p, a);
+    default:
+      break;  // check() rejects the integer types
   }
   return absl::InvalidArgumentError("cuda attention_forward: unknown storage type");
 }
@@ -625,6 +631,8 @@ absl::Status attention_backward(const AttentionParams& p) {
     case StorageType::kF16:
       if (absl::Status s = backward_prologue<__half>(p, a, delta, uniform_dv); !s.ok()) return s;
       return attention_detail::launch_mma_backward(a, p.storage, p.stream);
+    default:
+      break;  // check() rejects the integer types
   }
   return absl::InvalidArgumentError("cuda attention_backward: unknown storage type");
 }

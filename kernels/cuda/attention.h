@@ -20,10 +20,16 @@
 
 #include "absl/status/status.h"
 #include "engine/backend.h"
+#include "engine/dtype.h"
 
 namespace engine::cuda {
 
-enum class StorageType { kF32, kBF16, kF16 };
+// The engine's one element-type enum (engine/dtype.h). The kernels store kF32, kBF16 or kF16;
+// every entry point rejects the integer types (storage_supported).
+using StorageType = DType;
+inline bool storage_supported(StorageType t) {
+  return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
+}
 
 struct AttentionParams {
   StorageType storage = StorageType::kF32;

@@ -303,6 +303,7 @@ cudaDataType_t cuda_type(StorageType t) {
     case StorageType::kF32: return CUDA_R_32F;
     case StorageType::kBF16: return CUDA_R_16BF;
     case StorageType::kF16: return CUDA_R_16F;
+    default: break;  // rejected by gemm_mixed before it gets here
   }
   return CUDA_R_32F;
 }
@@ -379,6 +380,12 @@ absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p) {
   if (p.m < 0 || p.n < 0 || p.k < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda gemm_mixed: negative size m=", p.m, " n=", p.n, " k=", p.k));
+  }
+  for (StorageType t : {p.a_type, p.b_type, p.c_type}) {
+    if (!storage_supported(t)) {
+      return absl::InvalidArgumentError(absl::StrCat("cuda gemm_mixed: operand types must be F32, BF16 or F16, got dtype ",
+                                                     static_cast<int>(t)));
+    }
   }
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
   ENGINE_CUBLAS_CHECK(cublasGemmEx(
@@ -478,6 +485,10 @@ absl::Status embedding_backward(const EmbeddingParams& p, cudaStream_t stream) {
 absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
                           cudaStream_t stream) {
   if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked AdamW: n = ", p.n));
+  if (!storage_supported(storage)) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda masked AdamW: storage must be F32, BF16 or F16, got dtype ",
+                                                   static_cast<int>(storage)));
+  }
   void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
   if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr || p.m == nullptr ||
                   p.v == nullptr)) {
@@ -512,6 +523,7 @@ absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void*
       launch_kernel<masked_adamw_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p, s,
                                                  static_cast<__half*>(arena));
       break;
+    default: break;  // rejected above
   }
   ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
   return absl::OkStatus();
@@ -520,6 +532,10 @@ absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void*
 absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* params16,
                         cudaStream_t stream) {
   if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked SGD: n = ", p.n));
+  if (!storage_supported(storage)) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda masked SGD: storage must be F32, BF16 or F16, got dtype ",
+                                                   static_cast<int>(storage)));
+  }
   void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
   if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr)) {
     return absl::InvalidArgumentError("cuda masked SGD: null index, params or grad");
@@ -541,6 +557,7 @@ absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* p
       launch_kernel<masked_sgd_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p,
                                                static_cast<__half*>(arena));
       break;
+    default: break;  // rejected above
   }
   ENGINE_CUDA_LAUNCH_CHECK(masked_sgd_kernel);
   return absl::OkStatus();
