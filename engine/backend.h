@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/dtype.h"
 
 namespace engine {
 
@@ -78,20 +79,25 @@ struct HeadStatsAccumulator {
 // Only query rows [query_begin, T) are computed (incremental decoding over a cache of fused QKV
 // rows); the backward requires query_begin = 0. Statistics are added (+=) to the accumulator;
 // stats.rows[b], when given, gains the number of real query rows of batch row b in this call.
+// The one params struct of the attention family on every device: the CPU kernel takes it as is,
+// the CUDA kernels through cuda::AttentionParams (this plus a stream). qkv, out, dout and dqkv
+// hold elements of `storage`; the CPU backend computes kF32, the CUDA kernels kF32, kBF16 and
+// kF16. Everything else is fp32 / int whatever the storage.
 struct AlibiAttentionParams {
+  DType storage = DType::kF32;
   int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
   int64_t query_begin = 0;
   float scale = 0.0f;                    // 1/sqrt(head_dim)
-  const float* qkv = nullptr;            // (B, T, H, 3, D): BLOOM's per-head interleaved Q, K, V
+  const void* qkv = nullptr;             // (B, T, H, 3, D): BLOOM's per-head interleaved Q, K, V
   const float* slopes = nullptr;         // (H)
   const int32_t* positions = nullptr;    // (B, T) key positions (cumsum(mask) - 1); null = derive
   const uint8_t* mask = nullptr;         // (B, T) 1 = real token, 0 = padding; null = all real
-  float* out = nullptr;                  // (B, T - query_begin, H * D); read by the backward
+  void* out = nullptr;                   // (B, T - query_begin, H * D); read by the backward
   float* lse = nullptr;                  // (B, H, T) row log-sum-exp, kept for backward
   HeadStatsAccumulator stats;            // all null = statistics off
   // Backward only.
-  const float* dout = nullptr;           // (B, T, H * D)
-  float* dqkv = nullptr;                 // (B, T, H, 3, D), overwritten
+  const void* dout = nullptr;            // (B, T, H * D)
+  void* dqkv = nullptr;                  // (B, T, H, 3, D), overwritten
 };
 
 // Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the

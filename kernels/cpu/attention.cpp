@@ -64,6 +64,13 @@ struct RowLayout {
   bool real(int64_t j) const { return mask == nullptr || mask[j] != 0; }
 };
 
+// The CPU kernel computes in fp32 storage (the bf16-storage twin of the CUDA path is to come).
+absl::Status check_f32_storage(const AlibiAttentionParams& p, const char* op) {
+  if (p.storage == DType::kF32) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(op, ": the CPU kernel takes F32 storage, got ",
+                                                 dtype_name(p.storage)));
+}
+
 // Positions from the mask when the caller gave none: pos_j = cumsum(mask)_j - 1 for real tokens
 // and 0 for padding, as transformers builds its ALiBi tensor.
 std::vector<int32_t> derive_positions(const AlibiAttentionParams& p) {
@@ -259,6 +266,7 @@ struct ForwardScratch {
 
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
   if (absl::Status s = check_attention_params(p, "alibi_attention_forward"); !s.ok()) return s;
+  if (absl::Status s = check_f32_storage(p, "alibi_attention_forward"); !s.ok()) return s;
   const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
   const int64_t Dp = round_up(D, kLanes);
   const int64_t token_stride = 3 * H * D;  // one token's fused QKV row
@@ -305,7 +313,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
       pack ? static_cast<size_t>(B * H * key_tiles * v_size) : 0);
   // Gathers keys [j0, j0 + nk) of (b, h) into kt (D, kKeyTile) and v (kKeyTile, Dp).
   auto gather_keys = [&](int64_t b, int64_t h, int64_t j0, int64_t nk, float* kt, float* v) {
-    const float* base = p.qkv + b * T * token_stride + h * 3 * D;
+    const float* base = static_cast<const float*>(p.qkv) + b * T * token_stride + h * 3 * D;
     for (int64_t c = 0; c < nk; ++c) {
       const float* k = base + (j0 + c) * token_stride + D;
       for (int64_t d = 0; d < D; ++d) kt[d * kKeyTile + c] = k[d];
@@ -336,7 +344,8 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
       const int64_t b = bh / H, h = bh % H;
       const RowLayout& row = layout[b];
       const float slope = p.slopes[h];
-      const float* base = p.qkv + b * T * token_stride + h * 3 * D;  // q of token 0
+      // q of token 0
+      const float* base = static_cast<const float*>(p.qkv) + b * T * token_stride + h * 3 * D;
       const int64_t i0 = p.query_begin + qt * kQueryTile;
       const int64_t i1 = std::min(i0 + kQueryTile, T);
       const int64_t n = i1 - i0;
@@ -440,7 +449,8 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
       double bos = 0.0, entropy = 0.0, local = 0.0;
       for (int64_t r = 0; r < n; ++r) {
         const int64_t i = i0 + r;
-        float* out = p.out + ((b * q_rows) + (i - p.query_begin)) * out_stride + h * D;
+        float* out = static_cast<float*>(p.out) + ((b * q_rows) + (i - p.query_begin)) * out_stride +
+                     h * D;
         const float sum = sc.row_sum[r];
         if (sum == 0.0f) {
           // See Note [fully padded query rows].
@@ -514,6 +524,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
 
 absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
   if (absl::Status s = check_attention_params(p, "alibi_attention_backward"); !s.ok()) return s;
+  if (absl::Status s = check_f32_storage(p, "alibi_attention_backward"); !s.ok()) return s;
   if (absl::Status s = check_attention_backward_params(p, "alibi_attention_backward"); !s.ok()) {
     return s;
   }
@@ -548,14 +559,17 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
       const int64_t b = bh / H, h = bh % H;
       const RowLayout& row = layout[b];
       const float slope = p.slopes[h];
-      const float* base = p.qkv + b * T * token_stride + h * 3 * D;
-      float* dbase = p.dqkv + b * T * token_stride + h * 3 * D;
+      const float* base = static_cast<const float*>(p.qkv) + b * T * token_stride + h * 3 * D;
+      float* dbase = static_cast<float*>(p.dqkv) + b * T * token_stride + h * 3 * D;
       const float* lse = p.lse + bh * T;
-      auto dout_row = [&](int64_t i) { return p.dout + (b * T + i) * out_stride + h * D; };
+      auto dout_row = [&](int64_t i) {
+        return static_cast<const float*>(p.dout) + (b * T + i) * out_stride + h * D;
+      };
 
       // delta_i = dout_i . out_i = sum_j P_ij (dout_i . v_j), the softmax backward's row term.
       for (int64_t i = 0; i < T; ++i) {
-        delta[i] = dot(dout_row(i), p.out + (b * T + i) * out_stride + h * D, D);
+        const float* out_row = static_cast<const float*>(p.out) + (b * T + i) * out_stride + h * D;
+        delta[i] = dot(dout_row(i), out_row, D);
       }
       std::fill(dq.begin(), dq.end(), 0.0f);
       // Rows before the first real key attend uniformly to all T keys (Note [fully padded query

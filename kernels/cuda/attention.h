@@ -31,20 +31,9 @@ inline bool storage_supported(StorageType t) {
   return t == DType::kF32 || t == DType::kBF16 || t == DType::kF16;
 }
 
-struct AttentionParams {
-  StorageType storage = StorageType::kF32;
-  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
-  int64_t query_begin = 0;               // forward only; the backward requires 0
-  float scale = 0.0f;                    // 1/sqrt(head_dim)
-  const void* qkv = nullptr;             // (B, T, H, 3, D) of `storage`
-  const float* slopes = nullptr;         // (H)
-  const int32_t* positions = nullptr;    // (B, T) or null = derived from the mask
-  const uint8_t* mask = nullptr;         // (B, T) or null = every token real
-  void* out = nullptr;                   // (B, T - query_begin, H * D) of `storage`
-  float* lse = nullptr;                  // (B, H, T); required by the backward
-  HeadStatsAccumulator stats;            // device pointers; all null = statistics off
-  const void* dout = nullptr;            // backward: (B, T, H * D) of `storage`
-  void* dqkv = nullptr;                  // backward: (B, T, H, 3, D) of `storage`, overwritten
+// The attention family's params (engine/backend.h's AlibiAttentionParams: shapes, storage, the
+// pointers, which are device pointers here) and the stream the kernels are enqueued on.
+struct AttentionParams : AlibiAttentionParams {
   cudaStream_t stream = nullptr;
 };
 

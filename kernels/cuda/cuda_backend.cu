@@ -19,14 +19,10 @@
 namespace engine {
 namespace {
 
-cuda::AttentionParams f32_attention(const AlibiAttentionParams& p) {
+// The Backend's attention call on the default stream, storage as the caller gives it.
+cuda::AttentionParams on_default_stream(const AlibiAttentionParams& p) {
   cuda::AttentionParams a;
-  a.storage = cuda::StorageType::kF32;
-  a.batch = p.batch, a.seq = p.seq, a.heads = p.heads, a.head_dim = p.head_dim;
-  a.query_begin = p.query_begin, a.scale = p.scale;
-  a.qkv = p.qkv, a.slopes = p.slopes, a.positions = p.positions, a.mask = p.mask;
-  a.out = p.out, a.lse = p.lse, a.stats = p.stats;
-  a.dout = p.dout, a.dqkv = p.dqkv;
+  static_cast<AlibiAttentionParams&>(a) = p;
   a.stream = nullptr;
   return a;
 }
@@ -60,10 +56,10 @@ class CudaBackend final : public Backend {
     return cuda::embedding_backward(p, kStream);
   }
   absl::Status alibi_attention_forward(const AlibiAttentionParams& p) override {
-    return cuda::attention_forward(f32_attention(p));
+    return cuda::attention_forward(on_default_stream(p));
   }
   absl::Status alibi_attention_backward(const AlibiAttentionParams& p) override {
-    return cuda::attention_backward(f32_attention(p));
+    return cuda::attention_backward(on_default_stream(p));
   }
   absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
     return cuda::classifier_cross_entropy(p, cublas_, kStream);
