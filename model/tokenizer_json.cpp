@@ -110,6 +110,197 @@ absl::StatusOr<Tokenizer> Tokenizer::load(const std::string& path) {
   return from_json(*text, path);
 }
 
+namespace {
+
+// Ids above this are rejected: they would make the id tables absurdly large.
+constexpr uint64_t kMaxId = uint64_t{1} << 24;
+
+// model: byte-level BPE without dropout, prefixes, suffixes or byte fallback.
+absl::Status check_model(const Json& model, const std::string& source) {
+  if (!model.is_object() || model.value("type", "BPE") != "BPE") {
+    return config_error(source, "model.type", "expected BPE");
+  }
+  if (model.contains("dropout") && !model["dropout"].is_null()) {
+    return config_error(source, "model.dropout", "must be null (dropout makes encoding random)");
+  }
+  for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (model.contains(f) && !is_null_or_empty_string(model[f])) {
+      return config_error(source, absl::StrCat("model.", f), "must be null for byte-level BPE");
+    }
+  }
+  if (model.value("byte_fallback", false)) {
+    return config_error(source, "model.byte_fallback", "must be false for byte-level BPE");
+  }
+  return absl::OkStatus();
+}
+
+// model.vocab as id -> token (null where no token has the id); each id at most once. The
+// pointers are to `vocab`'s keys: the caller keeps `vocab` alive while they are used.
+absl::StatusOr<std::vector<const std::string*>> read_vocab(const Json& vocab,
+                                                           const std::string& source) {
+  if (!vocab.is_object() || vocab.empty()) {
+    return config_error(source, "model.vocab", "expected a non-empty object token -> id");
+  }
+  std::vector<const std::string*> id_token;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() >= kMaxId) {
+      return config_error(source, absl::StrCat("model.vocab[\"", it.key(), "\"]"),
+                          "id must be an integer in [0, 2^24)");
+    }
+    const uint32_t id = it.value().get<uint32_t>();
+    if (id >= id_token.size()) id_token.resize(id + 1, nullptr);
+    if (id_token[id] != nullptr) {
+      return config_error(source, absl::StrCat("model.vocab[\"", it.key(), "\"]"),
+                          absl::StrCat("id ", id, " is also used by \"", *id_token[id], "\""));
+    }
+    id_token[id] = &it.key();
+  }
+  return id_token;
+}
+
+// added_tokens into data->added, each consistent with the vocabulary and with each other.
+absl::Status read_added_tokens(const Json& root, const std::vector<const std::string*>& id_token,
+                               const std::string& source, TokenizerData& data) {
+  const Json& added = root.value("added_tokens", Json::array());
+  if (!added.is_array()) return config_error(source, "added_tokens", "expected an array");
+  for (size_t i = 0; i < added.size(); ++i) {
+    const Json& a = added[i];
+    const std::string field = absl::StrCat("added_tokens[", i, "]");
+    if (!a.is_object() || !a.contains("id") || !a["id"].is_number_unsigned() ||
+        a["id"].get<uint64_t>() >= kMaxId || !a.contains("content") || !a["content"].is_string() ||
+        a["content"].get<std::string>().empty()) {
+      return config_error(source, field, "expected {\"id\": integer, \"content\": non-empty string}");
+    }
+    for (const char* flag : {"lstrip", "rstrip", "single_word"}) {
+      if (a.value(flag, false)) {
+        return config_error(source, absl::StrCat(field, ".", flag), "true is not supported");
+      }
+    }
+    AddedToken t{a["content"].get<std::string>(), a["id"].get<uint32_t>(), a.value("special", false)};
+    if (find_invalid_utf8(t.content)) return config_error(source, field, "content is not UTF-8");
+    // One id, one text: decoding an id shared by two added tokens, or by an added token and a
+    // different vocabulary entry, could not give back what was encoded.
+    for (size_t j = 0; j < data.added.size(); ++j) {
+      if (data.added[j].id == t.id) {
+        return config_error(source, field,
+                            absl::StrCat("id ", t.id, " is also used by added_tokens[", j, "] (\"",
+                                         data.added[j].content, "\")"));
+      }
+    }
+    // The vocabulary may hold the token literally ("<s>") or in byte-level form (U+0120 U+0120
+    // for two spaces); either spelling of the same text is consistent.
+    if (t.id < id_token.size() && id_token[t.id] != nullptr && *id_token[t.id] != t.content &&
+        byte_level_to_bytes(*id_token[t.id]) != std::optional<std::string>(t.content)) {
+      return config_error(source, field,
+                          absl::StrCat("id ", t.id, " is model.vocab's \"", *id_token[t.id],
+                                       "\", not \"", t.content, "\""));
+    }
+    data.added.push_back(std::move(t));
+  }
+  return absl::OkStatus();
+}
+
+// The id tables (bytes, known, special, token -> id, the 256 byte ids) from the vocabulary and
+// the added tokens; every byte must have a token.
+absl::Status build_id_tables(const std::vector<const std::string*>& id_token,
+                             const std::string& source, TokenizerData& data) {
+  uint32_t vocab_size = static_cast<uint32_t>(id_token.size());
+  for (const AddedToken& t : data.added) vocab_size = std::max(vocab_size, t.id + 1);
+  data.vocab_size = vocab_size;
+  data.id_bytes.assign(vocab_size, std::string());
+  data.id_known.assign(vocab_size, 0);
+  data.id_special.assign(vocab_size, 0);
+  data.byte_id.fill(kNoId);
+  for (uint32_t id = 0; id < id_token.size(); ++id) {
+    if (id_token[id] == nullptr) continue;
+    const std::string& tok = *id_token[id];
+    data.token_id.emplace(tok, id);
+    data.id_known[id] = 1;
+    if (std::optional<std::string> bytes = byte_level_to_bytes(tok)) {
+      data.id_bytes[id] = *bytes;
+      if (bytes->size() == 1) {
+        uint32_t& slot = data.byte_id[static_cast<unsigned char>((*bytes)[0])];
+        if (slot == kNoId) slot = id;
+      }
+      if (data.ignore_merges) data.whole_piece_id.emplace(*bytes, id);
+    } else {
+      // Not made of byte-level characters (possible for an added token's own entry): it
+      // decodes to its literal UTF-8, as an added token does.
+      data.id_bytes[id] = tok;
+    }
+  }
+  for (const AddedToken& t : data.added) {
+    data.token_id[t.content] = t.id;
+    data.id_known[t.id] = 1;
+    data.id_special[t.id] = t.special ? 1 : 0;
+    data.id_bytes[t.id] = t.content;
+  }
+  for (int b = 0; b < 256; ++b) {
+    if (data.byte_id[b] == kNoId) {
+      return config_error(source, "model.vocab",
+                          absl::StrFormat("no token for byte 0x%02X (byte-level BPE needs all 256)", b));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// model.merges into the merge table, and the fingerprint over vocabulary, merges and added
+// tokens (in that order).
+absl::Status read_merges(const Json& model, const std::vector<const std::string*>& id_token,
+                         const std::string& source, TokenizerData& data) {
+  const Json& merges = model.value("merges", Json::array());
+  if (!merges.is_array()) return config_error(source, "model.merges", "expected an array");
+  data.merges.reserve(merges.size());
+  uint64_t fp = kFnvOffset;
+  fnv1a(fp, "vocab");
+  for (uint32_t id = 0; id < id_token.size(); ++id) {
+    fnv1a_u32(fp, id);
+    if (id_token[id] != nullptr) fnv1a(fp, *id_token[id]);
+    fnv1a(fp, std::string_view("\0", 1));
+  }
+  fnv1a(fp, "merges");
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const Json& m = merges[rank];
+    std::string left, right;
+    if (m.is_string()) {
+      const std::string s = m.get<std::string>();
+      const size_t sp = s.find(' ');
+      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
+        return config_error(source, absl::StrCat("model.merges[", rank, "]"),
+                            absl::StrCat("\"", s, "\" is not two tokens separated by one space"));
+      }
+      left = s.substr(0, sp);
+      right = s.substr(sp + 1);
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+      left = m[0].get<std::string>();
+      right = m[1].get<std::string>();
+    } else {
+      return config_error(source, absl::StrCat("model.merges[", rank, "]"),
+                          "expected \"a b\" or [\"a\", \"b\"]");
+    }
+    auto l = data.token_id.find(left), r = data.token_id.find(right),
+         n = data.token_id.find(left + right);
+    if (l == data.token_id.end() || r == data.token_id.end() || n == data.token_id.end()) {
+      return config_error(source, absl::StrCat("model.merges[", rank, "]"),
+                          absl::StrCat("\"", left, "\", \"", right, "\" or their merge \"", left,
+                                       right, "\" is not in the vocabulary"));
+    }
+    data.merges.insert(l->second, r->second, Merge{static_cast<uint32_t>(rank), n->second});
+    fnv1a_u32(fp, l->second);
+    fnv1a_u32(fp, r->second);
+  }
+  fnv1a(fp, "added");
+  for (const AddedToken& t : data.added) {
+    fnv1a_u32(fp, t.id);
+    fnv1a(fp, t.content);
+    fnv1a(fp, t.special ? std::string_view("\1", 1) : std::string_view("\0", 1));
+  }
+  data.fingerprint = fp;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Tokenizer> Tokenizer::from_json(std::string_view text, const std::string& source) {
   Json root;
   try {
@@ -122,173 +313,17 @@ absl::StatusOr<Tokenizer> Tokenizer::from_json(std::string_view text, const std:
   // default) on a key holding another type) throw: those become the same kind of one-line error.
   auto build = [&]() -> absl::StatusOr<Tokenizer> {
     if (auto s = check_pipeline(root, source); !s.ok()) return s;
-
     const Json& model = root.value("model", Json());
-    if (!model.is_object() || model.value("type", "BPE") != "BPE") {
-      return config_error(source, "model.type", "expected BPE");
-    }
-    if (model.contains("dropout") && !model["dropout"].is_null()) {
-      return config_error(source, "model.dropout", "must be null (dropout makes encoding random)");
-    }
-    for (const char* f : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (model.contains(f) && !is_null_or_empty_string(model[f])) {
-        return config_error(source, absl::StrCat("model.", f), "must be null for byte-level BPE");
-      }
-    }
-    if (model.value("byte_fallback", false)) {
-      return config_error(source, "model.byte_fallback", "must be false for byte-level BPE");
-    }
-
+    if (auto s = check_model(model, source); !s.ok()) return s;
     auto data = std::make_shared<TokenizerData>();
     data->source = source;
     data->ignore_merges = model.value("ignore_merges", false);
-
-    const Json& vocab = model.value("vocab", Json());
-    if (!vocab.is_object() || vocab.empty()) {
-      return config_error(source, "model.vocab", "expected a non-empty object token -> id");
-    }
-    // Ids above this are rejected: they would make the id tables absurdly large.
-    constexpr uint64_t kMaxId = uint64_t{1} << 24;
-    std::vector<const std::string*> id_token;
-    for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-      if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() >= kMaxId) {
-        return config_error(source, absl::StrCat("model.vocab[\"", it.key(), "\"]"),
-                            "id must be an integer in [0, 2^24)");
-      }
-      const uint32_t id = it.value().get<uint32_t>();
-      if (id >= id_token.size()) id_token.resize(id + 1, nullptr);
-      if (id_token[id] != nullptr) {
-        return config_error(source, absl::StrCat("model.vocab[\"", it.key(), "\"]"),
-                            absl::StrCat("id ", id, " is also used by \"", *id_token[id], "\""));
-      }
-      id_token[id] = &it.key();
-    }
-
-    const Json& added = root.value("added_tokens", Json::array());
-    if (!added.is_array()) return config_error(source, "added_tokens", "expected an array");
-    for (size_t i = 0; i < added.size(); ++i) {
-      const Json& a = added[i];
-      const std::string field = absl::StrCat("added_tokens[", i, "]");
-      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_unsigned() ||
-          a["id"].get<uint64_t>() >= kMaxId || !a.contains("content") || !a["content"].is_string() ||
-          a["content"].get<std::string>().empty()) {
-        return config_error(source, field, "expected {\"id\": integer, \"content\": non-empty string}");
-      }
-      for (const char* flag : {"lstrip", "rstrip", "single_word"}) {
-        if (a.value(flag, false)) {
-          return config_error(source, absl::StrCat(field, ".", flag), "true is not supported");
-        }
-      }
-      AddedToken t{a["content"].get<std::string>(), a["id"].get<uint32_t>(), a.value("special", false)};
-      if (find_invalid_utf8(t.content)) return config_error(source, field, "content is not UTF-8");
-      // One id, one text: decoding an id shared by two added tokens, or by an added token and a
-      // different vocabulary entry, could not give back what was encoded.
-      for (size_t j = 0; j < data->added.size(); ++j) {
-        if (data->added[j].id == t.id) {
-          return config_error(source, field,
-                              absl::StrCat("id ", t.id, " is also used by added_tokens[", j, "] (\"",
-                                           data->added[j].content, "\")"));
-        }
-      }
-      // The vocabulary may hold the token literally ("<s>") or in byte-level form (U+0120 U+0120
-      // for two spaces); either spelling of the same text is consistent.
-      if (t.id < id_token.size() && id_token[t.id] != nullptr && *id_token[t.id] != t.content &&
-          byte_level_to_bytes(*id_token[t.id]) != std::optional<std::string>(t.content)) {
-        return config_error(source, field,
-                            absl::StrCat("id ", t.id, " is model.vocab's \"", *id_token[t.id],
-                                         "\", not \"", t.content, "\""));
-      }
-      data->added.push_back(std::move(t));
-    }
-
-    uint32_t vocab_size = static_cast<uint32_t>(id_token.size());
-    for (const AddedToken& t : data->added) vocab_size = std::max(vocab_size, t.id + 1);
-    data->vocab_size = vocab_size;
-    data->id_bytes.assign(vocab_size, std::string());
-    data->id_known.assign(vocab_size, 0);
-    data->id_special.assign(vocab_size, 0);
-    data->byte_id.fill(kNoId);
-    for (uint32_t id = 0; id < id_token.size(); ++id) {
-      if (id_token[id] == nullptr) continue;
-      const std::string& tok = *id_token[id];
-      data->token_id.emplace(tok, id);
-      data->id_known[id] = 1;
-      if (std::optional<std::string> bytes = byte_level_to_bytes(tok)) {
-        data->id_bytes[id] = *bytes;
-        if (bytes->size() == 1) {
-          uint32_t& slot = data->byte_id[static_cast<unsigned char>((*bytes)[0])];
-          if (slot == kNoId) slot = id;
-        }
-        if (data->ignore_merges) data->whole_piece_id.emplace(*bytes, id);
-      } else {
-        // Not made of byte-level characters (possible for an added token's own entry): it
-        // decodes to its literal UTF-8, as an added token does.
-        data->id_bytes[id] = tok;
-      }
-    }
-    for (const AddedToken& t : data->added) {
-      data->token_id[t.content] = t.id;
-      data->id_known[t.id] = 1;
-      data->id_special[t.id] = t.special ? 1 : 0;
-      data->id_bytes[t.id] = t.content;
-    }
-    for (int b = 0; b < 256; ++b) {
-      if (data->byte_id[b] == kNoId) {
-        return config_error(source, "model.vocab",
-                            absl::StrFormat("no token for byte 0x%02X (byte-level BPE needs all 256)", b));
-      }
-    }
-
-    const Json& merges = model.value("merges", Json::array());
-    if (!merges.is_array()) return config_error(source, "model.merges", "expected an array");
-    data->merges.reserve(merges.size());
-    uint64_t fp = kFnvOffset;
-    fnv1a(fp, "vocab");
-    for (uint32_t id = 0; id < id_token.size(); ++id) {
-      fnv1a_u32(fp, id);
-      if (id_token[id] != nullptr) fnv1a(fp, *id_token[id]);
-      fnv1a(fp, std::string_view("\0", 1));
-    }
-    fnv1a(fp, "merges");
-    for (size_t rank = 0; rank < merges.size(); ++rank) {
-      const Json& m = merges[rank];
-      std::string left, right;
-      if (m.is_string()) {
-        const std::string s = m.get<std::string>();
-        const size_t sp = s.find(' ');
-        if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return config_error(source, absl::StrCat("model.merges[", rank, "]"),
-                              absl::StrCat("\"", s, "\" is not two tokens separated by one space"));
-        }
-        left = s.substr(0, sp);
-        right = s.substr(sp + 1);
-      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-        left = m[0].get<std::string>();
-        right = m[1].get<std::string>();
-      } else {
-        return config_error(source, absl::StrCat("model.merges[", rank, "]"),
-                            "expected \"a b\" or [\"a\", \"b\"]");
-      }
-      auto l = data->token_id.find(left), r = data->token_id.find(right),
-           n = data->token_id.find(left + right);
-      if (l == data->token_id.end() || r == data->token_id.end() || n == data->token_id.end()) {
-        return config_error(source, absl::StrCat("model.merges[", rank, "]"),
-                            absl::StrCat("\"", left, "\", \"", right, "\" or their merge \"", left,
-                                         right, "\" is not in the vocabulary"));
-      }
-      data->merges.insert(l->second, r->second,
-                          Merge{static_cast<uint32_t>(rank), n->second});
-      fnv1a_u32(fp, l->second);
-      fnv1a_u32(fp, r->second);
-    }
-    fnv1a(fp, "added");
-    for (const AddedToken& t : data->added) {
-      fnv1a_u32(fp, t.id);
-      fnv1a(fp, t.content);
-      fnv1a(fp, t.special ? std::string_view("\1", 1) : std::string_view("\0", 1));
-    }
-    data->fingerprint = fp;
-
+    const Json vocab = model.value("vocab", Json());  // owns the keys id_token points to
+    absl::StatusOr<std::vector<const std::string*>> id_token = read_vocab(vocab, source);
+    if (!id_token.ok()) return id_token.status();
+    if (auto s = read_added_tokens(root, *id_token, source, *data); !s.ok()) return s;
+    if (auto s = build_id_tables(*id_token, source, *data); !s.ok()) return s;
+    if (auto s = read_merges(model, *id_token, source, *data); !s.ok()) return s;
     // Leftmost-longest matching tries longer contents first at each position.
     std::stable_sort(data->added.begin(), data->added.end(),
                      [](const AddedToken& a, const AddedToken& b) {
