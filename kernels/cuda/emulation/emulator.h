@@ -44,8 +44,8 @@ struct ThreadBody {
 int bad_kernel_argument(const LaunchConfig& config, int index);
 
 // Runs the whole grid and returns when every block has finished (streams are synchronous in the
-// emulator). Returns 0 on success, otherwise a cudaError_t value; the error's text is then
-// available from last_error_detail().
+// emulator). Returns 0 on success, otherwise a cudaError_t value, recorded as the launch's error
+// (cudaGetLastError; cudaGetErrorString gives its reason).
 int launch(const LaunchConfig& config, ThreadBody body);
 
 // Whether `p` points into (or one past the end of) a live device allocation. launch_kernel checks
@@ -53,9 +53,6 @@ int launch(const LaunchConfig& config, ThreadBody body);
 // here, where on a GPU it is an illegal address (pointers inside a params struct are not seen).
 bool is_device_pointer(const void* p);
 
-// The text of the most recent error recorded on this host thread (launch, memory, cuBLAS).
-const char* last_error_detail();
-void set_error_detail(const char* text);
 
 // ---- device-side builtins (valid only inside a kernel) ---------------------------------------
 

@@ -179,10 +179,7 @@ int record_error(int code, std::string detail) {
   return code;
 }
 
-const char* last_error_detail() { return errors.detail.c_str(); }
-
 bool is_device_pointer(const void* p) { return Registry::instance().points_into(p); }
-void set_error_detail(const char* text) { errors.detail = text; }
 
 size_t max_dynamic_shared_bytes(const void* function) {
   AttributeTable& t = attributes();
