@@ -2,11 +2,15 @@
 // kernels/cuda/cuda_backend.cu).
 // Contract: each op takes one plain params struct (pointers, sizes, strides, scalars) built on
 // the host and returns a Status; no op allocates persistent memory or exits the process.
-// Pointers refer to memory of the backend's device; element types are the backend's
-// compute dtype (f32 on the CPU backend). Shapes are written as (B, T, C) comments, with
+// Pointers refer to memory of the backend's device (host memory for the CPU backend, device
+// memory from `allocate` for CUDA); element types are the backend's compute dtype (f32 on the
+// CPU backend). Memory is the one thing a backend hands out: `allocate` / `deallocate` and the
+// copies below (engine/device_array.h wraps them); ops are enqueued in call order and a copy to
+// the host returns after everything enqueued before it has finished. Shapes are written as (B, T, C) comments, with
 // B batch rows, T positions, C hidden width, H heads, D head dim, V vocabulary.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string_view>
@@ -134,6 +138,20 @@ class Backend {
   virtual ~Backend() = default;
   virtual DeviceKind kind() const = 0;
   virtual std::string_view name() const = 0;
+
+  // Device memory: `bytes` zeroed bytes aligned to at least 256 (a ResourceExhausted error
+  // naming the size when the device is full). It is freed by calling the deallocator (null is
+  // fine): a plain function rather than a member, so memory may outlive the Backend object that
+  // handed it out (a model's resident weights destroyed after the command's backend).
+  using Deallocator = void (*)(void*);
+  virtual absl::StatusOr<void*> allocate(size_t bytes) = 0;
+  virtual Deallocator deallocator() const = 0;
+  // Copies between host and device memory and within the device; they follow every op
+  // enqueued before them, and to_host returns once the bytes are on the host.
+  virtual absl::Status copy_to_device(void* device, const void* host, size_t bytes) = 0;
+  virtual absl::Status copy_to_host(void* host, const void* device, size_t bytes) = 0;
+  virtual absl::Status copy_on_device(void* dst, const void* src, size_t bytes) = 0;
+  virtual absl::Status fill_zero(void* device, size_t bytes) = 0;
 
   virtual absl::Status gemm(const GemmParams& p) = 0;
   virtual absl::Status layernorm_forward(const LayerNormParams& p) = 0;

@@ -99,6 +99,18 @@ class CountingBackend : public Backend {
   CountingBackend() : cpu_(make_cpu_backend()) {}
   DeviceKind kind() const override { return cpu_->kind(); }
   std::string_view name() const override { return cpu_->name(); }
+  absl::StatusOr<void*> allocate(size_t bytes) override { return cpu_->allocate(bytes); }
+  Deallocator deallocator() const override { return cpu_->deallocator(); }
+  absl::Status copy_to_device(void* d, const void* h, size_t n) override {
+    return cpu_->copy_to_device(d, h, n);
+  }
+  absl::Status copy_to_host(void* h, const void* d, size_t n) override {
+    return cpu_->copy_to_host(h, d, n);
+  }
+  absl::Status copy_on_device(void* d, const void* s, size_t n) override {
+    return cpu_->copy_on_device(d, s, n);
+  }
+  absl::Status fill_zero(void* d, size_t n) override { return cpu_->fill_zero(d, n); }
   absl::Status gemm(const GemmParams& p) override { return cpu_->gemm(p); }
   absl::Status layernorm_forward(const LayerNormParams& p) override {
     return cpu_->layernorm_forward(p);

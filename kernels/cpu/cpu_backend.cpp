@@ -1,6 +1,10 @@
 // CpuBackend: the reference backend, forwarding to kernels/cpu/<op>.cpp.
+#include <cstdlib>
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
+#include "engine/large_pages.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/ops.h"
 
@@ -11,6 +15,34 @@ class CpuBackend final : public Backend {
  public:
   DeviceKind kind() const override { return DeviceKind::kCpu; }
   std::string_view name() const override { return "cpu"; }
+
+  // "Device" memory is host memory: large buffers on huge pages, as the activations always were.
+  absl::StatusOr<void*> allocate(size_t bytes) override {
+    void* p = allocate_large(bytes > 0 ? bytes : 1, 256);
+    if (p == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cpu: out of memory allocating ", bytes, " bytes"));
+    }
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  Deallocator deallocator() const override { return &std::free; }
+  absl::Status copy_to_device(void* device, const void* host, size_t bytes) override {
+    if (bytes > 0) std::memcpy(device, host, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status copy_to_host(void* host, const void* device, size_t bytes) override {
+    if (bytes > 0) std::memcpy(host, device, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status copy_on_device(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) std::memmove(dst, src, bytes);
+    return absl::OkStatus();
+  }
+  absl::Status fill_zero(void* device, size_t bytes) override {
+    if (bytes > 0) std::memset(device, 0, bytes);
+    return absl::OkStatus();
+  }
   absl::Status gemm(const GemmParams& p) override { return cpu::gemm(p); }
   absl::Status layernorm_forward(const LayerNormParams& p) override {
     return cpu::layernorm_forward(p);

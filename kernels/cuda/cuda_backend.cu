@@ -27,6 +27,12 @@ cuda::AttentionParams on_default_stream(const AlibiAttentionParams& p) {
   return a;
 }
 
+// cudaFree needs no backend object: the allocation knows its device. Errors cannot be reported
+// from a deallocation; one can only follow an earlier error on the device, already returned.
+void free_device_memory(void* p) {
+  if (p != nullptr) cudaFree(p);
+}
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, cublasHandle_t handle) : device_(device), cublas_(handle) {}
@@ -34,6 +40,38 @@ class CudaBackend final : public Backend {
 
   DeviceKind kind() const override { return DeviceKind::kCuda; }
   std::string_view name() const override { return "cuda"; }
+
+  absl::StatusOr<void*> allocate(size_t bytes) override {
+    ENGINE_CUDA_CHECK(cudaSetDevice(device_));
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes > 0 ? bytes : 1) != cudaSuccess) {
+      cudaGetLastError();  // an allocation failure is not sticky; clear it for the next call
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cuda:", device_, ": out of device memory allocating ", bytes, " bytes"));
+    }
+    if (cudaError_t e = cudaMemset(p, 0, bytes); e != cudaSuccess) {
+      cudaFree(p);
+      return absl::InternalError(absl::StrCat("cudaMemset: ", cudaGetErrorString(e)));
+    }
+    return p;
+  }
+  Deallocator deallocator() const override { return &free_device_memory; }
+  absl::Status copy_to_device(void* device, const void* host, size_t bytes) override {
+    if (bytes > 0) ENGINE_CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
+    return absl::OkStatus();
+  }
+  absl::Status copy_to_host(void* host, const void* device, size_t bytes) override {
+    if (bytes > 0) ENGINE_CUDA_CHECK(cudaMemcpy(host, device, bytes, cudaMemcpyDeviceToHost));
+    return absl::OkStatus();
+  }
+  absl::Status copy_on_device(void* dst, const void* src, size_t bytes) override {
+    if (bytes > 0) ENGINE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+    return absl::OkStatus();
+  }
+  absl::Status fill_zero(void* device, size_t bytes) override {
+    if (bytes > 0) ENGINE_CUDA_CHECK(cudaMemset(device, 0, bytes));
+    return absl::OkStatus();
+  }
 
   absl::Status gemm(const GemmParams& p) override {
     ENGINE_CUDA_CHECK(cudaSetDevice(device_));
