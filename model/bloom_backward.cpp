@@ -121,7 +121,7 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
   cl.forward.vocab_chunk = in.vocab_chunk;
   cl.forward.hidden = act.lnf.data();
   cl.forward.embedding = p.embedding.data;
-  cl.forward.targets = in.targets;
+  cl.forward.targets = act.targets.data();
   cl.embedding = p.embedding;
   cl.hidden = lnf;
   cl.dhidden = dhidden;
@@ -157,6 +157,11 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
+  // The tape's gradient buffers and the compact gradient are host memory today.
+  if (backend.kind() != DeviceKind::kCpu) {
+    return absl::UnimplementedError(absl::StrCat(
+        "training on ", std::string(backend.name()), " is not implemented yet (the backward runs on cpu)"));
+  }
   const BloomConfig& c = model.config;
   if (c.n_layer < 1) return absl::InvalidArgumentError("forward_backward: model has no layers");
   absl::StatusOr<GraphParams> params = graph_params(model);
@@ -189,7 +194,9 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   for (int64_t r = 0; r < in.batch * in.seq; ++r) scored += in.targets[r] >= 0 ? 1 : 0;
   ActivationBuffer head_dhidden;
   if (scored > 0 && !grads.any_trainable(params->embedding)) {
-    head_dhidden.resize(static_cast<size_t>(in.batch * in.seq * c.hidden_size));
+    if (absl::Status s = head_dhidden.resize(backend, in.batch * in.seq * c.hidden_size); !s.ok()) {
+      return s;
+    }
     fwd.dhidden = head_dhidden.data();
     fwd.dhidden_scale = static_cast<float>(gradient_scale / static_cast<double>(scored));
   }
@@ -202,14 +209,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   BloomActivations& act = *result->activations;
   result->kept_activation_bytes = activation_bytes(act);
   const int64_t rows = in.batch * in.seq, C = c.hidden_size;
-  const std::vector<float> slopes = alibi_slopes(c.n_head);
   GraphShape shape;
   shape.batch = in.batch, shape.seq = in.seq, shape.hidden = C;
   shape.heads = c.n_head, shape.head_dim = c.head_dim();
   shape.eps = static_cast<float>(c.layer_norm_epsilon);
-  shape.slopes = slopes.data();
+  shape.slopes = act.slopes.data();
   shape.positions = act.positions.data();
-  shape.mask = in.mask;
+  shape.mask = act.mask.empty() ? nullptr : act.mask.data();
   const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
 
   if (!recompute) {
@@ -217,7 +223,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     // input of the lowest block with something trainable (nothing below it needs a gradient).
     Tape tape;
     const int64_t from = fwd.keep_from_layer;
-    int x = from == 0 ? record_embedding(tape, shape, *params, act, in.ids, c.vocab_size,
+    int x = from == 0 ? record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size,
                                          act.blocks[0].x.data())
                       : tape.add_value(from < L ? act.blocks[from].x.data() : act.final_x.data(),
                                        rows * C);
@@ -253,11 +259,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   absl::StatusOr<BloomWeights> weights = bloom_weights(model);
   if (!weights.ok()) return weights.status();
   BlockActivations a;  // one block's recomputed intermediates, reused from the top down
-  ActivationBuffer out(static_cast<size_t>(rows * C));
+  ActivationBuffer out;
+  if (absl::Status s = out.resize(backend, rows * C); !s.ok()) return s;
   for (int64_t l = L - 1; l >= 0 && below[l + 1] != 0; --l) {
     const float* x_in = act.block_inputs.data() + l * rows * C;
     if (absl::Status s = bloom_block_forward(c, weights->blocks[l], backend, in.batch, in.seq,
-                                             act.positions.data(), in.mask, x_in, out.data(), a);
+                                             act.slopes.data(), act.positions.data(), shape.mask,
+                                             x_in, out.data(), a);
         !s.ok()) {
       return s;
     }
@@ -272,7 +280,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (below[0] != 0) {
     Tape tape;
     const int x0 =
-        record_embedding(tape, shape, *params, act, in.ids, c.vocab_size, act.block_inputs.data());
+        record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size, act.block_inputs.data());
     if (absl::Status s = tape.backward_from(backend, grads, x0, dx.data()); !s.ok()) return s;
   }
   result->activations.reset();

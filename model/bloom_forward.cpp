@@ -3,20 +3,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "model/device_model.h"
 
 namespace engine {
 namespace {
 
-absl::StatusOr<const float*> tensor(const BloomModel& model, const std::string& name) {
+// The tensor's address in the arena whose base the backend reads (`base`).
+absl::StatusOr<const float*> tensor(const BloomModel& model, const std::byte* base,
+                                    const std::string& name) {
   absl::StatusOr<TensorView> v = model.arena.view(name);
   if (!v.ok()) return v.status();
   if (v->dtype != DType::kF32) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " is not f32"));
   }
-  return v->as<const float>();
+  return reinterpret_cast<const float*>(base + (v->data - model.arena.base()));
 }
 
 // y = x W^T + bias (+ residual): W is (out, in) as torch.nn.Linear stores it. The bias and the
@@ -43,22 +48,26 @@ absl::Status layernorm(Backend& backend, const float* x, int64_t rows, int64_t w
   return backend.layernorm_forward(p);
 }
 
-void size_block(BlockActivations& a, int64_t rows, int64_t batch, int64_t seq,
-                const BloomConfig& c, bool ln2 = true, bool gelu = true) {
+absl::Status size_block(Backend& backend, BlockActivations& a, int64_t rows, int64_t batch,
+                        int64_t seq, const BloomConfig& c, bool ln2 = true, bool gelu = true) {
   const int64_t C = c.hidden_size;
-  a.x.resize(rows * C);
-  a.ln1.resize(rows * C);
-  a.ln1_mean.resize(rows);
-  a.ln1_rstd.resize(rows);
-  a.qkv.resize(rows * 3 * C);
-  a.attn.resize(rows * C);
-  a.lse.resize(batch * c.n_head * seq);
-  a.x_mid.resize(rows * C);
-  if (ln2) a.ln2.resize(rows * C);
-  a.ln2_mean.resize(rows);
-  a.ln2_rstd.resize(rows);
-  a.fc1.resize(rows * 4 * C);
-  if (gelu) a.gelu.resize(rows * 4 * C);
+  const std::pair<ActivationBuffer*, int64_t> sizes[] = {
+      {&a.x, rows * C},          {&a.ln1, rows * C},       {&a.ln1_mean, rows},
+      {&a.ln1_rstd, rows},       {&a.qkv, rows * 3 * C},   {&a.attn, rows * C},
+      {&a.lse, batch * c.n_head * seq},                    {&a.x_mid, rows * C},
+      {&a.ln2, ln2 ? rows * C : 0},                        {&a.ln2_mean, rows},
+      {&a.ln2_rstd, rows},       {&a.fc1, rows * 4 * C},   {&a.gelu, gelu ? rows * 4 * C : 0}};
+  for (const auto& [buffer, n] : sizes) {
+    if (n == 0) continue;
+    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// A host array's copy in the backend's memory (empty for an empty span).
+template <typename T>
+absl::Status upload(Backend& backend, DeviceArray<T>& to, std::span<const T> from) {
+  return to.upload(backend, from);
 }
 
 // Where one block reads and writes.
@@ -81,8 +90,7 @@ struct BlockCall {
 };
 
 absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockWeights& w,
-                       const std::vector<float>& slopes, const BlockCall& call,
-                       BlockActivations& a) {
+                       const float* slopes, const BlockCall& call, BlockActivations& a) {
   const int64_t C = c.hidden_size, H = c.n_head, D = c.head_dim();
   const int64_t rows = call.batch * call.rows_per_batch;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
@@ -103,7 +111,7 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   ap.query_begin = call.past;
   ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   ap.qkv = call.qkv_store;
-  ap.slopes = slopes.data();
+  ap.slopes = slopes;
   ap.positions = call.positions;
   ap.mask = call.mask;
   ap.out = a.attn.data();
@@ -137,7 +145,7 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
 
 template <typename V>
 int64_t bytes_of(const V& v) {
-  return static_cast<int64_t>(v.size() * sizeof(typename V::value_type));
+  return static_cast<int64_t>(v.size()) * static_cast<int64_t>(sizeof(typename V::value_type));
 }
 
 absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
@@ -171,10 +179,13 @@ absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
 
 }  // namespace
 
-absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
+namespace {
+
+// Every tensor's address in the arena at `base` (the host arena or a backend's copy of it).
+absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte* base) {
   BloomWeights w;
   auto get = [&](const std::string& name, const float** dst) -> absl::Status {
-    absl::StatusOr<const float*> p = tensor(model, name);
+    absl::StatusOr<const float*> p = tensor(model, base, name);
     if (!p.ok()) return p.status();
     *dst = *p;
     return absl::OkStatus();
@@ -211,6 +222,19 @@ absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
     if (absl::Status s = get(n.name, n.dst); !s.ok()) return s;
   }
   return w;
+}
+
+}  // namespace
+
+absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
+  if (!model.arena.allocated()) return absl::FailedPreconditionError("the model has no weights");
+  return weights_at(model, model.arena.base());
+}
+
+absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backend& backend) {
+  absl::StatusOr<const std::byte*> base = arena_on(model, backend);
+  if (!base.ok()) return base.status();
+  return weights_at(model, *base);
 }
 
 absl::Status check_finite_parameters(const BloomModel& model) {
@@ -262,24 +286,46 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
                                             const ForwardInputs& in) {
   const BloomConfig& c = model.config;
   if (absl::Status s = validate(c, in); !s.ok()) return s;
-  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model, backend);
   if (!weights.ok()) return weights.status();
   const int64_t B = in.batch, T = in.seq, C = c.hidden_size, H = c.n_head, L = c.n_layer;
   const int64_t rows = B * T;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
-  const std::vector<float> slopes = alibi_slopes(H);
 
   auto act = std::make_unique<BloomActivations>();
   act->batch = B, act->seq = T;
-  act->positions.resize(rows);
+  std::vector<int32_t> positions(rows);
   for (int64_t b = 0; b < B; ++b) {
     int32_t count = 0;
     for (int64_t t = 0; t < T; ++t) {
       const bool real = in.mask == nullptr || in.mask[b * T + t] != 0;
       count += real ? 1 : 0;
-      act->positions[b * T + t] = real ? count - 1 : 0;
+      positions[b * T + t] = real ? count - 1 : 0;
     }
   }
+  const std::vector<float> slopes = alibi_slopes(H);
+  if (absl::Status s = upload<int32_t>(backend, act->positions, positions); !s.ok()) return s;
+  if (absl::Status s = upload<float>(backend, act->slopes, slopes); !s.ok()) return s;
+  if (absl::Status s = upload<int32_t>(backend, act->ids, {in.ids, static_cast<size_t>(rows)});
+      !s.ok()) {
+    return s;
+  }
+  if (in.mask != nullptr) {
+    if (absl::Status s = upload<uint8_t>(backend, act->mask, {in.mask, static_cast<size_t>(rows)});
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (in.targets != nullptr) {
+    if (absl::Status s =
+            upload<int32_t>(backend, act->targets, {in.targets, static_cast<size_t>(rows)});
+        !s.ok()) {
+      return s;
+    }
+  }
+  const uint8_t* mask = in.mask != nullptr ? act->mask.data() : nullptr;
+  const int32_t* targets = in.targets != nullptr ? act->targets.data() : nullptr;
+
   if ((!in.keep_ln2.empty() && static_cast<int64_t>(in.keep_ln2.size()) != L) ||
       (!in.keep_gelu.empty() && static_cast<int64_t>(in.keep_gelu.size()) != L)) {
     return absl::InvalidArgumentError("forward: keep_ln2 / keep_gelu need one entry per layer");
@@ -289,22 +335,29 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   auto kept = [](const std::vector<uint8_t>& v, int64_t l) { return v.empty() || v[l] != 0; };
   bool use_scratch = keep && keep_from > 0;
   act->blocks.resize(keep ? std::max<int64_t>(L, 1) : 1);
-  if (!keep || L == 0) size_block(act->blocks[0], rows, B, T, c);
+  if (!keep || L == 0) {
+    if (absl::Status s = size_block(backend, act->blocks[0], rows, B, T, c); !s.ok()) return s;
+  }
   for (int64_t l = keep_from; keep && l < L; ++l) {
     const bool ln2 = kept(in.keep_ln2, l), gelu = kept(in.keep_gelu, l);
-    size_block(act->blocks[l], rows, B, T, c, ln2, gelu);
+    if (absl::Status s = size_block(backend, act->blocks[l], rows, B, T, c, ln2, gelu); !s.ok()) {
+      return s;
+    }
     use_scratch = use_scratch || !ln2 || !gelu;
   }
-  if (use_scratch) size_block(act->scratch, rows, B, T, c);
+  if (use_scratch) {
+    if (absl::Status s = size_block(backend, act->scratch, rows, B, T, c); !s.ok()) return s;
+  }
   // The block every layer below keep_from runs in (and the embedding LayerNorm writes into).
   BlockActivations& first = keep && keep_from > 0 ? act->scratch : act->blocks[0];
-  act->embedded.resize(rows * C);
-  act->emb_ln_mean.resize(rows);
-  act->emb_ln_rstd.resize(rows);
+  for (auto [buffer, n] : {std::pair{&act->embedded, rows * C}, std::pair{&act->emb_ln_mean, rows},
+                           std::pair{&act->emb_ln_rstd, rows}}) {
+    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  }
 
   EmbeddingParams ep;
   ep.rows = rows, ep.width = C, ep.vocab = c.vocab_size;
-  ep.ids = in.ids, ep.table = weights->embedding, ep.out = act->embedded.data();
+  ep.ids = act->ids.data(), ep.table = weights->embedding, ep.out = act->embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
   if (absl::Status s = layernorm(backend, act->embedded.data(), rows, C, eps,
                                  weights->emb_ln_weight, weights->emb_ln_bias,
@@ -316,28 +369,42 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 
   ForwardResult result;
   HeadStats& st = result.stats;
+  // The statistics' running sums stay in the backend's memory for the whole call and come back
+  // to the host once, at the end.
+  DeviceArray<double> bos_sum, entropy_sum, local_sum;
+  DeviceArray<int64_t> stat_rows;
   if (in.want_stats) {
     st.n_layer = L, st.batch = B, st.n_head = H;
-    st.bos_mass.assign(L * B * H, 0.0);
-    st.entropy.assign(L * B * H, 0.0);
-    st.local_mass.assign(L * B * H, 0.0);
-    st.rows.assign(B, 0);
+    for (DeviceArray<double>* sum : {&bos_sum, &entropy_sum, &local_sum}) {
+      if (absl::Status s = sum->resize(backend, L * B * H); !s.ok()) return s;
+    }
+    if (absl::Status s = stat_rows.resize(backend, B); !s.ok()) return s;
   }
   // Only statistics wanted (no loss, no logits, no activations handed back): nothing reads the
   // last block's MLP output or ln_f, so neither runs (a twenty-fourth of the MLP work of a
   // bloom-560m diagnosis).
   const bool output_needed = in.targets != nullptr || in.want_logits || in.keep_activations ||
                              in.keep_block_inputs;
-  if (output_needed) act->final_x.resize(rows * C);
+  if (output_needed) {
+    if (absl::Status s = act->final_x.resize(backend, rows * C); !s.ok()) return s;
+  }
   const bool keep_inputs = in.keep_block_inputs && !in.keep_activations;
-  if (keep_inputs) act->block_inputs.resize(L * rows * C);
+  if (keep_inputs) {
+    if (absl::Status s = act->block_inputs.resize(backend, L * rows * C); !s.ok()) return s;
+  }
   for (int64_t l = 0; l < L; ++l) {
     BlockActivations& a = !keep ? act->blocks[0] : (l < keep_from ? act->scratch : act->blocks[l]);
-    if (keep_inputs) std::copy(a.x.begin(), a.x.end(), act->block_inputs.begin() + l * rows * C);
+    if (keep_inputs) {
+      if (absl::Status s = backend.copy_on_device(act->block_inputs.data() + l * rows * C,
+                                                  a.x.data(), a.x.bytes());
+          !s.ok()) {
+        return s;
+      }
+    }
     BlockCall call;
     call.batch = B, call.rows_per_batch = T, call.past = 0;
     call.positions = act->positions.data();
-    call.mask = in.mask;
+    call.mask = mask;
     call.qkv_store = a.qkv.data();
     call.x_in = a.x.data();
     const bool last = l + 1 == L;
@@ -352,17 +419,29 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       if (!kept(in.keep_gelu, l)) call.gelu_out = act->scratch.gelu.data();
     }
     if (in.want_stats) {
-      call.stats.bos_mass_sum = st.bos_mass.data() + l * B * H;
-      call.stats.entropy_sum = st.entropy.data() + l * B * H;
-      call.stats.local_mass_sum = st.local_mass.data() + l * B * H;
-      call.stats.rows = l == 0 ? st.rows.data() : nullptr;
+      call.stats.bos_mass_sum = bos_sum.data() + l * B * H;
+      call.stats.entropy_sum = entropy_sum.data() + l * B * H;
+      call.stats.local_mass_sum = local_sum.data() + l * B * H;
+      call.stats.rows = l == 0 ? stat_rows.data() : nullptr;
     }
-    if (absl::Status s = run_block(backend, c, weights->blocks[l], slopes, call, a); !s.ok()) {
+    if (absl::Status s = run_block(backend, c, weights->blocks[l], act->slopes.data(), call, a);
+        !s.ok()) {
       return s;
     }
   }
-  if (L == 0) act->final_x = first.x;
+  if (L == 0 && output_needed) {
+    if (absl::Status s = backend.copy_on_device(act->final_x.data(), first.x.data(),
+                                                first.x.bytes());
+        !s.ok()) {
+      return s;
+    }
+  }
   if (in.want_stats) {
+    for (auto [from, to] : {std::pair{&bos_sum, &st.bos_mass}, std::pair{&entropy_sum, &st.entropy},
+                            std::pair{&local_sum, &st.local_mass}}) {
+      if (absl::Status s = from->download(*to); !s.ok()) return s;
+    }
+    if (absl::Status s = stat_rows.download(st.rows); !s.ok()) return s;
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t b = 0; b < B; ++b) {
         const double n = static_cast<double>(std::max<int64_t>(st.rows[b], 1));
@@ -377,9 +456,10 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   }
 
   if (!output_needed) return result;
-  act->lnf.resize(rows * C);
-  act->lnf_mean.resize(rows);
-  act->lnf_rstd.resize(rows);
+  for (auto [buffer, n] : {std::pair{&act->lnf, rows * C}, std::pair{&act->lnf_mean, rows},
+                           std::pair{&act->lnf_rstd, rows}}) {
+    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  }
   if (absl::Status s = layernorm(backend, act->final_x.data(), rows, C, eps, weights->lnf_weight,
                                  weights->lnf_bias, act->lnf.data(), act->lnf_mean.data(),
                                  act->lnf_rstd.data());
@@ -387,20 +467,36 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     return s;
   }
   if (in.targets != nullptr || in.want_logits) {
+    // The CPU backend writes straight into the result; a device writes into its own memory and
+    // the values are copied back once.
+    const bool host = backend.kind() == DeviceKind::kCpu;
+    DeviceArray<float> row_loss, logits;
     result.row_loss.assign(rows, 0.0f);
     if (in.want_logits) result.logits.resize(rows * c.vocab_size);
+    if (!host) {
+      if (absl::Status s = row_loss.resize(backend, rows); !s.ok()) return s;
+      if (in.want_logits) {
+        if (absl::Status s = logits.resize(backend, rows * c.vocab_size); !s.ok()) return s;
+      }
+    }
     ClassifierParams cp;
     cp.rows = rows, cp.width = C, cp.vocab = c.vocab_size, cp.vocab_chunk = in.vocab_chunk;
     cp.hidden = act->lnf.data();
     cp.embedding = weights->embedding;
-    cp.targets = in.targets;
-    cp.logits = in.want_logits ? result.logits.data() : nullptr;
-    cp.row_loss = result.row_loss.data();
+    cp.targets = targets;
+    cp.logits = !in.want_logits ? nullptr : host ? result.logits.data() : logits.data();
+    cp.row_loss = host ? result.row_loss.data() : row_loss.data();
     if (in.targets != nullptr && in.dhidden != nullptr) {
       cp.dhidden = in.dhidden;
       cp.loss_scale = in.dhidden_scale;
     }
     if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
+    if (!host) {
+      if (absl::Status s = row_loss.download(result.row_loss); !s.ok()) return s;
+      if (in.want_logits) {
+        if (absl::Status s = logits.download(result.logits); !s.ok()) return s;
+      }
+    }
     if (in.targets != nullptr) {
       double sum = 0.0;
       for (int64_t r = 0; r < rows; ++r) {
@@ -418,10 +514,11 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 
 absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
                                  Backend& backend, int64_t batch, int64_t seq,
-                                 const int32_t* positions, const uint8_t* mask, const float* x_in,
-                                 float* x_out, BlockActivations& a) {
+                                 const float* slopes, const int32_t* positions,
+                                 const uint8_t* mask, const float* x_in, float* x_out,
+                                 BlockActivations& a) {
   const int64_t rows = batch * seq;
-  size_block(a, rows, batch, seq, config);
+  if (absl::Status s = size_block(backend, a, rows, batch, seq, config); !s.ok()) return s;
   BlockCall call;
   call.batch = batch, call.rows_per_batch = seq, call.past = 0;
   call.positions = positions;
@@ -429,12 +526,11 @@ absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeig
   call.qkv_store = a.qkv.data();
   call.x_in = x_in;
   call.x_out = x_out;
-  return run_block(backend, config, weights, alibi_slopes(config.n_head), call, a);
+  return run_block(backend, config, weights, slopes, call, a);
 }
 
 KvCache::KvCache(const BloomConfig& config, int64_t capacity)
-    : capacity_(capacity), row_width_(3 * config.hidden_size),
-      qkv_(static_cast<size_t>(config.n_layer * capacity * 3 * config.hidden_size)) {}
+    : layers_(config.n_layer), capacity_(capacity), row_width_(3 * config.hidden_size) {}
 
 absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Backend& backend,
                                                      KvCache& cache, const int32_t* ids,
@@ -446,21 +542,47 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
                                               " new tokens exceed the cache capacity ",
                                               cache.capacity_));
   }
+  if (cache.layers_ != c.n_layer || cache.row_width_ != 3 * c.hidden_size) {
+    return absl::InvalidArgumentError("decode: the KV cache was made for another model shape");
+  }
+  if (cache.qkv_.backend() != nullptr && cache.qkv_.backend() != &backend) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode: the KV cache lives on ", std::string(cache.qkv_.backend()->name()), ", not on ",
+        std::string(backend.name())));
+  }
   ForwardInputs in;
   in.batch = 1, in.seq = count, in.ids = ids;
   if (absl::Status s = validate(c, in); !s.ok()) return s;
-  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model, backend);
   if (!weights.ok()) return weights.status();
+  if (cache.qkv_.backend() == nullptr) {
+    if (absl::Status s = cache.qkv_.resize(backend, cache.layers_ * cache.capacity_ *
+                                                        cache.row_width_);
+        !s.ok()) {
+      return s;
+    }
+  }
   const int64_t C = c.hidden_size;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
-  const std::vector<float> slopes = alibi_slopes(c.n_head);
 
   BlockActivations a;
-  size_block(a, count, 1, cache.length_ + count, c);
-  std::vector<float> embedded(count * C);
+  if (absl::Status s = size_block(backend, a, count, 1, cache.length_ + count, c); !s.ok()) {
+    return s;
+  }
+  DeviceArray<int32_t> device_ids;
+  DeviceArray<float> slopes, embedded, last, logits;
+  if (absl::Status s = upload<int32_t>(backend, device_ids, {ids, static_cast<size_t>(count)});
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = upload<float>(backend, slopes, alibi_slopes(c.n_head)); !s.ok()) return s;
+  for (auto [buffer, n] : {std::pair{&embedded, count * C}, std::pair{&last, C},
+                           std::pair{&logits, c.vocab_size}}) {
+    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  }
   EmbeddingParams ep;
   ep.rows = count, ep.width = C, ep.vocab = c.vocab_size;
-  ep.ids = ids, ep.table = weights->embedding, ep.out = embedded.data();
+  ep.ids = device_ids.data(), ep.table = weights->embedding, ep.out = embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
   if (absl::Status s = layernorm(backend, embedded.data(), count, C, eps, weights->emb_ln_weight,
                                  weights->emb_ln_bias, a.x.data(), nullptr, nullptr);
@@ -473,26 +595,28 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
     call.qkv_store = cache.layer(l);
     call.x_in = a.x.data();
     call.x_out = a.x.data();
-    if (absl::Status s = run_block(backend, c, weights->blocks[l], slopes, call, a); !s.ok()) {
+    if (absl::Status s = run_block(backend, c, weights->blocks[l], slopes.data(), call, a);
+        !s.ok()) {
       return s;
     }
   }
   cache.length_ += count;
-  std::vector<float> last(C);
   if (absl::Status s = layernorm(backend, a.x.data() + (count - 1) * C, 1, C, eps,
                                  weights->lnf_weight, weights->lnf_bias, last.data(), nullptr,
                                  nullptr);
       !s.ok()) {
     return s;
   }
-  std::vector<float> logits(c.vocab_size);
-  float unused_loss = 0.0f;
+  DeviceArray<float> row_loss;
+  if (absl::Status s = row_loss.resize(backend, 1); !s.ok()) return s;
   ClassifierParams cp;
   cp.rows = 1, cp.width = C, cp.vocab = c.vocab_size;
   cp.hidden = last.data(), cp.embedding = weights->embedding;
-  cp.logits = logits.data(), cp.row_loss = &unused_loss;
+  cp.logits = logits.data(), cp.row_loss = row_loss.data();
   if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
-  return logits;
+  std::vector<float> host_logits;
+  if (absl::Status s = logits.download(host_logits); !s.ok()) return s;
+  return host_logits;
 }
 
 }  // namespace engine

@@ -14,6 +14,11 @@
 //   are one line naming the input or tensor; nothing is printed.
 // - Incremental decoding (KvCache, batch 1): the fused QKV rows of every past position are kept
 //   per layer, so each step only runs the new tokens (ALiBi needs no position re-encoding).
+// - Devices: everything runs on the given backend. Token ids, mask and targets come from the
+//   host and are copied in once per call; the weights are read from where the backend holds them
+//   (model/device_model.h: make_resident first for a device); activations, the KV cache and the
+//   statistics' sums live in the backend's memory; only the loss per row, the logits asked for
+//   and the statistics (per call, never per head) come back to the host.
 #pragma once
 
 #include <cstdint>
@@ -23,12 +28,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/large_pages.h"
+#include "engine/device_array.h"
 #include "model/model_directory.h"
 
 namespace engine {
 
-// Pointers to one block's parameters inside the arena (f32).
+// Pointers to one block's parameters inside the arena (f32), in the memory of the backend they
+// were looked up for.
 struct BloomBlockWeights {
   const float* ln1_weight; const float* ln1_bias;   // (C)
   const float* qkv_weight; const float* qkv_bias;   // (3C, C), (3C), per-head interleaved
@@ -45,14 +51,18 @@ struct BloomWeights {
   const float* lnf_weight; const float* lnf_bias;  // (C)
 };
 
-// Looks up every tensor by its released-checkpoint name; NotFound names the missing one.
+// Looks up every tensor by its released-checkpoint name; NotFound names the missing one. The
+// pointers are into the host arena, or with a backend, into the arena as that backend reads it
+// (FailedPrecondition when the model is not resident there).
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model);
+absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backend& backend);
 
 // Fails on the first parameter holding NaN or Inf, naming the tensor and the element index.
 absl::Status check_finite_parameters(const BloomModel& model);
 
-// Activation storage: large buffers go on transparent huge pages (engine/large_pages.h).
-using ActivationBuffer = LargeFloatVector;
+// Activation storage, in the backend's memory (on the CPU: large buffers on transparent huge
+// pages, engine/large_pages.h).
+using ActivationBuffer = DeviceArray<float>;
 
 // One block's intermediates, rows = B * T.
 struct BlockActivations {
@@ -69,7 +79,12 @@ struct BlockActivations {
 
 struct BloomActivations {
   int64_t batch = 0, seq = 0;
-  std::vector<int32_t> positions;       // (B, T) ALiBi key positions
+  DeviceArray<int32_t> positions;     // (B, T) ALiBi key positions
+  // The call's inputs in the backend's memory (what the backward reads again): ids (B, T),
+  // mask (B, T) (empty = all real), targets (B, T) (empty = none), ALiBi slopes (H).
+  DeviceArray<int32_t> ids, targets;
+  DeviceArray<uint8_t> mask;
+  DeviceArray<float> slopes;
   ActivationBuffer embedded;          // (rows, C) word embeddings
   ActivationBuffer emb_ln_mean, emb_ln_rstd;  // (rows)
   std::vector<BlockActivations> blocks;  // (L) when kept, else (1) shared by every layer
@@ -108,6 +123,7 @@ struct ForwardInputs {
   // Training: when set (with targets), the classifier also writes the gradient of
   // dhidden_scale * (sum of scored row losses) with respect to its input (the ln_f output),
   // (B * T, C), in the same pass over the vocabulary, so the backward need not recompute logits.
+  // In the backend's memory (ids, mask and targets above are host arrays).
   float* dhidden = nullptr;
   float dhidden_scale = 0.0f;
 };
@@ -139,30 +155,37 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 
 // One block over full sequences (no cache), as bloom_forward runs it: reads x_in (B * T, C),
 // writes every intermediate into `a` (sized here) and the block output into x_out (B * T, C).
-// For activation recomputation in the backward.
+// For activation recomputation in the backward. Every pointer is in the backend's memory
+// (slopes (H), positions (B, T), mask (B, T) or null).
 absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
                                  Backend& backend, int64_t batch, int64_t seq,
-                                 const int32_t* positions, const uint8_t* mask, const float* x_in,
-                                 float* x_out, BlockActivations& a);
+                                 const float* slopes, const int32_t* positions,
+                                 const uint8_t* mask, const float* x_in, float* x_out,
+                                 BlockActivations& a);
 
 // targets[b, t] = ids[b, t + 1] when positions t and t + 1 are both real, else -1: the standard
 // causal-LM labelling (transformers' labels = input_ids with padding ignored, shifted by one).
 std::vector<int32_t> next_token_targets(const int32_t* ids, const uint8_t* mask, int64_t batch,
                                         int64_t seq);
 
-// Fused QKV rows of every position decoded so far, per layer, for one sequence (batch 1).
+// Fused QKV rows of every position decoded so far, per layer, for one sequence (batch 1), in
+// the memory of the backend that decodes (allocated, zeroed, by the first decode step; a cache
+// is bound to that backend from then on).
 class KvCache {
  public:
   KvCache(const BloomConfig& config, int64_t capacity);
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
-  float* layer(int64_t l) { return qkv_.data() + l * capacity_ * row_width_; }  // (capacity, 3C)
+  // (capacity, 3C) in the backend's memory; null before the first decode step.
+  float* layer(int64_t l) {
+    return qkv_.empty() ? nullptr : qkv_.data() + l * capacity_ * row_width_;
+  }
 
  private:
   friend absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel&, Backend&,
                                                               KvCache&, const int32_t*, int64_t);
-  int64_t capacity_ = 0, row_width_ = 0, length_ = 0;
-  std::vector<float> qkv_;  // (L, capacity, 3C)
+  int64_t layers_ = 0, capacity_ = 0, row_width_ = 0, length_ = 0;
+  DeviceArray<float> qkv_;  // (L, capacity, 3C)
 };
 
 // Runs `count` new tokens of a batch-1 sequence after the cached ones, appends their QKV rows to

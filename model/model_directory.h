@@ -18,6 +18,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,11 +31,16 @@
 
 namespace engine {
 
+struct DeviceWeights;  // model/device_model.h
+
 struct BloomModel {
   BloomConfig config;
   ParameterArena arena;              // f32, declared by declare_bloom_parameters
   std::filesystem::path source;      // directory it was loaded from (empty if built in memory)
   DType source_dtype = DType::kF32;  // dtype of word_embeddings.weight in the source files
+  // The arena's copy in a device backend's memory (make_resident, model/device_model.h); null
+  // while the weights live only on the host, which is all the CPU backend reads.
+  std::shared_ptr<DeviceWeights> device;
 };
 
 // Tokenizer files a model directory may carry; copied verbatim on save.
