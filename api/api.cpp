@@ -6,6 +6,8 @@
 #include <cmath>
 
 #include "engine/backend.h"
+#include "engine/device.h"
+#include "model/device_model.h"
 #include "model/bloom_forward.h"
 #include "model/config.h"
 #include "model/model_directory.h"
@@ -85,12 +87,15 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
-Result<Model> Model::load(const std::string& directory) {
+Result<Model> Model::load(const std::string& directory, const std::string& device) {
+  absl::StatusOr<std::unique_ptr<Backend>> backend = make_backend(device);
+  if (!backend.ok()) return fail<Model>(backend.status());
   auto m = load_model_directory(directory);
   if (!m.ok()) return fail<Model>(m.status());
   auto impl = std::make_unique<Impl>();
   impl->model = *std::move(m);
-  impl->backend = make_cpu_backend();
+  impl->backend = *std::move(backend);
+  if (absl::Status s = make_resident(impl->model, *impl->backend); !s.ok()) return fail<Model>(s);
   return Model(std::move(impl));
 }
 
@@ -98,6 +103,7 @@ ModelInfo Model::info() const {
   const BloomConfig& c = impl_->model.config;
   ModelInfo i;
   i.vocab_size = c.vocab_size;
+  i.device = std::string(impl_->backend->name());
   i.hidden_size = c.hidden_size;
   i.n_layer = c.n_layer;
   i.n_head = c.n_head;
@@ -281,6 +287,10 @@ Result<SurgerySummary> Model::apply_plan(const Plan& plan) {
   if (auto s = validate_plan(plan.impl_->plan, g, "plan"); !s.ok()) return fail<SurgerySummary>(s);
   auto mask = apply_surgery(impl_->model.arena, g, plan.impl_->plan);
   if (!mask.ok()) return fail<SurgerySummary>(mask.status());
+  // The surgery edited the host arena; a device computes on its own copy, refreshed here.
+  if (absl::Status s = make_resident(impl_->model, *impl_->backend); !s.ok()) {
+    return fail<SurgerySummary>(s);
+  }
   SurgerySummary summary;
   summary.targets = static_cast<int64_t>(plan.impl_->plan.targets.size());
   summary.trainable_elements = mask->trainable_count();

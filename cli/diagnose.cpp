@@ -170,7 +170,9 @@ int run_diagnose(const std::vector<std::string>& args) {
   const auto start = Clock::now();
   ProgressBar bar("diagnose", "sequences");
   auto progress = [&](int64_t done, int64_t total) { bar.update(done, total); };
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend_for("diagnose", *model);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   absl::StatusOr<DiagnosisReport> report =
       diagnose_sequences(*model, *backend, *sequences, options, progress);
   if (!report.ok()) return fail(std::string(report.status().message()));

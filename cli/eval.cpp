@@ -96,22 +96,29 @@ int run_eval(const std::vector<std::string>& args) {
   const auto start = Clock::now();
   ProgressBar bar("eval", "windows");
   auto progress = [&](int64_t done, int64_t total) { bar.update(done, total); };
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend_for("eval", *model);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   absl::StatusOr<PerplexityResult> r =
       sliding_window_perplexity(*model, *backend, documents, options, progress);
   if (!r.ok()) return fail(std::string(r.status().message()));
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   const double nll = r->mean_nll();
   if (absl::GetFlag(FLAGS_json)) {
-    nlohmann::json j = {{"tokens_scored", r->tokens_scored}, {"nll", nll}, {"ppl", std::exp(nll)}};
+    nlohmann::json j = {{"tokens_scored", r->tokens_scored},
+                        {"nll", nll},
+                        {"ppl", std::exp(nll)},
+                        {"device", std::string(backend->name())}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("documents      %zu\nwindows        %lld (seq_len %lld, stride %lld)\n"
                 "tokens scored  %lld\nmean nll       %.6f\nperplexity     %.4f\n"
+                "device         %s\n"
                 "time           %.2f s (%.1f scored tokens/s)\n",
                 documents.size(), static_cast<long long>(r->windows),
                 static_cast<long long>(options.seq_len), static_cast<long long>(options.stride),
-                static_cast<long long>(r->tokens_scored), nll, std::exp(nll), seconds,
+                static_cast<long long>(r->tokens_scored), nll, std::exp(nll),
+                std::string(backend->name()).c_str(), seconds,
                 r->tokens_scored / std::max(seconds, 1e-9));
   }
   return 0;

@@ -9,7 +9,8 @@ ABSL_FLAG(bool, json, false, "print machine-readable JSON instead of a readable 
 ABSL_FLAG(int, seq_len, 512, "sequence length in tokens");
 ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
 ABSL_FLAG(int, seed, 1234, "random seed");
-ABSL_FLAG(std::string, device, "cpu", "compute device: cpu or cuda");
+ABSL_FLAG(std::string, device, "auto",
+          "compute device: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, plan, "", "surgery plan (plan.json, docs/FORMATS.md)");
 ABSL_FLAG(std::string, scan_data, "",
           "train/repair: data for the head scans (default: a slice of the held-out data)");

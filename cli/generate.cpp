@@ -117,7 +117,9 @@ int run_generate(const std::vector<std::string>& args) {
         context, prompt.size(), max_new, cache_bytes / kGiB, memory_bytes / kGiB));
   }
 
-  std::unique_ptr<Backend> backend = make_cpu_backend();
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend_for("generate", *model);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   KvCache cache(model->config, context);
   std::mt19937_64 rng(static_cast<uint64_t>(absl::GetFlag(FLAGS_seed)));
   std::string text;

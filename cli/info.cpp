@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "cli/commands.h"
 #include "cli/flags.h"
+#include "engine/device.h"
 #include "kernels/cpu/isa.h"
 #include "model/bloom_layout.h"
 #include "model/config.h"
@@ -85,6 +86,27 @@ void print_cpu(const CpuRuntime& r) {
               r.detected.c_str(), r.blas_core.c_str());
 }
 
+// Which device --device auto picks here, and what the build and the machine offer.
+nlohmann::ordered_json device_json() {
+#if defined(ENGINE_CUDA_EMULATION)
+  const char* cuda_build = "emulated";
+#elif defined(ENGINE_HAVE_CUDA)
+  const char* cuda_build = "yes";
+#else
+  const char* cuda_build = "no";
+#endif
+  return {{"auto", resolve_device("auto")},
+          {"cuda_build", cuda_build},
+          {"cuda_devices", cuda_device_count()}};
+}
+
+void print_device() {
+  const nlohmann::ordered_json d = device_json();
+  std::printf("device: --device auto = %s (CUDA in this build: %s, CUDA devices visible: %d)\n",
+              d["auto"].get<std::string>().c_str(), d["cuda_build"].get<std::string>().c_str(),
+              d["cuda_devices"].get<int>());
+}
+
 }  // namespace
 
 int run_info(const std::vector<std::string>& args) {
@@ -98,9 +120,11 @@ int run_info(const std::vector<std::string>& args) {
     if (absl::GetFlag(FLAGS_json)) {
       nlohmann::ordered_json j;
       j["cpu"] = cpu_json(cpu);
+      j["device"] = device_json();
       std::printf("%s\n", j.dump(2).c_str());
     } else {
       print_cpu(cpu);
+      print_device();
     }
     return 0;
   }
@@ -136,6 +160,7 @@ int run_info(const std::vector<std::string>& args) {
     }
     j["files"] = std::move(files);
     j["cpu"] = cpu_json(cpu);
+    j["device"] = device_json();
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
@@ -174,6 +199,7 @@ int run_info(const std::vector<std::string>& args) {
                 static_cast<unsigned long long>(size));
   }
   print_cpu(cpu);
+  print_device();
   return 0;
 }
 

@@ -26,15 +26,15 @@ namespace {
 constexpr Command kCommands[] = {
     {"info", "print the CPU kernels in use and a model directory's architecture, parameters and files", run_info, "model json"},
     {"export", "load a model directory and write it as a Hugging Face directory", run_export, "model out dtype"},
-    {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose, "model data prompt out seq_len max_seqs batch csv svg html json dead sink low_entropy compare plan drift threads"},
+    {"diagnose", "find collapsed heads over a corpus or a prompt; compare two reports", run_diagnose, "model data prompt out seq_len max_seqs batch csv svg html json dead sink low_entropy compare plan drift device threads"},
     {"plan", "turn a diagnosis report into a surgery plan (plan.json)", run_plan, "report out select heads layers head_indices exclude init seed comment"},
     {"tokenize", "text (.txt/.jsonl) -> token file (.tok[.zst]) or .jsonl of input_ids", run_tokenize, "model tokenizer in out add_bos"},
     {"detokenize", "token file or .jsonl of input_ids -> text", run_detokenize, "model tokenizer in out"},
-    {"eval", "sliding-window perplexity of a model over a data file", run_eval, "model tokenizer data seq_len stride batch json threads"},
-    {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate, "model tokenizer prompt prompt_ids max_new_tokens temperature top_p seed json threads"},
+    {"eval", "sliding-window perplexity of a model over a data file", run_eval, "model tokenizer data seq_len stride batch json device threads"},
+    {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate, "model tokenizer prompt prompt_ids max_new_tokens temperature top_p seed json device threads"},
     {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train, "model tokenizer data out surgery epochs steps seq_len batch grad_accum lr warmup schedule clip optimizer weight_decay eval_data holdout eval_every checkpoint_every scan_data seed resume recompute skip_nonfinite dry_run device threads dist_backend dist_first_timeout dist_timeout dist_checksum"},
-    {"pretrain", "train a small byte-level BLOOM model from scratch (the embedded default)", run_pretrain, "data out n_layer n_head hidden_size seq_len batch grad_accum steps lr warmup holdout eval_every seed resume"},
-    {"repair", "diagnose -> plan -> surgery -> train -> re-diagnose, per pass, with a report", run_repair, "model data out passes scan_data holdout max_seqs select heads layers head_indices exclude init fallback_healthy dead sink low_entropy drift seq_len batch grad_accum epochs steps lr warmup weight_decay clip eval_every checkpoint_every seed resume"},
+    {"pretrain", "train a small byte-level BLOOM model from scratch (the embedded default)", run_pretrain, "data out n_layer n_head hidden_size seq_len batch grad_accum steps lr warmup holdout eval_every seed resume device"},
+    {"repair", "diagnose -> plan -> surgery -> train -> re-diagnose, per pass, with a report", run_repair, "model data out passes scan_data holdout max_seqs select heads layers head_indices exclude init fallback_healthy dead sink low_entropy drift seq_len batch grad_accum epochs steps lr warmup weight_decay clip eval_every checkpoint_every seed resume device"},
 };
 
 void print_commands() {

@@ -44,6 +44,10 @@ int run_pretrain(const std::vector<std::string>& args) {
   (void)args;
   apply_thread_flag();
   PretrainOptions o;
+  // The device first: asking for one this command cannot use is an error before any work.
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("pretrain", false);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   o.data = absl::GetFlag(FLAGS_data);
   o.out_dir = absl::GetFlag(FLAGS_out);
   if (o.data.empty()) return fail("pretrain: --data FILE is required");
@@ -67,7 +71,6 @@ int run_pretrain(const std::vector<std::string>& args) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   };
-  std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<PretrainResult> r = run_pretraining(o, *backend);
   if (!r.ok()) return fail(std::string(r.status().message()));
   std::printf("pretrain: done, %lld steps in %.0f s, final loss %.4f%s; model in %s\n",

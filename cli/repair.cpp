@@ -68,6 +68,10 @@ int run_repair(const std::vector<std::string>& args) {
   (void)args;
   apply_thread_flag();
   RepairOptions o;
+  // The device first: asking for one this command cannot use is an error before any work.
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("repair", false);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.out_dir = absl::GetFlag(FLAGS_out);
   const std::string data_path = absl::GetFlag(FLAGS_data);
@@ -164,7 +168,6 @@ int run_repair(const std::vector<std::string>& args) {
                              " held-out chunks; raise --holdout or pass --scan_data)"));
   }
 
-  std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<RepairResult> r = run_repair(o, data, *backend);
   if (!r.ok()) return fail(std::string(r.status().message()));
   std::printf("repair: %s\nrepair: repaired model in %s\nrepair: report in %s\n",

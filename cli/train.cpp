@@ -21,6 +21,7 @@
 #include "cli/flags.h"
 #include "cli/progress.h"
 #include "cli/model_loading.h"
+#include "engine/device.h"
 #include "model/config.h"
 #include "model/dataset.h"
 #include "model/memory_estimate.h"
@@ -101,10 +102,11 @@ int run_train_dry_run() {
     if (!p.ok()) return fail(std::string(p.status().message()));
     plan = std::move(*p);
   }
-  const std::string device = absl::GetFlag(FLAGS_device);
+  const std::string device = resolve_device(absl::GetFlag(FLAGS_device));
   const bool cuda = device.rfind("cuda", 0) == 0;
   if (!cuda && device != "cpu") {
-    return fail(absl::StrCat("train --dry_run: --device ", device, ": expected cpu or cuda"));
+    return fail(absl::StrCat("train --dry_run: --device ", device,
+                             ": expected auto, cpu, cuda or cuda:N"));
   }
   TrainingMemoryShape shape;
   shape.batch = absl::GetFlag(FLAGS_batch);
@@ -138,6 +140,10 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<std::unique_ptr<Communicator>> comm = communicator_from_environment();
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
+  // The device first: asking for one this command cannot use is an error before any work.
+  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("train", false);
+  if (!device.ok()) return fail(std::string(device.status().message()));
+  std::unique_ptr<Backend> backend = *std::move(device);
   SurgeryTrainOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.out_dir = absl::GetFlag(FLAGS_out);
@@ -220,7 +226,6 @@ int run_train(const std::vector<std::string>& args) {
     o.scan_chunks.assign(data.eval_chunks.begin(), data.eval_chunks.begin() + n);
   }
   apply_distributed_options(**comm, o);
-  std::unique_ptr<Backend> backend = make_cpu_backend();
   absl::StatusOr<TrainRunResult> r = run_surgery_training(o, data, *backend);
   if (!r.ok()) return fail(std::string(r.status().message()));
   if ((*comm)->rank() != 0) return 0;

@@ -14,7 +14,17 @@ int cuda_device_count() {
 #endif
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& device) {
+std::string resolve_device(const std::string& device) {
+  if (device != "auto") return device;
+#if defined(ENGINE_HAVE_CUDA) && !defined(ENGINE_CUDA_EMULATION)
+  return cuda_device_count() > 0 ? "cuda" : "cpu";
+#else
+  return "cpu";
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& requested) {
+  const std::string device = resolve_device(requested);
   if (device == "cpu") return make_cpu_backend();
   if (device.rfind("cuda", 0) == 0) {
     int index = 0;
@@ -24,7 +34,7 @@ absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& device)
       auto [ptr, ec] = std::from_chars(first, last, index);
       if (device[4] != ':' || ec != std::errc() || ptr != last || index < 0) {
         return absl::InvalidArgumentError(
-            absl::StrCat("--device: '", device, "' is not cpu, cuda or cuda:N"));
+            absl::StrCat("--device: '", device, "' is not auto, cpu, cuda or cuda:N"));
       }
     }
 #ifdef ENGINE_HAVE_CUDA
@@ -35,7 +45,7 @@ absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& device)
 #endif
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("--device: '", device, "' is not cpu, cuda or cuda:N"));
+      absl::StrCat("--device: '", device, "' is not auto, cpu, cuda or cuda:N"));
 }
 
 }  // namespace engine

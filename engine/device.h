@@ -13,7 +13,14 @@ namespace engine {
 // Number of CUDA devices visible to this process; 0 in builds without CUDA or without a driver.
 int cuda_device_count();
 
-// "cpu" or "cuda" / "cuda:N".
+// "auto" -> "cuda" when a CUDA device is visible, else "cpu". The emulated device of an
+// emulation build (docs/CUDA.md) is never chosen automatically: it verifies kernels, it does not
+// run them fast, so only an explicit --device cuda selects it. Other names are returned as given.
+std::string resolve_device(const std::string& device);
+
+// "cpu", "cuda" / "cuda:N" or "auto" (resolve_device). Errors are one line naming the value:
+// a malformed name (InvalidArgument), CUDA asked of a build without it or of a machine without
+// a device (FailedPrecondition).
 absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& device);
 
 #ifdef ENGINE_HAVE_CUDA

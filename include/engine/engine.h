@@ -68,6 +68,7 @@ struct ModelInfo {
   int64_t vocab_size = 0, hidden_size = 0, n_layer = 0, n_head = 0, head_dim = 0;
   int64_t parameters = 0;           // total parameter count
   std::vector<float> alibi_slopes;  // (n_head)
+  std::string device;               // the backend the model computes on: "cpu" or "cuda"
 };
 
 // Per-head attention statistics (METHOD.md section 2), means over a sequence's real query rows.
@@ -189,8 +190,10 @@ struct SurgerySummary {
 
 class Model {
  public:
-  // Loads an HF model directory (config.json + safetensors) onto the CPU backend.
-  static Result<Model> load(const std::string& directory);
+  // Loads an HF model directory (config.json + safetensors) onto `device`: "cpu", "cuda",
+  // "cuda:N" or "auto" (cuda when a GPU is visible, else cpu), as the CLI's --device. On a CUDA
+  // device forward, perplexity and diagnose run there; train does not yet (an error says so).
+  static Result<Model> load(const std::string& directory, const std::string& device = "auto");
 
   ModelInfo info() const;
 

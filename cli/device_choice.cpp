@@ -1,0 +1,43 @@
+// --device for the subcommands; contract in model_loading.h.
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "cli/flags.h"
+#include "cli/model_loading.h"
+#include "engine/device.h"
+#include "model/device_model.h"
+
+namespace engine::cli {
+
+absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& command,
+                                                         bool runs_on_cuda) {
+  std::string device = absl::GetFlag(FLAGS_device);
+  if (!runs_on_cuda) {
+    if (device == "auto") device = "cpu";
+    if (device.rfind("cuda", 0) == 0) {
+      return absl::UnimplementedError(absl::StrCat(
+          command, ": --device ", device,
+          ": this command does not run on a CUDA device yet; use --device cpu"));
+    }
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = make_backend(device);
+  if (!backend.ok()) {
+    return absl::Status(backend.status().code(),
+                        absl::StrCat(command, ": ", backend.status().message()));
+  }
+  return backend;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
+                                                             BloomModel& model) {
+  absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, true);
+  if (!backend.ok()) return backend;
+  if (absl::Status s = make_resident(model, **backend); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat(command, ": ", s.message()));
+  }
+  return backend;
+}
+
+}  // namespace engine::cli
