@@ -53,7 +53,10 @@ tests=ok
   OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 300 "$build/tests/engine_gpu_tests" 2>&1
   OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1 timeout 60 "$build/tests/engine_tests" \
     --gtest_filter='Device.*' 2>&1
-} | tee "$test_log" | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error' || true
+  # The CLI with --device cuda against --device cpu (eval, diagnose) and the device errors.
+  timeout 120 python3 "$root/tests/cuda_cli_test.py" "$build/engine" "$root" 2>&1 ||
+    echo "[  FAILED  ] cuda_cli"
+} | tee "$test_log" | grep -E '^\[ *(OK|FAILED|SKIPPED|PASSED) *\]|Failure|error|^FAIL|cuda_cli' || true
 if [ "$(grep -c '^\[  PASSED  \]' "$test_log")" -ne 2 ] || grep -q '^\[  FAILED  \]' "$test_log"; then
   tests=FAILED
 fi

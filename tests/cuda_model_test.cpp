@@ -1,0 +1,233 @@
+// The model on the CUDA backend against the CPU reference, end to end: sliding-window perplexity
+// (eval), corpus statistics and classes (diagnose) and greedy decoding with a device KV cache
+// (generate), on models the size the tensor-core kernels take (head_dim 64 and 80). Runs on a GPU
+// or under the CUDA emulator (label gpu). Bounds: docs/TOLERANCES.md, "The model on the CUDA
+// backend".
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "model/bloom_backward.h"
+#include "model/bloom_forward.h"
+#include "model/bloom_init.h"
+#include "model/device_model.h"
+#include "model/perplexity.h"
+#include "surgery/corpus_scan.h"
+#include "surgery/diagnosis.h"
+
+namespace engine {
+namespace {
+
+// End-to-end bounds (TOLERANCES.md): fp32 on both sides, differing in summation order (cuBLAS vs
+// OpenBLAS, 32- vs 64-key attention tiles) and in exp (expf vs the CPU's exp_approx).
+constexpr double kNllBound = 1e-5;     // per-token mean negative log-likelihood, absolute
+constexpr double kLogitBound = 1e-4;   // per logit, absolute (logits here are O(1))
+constexpr double kStatBound = 1e-5;    // per head mean statistic, absolute
+
+struct Shape {
+  const char* name;
+  int64_t n_layer, n_head, head_dim;
+};
+
+class CudaModel : public ::testing::TestWithParam<Shape> {
+ protected:
+  void SetUp() override {
+    const Shape& s = GetParam();
+    BloomConfig c;
+    c.vocab_size = 311;
+    c.n_layer = s.n_layer;
+    c.n_head = s.n_head;
+    c.hidden_size = s.n_head * s.head_dim;
+    absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+    ASSERT_TRUE(m.ok()) << m.status();
+    // A larger spread than BLOOM's initialisation, so attention rows are far from uniform and
+    // the heads differ from one another.
+    ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
+    model_ = std::make_unique<BloomModel>(std::move(*m));
+    cpu_ = make_cpu_backend();
+    absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    cuda_ = *std::move(cuda);
+    ASSERT_TRUE(make_resident(*model_, *cuda_).ok());
+  }
+
+  std::vector<std::vector<int32_t>> documents(int count, int64_t min_len, int64_t max_len,
+                                              uint64_t seed) const {
+    std::mt19937_64 rng(seed);
+    std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->config.vocab_size - 1));
+    std::uniform_int_distribution<int64_t> len(min_len, max_len);
+    std::vector<std::vector<int32_t>> docs(count);
+    for (auto& d : docs) {
+      d.resize(len(rng));
+      for (int32_t& t : d) t = id(rng);
+    }
+    return docs;
+  }
+
+  std::unique_ptr<BloomModel> model_;
+  std::unique_ptr<Backend> cpu_, cuda_;
+};
+
+TEST_P(CudaModel, EvalNllMatchesTheCpu) {
+  // Windows of different lengths in one batch: right padding, the mask and unscored targets
+  // all travel to the device.
+  const auto docs = documents(5, 9, 40, 1);
+  PerplexityOptions o;
+  o.seq_len = 24, o.stride = 12, o.batch = 3;
+  absl::StatusOr<PerplexityResult> want = sliding_window_perplexity(*model_, *cpu_, docs, o);
+  absl::StatusOr<PerplexityResult> got = sliding_window_perplexity(*model_, *cuda_, docs, o);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->tokens_scored, want->tokens_scored);
+  EXPECT_EQ(got->windows, want->windows);
+  EXPECT_NEAR(got->mean_nll(), want->mean_nll(), kNllBound);
+  // Per position, through the forward directly (the loss of every row and the logits).
+  const std::vector<int32_t> ids(docs[0].begin(), docs[0].begin() + 9);
+  const std::vector<int32_t> targets = next_token_targets(ids.data(), nullptr, 1, 9);
+  ForwardInputs in;
+  in.batch = 1, in.seq = 9, in.ids = ids.data(), in.targets = targets.data();
+  in.want_logits = true;
+  absl::StatusOr<ForwardResult> a = bloom_forward(*model_, *cpu_, in);
+  absl::StatusOr<ForwardResult> b = bloom_forward(*model_, *cuda_, in);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->logits.size(), b->logits.size());
+  for (size_t i = 0; i < a->logits.size(); ++i) {
+    ASSERT_NEAR(b->logits[i], a->logits[i], kLogitBound) << "logit " << i;
+  }
+  for (size_t r = 0; r < a->row_loss.size(); ++r) {
+    EXPECT_NEAR(b->row_loss[r], a->row_loss[r], kLogitBound) << "row " << r;
+  }
+  // Left padding (real tokens after padded ones, as a batch of prompts is laid out): the mask
+  // and the ALiBi key positions (cumsum(mask) - 1) decide every real row's scores.
+  const std::vector<uint8_t> mask = {0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  std::vector<int32_t> two(docs[1].begin(), docs[1].begin() + 9);
+  two.insert(two.end(), docs[2].begin(), docs[2].begin() + 9);
+  const std::vector<int32_t> padded_targets = next_token_targets(two.data(), mask.data(), 2, 9);
+  in.batch = 2, in.ids = two.data(), in.mask = mask.data(), in.targets = padded_targets.data();
+  in.want_logits = false;
+  a = bloom_forward(*model_, *cpu_, in);
+  b = bloom_forward(*model_, *cuda_, in);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->scored, b->scored);
+  for (size_t r = 0; r < a->row_loss.size(); ++r) {
+    EXPECT_NEAR(b->row_loss[r], a->row_loss[r], kLogitBound) << "padded batch, row " << r;
+  }
+}
+
+TEST_P(CudaModel, DiagnoseStatisticsAndClassesMatchTheCpu) {
+  // Sequences of different lengths, two per batch: the padded path and its mask.
+  const auto seqs = documents(6, 12, 33, 2);
+  DiagnoseOptions o;
+  o.seq_len = 33, o.batch = 2;
+  absl::StatusOr<DiagnosisReport> want = diagnose_sequences(*model_, *cpu_, seqs, o);
+  ASSERT_TRUE(want.ok()) << want.status();
+  // A sink threshold in the widest gap between the middle half of the heads' bos_mass values,
+  // so that the classes split into SINK and HEALTHY with every head far from the boundary.
+  std::vector<double> bos;
+  for (const HeadSummary& h : want->heads) bos.push_back(h.bos_mass.mean);
+  std::sort(bos.begin(), bos.end());
+  size_t best = bos.size() / 4;
+  for (size_t i = bos.size() / 4; i + 1 < 3 * bos.size() / 4 + 1 && i + 1 < bos.size(); ++i) {
+    if (bos[i + 1] - bos[i] > bos[best + 1] - bos[best]) best = i;
+  }
+  ASSERT_GT(bos[best + 1] - bos[best], 4 * kStatBound) << "no head-separating gap";
+  o.thresholds.sink = 0.5 * (bos[best] + bos[best + 1]);
+  o.thresholds.dead = std::max(o.thresholds.sink, 0.95);
+  o.thresholds.low_entropy = 0.0;
+  want = diagnose_sequences(*model_, *cpu_, seqs, o);
+  absl::StatusOr<DiagnosisReport> got = diagnose_sequences(*model_, *cuda_, seqs, o);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+  ASSERT_EQ(got->heads.size(), want->heads.size());
+  EXPECT_GT(want->counts.sink + want->counts.dead, 0);
+  EXPECT_GT(want->counts.healthy, 0);
+  for (size_t i = 0; i < want->heads.size(); ++i) {
+    const HeadSummary& w = want->heads[i];
+    const HeadSummary& g = got->heads[i];
+    EXPECT_NEAR(g.bos_mass.mean, w.bos_mass.mean, kStatBound) << "layer " << w.layer << " head " << w.head;
+    EXPECT_NEAR(g.entropy.mean, w.entropy.mean, kStatBound) << "layer " << w.layer << " head " << w.head;
+    EXPECT_NEAR(g.local_mass.mean, w.local_mass.mean, kStatBound) << "layer " << w.layer << " head " << w.head;
+    EXPECT_EQ(g.cls, w.cls) << "layer " << w.layer << " head " << w.head;
+  }
+  EXPECT_EQ(got->tokens, want->tokens);
+}
+
+TEST_P(CudaModel, GreedyGenerationWithADeviceKvCacheMatchesTheCpu) {
+  const std::vector<int32_t> prompt = documents(1, 6, 6, 3)[0];
+  constexpr int kNew = 10;
+  KvCache cpu_cache(model_->config, 6 + kNew), cuda_cache(model_->config, 6 + kNew);
+  std::vector<int32_t> cpu_ids = prompt, cuda_ids = prompt;
+  for (int i = 0; i < kNew; ++i) {
+    const int64_t count = i == 0 ? 6 : 1;
+    absl::StatusOr<std::vector<float>> a = bloom_decode_step(
+        *model_, *cpu_, cpu_cache, cpu_ids.data() + cpu_ids.size() - count, count);
+    absl::StatusOr<std::vector<float>> b = bloom_decode_step(
+        *model_, *cuda_, cuda_cache, cuda_ids.data() + cuda_ids.size() - count, count);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (size_t v = 0; v < a->size(); ++v) ASSERT_NEAR((*b)[v], (*a)[v], kLogitBound) << v;
+    // The premise of comparing tokens: the CPU's top two differ by more than both bounds.
+    std::vector<float> sorted = *a;
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    ASSERT_GT(sorted[0] - sorted[1], 2 * kLogitBound) << "step " << i << ": a near tie";
+    cpu_ids.push_back(static_cast<int32_t>(std::max_element(a->begin(), a->end()) - a->begin()));
+    cuda_ids.push_back(static_cast<int32_t>(std::max_element(b->begin(), b->end()) - b->begin()));
+  }
+  EXPECT_EQ(cuda_ids, cpu_ids);
+  // The cache lives on the device it was first used with.
+  EXPECT_FALSE(bloom_decode_step(*model_, *cpu_, cuda_cache, prompt.data(), 0).ok());
+  KvCache fresh(model_->config, 4);
+  ASSERT_TRUE(bloom_decode_step(*model_, *cuda_, fresh, prompt.data(), 1).ok());
+  absl::StatusOr<std::vector<float>> wrong = bloom_decode_step(*model_, *cpu_, fresh, prompt.data(), 1);
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("lives on cuda"), std::string::npos) << wrong.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaModel,
+                         ::testing::Values(Shape{"l2_h4_d64", 2, 4, 64},
+                                           Shape{"l3_h5_d80", 3, 5, 80}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(CudaModelErrors, DevicesAndResidencyAreCheckedWithOneLineErrors) {
+  BloomConfig c;
+  c.vocab_size = 64, c.n_layer = 1, c.n_head = 2, c.hidden_size = 16;
+  absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+  ASSERT_TRUE(m.ok());
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  // Not uploaded: the forward says so instead of reading host memory on the device.
+  const std::vector<int32_t> ids = {1, 2, 3};
+  ForwardInputs in;
+  in.batch = 1, in.seq = 3, in.ids = ids.data(), in.want_logits = true;
+  absl::StatusOr<ForwardResult> r = bloom_forward(*m, **cuda, in);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(r.status().message().find("not resident on cuda"), std::string::npos) << r.status();
+  // A device index past the last visible one, and malformed names.
+  const int count = cuda_device_count();
+  absl::StatusOr<std::unique_ptr<Backend>> past = make_backend(absl::StrCat("cuda:", count));
+  ASSERT_FALSE(past.ok());
+  EXPECT_EQ(past.status().code(), absl::StatusCode::kFailedPrecondition);
+  for (const char* bad : {"gpu", "cuda:", "cuda:-1", "cuda:x", "cudax", ""}) {
+    absl::StatusOr<std::unique_ptr<Backend>> b = make_backend(bad);
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_EQ(b.status().message().find('\n'), std::string::npos);
+  }
+  // Training on the device is not there yet: a clear refusal, not a host pointer on the GPU.
+  ASSERT_TRUE(make_resident(*m, **cuda).ok());
+  const std::vector<int32_t> targets = {2, 3, -1};
+  in.targets = targets.data();
+  CompactGradients grads(std::vector<uint64_t>((m->arena.size_elements() + 63) / 64, ~0ull),
+                         m->arena.size_elements());
+  absl::StatusOr<ForwardResult> t = bloom_forward_backward(*m, **cuda, in, grads);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace engine
