@@ -151,8 +151,10 @@ absl::StatusOr<DiagnosisReport> diagnose_sequences(const BloomModel& model, Back
       !s.ok()) {
     return s;
   }
-  return accumulator.finish(options.thresholds, alibi_slopes(model.config.n_head),
-                            model_summary(model.config, options.model_name), options.seq_len);
+  nlohmann::json summary = model_summary(model.config, options.model_name);
+  summary["device"] = std::string(backend.name());  // where the statistics were computed
+  return accumulator.finish(options.thresholds, alibi_slopes(model.config.n_head), summary,
+                            options.seq_len);
 }
 
 absl::Status validate_thresholds(const Thresholds& t) {

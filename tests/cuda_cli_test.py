@@ -55,6 +55,8 @@ with tempfile.TemporaryDirectory() as tmp:
     if len(reports) == 2:
         cpu_heads, cuda_heads = reports["cpu"]["heads"], reports["cuda"]["heads"]
         check(len(cpu_heads) == len(cuda_heads) == 18, "diagnose: head count")
+        check(reports["cuda"]["model"].get("device") == "cuda" and
+              reports["cpu"]["model"].get("device") == "cpu", "diagnose: device recorded")
         for a, b in zip(cpu_heads, cuda_heads):
             where = f"diagnose layer {a['layer']} head {a['head']}"
             check(a["class"] == b["class"], f"{where}: class {a['class']} vs {b['class']}")
