@@ -4,7 +4,8 @@
 // ties) when the temperature is 0, otherwise sampling from softmax(logits / T) restricted to the
 // smallest set of most likely tokens whose mass reaches top_p. Each new token's text is written
 // to stdout as soon as it is produced; decoding stops after N tokens or at </s>. --json instead
-// prints one object {"prompt_ids": [...], "output_ids": [...], "text": "..."} at the end.
+// prints one object {"prompt_ids": [...], "output_ids": [...], "text": "...", "device": "cpu"}
+// at the end. --device cuda keeps the weights and the KV cache on the GPU.
 #include <unistd.h>
 
 #include <algorithm>
@@ -145,7 +146,10 @@ int run_generate(const std::vector<std::string>& args) {
     step_count = 1;
   }
   if (json) {
-    nlohmann::json j = {{"prompt_ids", prompt}, {"output_ids", ids}, {"text", text}};
+    nlohmann::json j = {{"prompt_ids", prompt},
+                        {"output_ids", ids},
+                        {"text", text},
+                        {"device", std::string(backend->name())}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("\n");
