@@ -78,6 +78,13 @@ TEST(PublicApi, ErrorsAreReturnedNotThrown) {
   EXPECT_FALSE(model->forward({{1, 2}, {}}).ok());
   EXPECT_THAT(model->forward({{1, 100000}}).error(), HasSubstr("100000"));
   EXPECT_FALSE(model->save("/tmp/unused", "f8").ok());
+
+  // The device: the default and "auto" (never the emulated device) compute on the CPU; a
+  // malformed name is refused naming it.
+  EXPECT_EQ(model->info().device, "cpu");
+  auto bad_device = api::Model::load(fixture_model_dir("bloom-h4-l2").string(), "gpu");
+  ASSERT_FALSE(bad_device.ok());
+  EXPECT_THAT(bad_device.error(), HasSubstr("'gpu'"));
 }
 
 // Two models in one process are independent: surgery on one leaves the other's outputs unchanged.
