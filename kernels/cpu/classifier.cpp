@@ -61,7 +61,7 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
   std::vector<double> row_sum(kRowBlock);
   for (int64_t r0 = 0; r0 < p.rows; r0 += kRowBlock) {
     const int64_t nr = std::min(kRowBlock, p.rows - r0);
-    float* acc = p.dhidden + r0 * W;  // (nr, W): sum_v exp(z_v - row_max) e_v so far
+    float* acc = static_cast<float*>(p.dhidden) + r0 * W;  // (nr, W): sum_v exp(z_v - row_max) e_v so far
     std::fill_n(row_max.begin(), nr, kNegInf);
     std::fill_n(row_sum.begin(), nr, 0.0);
     std::fill_n(target_logit.begin(), nr, 0.0f);
@@ -70,8 +70,8 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       GemmParams g;  // (nr, W) . (nc, W)^T -> (nr, nc)
       g.transpose_b = true;
       g.m = nr, g.n = nc, g.k = W;
-      g.a = p.hidden + r0 * W, g.lda = W;
-      g.b = p.embedding + v0 * W, g.ldb = W;
+      g.a = static_cast<const float*>(p.hidden) + r0 * W, g.lda = W;
+      g.b = static_cast<const float*>(p.embedding) + v0 * W, g.ldb = W;
       g.c = z.data(), g.ldc = nc;
       if (absl::Status s = gemm(g); !s.ok()) return s;
 #pragma omp parallel for schedule(static)
@@ -102,7 +102,7 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       GemmParams a;  // acc (nr, W) += exp(z - max) (nr, nc) . embedding chunk (nc, W)
       a.m = nr, a.n = W, a.k = nc;
       a.a = z.data(), a.lda = nc;
-      a.b = p.embedding + v0 * W, a.ldb = W;
+      a.b = static_cast<const float*>(p.embedding) + v0 * W, a.ldb = W;
       a.c = acc, a.ldc = W;
       a.beta = v0 == 0 ? 0.0f : 1.0f;
       if (absl::Status s = gemm(a); !s.ok()) return s;
@@ -119,7 +119,7 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       }
       // dhidden = loss_scale * (softmax . embedding - embedding[target]).
       const float inv = static_cast<float>(p.loss_scale / row_sum[r]);
-      const float* et = p.embedding + static_cast<int64_t>(t) * W;
+      const float* et = static_cast<const float*>(p.embedding) + static_cast<int64_t>(t) * W;
       for (int64_t c = 0; c < W; ++c) ar[c] = ar[c] * inv - p.loss_scale * et[c];
     }
   }
@@ -152,8 +152,8 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
     GemmParams g;
     g.transpose_b = true;
     g.m = nr, g.n = nc, g.k = W;
-    g.a = p.hidden + r0 * W, g.lda = W;
-    g.b = p.embedding + v0 * W, g.ldb = W;
+    g.a = static_cast<const float*>(p.hidden) + r0 * W, g.lda = W;
+    g.b = static_cast<const float*>(p.embedding) + v0 * W, g.ldb = W;
     g.c = dst, g.ldc = *ld;
     return gemm(g);
   };
@@ -219,8 +219,8 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
         GemmParams g;  // (nr, nc) . (nc, W) -> (nr, W)
         g.m = nr, g.n = W, g.k = nc;
         g.a = dlogits.data(), g.lda = nc;
-        g.b = p.embedding + v0 * W, g.ldb = W;
-        g.c = p.dhidden + r0 * W, g.ldc = W;
+        g.b = static_cast<const float*>(p.embedding) + v0 * W, g.ldb = W;
+        g.c = static_cast<float*>(p.dhidden) + r0 * W, g.ldc = W;
         g.beta = v0 == 0 ? 0.0f : 1.0f;
         if (absl::Status s = gemm(g); !s.ok()) return s;
       }
@@ -229,7 +229,7 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
         g.transpose_a = true;
         g.m = nc, g.n = W, g.k = nr;
         g.a = dlogits.data(), g.lda = nc;
-        g.b = p.hidden + r0 * W, g.ldb = W;
+        g.b = static_cast<const float*>(p.hidden) + r0 * W, g.ldb = W;
         g.c = p.dembedding + v0 * W, g.ldc = W;
         g.beta = 1.0f;
         if (absl::Status s = gemm(g); !s.ok()) return s;
