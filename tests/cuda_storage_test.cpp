@@ -31,17 +31,7 @@ using Bits = std::vector<uint16_t>;
 template <typename T>
 using DeviceBuffer = test_support::DeviceBuffer<T>;
 
-class CudaStorage : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    auto g = make_backend("cuda");
-    ASSERT_TRUE(g.ok()) << g.status();
-    gpu_ = std::move(*g);
-    cpu_ = make_cpu_backend();
-  }
-  std::unique_ptr<Backend> gpu_, cpu_;
-};
+class CudaStorage : public test_support::CudaAndCpuBackends {};
 
 // 16-bit outputs: |gpu - cpu| <= pair bound of (rel |cpu| (1 + 2u) + abs max|cpu|).
 void expect_rounded_close(DType t, const Bits& gpu, const Bits& cpu, double rel, double abs,
