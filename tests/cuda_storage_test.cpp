@@ -6,6 +6,9 @@
 // plus the rounding of both sides: |gpu - cpu| <= delta + u (|gpu| + |cpu|) (1 + 2u),
 // u = 2^-8 for bf16 (test::bf16_pair_bound): the one-ulp flip of two nearly equal fp32 values.
 // fp32 outputs (statistics, parameter gradients, losses, masters) get delta alone.
+// That bound is one ulp wide, so it cannot tell rounding from truncation: the device's stores are
+// held to round to nearest even by StoresAreTheF32ResultRoundedToNearestEven (bit-exact against
+// the same kernel instantiated for fp32) and by the AdamW arena check.
 #ifdef ENGINE_HAVE_CUDA
 
 #include <cuda_runtime.h>
@@ -20,6 +23,7 @@
 #include "engine/dtype.h"
 #include "error_bounds.h"
 #include "storage_twin.h"
+#include "kernels/cuda/ops.h"
 #include "tests/cuda_device_buffer.h"
 
 namespace engine {
@@ -298,6 +302,55 @@ TEST_F(CudaStorage, MaskedAdamWWithBf16ArenaMatchesCpuTwin) {
       const float ge = bf16_to_f32(got[e]), ce = bf16_to_f32(cpu_arena[e]);
       ASSERT_LE(std::fabs(ge - ce), test::bf16_pair_bound(delta, ge, ce)) << "arena " << e;
     }
+  }
+}
+
+// The 16-bit instantiation of an elementwise kernel computes what its fp32 instantiation computes
+// on the widened inputs (the same fp32 operations; only loads and stores differ) and rounds it
+// once: bit-equal to the fp32 result rounded to nearest even. Also store_rounded, the one store
+// of the GEMM epilogue and the classifier's dhidden, on values that include exact ties.
+TEST_F(CudaStorage, StoresAreTheF32ResultRoundedToNearestEven) {
+  for (DType t : {DType::kBF16, DType::kF16}) {
+    SCOPED_TRACE(dtype_name(t));
+    const int64_t rows = 5, width = 200, n = rows * width;
+    const auto x = rounded_normal(t, n, 71, 2.0f), dy = rounded_normal(t, n, 72);
+    const auto w = rounded_normal(t, width, 73), b = rounded_normal(t, width, 74);
+    DeviceBuffer<uint16_t> x16(x.bits), dy16(dy.bits), w16(w.bits), b16(b.bits), y16(n), dx16(n);
+    DeviceBuffer<float> x32(x.f32), dy32(dy.f32), w32(w.f32), b32(b.f32), y32(n), dx32(n);
+    GeluParams g16;
+    g16.storage = t, g16.n = n, g16.x = x16.ptr, g16.y = y16.ptr, g16.dy = dy16.ptr;
+    g16.dx = dx16.ptr;
+    GeluParams g32;
+    g32.n = n, g32.x = x32.ptr, g32.y = y32.ptr, g32.dy = dy32.ptr, g32.dx = dx32.ptr;
+    for (const GeluParams* g : {&g16, &g32}) {
+      ASSERT_TRUE(gpu_->gelu_forward(*g).ok());
+      ASSERT_TRUE(gpu_->gelu_backward(*g).ok());
+    }
+    EXPECT_EQ(y16.read(), test::narrow(t, y32.read())) << "gelu y";
+    EXPECT_EQ(dx16.read(), test::narrow(t, dx32.read())) << "gelu dx";
+    LayerNormParams l16;
+    l16.storage = t, l16.rows = rows, l16.width = width;
+    l16.x = x16.ptr, l16.weight = w16.ptr, l16.bias = b16.ptr, l16.y = y16.ptr;
+    l16.dy = dy16.ptr, l16.dx = dx16.ptr;
+    LayerNormParams l32;
+    l32.rows = rows, l32.width = width;
+    l32.x = x32.ptr, l32.weight = w32.ptr, l32.bias = b32.ptr, l32.y = y32.ptr;
+    l32.dy = dy32.ptr, l32.dx = dx32.ptr;
+    for (const LayerNormParams* l : {&l16, &l32}) {
+      ASSERT_TRUE(gpu_->layernorm_forward(*l).ok());
+      ASSERT_TRUE(gpu_->layernorm_backward(*l).ok());
+    }
+    EXPECT_EQ(y16.read(), test::narrow(t, y32.read())) << "layernorm y";
+    EXPECT_EQ(dx16.read(), test::narrow(t, dx32.read())) << "layernorm dx";
+
+    // Random values, and values halfway between two neighbours of the 16-bit grid.
+    std::vector<float> v = rounded_normal(DType::kF32, n, 75).f32;
+    const float half_spacing = t == DType::kBF16 ? 0x1p-8f : 0x1p-11f;
+    for (int64_t i = 0; i < 64; ++i) v[i] = 1.0f + (2 * i + 1) * half_spacing;  // ties
+    DeviceBuffer<float> src(v);
+    DeviceBuffer<uint16_t> dst(n);
+    ASSERT_TRUE(cuda::store_rounded(t, rows, width, src.ptr, width, dst.ptr, width, nullptr).ok());
+    EXPECT_EQ(dst.read(), test::narrow(t, v)) << "store_rounded";
   }
 }
 
