@@ -390,6 +390,25 @@ TEST(StorageTwin, Bf16GemmTakesThePathTheProbeReports) {
   EXPECT_EQ(by_default, forced);
 }
 
+// A bad shape with 16-bit storage is the kernel's one-line error, before anything is widened.
+TEST(StorageTwin, BadShapesAreRefusedBeforeWidening) {
+  uint16_t buf[8] = {};
+  LayerNormParams ln;
+  ln.storage = DType::kBF16, ln.rows = -1, ln.width = 4;
+  ln.x = ln.weight = ln.bias = ln.dy = buf, ln.y = ln.dx = buf;
+  EXPECT_NE(std::string(cpu::layernorm_forward(ln).message()).find("bad shape"), std::string::npos);
+  GeluParams ge;
+  ge.storage = DType::kBF16, ge.n = -3, ge.x = buf, ge.y = buf;
+  EXPECT_NE(std::string(cpu::gelu_forward(ge).message()).find("negative n"), std::string::npos);
+  AlibiAttentionParams at;
+  at.storage = DType::kBF16, at.batch = 1, at.seq = 4, at.heads = -1, at.head_dim = 8;
+  EXPECT_FALSE(cpu::alibi_attention_forward(at).ok());
+  ClassifierParams cl;
+  cl.storage = DType::kBF16, cl.rows = 2, cl.width = 0, cl.vocab = 3;
+  EXPECT_NE(std::string(cpu::classifier_cross_entropy(cl).message()).find("bad shape"),
+            std::string::npos);
+}
+
 TEST(StorageTwin, IntegerStorageIsRefusedByEveryOp) {
   const auto expect_refused = [](const absl::Status& s, const char* op) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << op << ": " << s;

@@ -24,7 +24,7 @@ class Widened {
   const float* in(const void* src, int64_t n) {
     if (src == nullptr) return nullptr;
     float* dst = add(n);
-    convert_to_f32(storage_, src, dst, static_cast<size_t>(n));
+    if (n > 0) convert_to_f32(storage_, src, dst, static_cast<size_t>(n));
     return dst;
   }
   // An fp32 buffer for an output the kernel overwrites; null stays null.
@@ -68,6 +68,7 @@ absl::Status on_f32_storage(const LayerNormParams& p, Pass pass, const char* op,
                             F32Kernel<LayerNormParams> f32_kernel) {
   if (absl::Status s = check_storage(p.storage, op); !s.ok()) return s;
   if (p.storage == DType::kF32) return f32_kernel(p);
+  if (p.rows < 0 || p.width <= 0) return f32_kernel(p);  // the kernel names the bad shape
   const int64_t size = p.rows * p.width;
   Widened w(p.storage);
   LayerNormParams q = p;
@@ -93,7 +94,7 @@ absl::Status on_f32_storage(const LayerNormParams& p, Pass pass, const char* op,
 absl::Status on_f32_storage(const GeluParams& p, Pass pass, const char* op,
                             F32Kernel<GeluParams> f32_kernel) {
   if (absl::Status s = check_storage(p.storage, op); !s.ok()) return s;
-  if (p.storage == DType::kF32) return f32_kernel(p);
+  if (p.storage == DType::kF32 || p.n < 0) return f32_kernel(p);  // the kernel names a bad n
   Widened w(p.storage);
   GeluParams q = p;
   q.storage = DType::kF32;
@@ -119,7 +120,7 @@ absl::Status on_f32_storage(const AlibiAttentionParams& p, Pass pass, const char
   if (p.storage == DType::kF32) return f32_kernel(p);
   if (p.batch < 0 || p.seq < 0 || p.heads < 0 || p.head_dim < 0 || p.query_begin < 0 ||
       p.query_begin > p.seq) {
-    return f32_kernel(p);  // the kernel's shape check names the bad field; nothing is read
+    return f32_kernel(p);  // the kernel's shape check names the bad field, reading nothing
   }
   const int64_t qkv_size = p.batch * p.seq * p.heads * 3 * p.head_dim;
   const int64_t out_size = p.batch * (p.seq - p.query_begin) * p.heads * p.head_dim;
