@@ -22,8 +22,8 @@
 #include "engine/device.h"
 #include "engine/dtype.h"
 #include "error_bounds.h"
-#include "storage_twin.h"
 #include "kernels/cuda/ops.h"
+#include "storage_twin.h"
 #include "tests/cuda_device_buffer.h"
 
 namespace engine {
@@ -57,7 +57,8 @@ void expect_f32_close(const std::vector<float>& gpu, const std::vector<float>& c
   ASSERT_EQ(gpu.size(), cpu.size()) << what;
   const double max_c = test::max_abs(cpu);
   for (size_t i = 0; i < cpu.size(); ++i) {
-    ASSERT_LE(std::fabs(static_cast<double>(gpu[i]) - cpu[i]), rel * std::fabs(cpu[i]) + abs * max_c)
+    ASSERT_LE(std::fabs(static_cast<double>(gpu[i]) - cpu[i]),
+              rel * std::fabs(cpu[i]) + abs * max_c)
         << what << " " << i << ": gpu " << gpu[i] << " cpu " << cpu[i];
   }
 }
@@ -178,7 +179,8 @@ TEST_F(CudaStorage, EmbeddingForwardAndBackwardAreBitIdenticalToCpuTwin) {
   const DType t = DType::kBF16;
   const int64_t rows = 9, width = 70, vocab = 12;
   const std::vector<int32_t> ids = {4, 4, 0, 11, 7, 4, 2, 11, 1};
-  const auto table = rounded_normal(t, vocab * width, 31), dout = rounded_normal(t, rows * width, 32);
+  const auto table = rounded_normal(t, vocab * width, 31),
+             dout = rounded_normal(t, rows * width, 32);
   EmbeddingParams p;
   p.storage = t, p.rows = rows, p.width = width, p.vocab = vocab, p.ids = ids.data();
   Bits out(rows * width);
@@ -203,7 +205,8 @@ TEST_F(CudaStorage, ClassifierLossAndGradientsMatchCpuTwin) {
   const DType t = DType::kBF16;
   const int64_t rows = 7, width = 64, vocab = 500;
   const std::vector<int32_t> targets = {3, -1, 499, 0, 250, 17, 128};
-  const auto hidden = rounded_normal(t, rows * width, 41), emb = rounded_normal(t, vocab * width, 42, 0.2f);
+  const auto hidden = rounded_normal(t, rows * width, 41),
+             emb = rounded_normal(t, vocab * width, 42, 0.2f);
   ClassifierParams p;
   p.storage = t, p.rows = rows, p.width = width, p.vocab = vocab, p.vocab_chunk = 128;
   p.targets = targets.data(), p.loss_scale = 0.5f;
@@ -232,7 +235,8 @@ TEST_F(CudaStorage, AttentionForwardAndBackwardMatchCpuTwin) {
   const std::vector<float> slopes = {0.5f, 0.125f};
   std::vector<uint8_t> mask(B * T, 1);
   for (int64_t j = 0; j < 6; ++j) mask[T + j] = 0;
-  const auto qkv = rounded_normal(t, B * T * H * 3 * D, 51), dout = rounded_normal(t, B * T * H * D, 52);
+  const auto qkv = rounded_normal(t, B * T * H * 3 * D, 51),
+             dout = rounded_normal(t, B * T * H * D, 52);
   AlibiAttentionParams p;
   p.storage = t, p.batch = B, p.seq = T, p.heads = H, p.head_dim = D;
   p.scale = 1.0f / std::sqrt(static_cast<float>(D));
@@ -277,7 +281,8 @@ TEST_F(CudaStorage, MaskedAdamWWithBf16ArenaMatchesCpuTwin) {
     p.lr = 1e-2f, p.weight_decay = 0.1f, p.step = 2, p.grad_scale = 0.5f;
     std::vector<float> cpu_master = master, cpu_m = m, cpu_v = v;
     Bits cpu_arena = params.bits;
-    p.params = cpu_arena.data(), p.master = cpu_master.data(), p.m = cpu_m.data(), p.v = cpu_v.data();
+    p.params = cpu_arena.data(), p.master = cpu_master.data(), p.m = cpu_m.data(),
+    p.v = cpu_v.data();
     ASSERT_TRUE((adamw ? cpu_->masked_adamw(p) : cpu_->masked_sgd(p)).ok());
     DeviceBuffer<int64_t> dindex(index);
     DeviceBuffer<float> dgrad(grad), dmaster(master), dm(m), dv(v);
@@ -298,7 +303,8 @@ TEST_F(CudaStorage, MaskedAdamWWithBf16ArenaMatchesCpuTwin) {
       }
       const float mst = got_master[it - index.begin()];
       ASSERT_EQ(got[e], f32_to_bf16(mst)) << "arena " << e << " is not its master rounded";
-      const double delta = 1e-6 * std::fabs(cpu_master[it - index.begin()]) + 1e-7 * test::max_abs(cpu_master);
+      const double delta =
+          1e-6 * std::fabs(cpu_master[it - index.begin()]) + 1e-7 * test::max_abs(cpu_master);
       const float ge = bf16_to_f32(got[e]), ce = bf16_to_f32(cpu_arena[e]);
       ASSERT_LE(std::fabs(ge - ce), test::bf16_pair_bound(delta, ge, ce)) << "arena " << e;
     }

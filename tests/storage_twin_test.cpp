@@ -10,6 +10,8 @@
 //  - the GEMM's sbgemm path sums in another order: there the bound is
 //    u |c32| + (2 + 2u) gamma_(k+2) sum |terms| (u of the output type; each fp32 result within
 //    gamma_(k+2) sum|terms| of the exact value, then one rounding).
+#include "storage_twin.h"
+
 #include <dlfcn.h>
 
 #include <cmath>
@@ -24,7 +26,6 @@
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/storage.h"
-#include "storage_twin.h"
 
 namespace engine {
 namespace {
@@ -264,10 +265,9 @@ struct GemmCase {
 // checks every element: bit-exact rounding on the widening path, the derived bound on both.
 void check_gemm(const GemmCase& c, cpu::Bf16GemmPath path) {
   SCOPED_TRACE(::testing::Message() << c.m << "x" << c.n << "x" << c.k << " ta=" << c.ta
-                                    << " tb=" << c.tb << " bias=" << c.bias
-                                    << " res=" << c.residual << " in=" << dtype_name(c.in)
-                                    << " out=" << dtype_name(c.out) << " path="
-                                    << std::string(cpu::bf16_gemm_path_name(path)));
+                                    << " tb=" << c.tb << " bias=" << c.bias << " res=" << c.residual
+                                    << " in=" << dtype_name(c.in) << " out=" << dtype_name(c.out)
+                                    << " path=" << std::string(cpu::bf16_gemm_path_name(path)));
   ASSERT_TRUE(cpu::set_bf16_gemm_path(path).ok());
   const int64_t pad = 2;
   const int64_t lda = (c.ta ? c.m : c.k) + pad, ldb = (c.tb ? c.k : c.n) + pad, ldc = c.n + pad;
@@ -301,8 +301,9 @@ void check_gemm(const GemmCase& c, cpu::Bf16GemmPath path) {
   }
   ASSERT_TRUE(cpu::gemm(h).ok());
   if (out16) got = widen(c.out, got16);
-  const double u_out = c.out == DType::kBF16 ? kBf16UnitRoundoff
-                       : c.out == DType::kF16 ? test::kF16UnitRoundoff : 0.0;
+  const double u_out = c.out == DType::kBF16  ? kBf16UnitRoundoff
+                       : c.out == DType::kF16 ? test::kF16UnitRoundoff
+                                              : 0.0;
   const bool same_order = !(c.in == DType::kBF16 && path == cpu::Bf16GemmPath::kSbgemm);
   for (int64_t i = 0; i < c.m; ++i) {
     for (int64_t j = 0; j < ldc; ++j) {
@@ -341,9 +342,11 @@ std::vector<cpu::Bf16GemmPath> supported_paths() {
 }
 
 TEST(StorageTwin, GemmEveryTypeComboTransposeAndEpilogue) {
-  const std::vector<std::pair<DType, DType>> combos = {
-      {DType::kBF16, DType::kBF16}, {DType::kBF16, DType::kF32}, {DType::kF32, DType::kBF16},
-      {DType::kF16, DType::kF16}, {DType::kF16, DType::kF32}};
+  const std::vector<std::pair<DType, DType>> combos = {{DType::kBF16, DType::kBF16},
+                                                       {DType::kBF16, DType::kF32},
+                                                       {DType::kF32, DType::kBF16},
+                                                       {DType::kF16, DType::kF16},
+                                                       {DType::kF16, DType::kF32}};
   for (cpu::Bf16GemmPath path : supported_paths()) {
     for (auto [in, out] : combos) {
       for (bool ta : {false, true}) {
@@ -363,8 +366,8 @@ TEST(StorageTwin, GemmEveryTypeComboTransposeAndEpilogue) {
 // cblas_sbgemm: sbgemm, else widen + sgemm), and that path is the default's result bit for bit.
 TEST(StorageTwin, Bf16GemmTakesThePathTheProbeReports) {
   __builtin_cpu_init();
-  const bool sbgemm = __builtin_cpu_supports("avx512bf16") &&
-                      dlsym(RTLD_DEFAULT, "cblas_sbgemm") != nullptr;
+  const bool sbgemm =
+      __builtin_cpu_supports("avx512bf16") && dlsym(RTLD_DEFAULT, "cblas_sbgemm") != nullptr;
   cpu::clear_bf16_gemm_path_override();
   const cpu::Bf16GemmPath detected = cpu::active_bf16_gemm_path();
   EXPECT_EQ(detected, sbgemm ? cpu::Bf16GemmPath::kSbgemm : cpu::Bf16GemmPath::kWidenSgemm)

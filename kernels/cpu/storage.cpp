@@ -6,8 +6,8 @@
 #include <dlfcn.h>
 
 #include <atomic>
-#include <string>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -51,8 +51,8 @@ std::atomic<int> gemm_path_override{kNoOverride};
 
 // cblas_sbgemm's signature (cblas.h).
 using SbgemmFn = void (*)(CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint m, blasint n,
-                          blasint k, float alpha, const bfloat16* a, blasint lda,
-                          const bfloat16* b, blasint ldb, float beta, float* c, blasint ldc);
+                          blasint k, float alpha, const bfloat16* a, blasint lda, const bfloat16* b,
+                          blasint ldb, float beta, float* c, blasint ldc);
 
 }  // namespace
 
@@ -180,8 +180,7 @@ SbgemmFn sbgemm_function() {
 bool bf16_gemm_path_supported(Bf16GemmPath path) {
   if (path == Bf16GemmPath::kWidenSgemm) return true;
   __builtin_cpu_init();
-  static const bool sbgemm =
-      __builtin_cpu_supports("avx512bf16") && sbgemm_function() != nullptr;
+  static const bool sbgemm = __builtin_cpu_supports("avx512bf16") && sbgemm_function() != nullptr;
   return sbgemm;
 }
 
