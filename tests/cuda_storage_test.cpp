@@ -119,6 +119,27 @@ TEST_F(CudaStorage, GemmWithEpilogueMatchesCpuTwin) {
   }
 }
 
+// The residual added in place (residual = C) with a bf16 C: read into the fp32 sum before C is
+// written, so the result equals the one with a separate residual, bit for bit.
+TEST_F(CudaStorage, GemmResidualInPlaceInBf16) {
+  const int64_t m = 19, n = 24, k = 31;
+  const auto a = rounded_normal(DType::kBF16, m * k, 81),
+             b = rounded_normal(DType::kBF16, k * n, 82);
+  const auto bias = rounded_normal(DType::kBF16, n, 83),
+             res = rounded_normal(DType::kBF16, m * n, 84);
+  DeviceBuffer<uint16_t> da(a.bits), db(b.bits), dbias(bias.bits), dres(res.bits), separate(m * n),
+      in_place(res.bits);
+  GemmParams g;
+  g.input_type = g.output_type = DType::kBF16;
+  g.m = m, g.n = n, g.k = k, g.lda = k, g.ldb = n, g.ldc = n, g.ldr = n;
+  g.a = da.ptr, g.b = db.ptr, g.bias = dbias.ptr;
+  g.residual = dres.ptr, g.c = separate.ptr;
+  ASSERT_TRUE(gpu_->gemm(g).ok());
+  g.residual = in_place.ptr, g.c = in_place.ptr;
+  ASSERT_TRUE(gpu_->gemm(g).ok());
+  EXPECT_EQ(in_place.read(), separate.read());
+}
+
 TEST_F(CudaStorage, LayerNormForwardAndBackwardMatchCpuTwin) {
   const DType t = DType::kBF16;
   const int64_t rows = 13, width = 300;

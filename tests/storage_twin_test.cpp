@@ -362,6 +362,30 @@ TEST(StorageTwin, GemmEveryTypeComboTransposeAndEpilogue) {
   cpu::clear_bf16_gemm_path_override();
 }
 
+// A linear layer adds its residual in place (residual = C, ldr = ldc) in bf16 as in fp32: the
+// residual is read before C is written, so the result equals the one with a separate residual.
+TEST(StorageTwin, GemmResidualInPlaceInBf16) {
+  const int64_t m = 19, n = 24, k = 31;
+  const auto a = rounded_normal(DType::kBF16, m * k, 81),
+             b = rounded_normal(DType::kBF16, k * n, 82);
+  const auto bias = rounded_normal(DType::kBF16, n, 83),
+             res = rounded_normal(DType::kBF16, m * n, 84);
+  for (cpu::Bf16GemmPath path : supported_paths()) {
+    ASSERT_TRUE(cpu::set_bf16_gemm_path(path).ok());
+    GemmParams g;
+    g.input_type = g.output_type = DType::kBF16;
+    g.m = m, g.n = n, g.k = k, g.lda = k, g.ldb = n, g.ldc = n, g.ldr = n;
+    g.a = a.bits.data(), g.b = b.bits.data(), g.bias = bias.bits.data();
+    std::vector<uint16_t> separate(m * n), in_place = res.bits;
+    g.residual = res.bits.data(), g.c = separate.data();
+    ASSERT_TRUE(cpu::gemm(g).ok());
+    g.residual = in_place.data(), g.c = in_place.data();
+    ASSERT_TRUE(cpu::gemm(g).ok());
+    EXPECT_EQ(in_place, separate) << cpu::bf16_gemm_path_name(path);
+  }
+  cpu::clear_bf16_gemm_path_override();
+}
+
 // The bf16 GEMM takes the path the probe reports (AVX512_BF16 and an OpenBLAS exporting
 // cblas_sbgemm: sbgemm, else widen + sgemm), and that path is the default's result bit for bit.
 TEST(StorageTwin, Bf16GemmTakesThePathTheProbeReports) {
