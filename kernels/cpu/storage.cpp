@@ -150,10 +150,11 @@ absl::Status on_f32_storage(const ClassifierParams& p, const char* op,
   if (p.storage == DType::kF32) return f32_kernel(p);
   if (p.rows < 0 || p.width <= 0 || p.vocab <= 0) return f32_kernel(p);  // names the shape
   Widened w(p.storage);
+  // The kernel widens the (V, W) table a vocabulary chunk at a time (kernels/cpu/classifier.cpp):
+  // q keeps the storage type, which the kernel applies to the embedding alone, and carries the
+  // widened activations.
   ClassifierParams q = p;
-  q.storage = DType::kF32;
   q.hidden = w.in(p.hidden, p.rows * p.width);
-  q.embedding = w.in(p.embedding, p.vocab * p.width);
   q.dhidden = w.out(p.dhidden, p.rows * p.width);
   if (absl::Status s = f32_kernel(q); !s.ok()) return s;
   store(p.storage, static_cast<const float*>(q.dhidden), p.dhidden, p.rows * p.width);

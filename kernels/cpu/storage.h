@@ -9,7 +9,8 @@
 // the CUDA kernels, which also compute in fp32 and round once on store, are compared with it
 // (docs/TOLERANCES.md, "Storage types"). F32 storage calls the fp32 kernel directly, unchanged.
 // The widened copies are temporary buffers of the call: the twin is a reference, not a fast
-// path; embedding and AdamW store their 16-bit elements directly (no widened table or arena).
+// path; embedding and AdamW store their 16-bit elements directly (no widened table or arena),
+// and the classifier widens its embedding table one vocabulary chunk at a time.
 #pragma once
 
 #include <cstdint>
