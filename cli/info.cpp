@@ -15,6 +15,7 @@
 #include "cli/flags.h"
 #include "engine/device.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/storage.h"
 #include "model/bloom_layout.h"
 #include "model/config.h"
 #include "model/model_directory.h"
@@ -69,21 +70,26 @@ struct CpuRuntime {
   std::string isa;       // the build the kernels run (kernels/cpu/isa.h)
   std::string detected;  // the best build this CPU supports
   std::string blas_core;
+  std::string bf16_gemm;  // how bf16 GEMMs run: sbgemm or widen+sgemm (kernels/cpu/storage.h)
 };
 
 CpuRuntime cpu_runtime() {
   const absl::StatusOr<cpu::CpuIsa> isa = cpu::active_cpu_isa();
   return {isa.ok() ? std::string(cpu::cpu_isa_name(*isa)) : std::string(isa.status().message()),
-          std::string(cpu::cpu_isa_name(cpu::detected_cpu_isa())), cpu::blas_core_name()};
+          std::string(cpu::cpu_isa_name(cpu::detected_cpu_isa())), cpu::blas_core_name(),
+          std::string(cpu::bf16_gemm_path_name(cpu::active_bf16_gemm_path()))};
 }
 
 nlohmann::ordered_json cpu_json(const CpuRuntime& r) {
-  return {{"isa", r.isa}, {"isa_detected", r.detected}, {"blas_core", r.blas_core}};
+  return {{"isa", r.isa},
+          {"isa_detected", r.detected},
+          {"blas_core", r.blas_core},
+          {"bf16_gemm", r.bf16_gemm}};
 }
 
 void print_cpu(const CpuRuntime& r) {
-  std::printf("cpu: kernels %s (best supported: %s), OpenBLAS core %s\n", r.isa.c_str(),
-              r.detected.c_str(), r.blas_core.c_str());
+  std::printf("cpu: kernels %s (best supported: %s), OpenBLAS core %s, bf16 GEMM %s\n",
+              r.isa.c_str(), r.detected.c_str(), r.blas_core.c_str(), r.bf16_gemm.c_str());
 }
 
 // Which device --device auto picks here, and what the build and the machine offer.

@@ -3,10 +3,16 @@
 // Contract: each op takes one plain params struct (pointers, sizes, strides, scalars) built on
 // the host and returns a Status; no op allocates persistent memory or exits the process.
 // Pointers refer to memory of the backend's device (host memory for the CPU backend, device
-// memory from `allocate` for CUDA); element types are the backend's compute dtype (f32 on the
-// CPU backend). Memory is the one thing a backend hands out: `allocate` / `deallocate` and the
-// copies below (engine/device_array.h wraps them); ops are enqueued in call order and a copy to
-// the host returns after everything enqueued before it has finished. Shapes are written as (B, T, C) comments, with
+// memory from `allocate` for CUDA). Memory is the one thing a backend hands out: `allocate`, its
+// deallocator and the copies below (engine/device_array.h wraps them); ops are enqueued in call
+// order and a copy to the host returns after everything enqueued before it has finished.
+// Each struct names the storage type of its
+// activation and parameter tensors (a DType field; F32 by default) and holds those tensors as
+// untyped pointers; statistics, gradients of fp32 state and optimizer state are fp32 float*
+// whatever the storage. Arithmetic is fp32 on every backend: 16-bit inputs are widened exactly
+// and every stored 16-bit output is rounded once, to nearest even (docs/CUDA.md, "Storage types").
+// Storage F32, BF16 and F16 are accepted by every op on every backend; an integer type is an
+// InvalidArgumentError naming the op and the type. Shapes are written as (B, T, C) comments, with
 // B batch rows, T positions, C hidden width, H heads, D head dim, V vocabulary.
 #pragma once
 
@@ -27,47 +33,56 @@ enum class DeviceKind { kCpu, kCuda };
 // Optional epilogue of a linear layer (only with beta = 0): C = alpha op(A) op(B) + bias + R,
 // bias (n) added to every row, R (m, n) with leading dimension ldr (a residual); either may be
 // null. R may be C itself (ldr = ldc): the sum is then formed in place.
+// Storage: input_type for a, b, bias and residual; output_type for c (also read when beta != 0).
+// Accumulation is fp32; the epilogue is added in fp32 and the sum rounded once to output_type.
 struct GemmParams {
+  DType input_type = DType::kF32;
+  DType output_type = DType::kF32;
   bool transpose_a = false;
   bool transpose_b = false;
   int64_t m = 0, n = 0, k = 0;  // op(A) is (m, k), op(B) is (k, n), C is (m, n)
   float alpha = 1.0f, beta = 0.0f;
-  const float* a = nullptr; int64_t lda = 0;
-  const float* b = nullptr; int64_t ldb = 0;
-  float* c = nullptr; int64_t ldc = 0;
-  const float* bias = nullptr;
-  const float* residual = nullptr; int64_t ldr = 0;
+  const void* a = nullptr; int64_t lda = 0;
+  const void* b = nullptr; int64_t ldb = 0;
+  void* c = nullptr; int64_t ldc = 0;
+  const void* bias = nullptr;
+  const void* residual = nullptr; int64_t ldr = 0;
 };
 
 // y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim; keeps mean and rstd.
+// Storage: x, weight, bias, y, dy, dx; mean, rstd, dweight and dbias are fp32.
 struct LayerNormParams {
+  DType storage = DType::kF32;
   int64_t rows = 0, width = 0;   // x, y: (rows, width)
   float eps = 1e-5f;
-  const float* x = nullptr;
-  const float* weight = nullptr; const float* bias = nullptr;  // (width)
-  float* y = nullptr;
+  const void* x = nullptr;
+  const void* weight = nullptr; const void* bias = nullptr;  // (width)
+  void* y = nullptr;
   float* mean = nullptr; float* rstd = nullptr;                // (rows), may be null
   // Backward only: dy in, dx out (accumulated when accumulate_dx), dweight/dbias accumulated,
   // each may be null when nobody needs it.
-  const float* dy = nullptr;
-  float* dx = nullptr; bool accumulate_dx = false;
+  const void* dy = nullptr;
+  void* dx = nullptr; bool accumulate_dx = false;
   float* dweight = nullptr; float* dbias = nullptr;
 };
 
-// tanh-approximation GELU, elementwise over n values.
+// tanh-approximation GELU, elementwise over n values. Storage: x, y, dy, dx.
 struct GeluParams {
+  DType storage = DType::kF32;
   int64_t n = 0;
-  const float* x = nullptr; float* y = nullptr;
-  const float* dy = nullptr; float* dx = nullptr;  // backward
+  const void* x = nullptr; void* y = nullptr;
+  const void* dy = nullptr; void* dx = nullptr;  // backward
 };
 
 // out[r] = table[ids[r]]; backward scatters-adds rows of dout into dtable.
+// Storage: table, out, dout; dtable is fp32.
 struct EmbeddingParams {
+  DType storage = DType::kF32;
   int64_t rows = 0, width = 0, vocab = 0;
   const int32_t* ids = nullptr;      // (rows)
-  const float* table = nullptr;      // (vocab, width)
-  float* out = nullptr;              // (rows, width)
-  const float* dout = nullptr; float* dtable = nullptr;  // backward
+  const void* table = nullptr;       // (vocab, width)
+  void* out = nullptr;               // (rows, width)
+  const void* dout = nullptr; float* dtable = nullptr;  // backward
 };
 
 // Per-(batch row, head) attention statistics, accumulated over valid query rows (METHOD.md 2).
@@ -85,8 +100,8 @@ struct HeadStatsAccumulator {
 // stats.rows[b], when given, gains the number of real query rows of batch row b in this call.
 // The one params struct of the attention family on every device: the CPU kernel takes it as is,
 // the CUDA kernels through cuda::AttentionParams (this plus a stream). qkv, out, dout and dqkv
-// hold elements of `storage`; the CPU backend computes kF32, the CUDA kernels kF32, kBF16 and
-// kF16. Everything else is fp32 / int whatever the storage.
+// hold elements of `storage` (kF32, kBF16 or kF16 on both backends; the CUDA kernels take the
+// 16-bit types on tensor cores for head_dim 64, 80, 96 and 128). Everything else is fp32 / int whatever the storage.
 struct AlibiAttentionParams {
   DType storage = DType::kF32;
   int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
@@ -105,26 +120,31 @@ struct AlibiAttentionParams {
 };
 
 // Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the
-// (rows, V) logits are never held at once.
+// (rows, V) logits are never held at once. Storage: hidden, embedding, dhidden; logits,
+// row_loss and dembedding are fp32.
 struct ClassifierParams {
+  DType storage = DType::kF32;
   int64_t rows = 0, width = 0, vocab = 0;
   int64_t vocab_chunk = 8192;
-  const float* hidden = nullptr;     // (rows, width) after ln_f
-  const float* embedding = nullptr;  // (V, width)
+  const void* hidden = nullptr;      // (rows, width) after ln_f
+  const void* embedding = nullptr;   // (V, width)
   const int32_t* targets = nullptr;  // (rows), -1 = not scored
   float* logits = nullptr;           // optional (rows, V) output
   float* row_loss = nullptr;         // (rows) -log p(target), 0 for unscored rows
-  float* dhidden = nullptr;          // optional: gradient of sum-of-scored-losses * loss_scale
+  void* dhidden = nullptr;           // optional: gradient of sum-of-scored-losses * loss_scale
   float* dembedding = nullptr;       // optional, accumulated
   float loss_scale = 1.0f;
 };
 
 // AdamW over the compact trainable state: element i of the compact buffers belongs to arena
 // element index[i]; frozen elements are simply never listed, so they cannot move.
+// Storage: the arena `params`. With 16-bit storage the fp32 masters are required and the arena
+// element receives its updated master rounded to nearest even.
 struct MaskedAdamWParams {
+  DType storage = DType::kF32;
   int64_t n = 0;                     // trainable elements
   const int64_t* index = nullptr;    // (n) arena element offsets
-  float* params = nullptr;           // arena base
+  void* params = nullptr;            // arena base
   float* master = nullptr;           // (n) fp32 master copy, may be null when params are fp32
   const float* grad = nullptr;       // (n)
   float* m = nullptr; float* v = nullptr;  // (n)
@@ -174,7 +194,8 @@ class Backend {
   virtual absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) = 0;
 };
 
-// The CPU reference backend (fp32, OpenMP, BLAS GEMM).
+// The CPU reference backend (fp32 arithmetic, OpenMP, BLAS GEMM; F32 storage is the reference,
+// BF16 / F16 storage its twin of the CUDA backend: kernels/cpu/storage.h).
 std::unique_ptr<Backend> make_cpu_backend();
 
 }  // namespace engine

@@ -304,18 +304,22 @@ TEST(AlibiAttentionForward, RejectsBadShapes) {
   EXPECT_FALSE(cpu::alibi_attention_forward(p).ok());
 }
 
-// The params struct carries a storage type for every device; the CPU kernel computes F32 only
-// and says so, before touching memory.
-TEST(AlibiAttentionForward, RefusesSixteenBitStorageByName) {
+// The params struct carries a storage type for every device; the CPU takes F32, BF16 and F16
+// (the 16-bit twin: tests/storage_twin_test.cpp) and refuses an integer type by name, before
+// touching memory.
+TEST(AlibiAttentionForward, RefusesIntegerStorageByName) {
   std::vector<float> qkv(3 * 8), out(8), slopes(1, 0.5f), lse(1);
   AlibiAttentionParams p;
   p.batch = 1, p.seq = 1, p.heads = 1, p.head_dim = 8, p.scale = 0.35f;
   p.qkv = qkv.data(), p.out = out.data(), p.slopes = slopes.data(), p.lse = lse.data();
   ASSERT_TRUE(cpu::alibi_attention_forward(p).ok());
   p.storage = DType::kBF16;
+  ASSERT_TRUE(cpu::alibi_attention_forward(p).ok());
+  p.storage = DType::kU8;
   const absl::Status s = cpu::alibi_attention_forward(p);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(std::string(s.message()).find("BF16"), std::string::npos) << s;
+  EXPECT_NE(std::string(s.message()).find("U8"), std::string::npos) << s;
+  EXPECT_NE(std::string(s.message()).find("alibi_attention_forward"), std::string::npos) << s;
 }
 
 // sum_{b,t,h,d} w * out for the double reference: the scalar whose gradient the backward computes

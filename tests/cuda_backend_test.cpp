@@ -251,8 +251,9 @@ TEST_F(CudaKernels, MaskedAdamWMatchesCpuAndLeavesFrozenElementsAlone) {
   for (int64_t e = 0; e < arena; ++e) arena16[e] = to_bf16(params[e]);
   Device<uint16_t> d16(arena16);
   Device<float> dmaster(master), dm2(m), dv2(v);
-  g.master = dmaster.ptr, g.m = dm2.ptr, g.v = dv2.ptr, g.params = nullptr;
-  ASSERT_TRUE(cuda::masked_adamw(g, StorageType::kBF16, d16.ptr, nullptr).ok());
+  g.master = dmaster.ptr, g.m = dm2.ptr, g.v = dv2.ptr;
+  g.storage = StorageType::kBF16, g.params = d16.ptr;
+  ASSERT_TRUE(cuda::masked_adamw(g, nullptr).ok());
   const std::vector<float> got_master = dmaster.read();
   expect_close(got_master, cpu_master, 1e-6f, 1e-7f, "adamw master");
   const std::vector<uint16_t> got16 = d16.read();
@@ -588,7 +589,8 @@ TEST_F(CudaKernels, IntegerStorageIsRefusedByEveryEntryPoint) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(std::string(s.message()).find("F32, BF16 or F16"), std::string::npos) << s;
   MaskedAdamWParams a;
-  const absl::Status sa = cuda::masked_adamw(a, DType::kU8, nullptr, nullptr);
+  a.storage = DType::kU8;
+  const absl::Status sa = cuda::masked_adamw(a, nullptr);
   EXPECT_NE(std::string(sa.message()).find("F32, BF16 or F16"), std::string::npos) << sa;
   cuda::MixedGemmParams g;
   g.m = g.n = g.k = 1;

@@ -25,17 +25,7 @@ std::vector<float> random_vector(size_t n, uint32_t seed) {
   return v;
 }
 
-class CudaOps : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    auto g = make_backend("cuda");
-    ASSERT_TRUE(g.ok()) << g.status();
-    gpu_ = std::move(*g);
-    cpu_ = make_cpu_backend();
-  }
-  std::unique_ptr<Backend> gpu_, cpu_;
-};
+class CudaOps : public test_support::CudaAndCpuBackends {};
 
 // fp32 GEMM: cuBLAS and OpenBLAS agree to accumulated rounding (tolerance in docs/TOLERANCES.md).
 TEST_F(CudaOps, GemmMatchesCpuAllTransposes) {

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/storage.h"
 #include "kernels/cpu/ops.h"
 
 namespace engine {
@@ -56,6 +57,10 @@ TEST(CpuIsa, EnvironmentVariableIsHonouredOrRefusedInOneLine) {
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("\"isa\": \"" + detected + "\"")) << out;
   EXPECT_THAT(out, HasSubstr("\"blas_core\": ")) << out;
+  // The bf16 GEMM path the kernels take (tests/storage_twin_test.cpp checks it against the probe).
+  EXPECT_THAT(out, HasSubstr("\"bf16_gemm\": \"" +
+                             std::string(cpu::bf16_gemm_path_name(cpu::active_bf16_gemm_path())) +
+                             "\"")) << out;
   std::tie(rc, out) = run_cli("avx2", "info --json");
   ASSERT_EQ(rc, 0) << out;
   EXPECT_THAT(out, HasSubstr("\"isa\": \"avx2\"")) << out;

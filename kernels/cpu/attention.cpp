@@ -64,7 +64,8 @@ struct RowLayout {
   bool real(int64_t j) const { return mask == nullptr || mask[j] != 0; }
 };
 
-// The CPU kernel computes in fp32 storage (the bf16-storage twin of the CUDA path is to come).
+// The per-instruction-set kernel computes on fp32 storage; 16-bit storage is widened around it
+// (kernels/cpu/storage.h), so it only ever sees F32 here.
 absl::Status check_f32_storage(const AlibiAttentionParams& p, const char* op) {
   if (p.storage == DType::kF32) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(op, ": the CPU kernel takes F32 storage, got ",

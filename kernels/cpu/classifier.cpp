@@ -11,12 +11,18 @@
 // alone does not: softmax . embedding is accumulated during the first pass like the output of
 // flash attention (acc = sum_v exp(z_v - running max) e_v, rescaled when the running max grows,
 // divided by the running sum at the end), so loss and dhidden cost two GEMMs, not three.
+// Storage: this per-instruction-set kernel takes hidden and dhidden in fp32 and the embedding in
+// p.storage. The 16-bit twin (kernels/cpu/storage.h) widens the activations before calling it but
+// not the (V, W) table, which it would otherwise copy whole on every call: the table's rows are
+// widened here one vocabulary chunk at a time (EmbeddingRows).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/dtype.h"
 #include "kernels/cpu/isa_kernels.h"
 #include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/ops.h"
@@ -29,6 +35,42 @@ namespace {
 // chunk) while keeping each GEMM large enough to run near peak.
 constexpr int64_t kRowBlock = 256;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// fp32 rows of the embedding table: pointers into it when it is fp32, else rows widened into a
+// buffer that holds the last range asked for (a chunk is asked for by two GEMMs in a row).
+class EmbeddingRows {
+ public:
+  explicit EmbeddingRows(const ClassifierParams& p) : p_(p) {}
+  const float* rows(int64_t v0, int64_t count) {
+    if (p_.storage == DType::kF32) return static_cast<const float*>(p_.embedding) + v0 * p_.width;
+    if (v0 != v0_ || count != count_) {
+      buffer_.resize(static_cast<size_t>(count * p_.width));
+      convert_to_f32(p_.storage,
+                     static_cast<const char*>(p_.embedding) +
+                         v0 * p_.width * static_cast<int64_t>(dtype_size(p_.storage)),
+                     buffer_.data(), buffer_.size());
+      v0_ = v0, count_ = count;
+    }
+    return buffer_.data();
+  }
+
+ private:
+  const ClassifierParams& p_;
+  std::vector<float> buffer_;
+  int64_t v0_ = -1, count_ = 0;
+};
+
+// Row t of the embedding table in fp32: a pointer into an fp32 table, else widened into *buffer.
+const float* embedding_row(const ClassifierParams& p, int32_t t, std::vector<float>* buffer) {
+  const int64_t W = p.width;
+  if (p.storage == DType::kF32) return static_cast<const float*>(p.embedding) + t * W;
+  buffer->resize(static_cast<size_t>(W));
+  convert_to_f32(p.storage,
+                 static_cast<const char*>(p.embedding) +
+                     t * W * static_cast<int64_t>(dtype_size(p.storage)),
+                 buffer->data(), buffer->size());
+  return buffer->data();
+}
 
 absl::Status check(const ClassifierParams& p) {
   if (p.rows < 0 || p.width <= 0 || p.vocab <= 0 || p.vocab_chunk <= 0) {
@@ -59,9 +101,10 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
   std::vector<float> z(static_cast<size_t>(kRowBlock * chunk));  // logits, then exp(z - max)
   std::vector<float> row_max(kRowBlock), target_logit(kRowBlock), rescale(kRowBlock);
   std::vector<double> row_sum(kRowBlock);
+  EmbeddingRows table(p);
   for (int64_t r0 = 0; r0 < p.rows; r0 += kRowBlock) {
     const int64_t nr = std::min(kRowBlock, p.rows - r0);
-    float* acc = p.dhidden + r0 * W;  // (nr, W): sum_v exp(z_v - row_max) e_v so far
+    float* acc = static_cast<float*>(p.dhidden) + r0 * W;  // (nr, W): sum_v exp(z_v - row_max) e_v so far
     std::fill_n(row_max.begin(), nr, kNegInf);
     std::fill_n(row_sum.begin(), nr, 0.0);
     std::fill_n(target_logit.begin(), nr, 0.0f);
@@ -70,8 +113,8 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       GemmParams g;  // (nr, W) . (nc, W)^T -> (nr, nc)
       g.transpose_b = true;
       g.m = nr, g.n = nc, g.k = W;
-      g.a = p.hidden + r0 * W, g.lda = W;
-      g.b = p.embedding + v0 * W, g.ldb = W;
+      g.a = static_cast<const float*>(p.hidden) + r0 * W, g.lda = W;
+      g.b = table.rows(v0, nc), g.ldb = W;
       g.c = z.data(), g.ldc = nc;
       if (absl::Status s = gemm(g); !s.ok()) return s;
 #pragma omp parallel for schedule(static)
@@ -102,7 +145,7 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       GemmParams a;  // acc (nr, W) += exp(z - max) (nr, nc) . embedding chunk (nc, W)
       a.m = nr, a.n = W, a.k = nc;
       a.a = z.data(), a.lda = nc;
-      a.b = p.embedding + v0 * W, a.ldb = W;
+      a.b = table.rows(v0, nc), a.ldb = W;
       a.c = acc, a.ldc = W;
       a.beta = v0 == 0 ? 0.0f : 1.0f;
       if (absl::Status s = gemm(a); !s.ok()) return s;
@@ -119,7 +162,8 @@ absl::Status loss_and_dhidden_one_pass(const ClassifierParams& p) {
       }
       // dhidden = loss_scale * (softmax . embedding - embedding[target]).
       const float inv = static_cast<float>(p.loss_scale / row_sum[r]);
-      const float* et = p.embedding + static_cast<int64_t>(t) * W;
+      std::vector<float> widened;  // the target's row of a 16-bit table
+      const float* et = embedding_row(p, t, &widened);
       for (int64_t c = 0; c < W; ++c) ar[c] = ar[c] * inv - p.loss_scale * et[c];
     }
   }
@@ -142,6 +186,7 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
   std::vector<float> dlogits(want_grad ? static_cast<size_t>(kRowBlock * chunk) : 0);
   std::vector<float> row_max(kRowBlock), row_lse(kRowBlock), target_logit(kRowBlock);
   std::vector<double> row_sum(kRowBlock);
+  EmbeddingRows table(p);
 
   // Points *z at the (nr, nc) logits of rows r0.. and vocabulary v0.., row stride *ld.
   auto chunk_logits = [&](int64_t r0, int64_t nr, int64_t v0, int64_t nc, const float** z,
@@ -152,8 +197,8 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
     GemmParams g;
     g.transpose_b = true;
     g.m = nr, g.n = nc, g.k = W;
-    g.a = p.hidden + r0 * W, g.lda = W;
-    g.b = p.embedding + v0 * W, g.ldb = W;
+    g.a = static_cast<const float*>(p.hidden) + r0 * W, g.lda = W;
+    g.b = table.rows(v0, nc), g.ldb = W;
     g.c = dst, g.ldc = *ld;
     return gemm(g);
   };
@@ -219,8 +264,8 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
         GemmParams g;  // (nr, nc) . (nc, W) -> (nr, W)
         g.m = nr, g.n = W, g.k = nc;
         g.a = dlogits.data(), g.lda = nc;
-        g.b = p.embedding + v0 * W, g.ldb = W;
-        g.c = p.dhidden + r0 * W, g.ldc = W;
+        g.b = table.rows(v0, nc), g.ldb = W;
+        g.c = static_cast<float*>(p.dhidden) + r0 * W, g.ldc = W;
         g.beta = v0 == 0 ? 0.0f : 1.0f;
         if (absl::Status s = gemm(g); !s.ok()) return s;
       }
@@ -229,7 +274,7 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p) {
         g.transpose_a = true;
         g.m = nc, g.n = W, g.k = nr;
         g.a = dlogits.data(), g.lda = nc;
-        g.b = p.hidden + r0 * W, g.ldb = W;
+        g.b = static_cast<const float*>(p.hidden) + r0 * W, g.ldb = W;
         g.c = p.dembedding + v0 * W, g.ldc = W;
         g.beta = 1.0f;
         if (absl::Status s = gemm(g); !s.ok()) return s;

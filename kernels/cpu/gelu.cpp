@@ -38,14 +38,16 @@ absl::Status check(const GeluParams& p, const char* op, bool backward) {
 
 absl::Status gelu_forward(const GeluParams& p) {
   if (absl::Status s = check(p, "gelu_forward", false); !s.ok()) return s;
+  const float* xs = static_cast<const float*>(p.x);
+  float* ys = static_cast<float*>(p.y);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < p.n; ++i) {
-    const float x = p.x[i];
+    const float x = xs[i];
     const float u = kGeluC * x * (1.0f + kGeluA * x * x);
     const float e = exp_approx(-2.0f * std::fabs(u));
     const float inv = 1.0f / (1.0f + e);
     const float s = u >= 0.0f ? inv : e * inv;
-    p.y[i] = x * s;
+    ys[i] = x * s;
   }
   return absl::OkStatus();
 }
@@ -53,9 +55,12 @@ absl::Status gelu_forward(const GeluParams& p) {
 absl::Status gelu_backward(const GeluParams& p) {
   if (absl::Status s = check(p, "gelu_backward", true); !s.ok()) return s;
   constexpr float kThreeA = 3.0f * kGeluA;
+  const float* xs = static_cast<const float*>(p.x);
+  const float* dys = static_cast<const float*>(p.dy);
+  float* dxs = static_cast<float*>(p.dx);
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < p.n; ++i) {
-    const float x = p.x[i];
+    const float x = xs[i];
     const float u = kGeluC * x * (1.0f + kGeluA * x * x);
     const float e = exp_approx(-2.0f * std::fabs(u));
     const float inv = 1.0f / (1.0f + e);
@@ -63,7 +68,7 @@ absl::Status gelu_backward(const GeluParams& p) {
     const float s_rest = u >= 0.0f ? e * inv : inv;  // 1 - sigmoid(2u)
     const float du = kGeluC * (1.0f + kThreeA * x * x);
     const float grad = s + 2.0f * x * s * s_rest * du;
-    p.dx[i] = grad * p.dy[i];
+    dxs[i] = grad * dys[i];
   }
   return absl::OkStatus();
 }

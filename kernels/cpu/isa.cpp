@@ -11,6 +11,7 @@
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/isa_kernels.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/storage.h"
 
 namespace engine::cpu {
 namespace {
@@ -122,31 +123,52 @@ std::string blas_core_name() {
   return name != nullptr ? std::string(name) : std::string("unknown");
 }
 
+// 16-bit storage is widened around the fp32 kernels (kernels/cpu/storage.h).
 absl::Status layernorm_forward(const LayerNormParams& p) {
-  return dispatch(avx2::layernorm_forward, wide::layernorm_forward, p);
+  return on_f32_storage(p, Pass::kForward, "layernorm_forward", [](const LayerNormParams& q) {
+    return dispatch(avx2::layernorm_forward, wide::layernorm_forward, q);
+  });
 }
 absl::Status layernorm_backward(const LayerNormParams& p) {
-  return dispatch(avx2::layernorm_backward, wide::layernorm_backward, p);
+  return on_f32_storage(p, Pass::kBackward, "layernorm_backward", [](const LayerNormParams& q) {
+    return dispatch(avx2::layernorm_backward, wide::layernorm_backward, q);
+  });
 }
 absl::Status gelu_forward(const GeluParams& p) {
-  return dispatch(avx2::gelu_forward, wide::gelu_forward, p);
+  return on_f32_storage(p, Pass::kForward, "gelu_forward", [](const GeluParams& q) {
+    return dispatch(avx2::gelu_forward, wide::gelu_forward, q);
+  });
 }
 absl::Status gelu_backward(const GeluParams& p) {
-  return dispatch(avx2::gelu_backward, wide::gelu_backward, p);
+  return on_f32_storage(p, Pass::kBackward, "gelu_backward", [](const GeluParams& q) {
+    return dispatch(avx2::gelu_backward, wide::gelu_backward, q);
+  });
 }
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
-  return dispatch(avx2::alibi_attention_forward, wide::alibi_attention_forward, p);
+  return on_f32_storage(p, Pass::kForward, "alibi_attention_forward",
+                        [](const AlibiAttentionParams& q) {
+                          return dispatch(avx2::alibi_attention_forward,
+                                          wide::alibi_attention_forward, q);
+                        });
 }
 absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
-  return dispatch(avx2::alibi_attention_backward, wide::alibi_attention_backward, p);
+  return on_f32_storage(p, Pass::kBackward, "alibi_attention_backward",
+                        [](const AlibiAttentionParams& q) {
+                          return dispatch(avx2::alibi_attention_backward,
+                                          wide::alibi_attention_backward, q);
+                        });
 }
 absl::Status classifier_cross_entropy(const ClassifierParams& p) {
-  return dispatch(avx2::classifier_cross_entropy, wide::classifier_cross_entropy, p);
+  return on_f32_storage(p, "classifier_cross_entropy", [](const ClassifierParams& q) {
+    return dispatch(avx2::classifier_cross_entropy, wide::classifier_cross_entropy, q);
+  });
 }
 absl::Status masked_adamw(const MaskedAdamWParams& p) {
+  if (absl::Status s = check_storage(p.storage, "masked AdamW"); !s.ok()) return s;
   return dispatch(avx2::masked_adamw, wide::masked_adamw, p);
 }
 absl::Status masked_sgd(const MaskedAdamWParams& p) {
+  if (absl::Status s = check_storage(p.storage, "masked SGD"); !s.ok()) return s;
   return dispatch(avx2::masked_sgd, wide::masked_sgd, p);
 }
 

@@ -1,4 +1,5 @@
-// LayerNorm over the last dimension, forward and backward (fp32 storage, double statistics).
+// LayerNorm over the last dimension, forward and backward (fp32 storage, double statistics; the
+// 16-bit storage twin widens around these kernels: kernels/cpu/storage.h).
 // Contract: forward writes y (rows, width) and, when given, mean and rstd (rows); backward takes
 // x, weight, dy (and mean/rstd, recomputed from x when null), writes or accumulates dx, and
 // accumulates dweight/dbias. Any gradient pointer may be null when nobody needs it.
@@ -53,12 +54,14 @@ absl::Status layernorm_forward(const LayerNormParams& p) {
   if (absl::Status s = check(p, "layernorm_forward"); !s.ok()) return s;
   if (p.y == nullptr) return absl::InvalidArgumentError("layernorm_forward: y is required");
   const int64_t w = p.width;
+  const float* weight = static_cast<const float*>(p.weight);
+  const float* bias = static_cast<const float*>(p.bias);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < p.rows; ++r) {
-    const float* x = p.x + r * w;
-    float* y = p.y + r * w;
+    const float* x = static_cast<const float*>(p.x) + r * w;
+    float* y = static_cast<float*>(p.y) + r * w;
     const RowMoments m = row_moments(x, w, p.eps);
-    for (int64_t i = 0; i < w; ++i) y[i] = (x[i] - m.mean) * m.rstd * p.weight[i] + p.bias[i];
+    for (int64_t i = 0; i < w; ++i) y[i] = (x[i] - m.mean) * m.rstd * weight[i] + bias[i];
     if (p.mean != nullptr) p.mean[r] = m.mean;
     if (p.rstd != nullptr) p.rstd[r] = m.rstd;
   }
@@ -69,6 +72,7 @@ absl::Status layernorm_backward(const LayerNormParams& p) {
   if (absl::Status s = check(p, "layernorm_backward"); !s.ok()) return s;
   if (p.dy == nullptr) return absl::InvalidArgumentError("layernorm_backward: dy is required");
   const int64_t w = p.width;
+  const float* weight = static_cast<const float*>(p.weight);
   const bool want_params = p.dweight != nullptr || p.dbias != nullptr;
   const int threads = omp_get_max_threads();
   // Per-thread partial sums for dweight/dbias, reduced after the parallel loop, so the result does
@@ -81,8 +85,8 @@ absl::Status layernorm_backward(const LayerNormParams& p) {
     float* db_part = want_params ? dw_part + w : nullptr;
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < p.rows; ++r) {
-      const float* x = p.x + r * w;
-      const float* dy = p.dy + r * w;
+      const float* x = static_cast<const float*>(p.x) + r * w;
+      const float* dy = static_cast<const float*>(p.dy) + r * w;
       RowMoments m;
       if (p.mean != nullptr && p.rstd != nullptr) {
         m = {p.mean[r], p.rstd[r]};
@@ -101,16 +105,16 @@ absl::Status layernorm_backward(const LayerNormParams& p) {
       double sum_g = 0.0, sum_gx = 0.0;
 #pragma omp simd reduction(+ : sum_g, sum_gx)
       for (int64_t i = 0; i < w; ++i) {
-        const float g = dy[i] * p.weight[i];
+        const float g = dy[i] * weight[i];
         sum_g += g;
         sum_gx += g * ((x[i] - m.mean) * m.rstd);
       }
       const float mean_g = static_cast<float>(sum_g / static_cast<double>(w));
       const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(w));
-      float* dx = p.dx + r * w;
+      float* dx = static_cast<float*>(p.dx) + r * w;
       for (int64_t i = 0; i < w; ++i) {
         const float xhat = (x[i] - m.mean) * m.rstd;
-        const float v = m.rstd * (dy[i] * p.weight[i] - mean_g - xhat * mean_gx);
+        const float v = m.rstd * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
         dx[i] = p.accumulate_dx ? dx[i] + v : v;
       }
     }

@@ -1,6 +1,8 @@
-// The CPU reference implementations of the Backend ops (fp32). Each op lives in its own file
-// kernels/cpu/<op>.cpp; CpuBackend (cpu_backend.cpp) forwards to these free functions so tests
-// and benchmarks can call them directly. Contracts are in engine/backend.h and atop each file.
+// The CPU reference implementations of the Backend ops (fp32 arithmetic on F32, BF16 or F16
+// storage; 16-bit storage is the twin of the CUDA path, kernels/cpu/storage.h). Each op lives in
+// its own file kernels/cpu/<op>.cpp; CpuBackend (cpu_backend.cpp) forwards to these free functions
+// so tests and benchmarks can call them directly. Contracts are in engine/backend.h and atop each
+// file.
 #pragma once
 
 #include "absl/status/status.h"

@@ -451,8 +451,8 @@ absl::Status allow_shared_bytes(Kernel kernel, size_t bytes) {
 
 absl::Status check(const AttentionParams& p, const char* op, bool backward) {
   if (!storage_supported(p.storage)) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": storage must be F32, BF16 or F16, got dtype ",
-                                                   static_cast<int>(p.storage)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": storage must be F32, BF16 or F16, got ", dtype_name(p.storage)));
   }
   if (absl::Status s = check_attention_params(p, op); !s.ok()) return s;
   if (p.storage == StorageType::kF32) {

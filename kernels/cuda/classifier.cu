@@ -6,6 +6,11 @@
 // Gradients (loss_scale * sum of scored row losses) take a second pass that recomputes each
 // chunk's logits (or reads `logits`), turns them into dlogits in place of a scratch chunk, and
 // runs the two GEMMs dhidden (+)= dlogits E and dembedding += dlogits^T hidden.
+// Storage (hidden, embedding, dhidden: F32, BF16 or F16): the logits GEMM reads the storage type
+// and writes fp32; the gradient GEMMs multiply the fp32 dlogits by the storage-typed embedding or
+// hidden (cublasGemmEx, fp32 compute). A 16-bit dhidden is accumulated over the chunks in an
+// fp32 buffer and rounded once at the end of its row block; logits, row_loss and dembedding are
+// fp32 always.
 #include <cmath>
 #include <limits>
 
@@ -14,6 +19,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/scratch.h"
+#include "kernels/cuda/storage.cuh"
 
 namespace engine::cuda {
 namespace {
@@ -105,7 +111,20 @@ __global__ void dlogits_kernel(const float* z, int64_t ld, int64_t nc, int64_t v
   dz[r * nc + c] = g;
 }
 
+// The element `elements` places after base, in storage type t.
+const void* advance(const void* base, int64_t elements, DType t) {
+  return static_cast<const char*>(base) + elements * static_cast<int64_t>(dtype_size(t));
+}
+void* advance(void* base, int64_t elements, DType t) {
+  return static_cast<char*>(base) + elements * static_cast<int64_t>(dtype_size(t));
+}
+
 absl::Status check(const ClassifierParams& p) {
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.storage, "cuda classifier_cross_entropy", type_ok);
+      !s.ok()) {
+    return s;
+  }
   if (p.rows < 0 || p.width <= 0 || p.vocab <= 0 || p.vocab_chunk <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda classifier_cross_entropy: bad shape rows=", p.rows, " width=", p.width,
@@ -135,12 +154,17 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
   StreamScratch scratch(stream);
   float* chunk_buffer = nullptr;  // logits of one (row block, chunk) when the caller keeps none
   float* dlogits = nullptr;
+  float* dhidden32 = nullptr;  // a 16-bit dhidden's fp32 accumulator, (block_rows, W)
+  const bool f32 = p.storage == StorageType::kF32;
   RowState st{};
   if (p.logits == nullptr) {
     if (absl::Status s = scratch.allocate(&chunk_buffer, block_rows * chunk); !s.ok()) return s;
   }
   if (want_grad) {
     if (absl::Status s = scratch.allocate(&dlogits, block_rows * chunk); !s.ok()) return s;
+  }
+  if (!f32 && p.dhidden != nullptr) {
+    if (absl::Status s = scratch.allocate(&dhidden32, block_rows * W); !s.ok()) return s;
   }
   if (absl::Status s = scratch.allocate(&st.max, block_rows); !s.ok()) return s;
   if (absl::Status s = scratch.allocate(&st.sum, block_rows); !s.ok()) return s;
@@ -154,10 +178,11 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
     *ld = p.logits != nullptr ? V : nc;
     *z = dst;
     GemmParams g;
+    g.input_type = p.storage;
     g.transpose_b = true;
     g.m = nr, g.n = nc, g.k = W;
-    g.a = p.hidden + r0 * W, g.lda = W;
-    g.b = p.embedding + v0 * W, g.ldb = W;
+    g.a = advance(p.hidden, r0 * W, p.storage), g.lda = W;
+    g.b = advance(p.embedding, v0 * W, p.storage), g.ldb = W;
     g.c = dst, g.ldc = *ld;
     return gemm(handle, g);
   };
@@ -196,24 +221,50 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
       launch_kernel<dlogits_kernel>(grid, kThreads, 0, stream, z, ld, nc, v0, targets, st.lse,
                                     p.loss_scale, dlogits);
       ENGINE_CUDA_LAUNCH_CHECK(dlogits_kernel);
-      if (p.dhidden != nullptr) {
+      if (p.dhidden != nullptr && f32) {
         GemmParams g;  // (nr, nc) . (nc, W) -> (nr, W)
         g.m = nr, g.n = W, g.k = nc;
         g.a = dlogits, g.lda = nc;
-        g.b = p.embedding + v0 * W, g.ldb = W;
-        g.c = p.dhidden + r0 * W, g.ldc = W;
+        g.b = static_cast<const float*>(p.embedding) + v0 * W, g.ldb = W;
+        g.c = static_cast<float*>(p.dhidden) + r0 * W, g.ldc = W;
         g.beta = v0 == 0 ? 0.0f : 1.0f;
         if (absl::Status s = gemm(handle, g); !s.ok()) return s;
+      } else if (p.dhidden != nullptr) {
+        MixedGemmParams g;  // (nr, nc) fp32 . (nc, W) storage -> (nr, W) fp32
+        g.m = nr, g.n = W, g.k = nc;
+        g.a_type = StorageType::kF32, g.b_type = p.storage, g.c_type = StorageType::kF32;
+        g.a = dlogits, g.lda = nc;
+        g.b = advance(p.embedding, v0 * W, p.storage), g.ldb = W;
+        g.c = dhidden32, g.ldc = W;
+        g.beta = v0 == 0 ? 0.0f : 1.0f;
+        if (absl::Status s = gemm_mixed(handle, g); !s.ok()) return s;
       }
-      if (p.dembedding != nullptr) {
+      if (p.dembedding != nullptr && f32) {
         GemmParams g;  // (nc, nr) . (nr, W) -> (nc, W), accumulated
         g.transpose_a = true;
         g.m = nc, g.n = W, g.k = nr;
         g.a = dlogits, g.lda = nc;
-        g.b = p.hidden + r0 * W, g.ldb = W;
+        g.b = static_cast<const float*>(p.hidden) + r0 * W, g.ldb = W;
         g.c = p.dembedding + v0 * W, g.ldc = W;
         g.beta = 1.0f;
         if (absl::Status s = gemm(handle, g); !s.ok()) return s;
+      } else if (p.dembedding != nullptr) {
+        MixedGemmParams g;  // (nc, nr) fp32 . (nr, W) storage -> (nc, W) fp32, accumulated
+        g.transpose_a = true;
+        g.m = nc, g.n = W, g.k = nr;
+        g.a_type = StorageType::kF32, g.b_type = p.storage, g.c_type = StorageType::kF32;
+        g.a = dlogits, g.lda = nc;
+        g.b = advance(p.hidden, r0 * W, p.storage), g.ldb = W;
+        g.c = p.dembedding + v0 * W, g.ldc = W;
+        g.beta = 1.0f;
+        if (absl::Status s = gemm_mixed(handle, g); !s.ok()) return s;
+      }
+    }
+    if (dhidden32 != nullptr) {
+      if (absl::Status s = store_rounded(p.storage, nr, W, dhidden32, W,
+                                         advance(p.dhidden, r0 * W, p.storage), W, stream);
+          !s.ok()) {
+        return s;
       }
     }
   }

@@ -1,7 +1,6 @@
-// CudaBackend: the GPU implementation of the Backend interface. The interface's element type is
-// fp32, so every op here is the fp32 variant of the kernels in kernels/cuda/ (attention.cu's fp32
-// kernels, ops.cu, classifier.cu); the bf16 / fp16 tensor-core attention and mixed-precision
-// GEMMs are reached through kernels/cuda/attention.h and ops.h directly. All work goes to the
+// CudaBackend: the GPU implementation of the Backend interface. Every op passes its params,
+// storage types included (F32, BF16 or F16), through to the kernels of kernels/cuda/
+// (attention.cu and attention_mma.cu, ops.cu, classifier.cu). All work goes to the
 // legacy default stream, which the cuBLAS handle also uses. Every call returns a Status; every
 // launch is followed by a launch check.
 #include <cublas_v2.h>
@@ -103,10 +102,10 @@ class CudaBackend final : public Backend {
     return cuda::classifier_cross_entropy(p, cublas_, kStream);
   }
   absl::Status masked_adamw(const MaskedAdamWParams& p) override {
-    return cuda::masked_adamw(p, cuda::StorageType::kF32, nullptr, kStream);
+    return cuda::masked_adamw(p, kStream);
   }
   absl::Status masked_sgd(const MaskedAdamWParams& p) override {
-    return cuda::masked_sgd(p, cuda::StorageType::kF32, nullptr, kStream);
+    return cuda::masked_sgd(p, kStream);
   }
   absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) override {
     return cuda::global_grad_norm(grad, n, kStream);

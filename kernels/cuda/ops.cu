@@ -5,6 +5,12 @@
 //   GELU: 0.5 x (1 + tanh(c x (1 + a x^2))), c = 0.79788456, a = 0.044715, and its derivative,
 //         in the sigmoid form of kernels/cpu/gelu.cpp.
 //   AdamW: PyTorch's update with bias corrections computed in double on the host.
+// Storage types (engine/backend.h): each kernel is a template over the element type of its
+// storage-typed tensors (float, __nv_bfloat16, __half; with_storage() picks one per call), reads
+// them widened to fp32 (to_float) and rounds each stored element once (from_float, nearest even),
+// as the CPU twin does (kernels/cpu/storage.h). fp32 state (mean, rstd, parameter gradients of
+// LayerNorm, dtable, masters, moments) is fp32 in every variant. 16-bit GEMMs run on
+// cublasGemmEx with fp32 compute; an epilogue is formed in an fp32 buffer and rounded once.
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -52,14 +58,15 @@ __device__ Acc block_sum(Acc v, Acc* scratch) {
 // ---- LayerNorm ---------------------------------------------------------------------------------
 
 // Row moments, two passes in double: mean, then the centred second moment.
-__device__ void row_moments(const float* x, int64_t width, float eps, double* scratch,
+template <typename Elem>
+__device__ void row_moments(const Elem* x, int64_t width, float eps, double* scratch,
                             float* mean_out, float* rstd_out) {
   double sum = 0.0;
-  for (int64_t i = threadIdx.x; i < width; i += kThreads) sum += x[i];
+  for (int64_t i = threadIdx.x; i < width; i += kThreads) sum += to_float(x[i]);
   const double mean = block_sum(sum, scratch) / static_cast<double>(width);
   double sq = 0.0;
   for (int64_t i = threadIdx.x; i < width; i += kThreads) {
-    const double c = x[i] - mean;
+    const double c = to_float(x[i]) - mean;
     sq += c * c;
   }
   const double var = block_sum(sq, scratch) / static_cast<double>(width);
@@ -68,15 +75,19 @@ __device__ void row_moments(const float* x, int64_t width, float eps, double* sc
 }
 
 // One block per row.
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads) layernorm_forward_kernel(LayerNormParams p) {
   __shared__ double scratch[kThreads];
   const int64_t r = blockIdx.x, w = p.width;
-  const float* x = p.x + r * w;
+  const Elem* x = static_cast<const Elem*>(p.x) + r * w;
+  const Elem* weight = static_cast<const Elem*>(p.weight);
+  const Elem* bias = static_cast<const Elem*>(p.bias);
   float mean, rstd;
   row_moments(x, w, p.eps, scratch, &mean, &rstd);
-  float* y = p.y + r * w;
+  Elem* y = static_cast<Elem*>(p.y) + r * w;
   for (int64_t i = threadIdx.x; i < w; i += kThreads) {
-    y[i] = (x[i] - mean) * rstd * p.weight[i] + p.bias[i];
+    y[i] = from_float<Elem>((to_float(x[i]) - mean) * rstd * to_float(weight[i]) +
+                            to_float(bias[i]));
   }
   if (threadIdx.x == 0) {
     if (p.mean != nullptr) p.mean[r] = mean;
@@ -85,12 +96,13 @@ __global__ void __launch_bounds__(kThreads) layernorm_forward_kernel(LayerNormPa
 }
 
 // Row moments only (backward without saved mean/rstd).
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads) layernorm_moments_kernel(LayerNormParams p,
                                                                      float* mean, float* rstd) {
   __shared__ double scratch[kThreads];
   const int64_t r = blockIdx.x;
   float m, s;
-  row_moments(p.x + r * p.width, p.width, p.eps, scratch, &m, &s);
+  row_moments(static_cast<const Elem*>(p.x) + r * p.width, p.width, p.eps, scratch, &m, &s);
   if (threadIdx.x == 0) {
     mean[r] = m;
     rstd[r] = s;
@@ -98,42 +110,46 @@ __global__ void __launch_bounds__(kThreads) layernorm_moments_kernel(LayerNormPa
 }
 
 // dx per row (one block per row).
+template <typename Elem>
 __global__ void __launch_bounds__(kThreads) layernorm_dx_kernel(LayerNormParams p,
                                                                 const float* mean,
                                                                 const float* rstd) {
   __shared__ double scratch[kThreads];
   const int64_t r = blockIdx.x, w = p.width;
-  const float* x = p.x + r * w;
-  const float* dy = p.dy + r * w;
+  const Elem* x = static_cast<const Elem*>(p.x) + r * w;
+  const Elem* dy = static_cast<const Elem*>(p.dy) + r * w;
+  const Elem* weight = static_cast<const Elem*>(p.weight);
   const float m = mean[r], s = rstd[r];
   double sum_g = 0.0, sum_gx = 0.0;
   for (int64_t i = threadIdx.x; i < w; i += kThreads) {
-    const float g = dy[i] * p.weight[i];
+    const float g = to_float(dy[i]) * to_float(weight[i]);
     sum_g += g;
-    sum_gx += g * ((x[i] - m) * s);
+    sum_gx += g * ((to_float(x[i]) - m) * s);
   }
   const float mean_g = static_cast<float>(block_sum(sum_g, scratch) / static_cast<double>(w));
   const float mean_gx = static_cast<float>(block_sum(sum_gx, scratch) / static_cast<double>(w));
-  float* dx = p.dx + r * w;
+  Elem* dx = static_cast<Elem*>(p.dx) + r * w;
   for (int64_t i = threadIdx.x; i < w; i += kThreads) {
-    const float xhat = (x[i] - m) * s;
-    const float v = s * (dy[i] * p.weight[i] - mean_g - xhat * mean_gx);
-    dx[i] = p.accumulate_dx ? dx[i] + v : v;
+    const float xhat = (to_float(x[i]) - m) * s;
+    const float v = s * (to_float(dy[i]) * to_float(weight[i]) - mean_g - xhat * mean_gx);
+    dx[i] = from_float<Elem>(p.accumulate_dx ? to_float(dx[i]) + v : v);
   }
 }
 
 // partial[chunk][0][c] = sum over the chunk's rows of dy * xhat, partial[chunk][1][c] = sum dy.
 // Grid (ceil(width / kThreads), chunks).
+template <typename Elem>
 __global__ void layernorm_param_partial_kernel(LayerNormParams p, const float* mean,
                                                const float* rstd, float* partial) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
   if (c >= p.width) return;
   const int64_t r0 = blockIdx.y * kLayerNormRowChunk;
   const int64_t r1 = min(r0 + kLayerNormRowChunk, p.rows);
+  const Elem* x = static_cast<const Elem*>(p.x);
   float dw = 0.0f, db = 0.0f;
   for (int64_t r = r0; r < r1; ++r) {
-    const float dy = p.dy[r * p.width + c];
-    dw += dy * ((p.x[r * p.width + c] - mean[r]) * rstd[r]);
+    const float dy = to_float(static_cast<const Elem*>(p.dy)[r * p.width + c]);
+    dw += dy * ((to_float(x[r * p.width + c]) - mean[r]) * rstd[r]);
     db += dy;
   }
   float* out = partial + blockIdx.y * 2 * p.width;
@@ -167,14 +183,26 @@ absl::Status check_layernorm(const LayerNormParams& p, const char* op) {
 
 // ---- GELU --------------------------------------------------------------------------------------
 
-// C = bias + residual over an (m, n) block, before a GEMM accumulates onto it (beta = 1).
-__global__ void gemm_epilogue_kernel(GemmParams p) {
+// c = bias + residual (elements of In) over an (m, n) fp32 block with leading dimension ldc,
+// before a GEMM accumulates onto it (beta = 1).
+template <typename In>
+__global__ void gemm_epilogue_kernel(GemmParams p, float* c, int64_t ldc) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.m * p.n) return;
   const int64_t r = i / p.n, col = i % p.n;
-  float v = p.bias != nullptr ? p.bias[col] : 0.0f;
-  if (p.residual != nullptr) v += p.residual[r * p.ldr + col];
-  p.c[r * p.ldc + col] = v;
+  float v = p.bias != nullptr ? to_float(static_cast<const In*>(p.bias)[col]) : 0.0f;
+  if (p.residual != nullptr) v += to_float(static_cast<const In*>(p.residual)[r * p.ldr + col]);
+  c[r * ldc + col] = v;
+}
+
+// dst = src rounded to Out, once, over an (m, n) block.
+template <typename Out>
+__global__ void round_store_kernel(int64_t m, int64_t n, const float* src, int64_t lds, Out* dst,
+                                   int64_t ldd) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * n) return;
+  const int64_t r = i / n, col = i % n;
+  dst[r * ldd + col] = from_float<Out>(src[r * lds + col]);
 }
 
 // GELU in the sigmoid form of kernels/cpu/gelu.cpp's Note [GELU in sigmoid form]: s =
@@ -189,20 +217,22 @@ __device__ __forceinline__ GeluSigmoid gelu_sigmoid(float v) {
   return u >= 0.0f ? GeluSigmoid{inv, e * inv} : GeluSigmoid{e * inv, inv};
 }
 
-__global__ void gelu_forward_kernel(int64_t n, const float* x, float* y) {
+template <typename Elem>
+__global__ void gelu_forward_kernel(int64_t n, const Elem* x, Elem* y) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float v = x[i];
-  y[i] = v * gelu_sigmoid(v).s;
+  const float v = to_float(x[i]);
+  y[i] = from_float<Elem>(v * gelu_sigmoid(v).s);
 }
 
-__global__ void gelu_backward_kernel(int64_t n, const float* x, const float* dy, float* dx) {
+template <typename Elem>
+__global__ void gelu_backward_kernel(int64_t n, const Elem* x, const Elem* dy, Elem* dx) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const float v = x[i];
+  const float v = to_float(x[i]);
   const GeluSigmoid g = gelu_sigmoid(v);
   const float du = kGeluC * (1.0f + 3.0f * kGeluA * v * v);
-  dx[i] = (g.s + 2.0f * v * g.s * g.s_rest * du) * dy[i];
+  dx[i] = from_float<Elem>((g.s + 2.0f * v * g.s * g.s_rest * du) * to_float(dy[i]));
 }
 
 absl::Status check_gelu(const GeluParams& p, const char* op, bool backward) {
@@ -227,21 +257,24 @@ __global__ void first_bad_id_kernel(const int32_t* ids, int64_t n, int32_t lo, i
   if (ids[r] < lo || ids[r] >= hi) atomicMin(first_bad, static_cast<unsigned long long>(r));
 }
 
-// One block per row.
+// One block per row; a copy of the element (widening and rounding back is the identity).
+template <typename Elem>
 __global__ void embedding_forward_kernel(EmbeddingParams p) {
   const int64_t r = blockIdx.x;
-  const float* src = p.table + static_cast<int64_t>(p.ids[r]) * p.width;
-  float* dst = p.out + r * p.width;
+  const Elem* src = static_cast<const Elem*>(p.table) + static_cast<int64_t>(p.ids[r]) * p.width;
+  Elem* dst = static_cast<Elem*>(p.out) + r * p.width;
   for (int64_t i = threadIdx.x; i < p.width; i += blockDim.x) dst[i] = src[i];
 }
 
 // One thread per column, rows in order: duplicate ids are summed in row order, as on the CPU,
 // without atomics (deterministic; the price is a serial loop over rows per column).
+template <typename Elem>
 __global__ void embedding_backward_kernel(EmbeddingParams p) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= p.width) return;
+  const Elem* dout = static_cast<const Elem*>(p.dout);
   for (int64_t r = 0; r < p.rows; ++r) {
-    p.dtable[static_cast<int64_t>(p.ids[r]) * p.width + c] += p.dout[r * p.width + c];
+    p.dtable[static_cast<int64_t>(p.ids[r]) * p.width + c] += to_float(dout[r * p.width + c]);
   }
 }
 
@@ -341,6 +374,48 @@ absl::Status check_embedding(const EmbeddingParams& p, const char* op, cudaStrea
   return check_ids(p.ids, p.rows, 0, p.vocab, op, "token id", stream);
 }
 
+// A GemmParams with a 16-bit input or output type (checked, m, n > 0) through cublasGemmEx.
+// Without an epilogue cuBLAS rounds its fp32 result once into C. With one, the fp32 sum
+// bias + residual is formed first (in C when C is fp32, else in an fp32 buffer), the product is
+// accumulated onto it in fp32 (beta = 1), and the buffer is rounded once into C: rounding the
+// product before adding the epilogue would round twice.
+absl::Status gemm_with_storage(cublasHandle_t handle, cudaStream_t stream, const GemmParams& p,
+                               bool epilogue) {
+  MixedGemmParams g;
+  g.transpose_a = p.transpose_a, g.transpose_b = p.transpose_b;
+  g.m = p.m, g.n = p.n, g.k = p.k;
+  g.alpha = p.alpha, g.beta = p.beta;
+  g.a_type = g.b_type = p.input_type;
+  g.c_type = p.output_type;
+  g.a = p.a, g.lda = p.lda;
+  g.b = p.b, g.ldb = p.ldb;
+  g.c = p.c, g.ldc = p.ldc;
+  if (!epilogue) return gemm_mixed(handle, g);
+  StreamScratch scratch(stream);
+  float* sum = static_cast<float*>(p.c);
+  int64_t ld_sum = p.ldc;
+  if (p.output_type != StorageType::kF32) {
+    if (absl::Status s = scratch.allocate(&sum, p.m * p.n); !s.ok()) return s;
+    ld_sum = p.n;
+  }
+  if (absl::Status s = with_storage(p.input_type, "cuda gemm", [&](auto tag) -> absl::Status {
+        using In = typename decltype(tag)::type;
+        launch_kernel<gemm_epilogue_kernel<In>>(blocks_for(p.m * p.n), kThreads, 0, stream, p,
+                                                sum, ld_sum);
+        ENGINE_CUDA_LAUNCH_CHECK(gemm_epilogue_kernel);
+        return absl::OkStatus();
+      });
+      !s.ok()) {
+    return s;
+  }
+  g.beta = 1.0f;
+  g.c_type = StorageType::kF32;
+  g.c = sum, g.ldc = ld_sum;
+  if (absl::Status s = gemm_mixed(handle, g); !s.ok()) return s;
+  if (p.output_type == StorageType::kF32) return absl::OkStatus();
+  return store_rounded(p.output_type, p.m, p.n, sum, ld_sum, p.c, p.ldc, stream);
+}
+
 }  // namespace
 
 absl::Status check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
@@ -358,21 +433,28 @@ absl::Status gemm(cublasHandle_t handle, const GemmParams& p) {
     return absl::InvalidArgumentError(
         absl::StrCat("cuda gemm: a bias or residual needs beta = 0, got beta=", p.beta));
   }
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.input_type, "cuda gemm input", type_ok); !s.ok()) return s;
+  if (absl::Status s = with_storage(p.output_type, "cuda gemm output", type_ok); !s.ok()) return s;
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
+  cudaStream_t stream = nullptr;
+  ENGINE_CUBLAS_CHECK(cublasGetStream(handle, &stream));
+  if (p.input_type != StorageType::kF32 || p.output_type != StorageType::kF32) {
+    return gemm_with_storage(handle, stream, p, epilogue);
+  }
   float beta = p.beta;
   if (epilogue) {
-    cudaStream_t stream = nullptr;
-    ENGINE_CUBLAS_CHECK(cublasGetStream(handle, &stream));
-    launch_kernel<gemm_epilogue_kernel>(blocks_for(p.m * p.n), kThreads, 0, stream, p);
+    launch_kernel<gemm_epilogue_kernel<float>>(blocks_for(p.m * p.n), kThreads, 0, stream, p,
+                                               static_cast<float*>(p.c), p.ldc);
     ENGINE_CUDA_LAUNCH_CHECK(gemm_epilogue_kernel);
     beta = 1.0f;
   }
   // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
   ENGINE_CUBLAS_CHECK(cublasSgemm(
       handle, p.transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, p.transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k), &p.alpha, p.b,
-      static_cast<int>(p.ldb), p.a, static_cast<int>(p.lda), &beta, p.c,
-      static_cast<int>(p.ldc)));
+      static_cast<int>(p.n), static_cast<int>(p.m), static_cast<int>(p.k), &p.alpha,
+      static_cast<const float*>(p.b), static_cast<int>(p.ldb), static_cast<const float*>(p.a),
+      static_cast<int>(p.lda), &beta, static_cast<float*>(p.c), static_cast<int>(p.ldc)));
   return absl::OkStatus();
 }
 
@@ -383,8 +465,8 @@ absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p) {
   }
   for (StorageType t : {p.a_type, p.b_type, p.c_type}) {
     if (!storage_supported(t)) {
-      return absl::InvalidArgumentError(absl::StrCat("cuda gemm_mixed: operand types must be F32, BF16 or F16, got dtype ",
-                                                     static_cast<int>(t)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cuda gemm_mixed: operand types must be F32, BF16 or F16, got ", dtype_name(t)));
     }
   }
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
@@ -397,105 +479,145 @@ absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status store_rounded(DType to, int64_t rows, int64_t cols, const float* src, int64_t lds,
+                           void* dst, int64_t ldd, cudaStream_t stream) {
+  return with_storage(to, "cuda store_rounded", [&](auto tag) -> absl::Status {
+    using Out = typename decltype(tag)::type;
+    if (rows == 0 || cols == 0) return absl::OkStatus();
+    launch_kernel<round_store_kernel<Out>>(blocks_for(rows * cols), kThreads, 0, stream, rows,
+                                           cols, src, lds, static_cast<Out*>(dst), ldd);
+    ENGINE_CUDA_LAUNCH_CHECK(round_store_kernel);
+    return absl::OkStatus();
+  });
+}
+
 absl::Status layernorm_forward(const LayerNormParams& p, cudaStream_t stream) {
   if (absl::Status s = check_layernorm(p, "cuda layernorm_forward"); !s.ok()) return s;
   if (p.y == nullptr) return absl::InvalidArgumentError("cuda layernorm_forward: y is required");
-  if (p.rows == 0) return absl::OkStatus();
-  launch_kernel<layernorm_forward_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p);
-  ENGINE_CUDA_LAUNCH_CHECK(layernorm_forward_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda layernorm_forward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (p.rows == 0) return absl::OkStatus();
+    launch_kernel<layernorm_forward_kernel<Elem>>(static_cast<unsigned>(p.rows), kThreads, 0,
+                                                  stream, p);
+    ENGINE_CUDA_LAUNCH_CHECK(layernorm_forward_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream) {
   if (absl::Status s = check_layernorm(p, "cuda layernorm_backward"); !s.ok()) return s;
   if (p.dy == nullptr) return absl::InvalidArgumentError("cuda layernorm_backward: dy is required");
-  if (p.rows == 0) return absl::OkStatus();
-  StreamScratch scratch(stream);
-  const float* mean = p.mean;
-  const float* rstd = p.rstd;
-  if (mean == nullptr || rstd == nullptr) {
-    float* m = nullptr;
-    float* r = nullptr;
-    if (absl::Status s = scratch.allocate(&m, p.rows); !s.ok()) return s;
-    if (absl::Status s = scratch.allocate(&r, p.rows); !s.ok()) return s;
-    launch_kernel<layernorm_moments_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p,
-                                            m, r);
-    ENGINE_CUDA_LAUNCH_CHECK(layernorm_moments_kernel);
-    mean = m;
-    rstd = r;
-  }
-  if (p.dweight != nullptr || p.dbias != nullptr) {
-    const int64_t chunks = ceil_div(p.rows, kLayerNormRowChunk);
-    float* partial = nullptr;
-    if (absl::Status s = scratch.allocate(&partial, chunks * 2 * p.width); !s.ok()) return s;
-    const dim3 grid(blocks_for(p.width), static_cast<unsigned>(chunks));
-    launch_kernel<layernorm_param_partial_kernel>(grid, kThreads, 0, stream, p, mean, rstd,
-                                                  partial);
-    ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_partial_kernel);
-    launch_kernel<layernorm_param_reduce_kernel>(blocks_for(p.width), kThreads, 0, stream, p,
-                                                 partial, chunks);
-    ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_reduce_kernel);
-  }
-  if (p.dx != nullptr) {
-    launch_kernel<layernorm_dx_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p, mean,
-                                       rstd);
-    ENGINE_CUDA_LAUNCH_CHECK(layernorm_dx_kernel);
-  }
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda layernorm_backward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (p.rows == 0) return absl::OkStatus();
+    StreamScratch scratch(stream);
+    const float* mean = p.mean;
+    const float* rstd = p.rstd;
+    if (mean == nullptr || rstd == nullptr) {
+      float* m = nullptr;
+      float* r = nullptr;
+      if (absl::Status s = scratch.allocate(&m, p.rows); !s.ok()) return s;
+      if (absl::Status s = scratch.allocate(&r, p.rows); !s.ok()) return s;
+      launch_kernel<layernorm_moments_kernel<Elem>>(static_cast<unsigned>(p.rows), kThreads, 0,
+                                                    stream, p, m, r);
+      ENGINE_CUDA_LAUNCH_CHECK(layernorm_moments_kernel);
+      mean = m;
+      rstd = r;
+    }
+    if (p.dweight != nullptr || p.dbias != nullptr) {
+      const int64_t chunks = ceil_div(p.rows, kLayerNormRowChunk);
+      float* partial = nullptr;
+      if (absl::Status s = scratch.allocate(&partial, chunks * 2 * p.width); !s.ok()) return s;
+      const dim3 grid(blocks_for(p.width), static_cast<unsigned>(chunks));
+      launch_kernel<layernorm_param_partial_kernel<Elem>>(grid, kThreads, 0, stream, p, mean,
+                                                          rstd, partial);
+      ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_partial_kernel);
+      launch_kernel<layernorm_param_reduce_kernel>(blocks_for(p.width), kThreads, 0, stream, p,
+                                                   partial, chunks);
+      ENGINE_CUDA_LAUNCH_CHECK(layernorm_param_reduce_kernel);
+    }
+    if (p.dx != nullptr) {
+      launch_kernel<layernorm_dx_kernel<Elem>>(static_cast<unsigned>(p.rows), kThreads, 0, stream,
+                                               p, mean, rstd);
+      ENGINE_CUDA_LAUNCH_CHECK(layernorm_dx_kernel);
+    }
+    return absl::OkStatus();
+  });
 }
 
 absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream) {
   if (absl::Status s = check_gelu(p, "cuda gelu_forward", false); !s.ok()) return s;
-  if (p.n == 0) return absl::OkStatus();
-  launch_kernel<gelu_forward_kernel>(blocks_for(p.n), kThreads, 0, stream, p.n, p.x, p.y);
-  ENGINE_CUDA_LAUNCH_CHECK(gelu_forward_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda gelu_forward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (p.n == 0) return absl::OkStatus();
+    launch_kernel<gelu_forward_kernel<Elem>>(blocks_for(p.n), kThreads, 0, stream, p.n,
+                                             static_cast<const Elem*>(p.x),
+                                             static_cast<Elem*>(p.y));
+    ENGINE_CUDA_LAUNCH_CHECK(gelu_forward_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status gelu_backward(const GeluParams& p, cudaStream_t stream) {
   if (absl::Status s = check_gelu(p, "cuda gelu_backward", true); !s.ok()) return s;
-  if (p.n == 0) return absl::OkStatus();
-  launch_kernel<gelu_backward_kernel>(blocks_for(p.n), kThreads, 0, stream, p.n, p.x, p.dy, p.dx);
-  ENGINE_CUDA_LAUNCH_CHECK(gelu_backward_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda gelu_backward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (p.n == 0) return absl::OkStatus();
+    launch_kernel<gelu_backward_kernel<Elem>>(
+        blocks_for(p.n), kThreads, 0, stream, p.n, static_cast<const Elem*>(p.x),
+        static_cast<const Elem*>(p.dy), static_cast<Elem*>(p.dx));
+    ENGINE_CUDA_LAUNCH_CHECK(gelu_backward_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status embedding_forward(const EmbeddingParams& p, cudaStream_t stream) {
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.storage, "cuda embedding_forward", type_ok); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = check_embedding(p, "cuda embedding_forward", stream); !s.ok()) return s;
   if (p.table == nullptr || p.out == nullptr) {
     return absl::InvalidArgumentError("cuda embedding_forward: table and out are required");
   }
   if (p.rows == 0) return absl::OkStatus();
-  launch_kernel<embedding_forward_kernel>(static_cast<unsigned>(p.rows), kThreads, 0, stream, p);
-  ENGINE_CUDA_LAUNCH_CHECK(embedding_forward_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda embedding_forward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    launch_kernel<embedding_forward_kernel<Elem>>(static_cast<unsigned>(p.rows), kThreads, 0,
+                                                  stream, p);
+    ENGINE_CUDA_LAUNCH_CHECK(embedding_forward_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status embedding_backward(const EmbeddingParams& p, cudaStream_t stream) {
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.storage, "cuda embedding_backward", type_ok); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = check_embedding(p, "cuda embedding_backward", stream); !s.ok()) return s;
   if (p.dout == nullptr || p.dtable == nullptr) {
     return absl::InvalidArgumentError("cuda embedding_backward: dout and dtable are required");
   }
   if (p.rows == 0) return absl::OkStatus();
-  launch_kernel<embedding_backward_kernel>(blocks_for(p.width), kThreads, 0, stream, p);
-  ENGINE_CUDA_LAUNCH_CHECK(embedding_backward_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda embedding_backward", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    launch_kernel<embedding_backward_kernel<Elem>>(blocks_for(p.width), kThreads, 0, stream, p);
+    ENGINE_CUDA_LAUNCH_CHECK(embedding_backward_kernel);
+    return absl::OkStatus();
+  });
 }
 
-absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
-                          cudaStream_t stream) {
+absl::Status masked_adamw(const MaskedAdamWParams& p, cudaStream_t stream) {
   if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked AdamW: n = ", p.n));
-  if (!storage_supported(storage)) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda masked AdamW: storage must be F32, BF16 or F16, got dtype ",
-                                                   static_cast<int>(storage)));
-  }
-  void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
-  if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr || p.m == nullptr ||
-                  p.v == nullptr)) {
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.storage, "cuda masked AdamW", type_ok); !s.ok()) return s;
+  if (p.n > 0 && (p.index == nullptr || p.params == nullptr || p.grad == nullptr ||
+                  p.m == nullptr || p.v == nullptr)) {
     return absl::InvalidArgumentError(
         "cuda masked AdamW: null index, params, grad or moment buffers");
   }
-  if (storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
+  if (p.storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
     return absl::InvalidArgumentError(
         "cuda masked AdamW: 16-bit parameters need fp32 master copies");
   }
@@ -510,57 +632,33 @@ absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void*
   const AdamWStep s{static_cast<float>(p.lr / correction1),
                     static_cast<float>(1.0 / std::sqrt(correction2)),
                     1.0f - p.lr * p.weight_decay};
-  switch (storage) {
-    case StorageType::kF32:
-      launch_kernel<masked_adamw_kernel<float>>(blocks_for(p.n), kThreads, 0, stream, p, s,
-                                                static_cast<float*>(arena));
-      break;
-    case StorageType::kBF16:
-      launch_kernel<masked_adamw_kernel<__nv_bfloat16>>(blocks_for(p.n), kThreads, 0, stream, p, s,
-                                                        static_cast<__nv_bfloat16*>(arena));
-      break;
-    case StorageType::kF16:
-      launch_kernel<masked_adamw_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p, s,
-                                                 static_cast<__half*>(arena));
-      break;
-    default: break;  // rejected above
-  }
-  ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda masked AdamW", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    launch_kernel<masked_adamw_kernel<Elem>>(blocks_for(p.n), kThreads, 0, stream, p, s,
+                                             static_cast<Elem*>(p.params));
+    ENGINE_CUDA_LAUNCH_CHECK(masked_adamw_kernel);
+    return absl::OkStatus();
+  });
 }
 
-absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* params16,
-                        cudaStream_t stream) {
+absl::Status masked_sgd(const MaskedAdamWParams& p, cudaStream_t stream) {
   if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda masked SGD: n = ", p.n));
-  if (!storage_supported(storage)) {
-    return absl::InvalidArgumentError(absl::StrCat("cuda masked SGD: storage must be F32, BF16 or F16, got dtype ",
-                                                   static_cast<int>(storage)));
-  }
-  void* arena = storage == StorageType::kF32 ? static_cast<void*>(p.params) : params16;
-  if (p.n > 0 && (p.index == nullptr || arena == nullptr || p.grad == nullptr)) {
+  const auto type_ok = [](auto) { return absl::OkStatus(); };
+  if (absl::Status s = with_storage(p.storage, "cuda masked SGD", type_ok); !s.ok()) return s;
+  if (p.n > 0 && (p.index == nullptr || p.params == nullptr || p.grad == nullptr)) {
     return absl::InvalidArgumentError("cuda masked SGD: null index, params or grad");
   }
-  if (storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
+  if (p.storage != StorageType::kF32 && p.n > 0 && p.master == nullptr) {
     return absl::InvalidArgumentError("cuda masked SGD: 16-bit parameters need fp32 master copies");
   }
   if (p.n == 0) return absl::OkStatus();
-  switch (storage) {
-    case StorageType::kF32:
-      launch_kernel<masked_sgd_kernel<float>>(blocks_for(p.n), kThreads, 0, stream, p,
-                                              static_cast<float*>(arena));
-      break;
-    case StorageType::kBF16:
-      launch_kernel<masked_sgd_kernel<__nv_bfloat16>>(blocks_for(p.n), kThreads, 0, stream, p,
-                                                      static_cast<__nv_bfloat16*>(arena));
-      break;
-    case StorageType::kF16:
-      launch_kernel<masked_sgd_kernel<__half>>(blocks_for(p.n), kThreads, 0, stream, p,
-                                               static_cast<__half*>(arena));
-      break;
-    default: break;  // rejected above
-  }
-  ENGINE_CUDA_LAUNCH_CHECK(masked_sgd_kernel);
-  return absl::OkStatus();
+  return with_storage(p.storage, "cuda masked SGD", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    launch_kernel<masked_sgd_kernel<Elem>>(blocks_for(p.n), kThreads, 0, stream, p,
+                                           static_cast<Elem*>(p.params));
+    ENGINE_CUDA_LAUNCH_CHECK(masked_sgd_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream) {

@@ -19,7 +19,10 @@
 
 namespace engine::cuda {
 
-// fp32 GEMM through cuBLAS (row-major, as GemmParams). The handle's stream is used.
+// GEMM through cuBLAS (row-major, as GemmParams, with its input and output storage types). The
+// handle's stream is used. F32 throughout: cublasSgemm. Otherwise cublasGemmEx with fp32 compute
+// (gemm_mixed); a bias / residual epilogue is summed with the product in fp32 (in an fp32
+// scratch buffer when C is 16-bit) and rounded once into C.
 absl::Status gemm(cublasHandle_t handle, const GemmParams& p);
 
 // C = alpha op(A) op(B) + beta C, row-major, with per-operand storage types (bf16 / fp16 / fp32)
@@ -38,6 +41,11 @@ struct MixedGemmParams {
 };
 absl::Status gemm_mixed(cublasHandle_t handle, const MixedGemmParams& p);
 
+// dst (rows, cols; leading dimension ldd; elements of `to`) = src (fp32, leading dimension lds),
+// each element rounded once to nearest even: the one store of a value accumulated in fp32.
+absl::Status store_rounded(DType to, int64_t rows, int64_t cols, const float* src, int64_t lds,
+                           void* dst, int64_t ldd, cudaStream_t stream);
+
 absl::Status layernorm_forward(const LayerNormParams& p, cudaStream_t stream);
 absl::Status layernorm_backward(const LayerNormParams& p, cudaStream_t stream);
 absl::Status gelu_forward(const GeluParams& p, cudaStream_t stream);
@@ -53,17 +61,14 @@ absl::Status classifier_cross_entropy(const ClassifierParams& p, cublasHandle_t 
 absl::Status check_targets(const int32_t* targets, int64_t rows, int64_t vocab,
                            cudaStream_t stream);
 
-// Masked AdamW over the compact trainable state. storage = kF32: the arena is p.params.
-// storage = kBF16 / kF16: the arena is `params16` of that type, p.params is ignored, and p.master
-// (fp32 master copies of the trainable elements) is required; the arena receives the master
-// value rounded to nearest even.
-absl::Status masked_adamw(const MaskedAdamWParams& p, StorageType storage, void* params16,
-                          cudaStream_t stream);
+// Masked AdamW over the compact trainable state. The arena p.params holds elements of
+// p.storage; with kBF16 / kF16, p.master (fp32 master copies of the trainable elements) is
+// required and the arena receives the master value rounded to nearest even.
+absl::Status masked_adamw(const MaskedAdamWParams& p, cudaStream_t stream);
 
 // Masked SGD over the compact trainable state (the CPU's cpu::masked_sgd): arena[index[i]] -=
 // lr * grad_scale * grad[i]; storage and masters as for masked_adamw; m, v are not used.
-absl::Status masked_sgd(const MaskedAdamWParams& p, StorageType storage, void* params16,
-                        cudaStream_t stream);
+absl::Status masked_sgd(const MaskedAdamWParams& p, cudaStream_t stream);
 
 // sqrt(sum grad[i]^2) in double over n fp32 values (the compact trainable gradient), for
 // clipping. Reads the result back (synchronises the stream).
