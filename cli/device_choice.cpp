@@ -7,6 +7,7 @@
 #include "cli/flags.h"
 #include "cli/model_loading.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
 #include "model/device_model.h"
 
 namespace engine::cli {
@@ -34,7 +35,26 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& 
                                                              BloomModel& model) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, true);
   if (!backend.ok()) return backend;
-  if (absl::Status s = make_resident(model, **backend); !s.ok()) {
+  const std::string name = absl::GetFlag(FLAGS_dtype);
+  // auto: bf16 on a CUDA device whose tensor-core attention takes the model's head dim (64, 80,
+  // 96 and 128: every released BLOOM), else f32.
+  DType storage = (*backend)->kind() == DeviceKind::kCuda &&
+                          cuda_16bit_attention_supports(model.config.head_dim())
+                      ? DType::kBF16
+                      : DType::kF32;
+  if (name != "auto") {
+    if (name == "f32") {
+      storage = DType::kF32;
+    } else if (name == "bf16") {
+      storage = DType::kBF16;
+    } else if (name == "f16") {
+      storage = DType::kF16;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat(command, ": --dtype '", name, "' is not auto, f32, bf16 or f16"));
+    }
+  }
+  if (absl::Status s = make_resident(model, **backend, storage); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(command, ": ", s.message()));
   }
   return backend;

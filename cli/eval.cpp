@@ -19,6 +19,7 @@
 #include "cli/model_loading.h"
 #include "model/bloom_forward.h"
 #include "model/dataset.h"
+#include "model/device_model.h"
 #include "model/perplexity.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -108,17 +109,19 @@ int run_eval(const std::vector<std::string>& args) {
     nlohmann::json j = {{"tokens_scored", r->tokens_scored},
                         {"nll", nll},
                         {"ppl", std::exp(nll)},
-                        {"device", std::string(backend->name())}};
+                        {"device", std::string(backend->name())},
+                        {"dtype", dtype_name(storage_on(*model, *backend))}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("documents      %zu\nwindows        %lld (seq_len %lld, stride %lld)\n"
                 "tokens scored  %lld\nmean nll       %.6f\nperplexity     %.4f\n"
-                "device         %s\n"
+                "device         %s (%s)\n"
                 "time           %.2f s (%.1f scored tokens/s)\n",
                 documents.size(), static_cast<long long>(r->windows),
                 static_cast<long long>(options.seq_len), static_cast<long long>(options.stride),
                 static_cast<long long>(r->tokens_scored), nll, std::exp(nll),
-                std::string(backend->name()).c_str(), seconds,
+                std::string(backend->name()).c_str(), dtype_name(storage_on(*model, *backend)),
+                seconds,
                 r->tokens_scored / std::max(seconds, 1e-9));
   }
   return 0;

@@ -1,4 +1,4 @@
-// `engine export --model DIR --out DIR [--dtype f32|f16|bf16]`: loads a model directory and
+// `engine export --model DIR --out DIR [--dtype auto|f32|f16|bf16]`: loads a model directory and
 // writes it back as a Hugging Face directory (config.json, model.safetensors, tokenizer files)
 // that transformers' BloomForCausalLM.from_pretrained loads.
 #include <cstdio>
@@ -11,7 +11,6 @@
 #include "cli/flags.h"
 #include "model/model_directory.h"
 
-ABSL_FLAG(std::string, dtype, "f32", "export: dtype of the written weights: f32, f16 or bf16");
 
 namespace engine::cli {
 
@@ -20,11 +19,11 @@ int run_export(const std::vector<std::string>& args) {
   const std::string out = absl::GetFlag(FLAGS_out);
   const std::string dtype_text = absl::GetFlag(FLAGS_dtype);
   if (model.empty() || out.empty() || !args.empty()) {
-    std::fprintf(stderr, "usage: engine export --model DIR --out DIR [--dtype f32|f16|bf16]\n");
+    std::fprintf(stderr, "usage: engine export --model DIR --out DIR [--dtype auto|f32|f16|bf16]\n");
     return 2;
   }
   DType dtype;
-  if (dtype_text == "f32") {
+  if (dtype_text == "f32" || dtype_text == "auto") {
     dtype = DType::kF32;
   } else if (dtype_text == "f16") {
     dtype = DType::kF16;

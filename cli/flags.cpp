@@ -11,6 +11,9 @@ ABSL_FLAG(int, threads, 0, "CPU threads (0 = all cores)");
 ABSL_FLAG(int, seed, 1234, "random seed");
 ABSL_FLAG(std::string, device, "auto",
           "compute device: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N");
+ABSL_FLAG(std::string, dtype, "auto",
+          "storage of the weights: eval/diagnose/generate compute in it (auto = bf16 on cuda, f32 "
+          "on cpu; bf16 on cpu is the bf16-storage twin); export writes it (auto = f32)");
 ABSL_FLAG(std::string, plan, "", "surgery plan (plan.json, docs/FORMATS.md)");
 ABSL_FLAG(std::string, scan_data, "",
           "train/repair: data for the head scans (default: a slice of the held-out data)");

@@ -25,6 +25,7 @@
 #include "cli/flags.h"
 #include "cli/model_loading.h"
 #include "model/bloom_forward.h"
+#include "model/device_model.h"
 #include "model/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -149,7 +150,8 @@ int run_generate(const std::vector<std::string>& args) {
     nlohmann::json j = {{"prompt_ids", prompt},
                         {"output_ids", ids},
                         {"text", text},
-                        {"device", std::string(backend->name())}};
+                        {"device", std::string(backend->name())},
+                        {"dtype", dtype_name(storage_on(*model, *backend))}};
     std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("\n");

@@ -25,7 +25,8 @@ void apply_thread_flag();
 // one-line error saying so. Other errors are make_backend's, prefixed with the command.
 absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& command,
                                                          bool runs_on_cuda);
-// The backend for `command` with `model`'s weights resident on it (model/device_model.h).
+// The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
+// the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model);
 

@@ -14,6 +14,15 @@ int cuda_device_count() {
 #endif
 }
 
+bool cuda_16bit_attention_supports(int64_t head_dim) {
+#ifdef ENGINE_HAVE_CUDA
+  return cuda_tensor_core_head_dim(head_dim);
+#else
+  (void)head_dim;
+  return false;
+#endif
+}
+
 std::string resolve_device(const std::string& device) {
   if (device != "auto") return device;
 #if defined(ENGINE_HAVE_CUDA) && !defined(ENGINE_CUDA_EMULATION)

@@ -2,6 +2,7 @@
 // compiler; asking for it elsewhere is an error, not a crash.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -23,8 +24,13 @@ std::string resolve_device(const std::string& device);
 // a device (FailedPrecondition).
 absl::StatusOr<std::unique_ptr<Backend>> make_backend(const std::string& device);
 
+// Whether the CUDA backend's 16-bit (tensor-core) attention takes this head dimension; false in
+// builds without CUDA. --dtype auto picks bf16 on a device only where it does.
+bool cuda_16bit_attention_supports(int64_t head_dim);
+
 #ifdef ENGINE_HAVE_CUDA
 // Implemented in kernels/cuda/cuda_backend.cu.
+bool cuda_tensor_core_head_dim(int64_t head_dim);
 absl::StatusOr<std::unique_ptr<Backend>> make_cuda_backend(int device);
 int cuda_runtime_device_count();
 #endif

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "model/device_model.h"
 
 namespace engine {
 namespace {
@@ -74,34 +75,34 @@ struct GraphShape {
 int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockActivations& a, int x,
                  const float* out) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int ln1 = tape.add_value(a.ln1.data(), rows * C);
-  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.data(), a.ln1_rstd.data(), p.ln1_w, p.ln1_b,
+  const int ln1 = tape.add_value(a.ln1.f32(), rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.f32(), a.ln1_rstd.f32(), p.ln1_w, p.ln1_b,
                             x, ln1});
-  const int qkv = tape.add_value(a.qkv.data(), rows * 3 * C);
+  const int qkv = tape.add_value(a.qkv.f32(), rows * 3 * C);
   tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, qkv});
-  const int attn = tape.add_value(a.attn.data(), rows * C);
+  const int attn = tape.add_value(a.attn.f32(), rows * C);
   TapeAttention at;
   AlibiAttentionParams& ap = at.forward;
   ap.batch = s.batch, ap.seq = s.seq, ap.heads = s.heads, ap.head_dim = s.head_dim;
   ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
-  ap.qkv = a.qkv.data();
+  ap.qkv = a.qkv.f32();
   ap.slopes = s.slopes;
   ap.positions = s.positions;
   ap.mask = s.mask;
-  ap.out = a.attn.data();
-  ap.lse = a.lse.data();
+  ap.out = a.attn.f32();
+  ap.lse = a.lse.f32();
   at.qkv = qkv, at.out = attn;
   tape.record(at);
-  const int x_mid = tape.add_value(a.x_mid.data(), rows * C);
+  const int x_mid = tape.add_value(a.x_mid.f32(), rows * C);
   tape.record(TapeLinear{rows, C, C, p.dense_w, p.dense_b, attn, x, x_mid});
   // Unkept (empty) ln2 / gelu buffers belong to frozen fc1 / fc2 weights: their values are never
   // read (ForwardInputs::keep_ln2), so they enter the tape without data.
-  const int ln2 = tape.add_value(a.ln2.empty() ? nullptr : a.ln2.data(), rows * C);
-  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln2_mean.data(), a.ln2_rstd.data(), p.ln2_w, p.ln2_b,
+  const int ln2 = tape.add_value(a.ln2.empty() ? nullptr : a.ln2.f32(), rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, a.ln2_mean.f32(), a.ln2_rstd.f32(), p.ln2_w, p.ln2_b,
                             x_mid, ln2});
-  const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
+  const int fc1 = tape.add_value(a.fc1.f32(), rows * 4 * C);
   tape.record(TapeLinear{rows, C, 4 * C, p.fc1_w, p.fc1_b, ln2, -1, fc1});
-  const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.data(), rows * 4 * C);
+  const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.f32(), rows * 4 * C);
   tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
   const int x_next = tape.add_value(out, rows * C);
   tape.record(TapeLinear{rows, 4 * C, C, p.fc2_w, p.fc2_b, gelu, x_mid, x_next});
@@ -113,13 +114,13 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
 void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
                  int x, const ForwardInputs& in, int64_t vocab, const float* dhidden) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int lnf = tape.add_value(act.lnf.data(), rows * C);
-  tape.record(TapeLayerNorm{rows, C, s.eps, act.lnf_mean.data(), act.lnf_rstd.data(), p.lnf_w,
+  const int lnf = tape.add_value(act.lnf.f32(), rows * C);
+  tape.record(TapeLayerNorm{rows, C, s.eps, act.lnf_mean.f32(), act.lnf_rstd.f32(), p.lnf_w,
                             p.lnf_b, x, lnf});
   TapeClassifier cl;
   cl.forward.rows = rows, cl.forward.width = C, cl.forward.vocab = vocab;
   cl.forward.vocab_chunk = in.vocab_chunk;
-  cl.forward.hidden = act.lnf.data();
+  cl.forward.hidden = act.lnf.f32();
   cl.forward.embedding = p.embedding.data;
   cl.forward.targets = act.targets.data();
   cl.embedding = p.embedding;
@@ -132,10 +133,10 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
 int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
                      const int32_t* ids, int64_t vocab, const float* x0) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int embedded = tape.add_value(act.embedded.data(), rows * C);
+  const int embedded = tape.add_value(act.embedded.f32(), rows * C);
   tape.record(TapeEmbedding{rows, C, vocab, ids, p.embedding, embedded});
   const int x = tape.add_value(x0, rows * C);
-  tape.record(TapeLayerNorm{rows, C, s.eps, act.emb_ln_mean.data(), act.emb_ln_rstd.data(),
+  tape.record(TapeLayerNorm{rows, C, s.eps, act.emb_ln_mean.f32(), act.emb_ln_rstd.f32(),
                             p.emb_ln_w, p.emb_ln_b, embedded, x});
   return x;
 }
@@ -157,7 +158,12 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
-  // The tape's gradient buffers and the compact gradient are host memory today.
+  // The tape's gradient buffers and the compact gradient are host fp32 memory today.
+  if (storage_on(model, backend) != DType::kF32) {
+    return absl::UnimplementedError(absl::StrCat(
+        "training with ", dtype_name(storage_on(model, backend)),
+        " weights is not implemented yet (train with f32 weights)"));
+  }
   if (backend.kind() != DeviceKind::kCpu) {
     return absl::UnimplementedError(absl::StrCat(
         "training on ", std::string(backend.name()), " is not implemented yet (the backward runs on cpu)"));
@@ -197,7 +203,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     if (absl::Status s = head_dhidden.resize(backend, in.batch * in.seq * c.hidden_size); !s.ok()) {
       return s;
     }
-    fwd.dhidden = head_dhidden.data();
+    fwd.dhidden = head_dhidden.f32();
     fwd.dhidden_scale = static_cast<float>(gradient_scale / static_cast<double>(scored));
   }
   absl::StatusOr<ForwardResult> result = bloom_forward(model, backend, fwd);
@@ -224,15 +230,15 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     Tape tape;
     const int64_t from = fwd.keep_from_layer;
     int x = from == 0 ? record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size,
-                                         act.blocks[0].x.data())
-                      : tape.add_value(from < L ? act.blocks[from].x.data() : act.final_x.data(),
+                                         act.blocks[0].x.f32())
+                      : tape.add_value(from < L ? act.blocks[from].x.f32() : act.final_x.f32(),
                                        rows * C);
     for (int64_t l = from; l < L; ++l) {
-      const float* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
+      const float* out = l + 1 < L ? act.blocks[l + 1].x.f32() : act.final_x.f32();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
     }
     record_head(tape, shape, *params, act, x, in, c.vocab_size,
-                head_dhidden.empty() ? nullptr : head_dhidden.data());
+                head_dhidden.empty() ? nullptr : head_dhidden.f32());
     if (absl::Status s = tape.backward(backend, grads, loss_scale); !s.ok()) return s;
     result->activations.reset();
     return result;
@@ -250,9 +256,9 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   LargeFloatVector dx;  // gradient of the current segment's output
   {
     Tape head;
-    const int x = head.add_value(act.final_x.data(), rows * C, below[L] != 0);
+    const int x = head.add_value(act.final_x.f32(), rows * C, below[L] != 0);
     record_head(head, shape, *params, act, x, in, c.vocab_size,
-                head_dhidden.empty() ? nullptr : head_dhidden.data());
+                head_dhidden.empty() ? nullptr : head_dhidden.f32());
     if (absl::Status s = head.backward(backend, grads, loss_scale); !s.ok()) return s;
     dx = head.grad(x);
   }
@@ -262,17 +268,18 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   ActivationBuffer out;
   if (absl::Status s = out.resize(backend, rows * C); !s.ok()) return s;
   for (int64_t l = L - 1; l >= 0 && below[l + 1] != 0; --l) {
-    const float* x_in = act.block_inputs.data() + l * rows * C;
-    if (absl::Status s = bloom_block_forward(c, weights->blocks[l], backend, in.batch, in.seq,
+    const float* x_in = act.block_inputs.f32() + l * rows * C;
+    if (absl::Status s = bloom_block_forward(c, weights->blocks[l], DType::kF32, backend,
+                                             in.batch, in.seq,
                                              act.slopes.data(), act.positions.data(), shape.mask,
-                                             x_in, out.data(), a);
+                                             x_in, out.f32(), a);
         !s.ok()) {
       return s;
     }
     if (l == L - 1) result->kept_activation_bytes += activation_bytes(a);
     Tape tape;
     const int x = tape.add_value(x_in, rows * C, below[l] != 0);
-    const int y = record_block(tape, shape, params->blocks[l], a, x, out.data());
+    const int y = record_block(tape, shape, params->blocks[l], a, x, out.f32());
     if (absl::Status s = tape.backward_from(backend, grads, y, dx.data()); !s.ok()) return s;
     if (below[l] == 0) break;
     dx = tape.grad(x);
@@ -280,7 +287,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (below[0] != 0) {
     Tape tape;
     const int x0 =
-        record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size, act.block_inputs.data());
+        record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size, act.block_inputs.f32());
     if (absl::Status s = tape.backward_from(backend, grads, x0, dx.data()); !s.ok()) return s;
   }
   result->activations.reset();

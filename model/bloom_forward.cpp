@@ -5,6 +5,7 @@
 #include <cmath>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,22 +14,25 @@
 namespace engine {
 namespace {
 
-// The tensor's address in the arena whose base the backend reads (`base`).
-absl::StatusOr<const float*> tensor(const BloomModel& model, const std::byte* base,
-                                    const std::string& name) {
+// The tensor's address in an arena copy at `base` holding `storage` elements (the host arena or
+// a backend's copy of it: same element offsets).
+absl::StatusOr<const void*> tensor(const BloomModel& model, const std::byte* base, DType storage,
+                                   const std::string& name) {
   absl::StatusOr<TensorView> v = model.arena.view(name);
   if (!v.ok()) return v.status();
   if (v->dtype != DType::kF32) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", name, " is not f32"));
   }
-  return reinterpret_cast<const float*>(base + (v->data - model.arena.base()));
+  return base + v->arena_offset * static_cast<int64_t>(dtype_size(storage));
 }
 
 // y = x W^T + bias (+ residual): W is (out, in) as torch.nn.Linear stores it. The bias and the
 // residual are the GEMM's epilogue, so the backend adds them where the product is formed.
-absl::Status linear(Backend& backend, const float* x, int64_t rows, int64_t in, const float* w,
-                    const float* bias, int64_t out, float* y, const float* residual = nullptr) {
+absl::Status linear(Backend& backend, DType storage, const void* x, int64_t rows, int64_t in,
+                    const void* w, const void* bias, int64_t out, void* y,
+                    const void* residual = nullptr) {
   GemmParams g;
+  g.input_type = g.output_type = storage;
   g.transpose_b = true;
   g.m = rows, g.n = out, g.k = in;
   g.a = x, g.lda = in;
@@ -39,27 +43,33 @@ absl::Status linear(Backend& backend, const float* x, int64_t rows, int64_t in, 
   return backend.gemm(g);
 }
 
-absl::Status layernorm(Backend& backend, const float* x, int64_t rows, int64_t width, float eps,
-                       const float* weight, const float* bias, float* y, float* mean,
-                       float* rstd) {
+absl::Status layernorm(Backend& backend, DType storage, const void* x, int64_t rows,
+                       int64_t width, float eps, const void* weight, const void* bias, void* y,
+                       float* mean, float* rstd) {
   LayerNormParams p;
+  p.storage = storage;
   p.rows = rows, p.width = width, p.eps = eps;
   p.x = x, p.weight = weight, p.bias = bias, p.y = y, p.mean = mean, p.rstd = rstd;
   return backend.layernorm_forward(p);
 }
 
-absl::Status size_block(Backend& backend, BlockActivations& a, int64_t rows, int64_t batch,
-                        int64_t seq, const BloomConfig& c, bool ln2 = true, bool gelu = true) {
+// Activations in `storage`, the LayerNorm moments and the lse in F32.
+absl::Status size_block(Backend& backend, DType storage, BlockActivations& a, int64_t rows,
+                        int64_t batch, int64_t seq, const BloomConfig& c, bool ln2 = true,
+                        bool gelu = true) {
   const int64_t C = c.hidden_size;
-  const std::pair<ActivationBuffer*, int64_t> sizes[] = {
-      {&a.x, rows * C},          {&a.ln1, rows * C},       {&a.ln1_mean, rows},
-      {&a.ln1_rstd, rows},       {&a.qkv, rows * 3 * C},   {&a.attn, rows * C},
-      {&a.lse, batch * c.n_head * seq},                    {&a.x_mid, rows * C},
-      {&a.ln2, ln2 ? rows * C : 0},                        {&a.ln2_mean, rows},
-      {&a.ln2_rstd, rows},       {&a.fc1, rows * 4 * C},   {&a.gelu, gelu ? rows * 4 * C : 0}};
-  for (const auto& [buffer, n] : sizes) {
+  const DType f32 = DType::kF32;
+  const std::tuple<ActivationBuffer*, int64_t, DType> sizes[] = {
+      {&a.x, rows * C, storage},           {&a.ln1, rows * C, storage},
+      {&a.ln1_mean, rows, f32},            {&a.ln1_rstd, rows, f32},
+      {&a.qkv, rows * 3 * C, storage},     {&a.attn, rows * C, storage},
+      {&a.lse, batch * c.n_head * seq, f32}, {&a.x_mid, rows * C, storage},
+      {&a.ln2, ln2 ? rows * C : 0, storage}, {&a.ln2_mean, rows, f32},
+      {&a.ln2_rstd, rows, f32},            {&a.fc1, rows * 4 * C, storage},
+      {&a.gelu, gelu ? rows * 4 * C : 0, storage}};
+  for (const auto& [buffer, n, type] : sizes) {
     if (n == 0) continue;
-    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+    if (absl::Status s = buffer->resize(backend, n, type); !s.ok()) return s;
   }
   return absl::OkStatus();
 }
@@ -70,20 +80,21 @@ absl::Status upload(Backend& backend, DeviceArray<T>& to, std::span<const T> fro
   return to.upload(backend, from);
 }
 
-// Where one block reads and writes.
+// Where one block reads and writes; every tensor holds `storage` elements.
 struct BlockCall {
+  DType storage = DType::kF32;
   int64_t batch = 0;
   int64_t rows_per_batch = 0;   // new positions per batch row
   int64_t past = 0;             // cached positions before them (batch 1 only)
   const int32_t* positions = nullptr;  // (B, past + new) or null = derive from mask
   const uint8_t* mask = nullptr;       // (B, past + new) or null
-  float* qkv_store = nullptr;   // (B, past + new, 3C): rows [past, past + new) are written
-  const float* x_in = nullptr;  // (rows, C)
-  float* x_out = nullptr;       // (rows, C), may alias x_in
+  void* qkv_store = nullptr;    // (B, past + new, 3C): rows [past, past + new) are written
+  const void* x_in = nullptr;   // (rows, C)
+  void* x_out = nullptr;        // (rows, C), may alias x_in
   HeadStatsAccumulator stats;
   // Where the ln2 and GELU outputs go when the block's own buffers are not kept (else null).
-  float* ln2_out = nullptr;
-  float* gelu_out = nullptr;
+  void* ln2_out = nullptr;
+  void* gelu_out = nullptr;
   // Nothing reads the block's output (the last block when only statistics are wanted): stop
   // after the attention, whose call produced them.
   bool attention_only = false;
@@ -94,19 +105,23 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   const int64_t C = c.hidden_size, H = c.n_head, D = c.head_dim();
   const int64_t rows = call.batch * call.rows_per_batch;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
-  float* qkv = call.qkv_store + call.past * 3 * C;
-  float* ln2 = call.ln2_out != nullptr ? call.ln2_out : a.ln2.data();
-  float* gelu = call.gelu_out != nullptr ? call.gelu_out : a.gelu.data();
-  if (absl::Status s = layernorm(backend, call.x_in, rows, C, eps, w.ln1_weight, w.ln1_bias,
-                                 a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data());
+  const DType st = call.storage;
+  void* qkv = static_cast<std::byte*>(call.qkv_store) +
+              call.past * 3 * C * static_cast<int64_t>(dtype_size(st));
+  void* ln2 = call.ln2_out != nullptr ? call.ln2_out : a.ln2.data();
+  void* gelu = call.gelu_out != nullptr ? call.gelu_out : a.gelu.data();
+  if (absl::Status s = layernorm(backend, st, call.x_in, rows, C, eps, w.ln1_weight, w.ln1_bias,
+                                 a.ln1.data(), a.ln1_mean.f32(), a.ln1_rstd.f32());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = linear(backend, a.ln1.data(), rows, C, w.qkv_weight, w.qkv_bias, 3 * C, qkv);
+  if (absl::Status s =
+          linear(backend, st, a.ln1.data(), rows, C, w.qkv_weight, w.qkv_bias, 3 * C, qkv);
       !s.ok()) {
     return s;
   }
   AlibiAttentionParams ap;
+  ap.storage = st;
   ap.batch = call.batch, ap.seq = call.past + call.rows_per_batch, ap.heads = H, ap.head_dim = D;
   ap.query_begin = call.past;
   ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
@@ -116,37 +131,37 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   ap.mask = call.mask;
   ap.out = a.attn.data();
   // The saved lse is only meaningful (and sized) for full-sequence calls.
-  ap.lse = call.past == 0 ? a.lse.data() : nullptr;
+  ap.lse = call.past == 0 ? a.lse.f32() : nullptr;
   ap.stats = call.stats;
   if (absl::Status s = backend.alibi_attention_forward(ap); !s.ok()) return s;
   if (call.attention_only) return absl::OkStatus();
-  if (absl::Status s = linear(backend, a.attn.data(), rows, C, w.dense_weight, w.dense_bias, C,
-                              a.x_mid.data(), call.x_in);
+  if (absl::Status s = linear(backend, st, a.attn.data(), rows, C, w.dense_weight, w.dense_bias,
+                              C, a.x_mid.data(), call.x_in);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = layernorm(backend, a.x_mid.data(), rows, C, eps, w.ln2_weight, w.ln2_bias,
-                                 ln2, a.ln2_mean.data(), a.ln2_rstd.data());
+  if (absl::Status s = layernorm(backend, st, a.x_mid.data(), rows, C, eps, w.ln2_weight,
+                                 w.ln2_bias, ln2, a.ln2_mean.f32(), a.ln2_rstd.f32());
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = linear(backend, ln2, rows, C, w.fc1_weight, w.fc1_bias, 4 * C,
-                              a.fc1.data());
+  if (absl::Status s =
+          linear(backend, st, ln2, rows, C, w.fc1_weight, w.fc1_bias, 4 * C, a.fc1.data());
       !s.ok()) {
     return s;
   }
   GeluParams gp;
+  gp.storage = st;
   gp.n = rows * 4 * C;
   gp.x = a.fc1.data(), gp.y = gelu;
   if (absl::Status s = backend.gelu_forward(gp); !s.ok()) return s;
-  return linear(backend, gelu, rows, 4 * C, w.fc2_weight, w.fc2_bias, C, call.x_out,
+  return linear(backend, st, gelu, rows, 4 * C, w.fc2_weight, w.fc2_bias, C, call.x_out,
                 a.x_mid.data());
 }
 
-template <typename V>
-int64_t bytes_of(const V& v) {
-  return static_cast<int64_t>(v.size()) * static_cast<int64_t>(sizeof(typename V::value_type));
-}
+int64_t bytes_of(const ActivationBuffer& v) { return static_cast<int64_t>(v.bytes()); }
+template <typename T>
+int64_t bytes_of(const DeviceArray<T>& v) { return static_cast<int64_t>(v.bytes()); }
 
 absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
   if (in.batch <= 0 || in.seq <= 0) {
@@ -182,17 +197,19 @@ absl::Status validate(const BloomConfig& c, const ForwardInputs& in) {
 namespace {
 
 // Every tensor's address in the arena at `base` (the host arena or a backend's copy of it).
-absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte* base) {
+absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte* base,
+                                        DType storage) {
   BloomWeights w;
-  auto get = [&](const std::string& name, const float** dst) -> absl::Status {
-    absl::StatusOr<const float*> p = tensor(model, base, name);
+  w.storage = storage;
+  auto get = [&](const std::string& name, const void** dst) -> absl::Status {
+    absl::StatusOr<const void*> p = tensor(model, base, storage, name);
     if (!p.ok()) return p.status();
     *dst = *p;
     return absl::OkStatus();
   };
   struct Named {
     std::string name;
-    const float** dst;
+    const void** dst;
   };
   std::vector<Named> names = {
       {"word_embeddings.weight", &w.embedding},
@@ -228,13 +245,13 @@ absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte
 
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
   if (!model.arena.allocated()) return absl::FailedPreconditionError("the model has no weights");
-  return weights_at(model, model.arena.base());
+  return weights_at(model, model.arena.base(), DType::kF32);
 }
 
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backend& backend) {
   absl::StatusOr<const std::byte*> base = arena_on(model, backend);
   if (!base.ok()) return base.status();
-  return weights_at(model, *base);
+  return weights_at(model, *base, storage_on(model, backend));
 }
 
 absl::Status check_finite_parameters(const BloomModel& model) {
@@ -291,6 +308,10 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   const int64_t B = in.batch, T = in.seq, C = c.hidden_size, H = c.n_head, L = c.n_layer;
   const int64_t rows = B * T;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
+  const DType st = weights->storage;
+  if (in.dhidden != nullptr && st != DType::kF32) {
+    return absl::InvalidArgumentError("forward: dhidden needs f32 storage");
+  }
 
   auto act = std::make_unique<BloomActivations>();
   act->batch = B, act->seq = T;
@@ -336,45 +357,47 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   bool use_scratch = keep && keep_from > 0;
   act->blocks.resize(keep ? std::max<int64_t>(L, 1) : 1);
   if (!keep || L == 0) {
-    if (absl::Status s = size_block(backend, act->blocks[0], rows, B, T, c); !s.ok()) return s;
+    if (absl::Status s = size_block(backend, st, act->blocks[0], rows, B, T, c); !s.ok()) return s;
   }
   for (int64_t l = keep_from; keep && l < L; ++l) {
     const bool ln2 = kept(in.keep_ln2, l), gelu = kept(in.keep_gelu, l);
-    if (absl::Status s = size_block(backend, act->blocks[l], rows, B, T, c, ln2, gelu); !s.ok()) {
+    if (absl::Status s = size_block(backend, st, act->blocks[l], rows, B, T, c, ln2, gelu);
+        !s.ok()) {
       return s;
     }
     use_scratch = use_scratch || !ln2 || !gelu;
   }
   if (use_scratch) {
-    if (absl::Status s = size_block(backend, act->scratch, rows, B, T, c); !s.ok()) return s;
+    if (absl::Status s = size_block(backend, st, act->scratch, rows, B, T, c); !s.ok()) return s;
   }
   // The block every layer below keep_from runs in (and the embedding LayerNorm writes into).
   BlockActivations& first = keep && keep_from > 0 ? act->scratch : act->blocks[0];
-  for (auto [buffer, n] : {std::pair{&act->embedded, rows * C}, std::pair{&act->emb_ln_mean, rows},
-                           std::pair{&act->emb_ln_rstd, rows}}) {
-    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  for (auto [buffer, n, type] : {std::tuple{&act->embedded, rows * C, st},
+                                 std::tuple{&act->emb_ln_mean, rows, DType::kF32},
+                                 std::tuple{&act->emb_ln_rstd, rows, DType::kF32}}) {
+    if (absl::Status s = buffer->resize(backend, n, type); !s.ok()) return s;
   }
 
   EmbeddingParams ep;
+  ep.storage = st;
   ep.rows = rows, ep.width = C, ep.vocab = c.vocab_size;
   ep.ids = act->ids.data(), ep.table = weights->embedding, ep.out = act->embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
-  if (absl::Status s = layernorm(backend, act->embedded.data(), rows, C, eps,
-                                 weights->emb_ln_weight, weights->emb_ln_bias,
-                                 first.x.data(), act->emb_ln_mean.data(),
-                                 act->emb_ln_rstd.data());
+  if (absl::Status s = layernorm(backend, st, act->embedded.data(), rows, C, eps,
+                                 weights->emb_ln_weight, weights->emb_ln_bias, first.x.data(),
+                                 act->emb_ln_mean.f32(), act->emb_ln_rstd.f32());
       !s.ok()) {
     return s;
   }
 
   ForwardResult result;
-  HeadStats& st = result.stats;
+  HeadStats& hs = result.stats;
   // The statistics' running sums stay in the backend's memory for the whole call and come back
   // to the host once, at the end.
   DeviceArray<double> bos_sum, entropy_sum, local_sum;
   DeviceArray<int64_t> stat_rows;
   if (in.want_stats) {
-    st.n_layer = L, st.batch = B, st.n_head = H;
+    hs.n_layer = L, hs.batch = B, hs.n_head = H;
     for (DeviceArray<double>* sum : {&bos_sum, &entropy_sum, &local_sum}) {
       if (absl::Status s = sum->resize(backend, L * B * H); !s.ok()) return s;
     }
@@ -386,22 +409,23 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   const bool output_needed = in.targets != nullptr || in.want_logits || in.keep_activations ||
                              in.keep_block_inputs;
   if (output_needed) {
-    if (absl::Status s = act->final_x.resize(backend, rows * C); !s.ok()) return s;
+    if (absl::Status s = act->final_x.resize(backend, rows * C, st); !s.ok()) return s;
   }
   const bool keep_inputs = in.keep_block_inputs && !in.keep_activations;
   if (keep_inputs) {
-    if (absl::Status s = act->block_inputs.resize(backend, L * rows * C); !s.ok()) return s;
+    if (absl::Status s = act->block_inputs.resize(backend, L * rows * C, st); !s.ok()) return s;
   }
   for (int64_t l = 0; l < L; ++l) {
     BlockActivations& a = !keep ? act->blocks[0] : (l < keep_from ? act->scratch : act->blocks[l]);
     if (keep_inputs) {
-      if (absl::Status s = backend.copy_on_device(act->block_inputs.data() + l * rows * C,
-                                                  a.x.data(), a.x.bytes());
+      if (absl::Status s =
+              backend.copy_on_device(act->block_inputs.at(l * rows * C), a.x.data(), a.x.bytes());
           !s.ok()) {
         return s;
       }
     }
     BlockCall call;
+    call.storage = st;
     call.batch = B, call.rows_per_batch = T, call.past = 0;
     call.positions = act->positions.data();
     call.mask = mask;
@@ -437,32 +461,33 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     }
   }
   if (in.want_stats) {
-    for (auto [from, to] : {std::pair{&bos_sum, &st.bos_mass}, std::pair{&entropy_sum, &st.entropy},
-                            std::pair{&local_sum, &st.local_mass}}) {
+    for (auto [from, to] : {std::pair{&bos_sum, &hs.bos_mass}, std::pair{&entropy_sum, &hs.entropy},
+                            std::pair{&local_sum, &hs.local_mass}}) {
       if (absl::Status s = from->download(*to); !s.ok()) return s;
     }
-    if (absl::Status s = stat_rows.download(st.rows); !s.ok()) return s;
+    if (absl::Status s = stat_rows.download(hs.rows); !s.ok()) return s;
     for (int64_t l = 0; l < L; ++l) {
       for (int64_t b = 0; b < B; ++b) {
-        const double n = static_cast<double>(std::max<int64_t>(st.rows[b], 1));
+        const double n = static_cast<double>(std::max<int64_t>(hs.rows[b], 1));
         for (int64_t h = 0; h < H; ++h) {
           const int64_t k = (l * B + b) * H + h;
-          st.bos_mass[k] /= n;
-          st.entropy[k] /= n;
-          st.local_mass[k] /= n;
+          hs.bos_mass[k] /= n;
+          hs.entropy[k] /= n;
+          hs.local_mass[k] /= n;
         }
       }
     }
   }
 
   if (!output_needed) return result;
-  for (auto [buffer, n] : {std::pair{&act->lnf, rows * C}, std::pair{&act->lnf_mean, rows},
-                           std::pair{&act->lnf_rstd, rows}}) {
-    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
+  for (auto [buffer, n, type] : {std::tuple{&act->lnf, rows * C, st},
+                                 std::tuple{&act->lnf_mean, rows, DType::kF32},
+                                 std::tuple{&act->lnf_rstd, rows, DType::kF32}}) {
+    if (absl::Status s = buffer->resize(backend, n, type); !s.ok()) return s;
   }
-  if (absl::Status s = layernorm(backend, act->final_x.data(), rows, C, eps, weights->lnf_weight,
-                                 weights->lnf_bias, act->lnf.data(), act->lnf_mean.data(),
-                                 act->lnf_rstd.data());
+  if (absl::Status s = layernorm(backend, st, act->final_x.data(), rows, C, eps,
+                                 weights->lnf_weight, weights->lnf_bias, act->lnf.data(),
+                                 act->lnf_mean.f32(), act->lnf_rstd.f32());
       !s.ok()) {
     return s;
   }
@@ -480,6 +505,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       }
     }
     ClassifierParams cp;
+    cp.storage = st;
     cp.rows = rows, cp.width = C, cp.vocab = c.vocab_size, cp.vocab_chunk = in.vocab_chunk;
     cp.hidden = act->lnf.data();
     cp.embedding = weights->embedding;
@@ -513,13 +539,16 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 }
 
 absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
-                                 Backend& backend, int64_t batch, int64_t seq,
+                                 DType storage, Backend& backend, int64_t batch, int64_t seq,
                                  const float* slopes, const int32_t* positions,
-                                 const uint8_t* mask, const float* x_in, float* x_out,
+                                 const uint8_t* mask, const void* x_in, void* x_out,
                                  BlockActivations& a) {
   const int64_t rows = batch * seq;
-  if (absl::Status s = size_block(backend, a, rows, batch, seq, config); !s.ok()) return s;
+  if (absl::Status s = size_block(backend, storage, a, rows, batch, seq, config); !s.ok()) {
+    return s;
+  }
   BlockCall call;
+  call.storage = storage;
   call.batch = batch, call.rows_per_batch = seq, call.past = 0;
   call.positions = positions;
   call.mask = mask;
@@ -555,42 +584,50 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
   if (absl::Status s = validate(c, in); !s.ok()) return s;
   absl::StatusOr<BloomWeights> weights = bloom_weights(model, backend);
   if (!weights.ok()) return weights.status();
+  const DType st = weights->storage;
   if (cache.qkv_.backend() == nullptr) {
-    if (absl::Status s = cache.qkv_.resize(backend, cache.layers_ * cache.capacity_ *
-                                                        cache.row_width_);
+    if (absl::Status s = cache.qkv_.resize(
+            backend, cache.layers_ * cache.capacity_ * cache.row_width_, st);
         !s.ok()) {
       return s;
     }
+  } else if (cache.qkv_.storage() != st) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "decode: the KV cache holds ", dtype_name(cache.qkv_.storage()), ", the weights ",
+        dtype_name(st)));
   }
   const int64_t C = c.hidden_size;
   const float eps = static_cast<float>(c.layer_norm_epsilon);
 
   BlockActivations a;
-  if (absl::Status s = size_block(backend, a, count, 1, cache.length_ + count, c); !s.ok()) {
+  if (absl::Status s = size_block(backend, st, a, count, 1, cache.length_ + count, c); !s.ok()) {
     return s;
   }
   DeviceArray<int32_t> device_ids;
-  DeviceArray<float> slopes, embedded, last, logits;
+  DeviceArray<float> slopes, logits;
+  ActivationBuffer embedded, last;
   if (absl::Status s = upload<int32_t>(backend, device_ids, {ids, static_cast<size_t>(count)});
       !s.ok()) {
     return s;
   }
   if (absl::Status s = upload<float>(backend, slopes, alibi_slopes(c.n_head)); !s.ok()) return s;
-  for (auto [buffer, n] : {std::pair{&embedded, count * C}, std::pair{&last, C},
-                           std::pair{&logits, c.vocab_size}}) {
-    if (absl::Status s = buffer->resize(backend, n); !s.ok()) return s;
-  }
+  if (absl::Status s = embedded.resize(backend, count * C, st); !s.ok()) return s;
+  if (absl::Status s = last.resize(backend, C, st); !s.ok()) return s;
+  if (absl::Status s = logits.resize(backend, c.vocab_size); !s.ok()) return s;
   EmbeddingParams ep;
+  ep.storage = st;
   ep.rows = count, ep.width = C, ep.vocab = c.vocab_size;
   ep.ids = device_ids.data(), ep.table = weights->embedding, ep.out = embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
-  if (absl::Status s = layernorm(backend, embedded.data(), count, C, eps, weights->emb_ln_weight,
-                                 weights->emb_ln_bias, a.x.data(), nullptr, nullptr);
+  if (absl::Status s = layernorm(backend, st, embedded.data(), count, C, eps,
+                                 weights->emb_ln_weight, weights->emb_ln_bias, a.x.data(), nullptr,
+                                 nullptr);
       !s.ok()) {
     return s;
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {
     BlockCall call;
+    call.storage = st;
     call.batch = 1, call.rows_per_batch = count, call.past = cache.length_;
     call.qkv_store = cache.layer(l);
     call.x_in = a.x.data();
@@ -601,7 +638,7 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
     }
   }
   cache.length_ += count;
-  if (absl::Status s = layernorm(backend, a.x.data() + (count - 1) * C, 1, C, eps,
+  if (absl::Status s = layernorm(backend, st, a.x.at((count - 1) * C), 1, C, eps,
                                  weights->lnf_weight, weights->lnf_bias, last.data(), nullptr,
                                  nullptr);
       !s.ok()) {
@@ -610,6 +647,7 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
   DeviceArray<float> row_loss;
   if (absl::Status s = row_loss.resize(backend, 1); !s.ok()) return s;
   ClassifierParams cp;
+  cp.storage = st;
   cp.rows = 1, cp.width = C, cp.vocab = c.vocab_size;
   cp.hidden = last.data(), cp.embedding = weights->embedding;
   cp.logits = logits.data(), cp.row_loss = row_loss.data();

@@ -33,22 +33,23 @@
 
 namespace engine {
 
-// Pointers to one block's parameters inside the arena (f32), in the memory of the backend they
-// were looked up for.
+// Pointers to one block's parameters inside the arena, in the memory of the backend they were
+// looked up for and in its storage type (BloomWeights::storage).
 struct BloomBlockWeights {
-  const float* ln1_weight; const float* ln1_bias;   // (C)
-  const float* qkv_weight; const float* qkv_bias;   // (3C, C), (3C), per-head interleaved
-  const float* dense_weight; const float* dense_bias;  // (C, C), (C)
-  const float* ln2_weight; const float* ln2_bias;   // (C)
-  const float* fc1_weight; const float* fc1_bias;   // dense_h_to_4h (4C, C), (4C)
-  const float* fc2_weight; const float* fc2_bias;   // dense_4h_to_h (C, 4C), (C)
+  const void* ln1_weight; const void* ln1_bias;   // (C)
+  const void* qkv_weight; const void* qkv_bias;   // (3C, C), (3C), per-head interleaved
+  const void* dense_weight; const void* dense_bias;  // (C, C), (C)
+  const void* ln2_weight; const void* ln2_bias;   // (C)
+  const void* fc1_weight; const void* fc1_bias;   // dense_h_to_4h (4C, C), (4C)
+  const void* fc2_weight; const void* fc2_bias;   // dense_4h_to_h (C, 4C), (C)
 };
 
 struct BloomWeights {
-  const float* embedding;                          // (V, C), also the LM head
-  const float* emb_ln_weight; const float* emb_ln_bias;  // (C)
+  DType storage = DType::kF32;
+  const void* embedding;                          // (V, C), also the LM head
+  const void* emb_ln_weight; const void* emb_ln_bias;  // (C)
   std::vector<BloomBlockWeights> blocks;           // (L)
-  const float* lnf_weight; const float* lnf_bias;  // (C)
+  const void* lnf_weight; const void* lnf_bias;  // (C)
 };
 
 // Looks up every tensor by its released-checkpoint name; NotFound names the missing one. The
@@ -60,9 +61,43 @@ absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backen
 // Fails on the first parameter holding NaN or Inf, naming the tensor and the element index.
 absl::Status check_finite_parameters(const BloomModel& model);
 
-// Activation storage, in the backend's memory (on the CPU: large buffers on transparent huge
-// pages, engine/large_pages.h).
-using ActivationBuffer = DeviceArray<float>;
+// An activation tensor in the backend's memory (on the CPU: large buffers on transparent huge
+// pages, engine/large_pages.h): size() elements of a storage type, the forward's (the type the
+// weights are resident in, model/device_model.h) for activations, F32 for the LayerNorm moments
+// and the attention's lse. Move-only; resize discards the contents and zeroes.
+class ActivationBuffer {
+ public:
+  absl::Status resize(Backend& backend, int64_t n, DType storage = DType::kF32) {
+    if (absl::Status s = bytes_.resize(backend, n * static_cast<int64_t>(dtype_size(storage)));
+        !s.ok()) {
+      return s;
+    }
+    size_ = n;
+    storage_ = storage;
+    return absl::OkStatus();
+  }
+  void* data() { return bytes_.data(); }
+  const void* data() const { return bytes_.data(); }
+  // The address of element `offset`.
+  void* at(int64_t offset) { return bytes_.data() + offset * element_bytes(); }
+  const void* at(int64_t offset) const { return bytes_.data() + offset * element_bytes(); }
+  // The fp32 view; null unless the storage is F32 (what the host-side tape reads).
+  float* f32() { return storage_ == DType::kF32 ? reinterpret_cast<float*>(bytes_.data()) : nullptr; }
+  const float* f32() const {
+    return storage_ == DType::kF32 ? reinterpret_cast<const float*>(bytes_.data()) : nullptr;
+  }
+  int64_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  size_t bytes() const { return bytes_.bytes(); }
+  DType storage() const { return storage_; }
+  Backend* backend() const { return bytes_.backend(); }
+
+ private:
+  int64_t element_bytes() const { return static_cast<int64_t>(dtype_size(storage_)); }
+  DeviceArray<std::byte> bytes_;
+  int64_t size_ = 0;
+  DType storage_ = DType::kF32;
+};
 
 // One block's intermediates, rows = B * T.
 struct BlockActivations {
@@ -123,7 +158,7 @@ struct ForwardInputs {
   // Training: when set (with targets), the classifier also writes the gradient of
   // dhidden_scale * (sum of scored row losses) with respect to its input (the ln_f output),
   // (B * T, C), in the same pass over the vocabulary, so the backward need not recompute logits.
-  // In the backend's memory (ids, mask and targets above are host arrays).
+  // In the backend's memory (ids, mask and targets above are host arrays); fp32 storage only.
   float* dhidden = nullptr;
   float dhidden_scale = 0.0f;
 };
@@ -156,11 +191,12 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 // One block over full sequences (no cache), as bloom_forward runs it: reads x_in (B * T, C),
 // writes every intermediate into `a` (sized here) and the block output into x_out (B * T, C).
 // For activation recomputation in the backward. Every pointer is in the backend's memory
-// (slopes (H), positions (B, T), mask (B, T) or null).
+// (slopes (H), positions (B, T), mask (B, T) or null); x_in, x_out and the weights hold
+// `storage` elements.
 absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
-                                 Backend& backend, int64_t batch, int64_t seq,
+                                 DType storage, Backend& backend, int64_t batch, int64_t seq,
                                  const float* slopes, const int32_t* positions,
-                                 const uint8_t* mask, const float* x_in, float* x_out,
+                                 const uint8_t* mask, const void* x_in, void* x_out,
                                  BlockActivations& a);
 
 // targets[b, t] = ids[b, t + 1] when positions t and t + 1 are both real, else -1: the standard
@@ -176,16 +212,14 @@ class KvCache {
   KvCache(const BloomConfig& config, int64_t capacity);
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
-  // (capacity, 3C) in the backend's memory; null before the first decode step.
-  float* layer(int64_t l) {
-    return qkv_.empty() ? nullptr : qkv_.data() + l * capacity_ * row_width_;
-  }
+  // (capacity, 3C) in the backend's memory and storage type; null before the first step.
+  void* layer(int64_t l) { return qkv_.empty() ? nullptr : qkv_.at(l * capacity_ * row_width_); }
 
  private:
   friend absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel&, Backend&,
                                                               KvCache&, const int32_t*, int64_t);
   int64_t layers_ = 0, capacity_ = 0, row_width_ = 0, length_ = 0;
-  DeviceArray<float> qkv_;  // (L, capacity, 3C)
+  ActivationBuffer qkv_;  // (L, capacity, 3C)
 };
 
 // Runs `count` new tokens of a batch-1 sequence after the cached ones, appends their QKV rows to

@@ -1,14 +1,17 @@
-// A model's weights in a backend's memory. The host ParameterArena is the model's record (what
-// is loaded, surgically edited and saved); a device backend computes on a copy of it, made once
-// by make_resident and refreshed explicitly, never behind the caller's back.
+// A model's weights in a backend's memory, in the storage type it computes in. The host
+// ParameterArena (f32) is the model's record (what is loaded, surgically edited and saved); a
+// backend computes on it directly (the CPU at f32) or on a copy made by make_resident and
+// refreshed explicitly, never behind the caller's back.
 // Contract:
-// - make_resident(model, cpu) does nothing: the CPU backend reads the host arena itself.
-// - make_resident(model, device) uploads the whole arena, in the arena's layout (same element
-//   offsets), and records it in model.device; calling it again re-uploads (after the host copy
-//   changed). Memory errors name the device and the size; the host arena is untouched.
-// - arena_on(model, backend) is the base address the backend's ops read the weights from: the
-//   host arena for the CPU backend, the resident copy for a device; FailedPrecondition when the
-//   model is not resident on that backend.
+// - make_resident(model, backend, storage): the CPU at F32 needs no copy (any earlier one is
+//   dropped); every other case copies the whole arena, in the arena's layout (same element
+//   offsets), converted to `storage` (BF16 / F16 rounded to nearest even), into the backend's
+//   memory and records it in model.device. Calling it again re-copies (after the host arena
+//   changed). Errors (an integer storage type, a full device) name the value; the host arena is
+//   untouched.
+// - arena_on(model, backend) is where the backend's ops read the weights: the resident copy when
+//   there is one for that backend, else the host arena for the CPU; FailedPrecondition for a
+//   device the model is not resident on. storage_on(model, backend) is its element type.
 #pragma once
 
 #include <cstddef>
@@ -24,12 +27,13 @@ namespace engine {
 
 struct DeviceWeights {
   Backend* backend = nullptr;
-  DType dtype = DType::kF32;
-  DeviceArray<std::byte> arena;  // the arena's bytes, same layout as the host arena
+  DType storage = DType::kF32;
+  DeviceArray<std::byte> arena;  // the arena's elements as `storage`, same layout as the host's
 };
 
-absl::Status make_resident(BloomModel& model, Backend& backend);
+absl::Status make_resident(BloomModel& model, Backend& backend, DType storage = DType::kF32);
 
 absl::StatusOr<const std::byte*> arena_on(const BloomModel& model, const Backend& backend);
+DType storage_on(const BloomModel& model, const Backend& backend);
 
 }  // namespace engine

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "model/bloom_forward.h"
+#include "model/device_model.h"
 
 namespace engine {
 namespace {
@@ -153,6 +154,7 @@ absl::StatusOr<DiagnosisReport> diagnose_sequences(const BloomModel& model, Back
   }
   nlohmann::json summary = model_summary(model.config, options.model_name);
   summary["device"] = std::string(backend.name());  // where the statistics were computed
+  summary["storage"] = dtype_name(storage_on(model, backend));  // and in which storage type
   return accumulator.finish(options.thresholds, alibi_slopes(model.config.n_head), summary,
                             options.seq_len);
 }

@@ -137,7 +137,7 @@ TEST(BloomForward, OptionalOutputsDoNotChangeResults) {
   EXPECT_FALSE(a.blocks[1].fc1.empty() || a.blocks[1].qkv.empty());
   EXPECT_FALSE(a.blocks[2].ln2.empty() || a.blocks[2].gelu.empty());
   // Every kept intermediate equals the fully kept run's.
-  auto host = [](const ActivationBuffer& v) { return std::vector<float>(v.data(), v.data() + v.size()); };
+  auto host = [](const ActivationBuffer& v) { return std::vector<float>(v.f32(), v.f32() + v.size()); };
   for (int64_t l = 1; l < 3; ++l) {
     EXPECT_EQ(host(a.blocks[l].x), host(full->activations->blocks[l].x)) << l;
     EXPECT_EQ(host(a.blocks[l].fc1), host(full->activations->blocks[l].fc1)) << l;

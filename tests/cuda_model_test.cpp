@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -29,6 +30,9 @@ namespace {
 constexpr double kNllBound = 1e-5;     // per-token mean negative log-likelihood, absolute
 constexpr double kLogitBound = 1e-4;   // per logit, absolute (logits here are O(1))
 constexpr double kStatBound = 1e-5;    // per head mean statistic, absolute
+// bf16 storage, device vs the CPU twin, and the twin vs fp32 (TOLERANCES.md, "bf16 storage"):
+// in units of bf16's unit roundoff, scaled by the model's logit magnitude on the data.
+constexpr double kBf16U = 1.0 / 256;  // 2^-8
 
 struct Shape {
   const char* name;
@@ -186,6 +190,99 @@ TEST_P(CudaModel, GreedyGenerationWithADeviceKvCacheMatchesTheCpu) {
   absl::StatusOr<std::vector<float>> wrong = bloom_decode_step(*model_, *cpu_, fresh, prompt.data(), 1);
   ASSERT_FALSE(wrong.ok());
   EXPECT_NE(wrong.status().message().find("lives on cuda"), std::string::npos) << wrong.status();
+}
+
+// bf16 storage (the default on a device): the CUDA backend against the CPU's bf16-storage twin,
+// which rounds every stored activation and weight to bf16 exactly where the device does, and
+// both against the fp32 reference (what bf16 costs). Bounds: TOLERANCES.md, "bf16 storage".
+TEST_P(CudaModel, Bf16StorageMatchesTheCpuTwin) {
+  BloomConfig c = model_->config;
+  absl::StatusOr<BloomModel> twin_model = allocate_bloom_model(c);
+  ASSERT_TRUE(twin_model.ok());
+  ASSERT_TRUE(init_bloom_weights(*twin_model, 17, 0.08).ok());
+  BloomModel f32_model = *allocate_bloom_model(c);
+  ASSERT_TRUE(init_bloom_weights(f32_model, 17, 0.08).ok());
+  ASSERT_TRUE(make_resident(*model_, *cuda_, DType::kBF16).ok());
+  ASSERT_TRUE(make_resident(*twin_model, *cpu_, DType::kBF16).ok());
+  EXPECT_EQ(storage_on(*model_, *cuda_), DType::kBF16);
+  EXPECT_EQ(storage_on(*twin_model, *cpu_), DType::kBF16);
+
+  const auto docs = documents(4, 12, 30, 5);
+  PerplexityOptions o;
+  o.seq_len = 24, o.stride = 12, o.batch = 2;
+  absl::StatusOr<PerplexityResult> gpu = sliding_window_perplexity(*model_, *cuda_, docs, o);
+  absl::StatusOr<PerplexityResult> twin = sliding_window_perplexity(*twin_model, *cpu_, docs, o);
+  absl::StatusOr<PerplexityResult> truth = sliding_window_perplexity(f32_model, *cpu_, docs, o);
+  ASSERT_TRUE(gpu.ok() && twin.ok() && truth.ok()) << gpu.status() << twin.status();
+  ASSERT_EQ(gpu->tokens_scored, twin->tokens_scored);
+  // The logit scale S = max |logit| of the fp32 model on the first document: a logit is within
+  // 2 u S of its value from the other side's final hidden state (one bf16 rounding of each
+  // side's ln_f output, the tied head's product exact in fp32 up to gamma_C), and an NLL
+  // (lse - logit, lse 1-Lipschitz in the max norm) within twice that.
+  std::vector<int32_t> first(docs[0].begin(), docs[0].begin() + 12);
+  ForwardInputs scale_in;
+  scale_in.batch = 1, scale_in.seq = 12, scale_in.ids = first.data(), scale_in.want_logits = true;
+  absl::StatusOr<ForwardResult> scale_run = bloom_forward(f32_model, *cpu_, scale_in);
+  ASSERT_TRUE(scale_run.ok());
+  double scale = 0;
+  for (float v : scale_run->logits) scale = std::max(scale, static_cast<double>(std::abs(v)));
+  const double kBf16LogitBound = 4 * kBf16U * scale;
+  const double kBf16NllBound = 2 * kBf16LogitBound;
+  const double kBf16VsF32NllBound = kBf16NllBound;
+  const double kBf16StatBound = 8 * kBf16U;
+  const double nll_gpu_twin = std::abs(gpu->mean_nll() - twin->mean_nll());
+  const double nll_twin_truth = std::abs(twin->mean_nll() - truth->mean_nll());
+  RecordProperty("nll_gpu_vs_twin", std::to_string(nll_gpu_twin));
+  RecordProperty("nll_bf16_vs_f32", std::to_string(nll_twin_truth));
+  std::printf("bf16 mean nll: gpu %.9f twin %.9f f32 %.9f (logit scale %.3g, bound %.3g)\n",
+              gpu->mean_nll(), twin->mean_nll(), truth->mean_nll(), scale, kBf16NllBound);
+  EXPECT_LE(nll_gpu_twin, kBf16NllBound);
+  // bf16 is not free, but it is far from a broken model.
+  EXPECT_LE(nll_twin_truth, kBf16VsF32NllBound);
+
+  // Statistics per head, and the classes with a threshold far from every head.
+  const auto seqs = documents(4, 14, 30, 6);
+  DiagnoseOptions d;
+  d.seq_len = 30, d.batch = 2;
+  absl::StatusOr<DiagnosisReport> a = diagnose_sequences(*twin_model, *cpu_, seqs, d);
+  absl::StatusOr<DiagnosisReport> b = diagnose_sequences(*model_, *cuda_, seqs, d);
+  ASSERT_TRUE(a.ok() && b.ok()) << b.status();
+  EXPECT_EQ(b->model["storage"], "BF16");
+  double worst = 0;
+  for (size_t i = 0; i < a->heads.size(); ++i) {
+    // Probabilities are O(1); the entropy is compared relative to its size (up to ln T).
+    const double e = std::max(1.0, std::abs(a->heads[i].entropy.mean));
+    worst = std::max({worst, std::abs(a->heads[i].bos_mass.mean - b->heads[i].bos_mass.mean),
+                      std::abs(a->heads[i].entropy.mean - b->heads[i].entropy.mean) / e,
+                      std::abs(a->heads[i].local_mass.mean - b->heads[i].local_mass.mean)});
+  }
+  std::printf("bf16 statistics: worst gpu-vs-twin difference %.3g\n", worst);
+  EXPECT_LE(worst, kBf16StatBound);
+
+  // Greedy decoding with a bf16 KV cache on the device.
+  const std::vector<int32_t> prompt = documents(1, 5, 5, 7)[0];
+  KvCache gpu_cache(c, 12), twin_cache(c, 12);
+  std::vector<int32_t> gpu_ids = prompt, twin_ids = prompt;
+  double worst_logit = 0;
+  for (int i = 0; i < 7; ++i) {
+    const int64_t count = i == 0 ? 5 : 1;
+    absl::StatusOr<std::vector<float>> g = bloom_decode_step(
+        *model_, *cuda_, gpu_cache, gpu_ids.data() + gpu_ids.size() - count, count);
+    absl::StatusOr<std::vector<float>> t = bloom_decode_step(
+        *twin_model, *cpu_, twin_cache, twin_ids.data() + twin_ids.size() - count, count);
+    ASSERT_TRUE(g.ok() && t.ok()) << g.status() << t.status();
+    for (size_t v = 0; v < t->size(); ++v) {
+      worst_logit = std::max(worst_logit, static_cast<double>(std::abs((*g)[v] - (*t)[v])));
+    }
+    std::vector<float> sorted = *t;
+    std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+    ASSERT_GT(sorted[0] - sorted[1], 2 * kBf16LogitBound) << "step " << i << ": a near tie";
+    gpu_ids.push_back(static_cast<int32_t>(std::max_element(g->begin(), g->end()) - g->begin()));
+    twin_ids.push_back(static_cast<int32_t>(std::max_element(t->begin(), t->end()) - t->begin()));
+  }
+  std::printf("bf16 decode: worst logit difference %.3g\n", worst_logit);
+  EXPECT_LE(worst_logit, kBf16LogitBound);
+  EXPECT_EQ(gpu_ids, twin_ids);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaModel,

@@ -293,7 +293,8 @@ TEST_F(DiagnoseFiles, CliReportMatchesTransformers) {
     EXPECT_EQ(j["data"]["seq_len"], 64);
     EXPECT_EQ(j["model"],
               (json{{"name", name}, {"n_layer", 3}, {"n_head", 6}, {"hidden_size", 48},
-                    {"head_dim", 8}, {"vocab_size", 260}, {"device", "cpu"}}));
+                    {"head_dim", 8}, {"vocab_size", 260}, {"device", "cpu"},
+                    {"storage", "F32"}}));
     EXPECT_EQ(j["thresholds"], (json{{"dead", 0.95}, {"sink", 0.5}, {"low_entropy", 0.5}}));
     ASSERT_EQ(j["heads"].size(), 18u);
     EXPECT_TRUE(j["heads"][0].contains("slope"));

@@ -119,6 +119,10 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+bool cuda_tensor_core_head_dim(int64_t head_dim) {
+  return cuda::tensor_core_head_dim_supported(head_dim);
+}
+
 int cuda_runtime_device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {
