@@ -300,17 +300,11 @@ Result<SurgerySummary> Model::apply_plan(const Plan& plan) {
 }
 
 Result<void> Model::save(const std::string& directory, const std::string& dtype) const {
-  DType t;
-  if (dtype == "f32") {
-    t = DType::kF32;
-  } else if (dtype == "f16") {
-    t = DType::kF16;
-  } else if (dtype == "bf16") {
-    t = DType::kBF16;
-  } else {
+  const std::optional<DType> t = float_dtype_from_flag(dtype);
+  if (!t.has_value()) {
     return Result<void>::failure("save: dtype \"" + dtype + "\" is not f32, f16 or bf16");
   }
-  if (auto s = save_model_directory(impl_->model, directory, t); !s.ok()) {
+  if (auto s = save_model_directory(impl_->model, directory, *t); !s.ok()) {
     return Result<void>::failure(std::string(s.message()));
   }
   return {};

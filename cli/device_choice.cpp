@@ -1,5 +1,6 @@
 // --device for the subcommands; contract in model_loading.h.
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -43,16 +44,12 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& 
                       ? DType::kBF16
                       : DType::kF32;
   if (name != "auto") {
-    if (name == "f32") {
-      storage = DType::kF32;
-    } else if (name == "bf16") {
-      storage = DType::kBF16;
-    } else if (name == "f16") {
-      storage = DType::kF16;
-    } else {
+    const std::optional<DType> chosen = float_dtype_from_flag(name);
+    if (!chosen.has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat(command, ": --dtype '", name, "' is not auto, f32, bf16 or f16"));
     }
+    storage = *chosen;
   }
   if (absl::Status s = make_resident(model, **backend, storage); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(command, ": ", s.message()));

@@ -17,6 +17,13 @@ const char* dtype_name(DType t) {
   return "?";
 }
 
+std::optional<DType> float_dtype_from_flag(std::string_view name) {
+  if (name == "f32") return DType::kF32;
+  if (name == "bf16") return DType::kBF16;
+  if (name == "f16") return DType::kF16;
+  return std::nullopt;
+}
+
 std::optional<DType> dtype_from_name(std::string_view name) {
   if (name == "F32") return DType::kF32;
   if (name == "BF16") return DType::kBF16;

@@ -28,6 +28,9 @@ constexpr size_t dtype_size(DType t) {
 const char* dtype_name(DType t);
 // Inverse of dtype_name; nullopt for strings the engine does not handle.
 std::optional<DType> dtype_from_name(std::string_view name);
+// The floating-point storage types as the CLI's --dtype and the API spell them: "f32", "bf16",
+// "f16"; nullopt for anything else.
+std::optional<DType> float_dtype_from_flag(std::string_view name);
 
 inline float bf16_to_f32(uint16_t v) {
   uint32_t bits = static_cast<uint32_t>(v) << 16;
