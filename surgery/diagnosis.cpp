@@ -385,7 +385,7 @@ std::string render_svg(const DiagnosisReport& r, bool scatter) {
   // kThresholdLabel leaves room right of the scatter for the threshold lines' labels.
   constexpr int kThresholdLabel = 60;
   constexpr int kCell = 36, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 70;
-  constexpr int kLegendW = 400, kLegendH = 78, kBarW = 300, kBarH = 12, kBarSteps = 30;
+  constexpr int kLegendW = 400, kLegendH = 90, kBarW = 300, kBarH = 12, kBarSteps = 30;
   // Above this bos_mass a cell is dark enough that its text is drawn in white.
   constexpr double kDarkCell = 0.6;
   const int grid_w = static_cast<int>(r.n_head) * kCell;
@@ -424,7 +424,7 @@ std::string render_svg(const DiagnosisReport& r, bool scatter) {
   s += "</g>\n";
   absl::StrAppend(&s, heatmap_axis_labels(r.n_layer, r.n_head, kMargin, kMargin, kCell));
   // The colour scale (bos_mass 0 .. 1, with the sink and dead thresholds marked) and the classes.
-  const int bar_y = kMargin + grid_h + 14;
+  const int bar_y = kMargin + grid_h + 26;
   s += "<g class=\"legend\">\n";
   for (int i = 0; i < kBarSteps; ++i) {
     const double v = (i + 0.5) / kBarSteps;
@@ -437,16 +437,23 @@ std::string render_svg(const DiagnosisReport& r, bool scatter) {
       kMargin, bar_y, kBarW, kBarH));
   const std::pair<const char*, double> ticks[] = {
       {"0", 0.0}, {"sink", r.thresholds.sink}, {"dead", r.thresholds.dead}, {"1", 1.0}};
+  // The scale's ends below the bar, the thresholds above it (the dead threshold sits close to 1,
+  // so the two would overlap on one line).
   for (const auto& [name, v] : ticks) {
     if (!(v >= 0.0 && v <= 1.0)) continue;
     const double x = kMargin + v * kBarW;
     const bool threshold = v > 0.0 && v < 1.0;
     const char* anchor = v == 0.0 ? "start" : v == 1.0 ? "end" : "middle";
-    absl::StrAppend(&s, absl::StrFormat(
-        "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#444\"/>"
-        "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s</text>\n",
-        x, bar_y + kBarH, x, bar_y + kBarH + 4, x, bar_y + kBarH + 14, anchor,
-        threshold ? absl::StrFormat("%s %.2f", name, v) : std::string(name)));
+    if (threshold) {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#444\"/>"
+          "<text x=\"%.1f\" y=\"%d\" text-anchor=\"end\">%s %.2f</text>\n",
+          x, bar_y - 3, x, bar_y + kBarH, x + 2, bar_y - 3, name, v));
+    } else {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s</text>\n", x, bar_y + kBarH + 12,
+          anchor, name));
+    }
   }
   absl::StrAppend(&s, absl::StrFormat(
       "<text x=\"%d\" y=\"%d\">colour and number: bos_mass (mean attention on the first token)"
