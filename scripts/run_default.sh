@@ -23,7 +23,7 @@ threads="${ENGINE_THREADS:-0}"
 # The recipe. docs/REPAIR.md records what it gives and how long it takes on two cores.
 # Both commands cut the corpus identically (same --seq_len, --holdout and --seed), so the chunks
 # repair holds out for perplexity and diagnosis are the ones pretraining never trained on.
-pretrain_flags=(--n_layer 4 --n_head 8 --hidden_size 128 --seq_len 128 --batch 8 --steps 300
+pretrain_flags=(--n_layer 4 --n_head 8 --hidden_size 128 --seq_len 128 --batch 8 --steps 400
                 --lr 1e-3 --warmup 30 --eval_every 100 --holdout 0.005 --seed 1234)
 # Controlled collapse (docs/REPAIR.md): the subject's collapsed heads are INDUCED, not natural.
 # Six heads in the high head indices (the smallest ALiBi slopes) of the upper two layers train
@@ -33,38 +33,62 @@ pretrain_flags=(--n_layer 4 --n_head 8 --hidden_size 128 --seq_len 128 --batch 8
 collapse_flags=(--collapse 2:5,2:6,2:7,3:5,3:6,3:7 --collapse_weight 0.05)
 # Extra arguments go to `engine repair`, e.g. --fallback_healthy (re-initialise a healthy head
 # column when nothing is collapsed).
-repair_flags=(--passes 2 --seq_len 128 --batch 8 --grad_accum 1 --steps 200
+repair_flags=(--passes 2 --seq_len 128 --batch 8 --grad_accum 1 --steps 400
               --lr 3e-3 --warmup 10 --eval_every 50 --holdout 0.005 --max_seqs 64 --seed 1234 "$@")
 
 bash "$root/scripts/build.sh" engine_cli
 engine="$build/engine"
 bash "$root/scripts/prepare_corpus.sh" "$work/corpus.txt"
 
-# pretrain NAME FLAGS...: pretrains into $work/NAME-<key> unless a finished model is cached there
-# (the key hashes the flags, the corpus and the sources that shape training); prints the path.
-pretrain() {
+# model_dir NAME FLAGS...: $work/NAME-<key>, where the key hashes the flags, the corpus and the
+# sources that shape training.
+model_dir() {
   local name="$1"
   shift
-  local key dir
+  local key
   key="$( { printf '%s\n' "$@"; cat "$work/corpus.txt";
             cat "$root"/model/pretrain.cpp "$root"/model/trainer.cpp "$root"/model/bloom_init.cpp \
                 "$root"/model/bloom_backward.cpp "$root"/kernels/cpu/attention.cpp; } |
           sha256sum | cut -c1-16)"
-  dir="$work/$name-$key"
-  if [ -f "$dir/pretrain.json" ]; then
-    echo "run_default: using the cached $name model $dir" >&2
-  else
-    echo "run_default: pretraining the $name model into $dir (a few minutes)" >&2
-    local resume=()
-    [ -d "$dir/train" ] && resume=(--resume)
-    "$engine" pretrain --data "$work/corpus.txt" --out "$dir" --threads "$threads" \
-      "$@" "${resume[@]}" >&2
-  fi
-  echo "$dir"
+  echo "$work/$name-$key"
 }
 
-subject="$(pretrain pretrained-collapsed "${pretrain_flags[@]}" "${collapse_flags[@]}")"
-twin="$(pretrain pretrained-twin "${pretrain_flags[@]}")"
+# pretrain DIR THREADS FLAGS...: pretrains into DIR (resuming an interrupted run), its output in
+# DIR.log.
+pretrain() {
+  local dir="$1" n="$2"
+  shift 2
+  local resume=()
+  [ -d "$dir/train" ] && resume=(--resume)
+  "$engine" pretrain --data "$work/corpus.txt" --out "$dir" --threads "$n" "$@" "${resume[@]}" \
+    > "$dir.log" 2>&1
+}
+
+subject="$(model_dir pretrained-collapsed "${pretrain_flags[@]}" "${collapse_flags[@]}")"
+twin="$(model_dir pretrained-twin "${pretrain_flags[@]}")"
+# The two models train side by side, each on half the threads: this small model's GEMMs are too
+# narrow to keep two threads busy, so two one-thread runs finish sooner than one after the other.
+cores="$threads"
+[ "$cores" -gt 0 ] || cores="$(nproc)"
+half=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+pids=()
+for dir in "$subject" "$twin"; do
+  flags=("${pretrain_flags[@]}")
+  [ "$dir" = "$subject" ] && flags+=("${collapse_flags[@]}")
+  if [ -f "$dir/pretrain.json" ]; then
+    echo "run_default: using the cached model $dir"
+  else
+    echo "run_default: pretraining $dir (a few minutes; progress in $dir.log)"
+    pretrain "$dir" "$half" "${flags[@]}" &
+    pids+=($!)
+  fi
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || { echo "run_default: pretraining failed; see the .log files above" >&2; exit 1; }
+done
+for dir in "$subject" "$twin"; do
+  [ -f "$dir.log" ] && grep -E '^(eval|pretrain: done)' "$dir.log" | sed "s|^|$(basename "$dir"): |"
+done
 
 out="$work/repair"
 rm -rf "$out"
