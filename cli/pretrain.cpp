@@ -1,7 +1,9 @@
 // `engine pretrain --data FILE --out DIR [--n_layer 4] [--n_head 8] [--hidden_size 128]
 // [--steps 400] [--lr 1e-3] [--seq_len 128] [--batch 8] [--grad_accum 1] [--warmup 30]
-// [--eval_every 100] [--holdout 0.005] [--seed S] [--resume] [--collapse L:H,... --collapse_weight W]`: trains a small byte-level
-// BLOOM-architecture model from scratch (model/pretrain.h, docs/REPAIR.md). The training flags are
+// [--eval_every 100] [--holdout 0.005] [--seed S] [--resume] [--collapse L:H,...]
+// [--collapse_weight W]`: trains a small byte-level BLOOM-architecture model from scratch
+// (model/pretrain.h, docs/REPAIR.md); --collapse induces attention-sink heads (controlled
+// collapse, model/bloom_backward.h). The training flags are
 // shared with `engine train`; those left at `engine train`'s defaults take pretraining's defaults
 // (default_pretrain_recipe), so `--lr` means the same thing in both commands.
 #include <cstdio>
