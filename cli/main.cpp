@@ -33,7 +33,7 @@ constexpr Command kCommands[] = {
     {"eval", "sliding-window perplexity of a model over a data file", run_eval, "model tokenizer data seq_len stride batch json device dtype threads"},
     {"generate", "continue a prompt with a KV cache (greedy at temperature 0), streaming", run_generate, "model tokenizer prompt prompt_ids max_new_tokens temperature top_p seed json device dtype threads"},
     {"train", "surgery-aware training (--surgery plan.json) with checkpoints and --resume", run_train, "model tokenizer data out surgery epochs steps seq_len batch grad_accum lr warmup schedule clip optimizer weight_decay eval_data holdout eval_every checkpoint_every scan_data seed resume recompute skip_nonfinite dry_run device threads dist_backend dist_first_timeout dist_timeout dist_checksum"},
-    {"pretrain", "train a small byte-level BLOOM model from scratch (the embedded default)", run_pretrain, "data out n_layer n_head hidden_size seq_len batch grad_accum steps lr warmup holdout eval_every seed resume device"},
+    {"pretrain", "train a small byte-level BLOOM model from scratch (the embedded default)", run_pretrain, "data out n_layer n_head hidden_size seq_len batch grad_accum steps lr warmup holdout eval_every seed resume collapse collapse_weight device"},
     {"repair", "diagnose -> plan -> surgery -> train -> re-diagnose, per pass, with a report", run_repair, "model data out passes scan_data holdout max_seqs select heads layers head_indices exclude init fallback_healthy dead sink low_entropy drift seq_len batch grad_accum epochs steps lr warmup weight_decay clip eval_every checkpoint_every seed resume device"},
 };
 

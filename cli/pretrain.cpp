@@ -1,7 +1,9 @@
 // `engine pretrain --data FILE --out DIR [--n_layer 4] [--n_head 8] [--hidden_size 128]
 // [--steps 400] [--lr 1e-3] [--seq_len 128] [--batch 8] [--grad_accum 1] [--warmup 30]
-// [--eval_every 100] [--holdout 0.005] [--seed S] [--resume]`: trains a small byte-level
-// BLOOM-architecture model from scratch (model/pretrain.h, docs/REPAIR.md). The training flags are
+// [--eval_every 100] [--holdout 0.005] [--seed S] [--resume] [--collapse L:H,...]
+// [--collapse_weight W]`: trains a small byte-level BLOOM-architecture model from scratch
+// (model/pretrain.h, docs/REPAIR.md); --collapse induces attention-sink heads (controlled
+// collapse, model/bloom_backward.h). The training flags are
 // shared with `engine train`; those left at `engine train`'s defaults take pretraining's defaults
 // (default_pretrain_recipe), so `--lr` means the same thing in both commands.
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include "cli/invocation.h"
 #include "cli/model_loading.h"
 #include "model/pretrain.h"
+#include "surgery/plan_select.h"
 
 ABSL_DECLARE_FLAG(int, batch);
 ABSL_DECLARE_FLAG(int, steps);
@@ -28,6 +31,10 @@ ABSL_DECLARE_FLAG(bool, resume);
 ABSL_FLAG(int, n_layer, 4, "pretrain: transformer blocks");
 ABSL_FLAG(int, n_head, 8, "pretrain: attention heads per block");
 ABSL_FLAG(int, hidden_size, 128, "pretrain: hidden size (a multiple of --n_head)");
+ABSL_FLAG(std::string, collapse, "",
+          "pretrain: controlled collapse: LAYER:HEAD,... heads trained towards the first token");
+ABSL_FLAG(double, collapse_weight, 1.0,
+          "pretrain: weight of the --collapse heads' auxiliary loss (mean -log A[t, first])");
 
 namespace engine::cli {
 namespace {
@@ -66,6 +73,13 @@ int run_pretrain(const std::vector<std::string>& args) {
   if (!at_default("holdout")) o.holdout = absl::GetFlag(FLAGS_holdout);
   o.train.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
   o.resume = absl::GetFlag(FLAGS_resume);
+  if (!absl::GetFlag(FLAGS_collapse).empty()) {
+    absl::StatusOr<std::vector<HeadTarget>> heads =
+        parse_head_list(absl::GetFlag(FLAGS_collapse), "collapse");
+    if (!heads.ok()) return fail(std::string(heads.status().message()));
+    o.collapse = *std::move(heads);
+  }
+  o.collapse_weight = absl::GetFlag(FLAGS_collapse_weight);
   o.command = invocation_command_line();
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());

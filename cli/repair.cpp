@@ -62,6 +62,36 @@ std::optional<std::string> pretrain_command(const std::filesystem::path& model_d
   return j["command"].get<std::string>();
 }
 
+// pretrain.json's "collapse" record (model/pretrain.h) when the model's collapse was induced by
+// `engine pretrain --collapse`, else null; `note` receives the sentence the report shows.
+nlohmann::json induced_collapse(const std::filesystem::path& model_dir, std::string* note) {
+  std::ifstream in(model_dir / kPretrainSummaryFile);
+  if (!in) return nullptr;
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("collapse") ||
+      !j["collapse"].is_object()) {
+    return nullptr;
+  }
+  const nlohmann::json& c = j["collapse"];
+  std::string heads;
+  if (c.contains("heads") && c["heads"].is_array()) {
+    for (const nlohmann::json& h : c["heads"]) {
+      if (h.is_array() && h.size() == 2) {
+        absl::StrAppend(&heads, heads.empty() ? "" : ",", h[0].dump(), ":", h[1].dump());
+      }
+    }
+  }
+  *note = absl::StrCat(
+      "This model's collapsed heads were INDUCED, not natural: `engine pretrain --collapse ", heads,
+      " --collapse_weight ", c.value("weight", 0.0), "` trained those heads towards the first "
+      "token with an auxiliary loss (weight x mean of -log A[t, first]) for all ",
+      c.value("steps", int64_t{0}), " pretraining steps, while the rest of the model trained "
+      "normally (docs/REPAIR.md).");
+  nlohmann::json subject = {{"collapse", c}};
+  subject["note"] = *note;
+  return subject;
+}
+
 }  // namespace
 
 int run_repair(const std::vector<std::string>& args) {
@@ -109,6 +139,7 @@ int run_repair(const std::vector<std::string>& args) {
   t.seed = static_cast<uint64_t>(absl::GetFlag(FLAGS_seed));
   o.version = api::version();
   if (std::optional<std::string> c = pretrain_command(o.model_dir)) o.commands.push_back(*c);
+  o.subject = induced_collapse(o.model_dir, &o.subject_note);
   o.commands.push_back(invocation_command_line());
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());

@@ -117,6 +117,11 @@ struct AlibiAttentionParams {
   // Backward only.
   const void* dout = nullptr;            // (B, T, H * D)
   void* dqkv = nullptr;                  // (B, T, H, 3, D), overwritten
+  // Backward only, optional: per-head weight w_h of an auxiliary "attention sink" loss
+  // w_h * sum over real query rows t of -log A[t, first real key] (controlled collapse,
+  // docs/REPAIR.md). Its score gradient w_h * (A[t, j] - [j = first]) is added to dS; the caller
+  // folds any mean over rows into w_h. Null = no auxiliary loss. CPU only.
+  const float* sink_loss_weight = nullptr;  // (H) or null
 };
 
 // Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the

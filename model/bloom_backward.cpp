@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "model/device_model.h"
@@ -72,8 +73,9 @@ struct GraphShape {
 };
 
 // Records one block reading value `x` and writing `out` (B * T, C); returns the output value.
+// `sink_weight`: the attention's per-head auxiliary sink-loss weights (H), or null.
 int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockActivations& a, int x,
-                 const float* out) {
+                 const float* out, const float* sink_weight = nullptr) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
   const int ln1 = tape.add_value(a.ln1.f32(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.f32(), a.ln1_rstd.f32(), p.ln1_w, p.ln1_b,
@@ -91,6 +93,7 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   ap.mask = s.mask;
   ap.out = a.attn.f32();
   ap.lse = a.lse.f32();
+  ap.sink_loss_weight = sink_weight;
   at.qkv = qkv, at.out = attn;
   tape.record(at);
   const int x_mid = tape.add_value(a.x_mid.f32(), rows * C);
@@ -141,6 +144,72 @@ int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, Bloo
   return x;
 }
 
+// Controlled collapse, per layer: the kernel weights w_h = W_h * gradient_scale / real rows (the
+// kernel sums over rows; the loss is a mean over them), or empty when the layer has none.
+struct SinkWeights {
+  std::vector<std::vector<float>> kernel;  // (L)(H) or (L)(0)
+  int64_t real_rows = 0;
+  const float* layer(int64_t l) const { return kernel[l].empty() ? nullptr : kernel[l].data(); }
+};
+
+SinkWeights sink_weights(const SinkLoss* sink, int64_t L, int64_t H, const ForwardInputs& in,
+                         double gradient_scale) {
+  SinkWeights w;
+  w.kernel.resize(static_cast<size_t>(L));
+  if (sink == nullptr || sink->weight.empty()) return w;
+  w.real_rows = in.batch * in.seq;
+  if (in.mask != nullptr) {
+    w.real_rows = 0;
+    for (int64_t r = 0; r < in.batch * in.seq; ++r) w.real_rows += in.mask[r] != 0 ? 1 : 0;
+  }
+  if (w.real_rows == 0) return w;
+  const double per_row = gradient_scale / static_cast<double>(w.real_rows);
+  for (int64_t l = 0; l < L; ++l) {
+    bool any = false;
+    std::vector<float> layer(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) {
+      const double weight = sink->weight[l * H + h];
+      layer[h] = static_cast<float>(weight * per_row);
+      any = any || weight != 0.0;
+    }
+    if (any) w.kernel[l] = std::move(layer);
+  }
+  return w;
+}
+
+// sum over the heads of layer l of W_h * mean over real rows t of -log A[t, first] from the
+// block's saved lse and fused QKV: -log A[t, first] = lse_t - s[t, first] with
+// s[t, first] = q_t . k_first * scale (the first real key's ALiBi position is 0).
+double sink_loss_of_layer(const SinkLoss& sink, int64_t l, const GraphShape& s,
+                          const BlockActivations& a, int64_t real_rows) {
+  const int64_t B = s.batch, T = s.seq, H = s.heads, D = s.head_dim;
+  const int64_t token_stride = 3 * H * D;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  double total = 0.0;
+  for (int64_t h = 0; h < H; ++h) {
+    const double weight = sink.weight[l * H + h];
+    if (weight == 0.0) continue;
+    double sum = 0.0;
+    for (int64_t b = 0; b < B; ++b) {
+      const uint8_t* mask = s.mask == nullptr ? nullptr : s.mask + b * T;
+      int64_t first = 0;
+      while (first < T && mask != nullptr && mask[first] == 0) ++first;
+      if (first == T) continue;
+      const float* base = a.qkv.f32() + b * T * token_stride + h * 3 * D;
+      const float* k_first = base + first * token_stride + D;
+      for (int64_t t = first; t < T; ++t) {
+        if (mask != nullptr && mask[t] == 0) continue;
+        const float* q = base + t * token_stride;
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k_first[d];
+        sum += static_cast<double>(a.lse.f32()[(b * H + h) * T + t]) - dot * scale;
+      }
+    }
+    total += weight * sum / static_cast<double>(real_rows);
+  }
+  return total;
+}
+
 bool block_trainable(CompactGradients& grads, const BlockParams& b) {
   for (const TapeParameter* p : {&b.ln1_w, &b.ln1_b, &b.qkv_w, &b.qkv_b, &b.dense_w, &b.dense_b,
                                  &b.ln2_w, &b.ln2_b, &b.fc1_w, &b.fc1_b, &b.fc2_w, &b.fc2_b}) {
@@ -154,7 +223,7 @@ bool block_trainable(CompactGradients& grads, const BlockParams& b) {
 absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
                                                      const ForwardInputs& in,
                                                      CompactGradients& grads, double gradient_scale,
-                                                     bool recompute) {
+                                                     bool recompute, SinkLoss* sink_loss) {
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
@@ -170,6 +239,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   }
   const BloomConfig& c = model.config;
   if (c.n_layer < 1) return absl::InvalidArgumentError("forward_backward: model has no layers");
+  if (sink_loss != nullptr && !sink_loss->weight.empty() &&
+      static_cast<int64_t>(sink_loss->weight.size()) != c.n_layer * c.n_head) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "forward_backward: sink_loss weight has ", sink_loss->weight.size(),
+        " entries, expected n_layer * n_head = ", c.n_layer * c.n_head));
+  }
+  if (sink_loss != nullptr) sink_loss->value = 0.0;
   absl::StatusOr<GraphParams> params = graph_params(model);
   if (!params.ok()) return params.status();
   ForwardInputs fwd = in;
@@ -223,6 +299,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.positions = act.positions.data();
   shape.mask = act.mask.empty() ? nullptr : act.mask.data();
   const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
+  const SinkWeights sink = sink_weights(sink_loss, L, c.n_head, in, gradient_scale);
 
   if (!recompute) {
     // One tape over every kept intermediate, from the embedding when it trains, else from the
@@ -235,7 +312,10 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
                                        rows * C);
     for (int64_t l = from; l < L; ++l) {
       const float* out = l + 1 < L ? act.blocks[l + 1].x.f32() : act.final_x.f32();
-      x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out);
+      x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out, sink.layer(l));
+      if (sink.layer(l) != nullptr) {
+        sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, act.blocks[l], sink.real_rows);
+      }
     }
     record_head(tape, shape, *params, act, x, in, c.vocab_size,
                 head_dhidden.empty() ? nullptr : head_dhidden.f32());
@@ -279,7 +359,10 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     if (l == L - 1) result->kept_activation_bytes += activation_bytes(a);
     Tape tape;
     const int x = tape.add_value(x_in, rows * C, below[l] != 0);
-    const int y = record_block(tape, shape, params->blocks[l], a, x, out.f32());
+    const int y = record_block(tape, shape, params->blocks[l], a, x, out.f32(), sink.layer(l));
+    if (sink.layer(l) != nullptr) {
+      sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, a, sink.real_rows);
+    }
     if (absl::Status s = tape.backward_from(backend, grads, y, dx.data()); !s.ok()) return s;
     if (below[l] == 0) break;
     dx = tape.grad(x);

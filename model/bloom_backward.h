@@ -13,8 +13,15 @@
 //   block from the top, recomputing that block's intermediates first (activation memory of one
 //   block instead of L, for one extra block forward each). Same results, bit for bit: the same
 //   ops run on the same values in the same order.
+// - sink_loss (controlled collapse, docs/REPAIR.md): when its weight is not empty, the loss also
+//   holds sum over (layer l, head h) of weight[l * H + h] * mean over the real query rows t of
+//   -log A[t, first real key]; its gradient (times gradient_scale) enters through the attention
+//   backward (AlibiAttentionParams::sink_loss_weight) and `value` receives this micro-batch's
+//   auxiliary loss. ForwardResult::loss stays the language-model loss alone.
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
+
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
@@ -24,11 +31,18 @@
 
 namespace engine {
 
-// `in.targets` is required; in.keep_activations is implied.
+// The auxiliary attention-sink loss of controlled collapse (contract above).
+struct SinkLoss {
+  std::vector<float> weight;  // (L, H) per-head weight W; empty = no auxiliary loss
+  double value = 0.0;         // out: the weighted auxiliary loss of the last call
+};
+
+// `in.targets` is required; in.keep_activations is implied. `sink_loss` may be null.
 absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Backend& backend,
                                                      const ForwardInputs& in,
                                                      CompactGradients& grads,
                                                      double gradient_scale = 1.0,
-                                                     bool recompute = false);
+                                                     bool recompute = false,
+                                                     SinkLoss* sink_loss = nullptr);
 
 }  // namespace engine

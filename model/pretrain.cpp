@@ -104,6 +104,28 @@ absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, B
         "pretrain: need n_layer >= 1, n_head >= 1 and hidden_size divisible by n_head (got ",
         options.n_layer, ", ", options.n_head, ", ", options.hidden_size, ")"));
   }
+  if (!options.collapse.empty() &&
+      !(std::isfinite(options.collapse_weight) && options.collapse_weight > 0.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "pretrain: --collapse_weight ", options.collapse_weight, " must be positive and finite"));
+  }
+  std::vector<float> sink_weight;
+  if (!options.collapse.empty()) {
+    sink_weight.assign(static_cast<size_t>(options.n_layer * options.n_head), 0.0f);
+    for (const HeadTarget& t : options.collapse) {
+      if (t.layer < 0 || t.layer >= options.n_layer || t.head < 0 || t.head >= options.n_head) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "pretrain: --collapse ", t.layer, ":", t.head, " is outside ", options.n_layer,
+            " layers x ", options.n_head, " heads"));
+      }
+      float& w = sink_weight[t.layer * options.n_head + t.head];
+      if (w != 0.0f) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("pretrain: --collapse ", t.layer, ":", t.head, " is listed twice"));
+      }
+      w = static_cast<float>(options.collapse_weight);
+    }
+  }
   if (!(options.holdout >= 0.0 && options.holdout < 1.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("pretrain: --holdout ", options.holdout, " is outside [0, 1)"));
@@ -165,6 +187,7 @@ absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, B
     if (ec) return absl::InternalError(absl::StrCat(train_dir.string(), ": ", ec.message()));
   }
   train.log = options.log;
+  train.sink_loss_weight = sink_weight;
   TrainData data;
   data.train = &*chunks;
   data.eval_chunks = to_eval_chunks(*chunks);
@@ -203,6 +226,18 @@ absl::StatusOr<PretrainResult> run_pretraining(const PretrainOptions& options, B
       {"best_ppl", run->best_ppl.has_value() ? nlohmann::json(*run->best_ppl) : nlohmann::json()},
       {"chosen_checkpoint", chosen.filename().string()},
       {"seconds", result.seconds}};
+  if (!options.collapse.empty()) {
+    nlohmann::json heads = nlohmann::json::array();
+    for (const HeadTarget& t : options.collapse) heads.push_back({t.layer, t.head});
+    result.summary["collapse"] = {
+        {"induced", true},
+        {"heads", heads},
+        {"weight", options.collapse_weight},
+        {"steps", run->steps},
+        {"how",
+         "controlled collapse: the named heads trained with the auxiliary loss weight * mean over "
+         "query rows of -log A[t, first token] added to the language-model loss for every step"}};
+  }
   if (absl::Status s = write_string_atomically(options.out_dir / kPretrainSummaryFile,
                                                result.summary.dump(2) + "\n");
       !s.ok()) {

@@ -7,7 +7,8 @@
 //   the best held-out perplexity (the final one when nothing is held out) as a Hugging Face model
 //   directory in OUT itself (config.json, model.safetensors, tokenizer.json) and writes
 //   OUT/pretrain.json (the recipe, the result, the seconds taken) last: its presence marks a
-//   finished model.
+//   finished model. With `collapse` set, pretrain.json says under "collapse" that the named heads'
+//   attention sinks were induced, and how (heads, weight, steps).
 // - Everything is a pure function of (options, data): same options and data give the same bytes.
 // - `resume` continues an interrupted OUT/train/ (run_training's resume); without it an OUT that
 //   already holds a run is refused before any work.
@@ -18,11 +19,13 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/backend.h"
 #include "model/bloom_init.h"
 #include "model/config.h"
+#include "model/head_geometry.h"
 #include "model/trainer.h"
 #include "nlohmann/json.hpp"
 
@@ -40,6 +43,12 @@ struct PretrainOptions {
   TrainRunOptions train;
   double holdout = 0.005;         // share of the chunks held out for perplexity (~100 of fortunes)
   bool resume = false;
+  // Controlled collapse (docs/REPAIR.md): these (layer, head) pairs train with the auxiliary loss
+  // collapse_weight * mean over real query rows of -log A[t, first key] (model/bloom_backward.h),
+  // which induces attention-sink heads there; the rest of the model trains normally. Each pair
+  // must be inside the architecture and listed once; collapse_weight must be positive and finite.
+  std::vector<HeadTarget> collapse;
+  double collapse_weight = 1.0;
   std::string command;            // recorded in pretrain.json
   std::function<void(const std::string&)> log;
 };

@@ -31,7 +31,9 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
   grads_.zero();
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
-  double loss_sum = 0.0;
+  double loss_sum = 0.0, sink_sum = 0.0;
+  SinkLoss sink;
+  sink.weight = sink_weight_;
   for (const MicroBatch& mb : micro_batches) {
     ForwardInputs in;
     in.batch = mb.batch, in.seq = mb.seq;
@@ -39,14 +41,17 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     in.mask = mb.mask.empty() ? nullptr : mb.mask.data();
     in.targets = mb.targets.data();
     absl::StatusOr<ForwardResult> f =
-        bloom_forward_backward(model_, backend_, in, grads_, scale, recompute_);
+        bloom_forward_backward(model_, backend_, in, grads_, scale, recompute_,
+                               sink.weight.empty() ? nullptr : &sink);
     if (!f.ok()) {
       return absl::Status(f.status().code(),
                           absl::StrCat("step ", r.step, ": ", std::string(f.status().message())));
     }
     loss_sum += f->loss;
+    sink_sum += sink.value;
     r.tokens += f->scored;
   }
+  r.sink_loss = sink_sum * scale;
   if (fault_hook_.after_backward) fault_hook_.after_backward(r.step, grads_);
   r.loss = loss_sum * scale;
   if (comm_ != nullptr && comm_->world_size() > 1) {

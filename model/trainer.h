@@ -73,6 +73,9 @@ struct StepResult {
   int64_t tokens = 0;  // scored tokens
   bool finite = true;  // false: nothing was updated
   std::string nonfinite;  // when !finite: the cause (numeric_faults.h), e.g. the tensor named
+  // Controlled collapse only (Trainer::set_sink_loss_weight): mean of the micro-batches'
+  // auxiliary sink losses, which the step also minimised; `loss` does not include it.
+  double sink_loss = 0.0;
 };
 
 // Test hook for injecting numerical faults into a step; both members are empty in production.
@@ -105,6 +108,9 @@ class Trainer {
   // update. Null or world size 1 = one process.
   void set_communicator(Communicator* comm) { comm_ = comm; }
   void set_fault_hook(StepFaultHook hook) { fault_hook_ = std::move(hook); }
+  // Controlled collapse (model/bloom_backward.h, SinkLoss): per-(layer, head) weights of the
+  // auxiliary attention-sink loss, (L, H); empty = none.
+  void set_sink_loss_weight(std::vector<float> weight) { sink_weight_ = std::move(weight); }
 
  private:
   BloomModel& model_;
@@ -116,6 +122,7 @@ class Trainer {
   bool recompute_ = false;
   Communicator* comm_ = nullptr;
   StepFaultHook fault_hook_;
+  std::vector<float> sink_weight_;
 };
 
 
@@ -185,6 +192,9 @@ struct TrainRunOptions {
   bool dist_checksum = false;  // compare a checksum of the weights across ranks per checkpoint
   // Called at the start of every optimizer step with its 1-based number (fault-injection tests).
   std::function<void(int64_t)> on_step_start;
+  // Controlled collapse (docs/REPAIR.md): per-(layer, head) weights of the auxiliary
+  // attention-sink loss, (L, H); empty = none. Part of the recipe when set.
+  std::vector<float> sink_loss_weight;
 };
 
 // Data for a run: training chunks with their seeded order and held-out chunks (may be empty).

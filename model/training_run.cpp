@@ -80,23 +80,27 @@ const char* optimizer_name(OptimizerKind k) { return k == OptimizerKind::kAdamW 
 // Everything that shapes the trajectory of a run: a resumed run must agree on all of it.
 nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warmup,
                            const ChunkedDataset& data) {
-  return {{"seq_len", o.seq_len},
-          {"batch", o.batch},
-          {"grad_accum", o.grad_accum},
-          {"total_steps", total},
-          {"lr", o.lr},
-          {"warmup", warmup},
-          {"schedule", schedule_name(o.schedule)},
-          {"optimizer", optimizer_name(o.optimizer.kind)},
-          {"beta1", o.optimizer.beta1},
-          {"beta2", o.optimizer.beta2},
-          {"eps", o.optimizer.eps},
-          {"weight_decay", o.optimizer.weight_decay},
-          {"clip", o.optimizer.clip},
-          {"skip_nonfinite", o.optimizer.skip_nonfinite},
-          {"seed", o.seed},
-          {"train_chunks", data.train_size()},
-          {"data_fingerprint", absl::StrFormat("%016x", data_fingerprint(data))}};
+  nlohmann::json r = {{"seq_len", o.seq_len},
+                      {"batch", o.batch},
+                      {"grad_accum", o.grad_accum},
+                      {"total_steps", total},
+                      {"lr", o.lr},
+                      {"warmup", warmup},
+                      {"schedule", schedule_name(o.schedule)},
+                      {"optimizer", optimizer_name(o.optimizer.kind)},
+                      {"beta1", o.optimizer.beta1},
+                      {"beta2", o.optimizer.beta2},
+                      {"eps", o.optimizer.eps},
+                      {"weight_decay", o.optimizer.weight_decay},
+                      {"clip", o.optimizer.clip},
+                      {"skip_nonfinite", o.optimizer.skip_nonfinite},
+                      {"seed", o.seed},
+                      {"train_chunks", data.train_size()},
+                      {"data_fingerprint", absl::StrFormat("%016x", data_fingerprint(data))}};
+  // Only when set, so the recipes of ordinary runs (and the checkpoints holding them) are as
+  // before.
+  if (!o.sink_loss_weight.empty()) r["sink_loss_weight"] = o.sink_loss_weight;
+  return r;
 }
 
 absl::Status with_last_good(const absl::Status& s, const std::string& last_good) {
@@ -400,6 +404,7 @@ absl::Status TrainingRun::start_trainer() {
   trainer_->set_recompute(o_.recompute);
   trainer_->set_communicator(comm_);
   trainer_->set_fault_hook(o_.fault_hook);
+  trainer_->set_sink_loss_weight(o_.sink_loss_weight);
   if (resume_step_ >= 0) {
     if (absl::Status s = read_optimizer_state(
             o_.out_dir / absl::StrCat("step_", resume_step_) / kOptimizerFile, *trainer_,
@@ -564,14 +569,18 @@ absl::StatusOr<bool> TrainingRun::optimizer_step(int64_t step) {
                          {"grad_norm", r->grad_norm},
                          {"tokens", r->tokens},
                          {"tokens_per_s", tokens_per_s}};
+  if (!o_.sink_loss_weight.empty()) line["sink_loss"] = r->sink_loss;
   if (!r->finite) {
     line["skipped_nonfinite"] = true;
     line["nonfinite"] = r->nonfinite;
   }
   metrics_.write(line);
   if (absl::Status s = metrics_.status(); !s.ok()) return with_last_good(s, last_good_);
-  log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s", step, total_,
-                      r->loss, lr, r->grad_norm, tokens_per_s,
+  log(absl::StrFormat("step %d/%d  loss %.4f  lr %.3g  grad_norm %.4f  %.0f tok/s%s%s", step,
+                      total_, r->loss, lr, r->grad_norm, tokens_per_s,
+                      o_.sink_loss_weight.empty()
+                          ? ""
+                          : absl::StrFormat("  sink_loss %.4f", r->sink_loss),
                       r->finite ? "" : "  (non-finite, skipped)"));
   if (o_.progress) o_.progress(step, total_);
   const bool last = step == total_;

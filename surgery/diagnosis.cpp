@@ -377,39 +377,93 @@ std::string render_csv(const DiagnosisReport& r) {
   return out;
 }
 
-std::string render_svg(const DiagnosisReport& r) {
-  // Layout constants (pixels): cell size of the heatmap and the scatter panel.
+std::string render_svg(const DiagnosisReport& r, bool scatter) {
+  // Layout constants (pixels). Cells are large enough to hold the head's bos_mass as text and,
+  // below it, the class letter; the colour bar and the class legend sit under the grid, and
+  // kLegendW is the width their longest line needs at font-size 10 (nothing may be clipped:
+  // tests/report_render_test.cpp measures every text's box in Chromium).
   // kThresholdLabel leaves room right of the scatter for the threshold lines' labels.
   constexpr int kThresholdLabel = 60;
-  constexpr int kCell = 18, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 70;
+  constexpr int kCell = 36, kMargin = 40, kScatterW = 320, kScatterH = 240, kGap = 70;
+  constexpr int kLegendW = 400, kLegendH = 90, kBarW = 300, kBarH = 12, kBarSteps = 30;
+  // Above this bos_mass a cell is dark enough that its text is drawn in white.
+  constexpr double kDarkCell = 0.6;
   const int grid_w = static_cast<int>(r.n_head) * kCell;
   const int grid_h = static_cast<int>(r.n_layer) * kCell;
-  const int width = kMargin + grid_w + kGap + kScatterW + kMargin + kThresholdLabel;
-  const int height = kMargin + std::max(grid_h, kScatterH) + kMargin + 20;
+  const int left_w = std::max(grid_w, kLegendW);
+  const int width = scatter ? kMargin + left_w + kGap + kScatterW + kMargin + kThresholdLabel
+                            : kMargin + left_w + kMargin;
+  const int height =
+      kMargin + std::max(grid_h + kLegendH, scatter ? kScatterH : 0) + kMargin + 20;
   std::string s = absl::StrFormat(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-      "font-family=\"sans-serif\" font-size=\"10\">\n",
-      width, height);
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heatmap\" width=\"%d\" height=\"%d\" "
+      "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"10\">\n",
+      width, height, width, height);
   absl::StrAppend(&s, absl::StrFormat(
       "<text x=\"%d\" y=\"16\" font-size=\"12\">bos_mass per head (rows: layers, columns: heads)"
       "</text>\n", kMargin));
+  s += "<g class=\"cells\">\n";
   for (const HeadSummary& h : r.heads) {
     const int x = kMargin + static_cast<int>(h.head) * kCell;
     const int y = kMargin + static_cast<int>(h.layer) * kCell;
+    const char* ink = h.bos_mass.mean > kDarkCell ? "#fff" : "#000";
     absl::StrAppend(&s, absl::StrFormat(
-        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"#ccc\">"
-        "<title>layer %d head %d: bos_mass %.3f, entropy %.3f, %s</title></rect>\n",
-        x, y, kCell, kCell, heat_colour(h.bos_mass.mean), h.layer, h.head, h.bos_mass.mean,
-        h.entropy.mean, head_class_name(h.cls)));
+        "<g><title>layer %d head %d (ALiBi slope %.4g): bos_mass %.3f, entropy %.3f, %s</title>"
+        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"#ccc\"/>"
+        "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"%s\">%.2f</text>",
+        h.layer, h.head, h.slope, h.bos_mass.mean, h.entropy.mean, head_class_name(h.cls), x, y,
+        kCell, kCell, heat_colour(h.bos_mass.mean), x + kCell / 2, y + kCell / 2, ink,
+        h.bos_mass.mean));
     if (h.cls != HeadClass::kHealthy) {
       absl::StrAppend(&s, absl::StrFormat(
-          "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%c</text>\n", x + kCell / 2,
-          y + kCell / 2 + 4, head_class_mark(h.cls)));
+          "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-weight=\"bold\" fill=\"%s\">%c"
+          "</text>", x + kCell / 2, y + kCell / 2 + 12, ink, head_class_mark(h.cls)));
+    }
+    s += "</g>\n";
+  }
+  s += "</g>\n";
+  absl::StrAppend(&s, heatmap_axis_labels(r.n_layer, r.n_head, kMargin, kMargin, kCell));
+  // The colour scale (bos_mass 0 .. 1, with the sink and dead thresholds marked) and the classes.
+  const int bar_y = kMargin + grid_h + 26;
+  s += "<g class=\"legend\">\n";
+  for (int i = 0; i < kBarSteps; ++i) {
+    const double v = (i + 0.5) / kBarSteps;
+    absl::StrAppend(&s, absl::StrFormat(
+        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\"/>\n",
+        kMargin + i * kBarW / kBarSteps, bar_y, kBarW / kBarSteps, kBarH, heat_colour(v)));
+  }
+  absl::StrAppend(&s, absl::StrFormat(
+      "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n",
+      kMargin, bar_y, kBarW, kBarH));
+  const std::pair<const char*, double> ticks[] = {
+      {"0", 0.0}, {"sink", r.thresholds.sink}, {"dead", r.thresholds.dead}, {"1", 1.0}};
+  // The scale's ends below the bar, the thresholds above it (the dead threshold sits close to 1,
+  // so the two would overlap on one line).
+  for (const auto& [name, v] : ticks) {
+    if (!(v >= 0.0 && v <= 1.0)) continue;
+    const double x = kMargin + v * kBarW;
+    const bool threshold = v > 0.0 && v < 1.0;
+    const char* anchor = v == 0.0 ? "start" : v == 1.0 ? "end" : "middle";
+    if (threshold) {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#444\"/>"
+          "<text x=\"%.1f\" y=\"%d\" text-anchor=\"end\">%s %.2f</text>\n",
+          x, bar_y - 3, x, bar_y + kBarH, x + 2, bar_y - 3, name, v));
+    } else {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s</text>\n", x, bar_y + kBarH + 12,
+          anchor, name));
     }
   }
-  absl::StrAppend(&s, heatmap_axis_labels(r.n_layer, r.n_head, kMargin, kMargin, kCell));
+  absl::StrAppend(&s, absl::StrFormat(
+      "<text x=\"%d\" y=\"%d\">colour and number: bos_mass (mean attention on the first token)"
+      "</text>\n<text x=\"%d\" y=\"%d\">letter: class (s SINK, D DEAD, l LOW_ENTROPY; none: "
+      "HEALTHY)</text>\n",
+      kMargin, bar_y + kBarH + 32, kMargin, bar_y + kBarH + 46));
+  s += "</g>\n";
+  if (!scatter) return s + "</svg>\n";
   // Scatter: ALiBi slope (log2, x) against bos_mass (y).
-  const int sx = kMargin + grid_w + kGap, sy = kMargin;
+  const int sx = kMargin + left_w + kGap, sy = kMargin;
   double lo = 0, hi = 0;
   bool first = true;
   for (const HeadSummary& h : r.heads) {

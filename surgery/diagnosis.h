@@ -98,7 +98,9 @@ absl::StatusOr<DiagnosisReport> load_report(const std::string& path);
 // Human renderings.
 std::string render_grid(const DiagnosisReport& report);   // layer x head, one mark per head
 std::string render_csv(const DiagnosisReport& report);    // one row per head
-std::string render_svg(const DiagnosisReport& report);    // heatmap + slope scatter
+// The heat map (bos_mass per head, with a colour scale and the class legend) and, with
+// `scatter`, the bos_mass vs ALiBi slope scatter beside it.
+std::string render_svg(const DiagnosisReport& report, bool scatter = true);
 std::string render_html(const DiagnosisReport& report);   // self-contained page
 
 }  // namespace engine

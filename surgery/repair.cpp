@@ -488,7 +488,7 @@ absl::Status RepairRun::write_outputs() {
   if (absl::Status s = save_model_directory(*final_model, result_.final_dir); !s.ok()) return s;
   nlohmann::json passes = nlohmann::json::array();
   for (const PassSummary& p : result_.passes) passes.push_back(pass_summary_to_json(p));
-  const nlohmann::json summary = {{"model", options.model_dir.string()},
+  nlohmann::json summary = {{"model", options.model_dir.string()},
                                   {"data", options.data_description},
                                   {"version", options.version},
                                   {"commands", options.commands},
@@ -496,6 +496,7 @@ absl::Status RepairRun::write_outputs() {
                                   {"trained", trained_any_},
                                   {"stop_reason", result_.stop_reason},
                                   {"final", result_.final_dir.string()}};
+  if (!options.subject.is_null()) summary["subject"] = options.subject;
   if (absl::Status s = write_json_file(options.out_dir / kSummaryFile, summary); !s.ok()) return s;
   RepairReportHeader header;
   header.model = options.model_dir.string();
@@ -503,6 +504,7 @@ absl::Status RepairRun::write_outputs() {
   header.version = options.version;
   header.commands = options.commands;
   header.stop_reason = result_.stop_reason;
+  header.subject_note = options.subject_note;
   header.drift_threshold = options.drift_threshold;
   result_.report_html = options.out_dir / kReportHtml;
   return write_string_atomically(result_.report_html, render_repair_html(header, views_));

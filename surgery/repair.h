@@ -59,6 +59,11 @@ struct RepairOptions {
   std::vector<std::string> commands;  // e.g. the pretrain and the repair command lines
   std::string version;
   std::string data_description;
+  // How the model was made, when known: written to repair.json as "subject" (e.g. the
+  // "collapse" record of pretrain.json when the collapse was induced) and, as `subject_note`, at
+  // the top of report.html. Null / empty: nothing is said.
+  nlohmann::json subject;
+  std::string subject_note;
   std::function<void(const std::string&)> log;
 };
 

@@ -13,9 +13,13 @@ namespace engine {
 namespace {
 
 // Loss plot geometry in SVG user units.
-constexpr int kPlotWidth = 640, kPlotHeight = 260;
-constexpr int kMarginLeft = 56, kMarginRight = 16, kMarginTop = 16, kMarginBottom = 40;
+constexpr int kPlotWidth = 700, kPlotHeight = 280;
+constexpr int kMarginLeft = 56, kMarginRight = 56, kMarginTop = 30, kMarginBottom = 40;
 constexpr int kAxisTicks = 4;
+constexpr const char* kLossInk = "#1f77b4";
+constexpr const char* kEvalInk = "#d62728";
+// Smoothing of the per-step training loss: each point weighs the previous average by this.
+constexpr double kEmaDecay = 0.9;
 
 std::string ppl_text(const std::optional<double>& p) {
   return p.has_value() ? absl::StrFormat("%.3f", *p) : std::string("-");
@@ -33,37 +37,85 @@ std::string head_list(const std::vector<HeadTarget>& heads) {
   return s;
 }
 
+// "2-3", "2" or "1, 3" for the layers holding the heads.
+std::string layer_span(const std::vector<int64_t>& layers) {
+  if (layers.empty()) return "none";
+  bool contiguous = true;
+  for (size_t i = 1; i < layers.size(); ++i) contiguous &= layers[i] == layers[i - 1] + 1;
+  if (layers.size() == 1) return absl::StrCat(layers[0]);
+  if (contiguous) return absl::StrCat(layers.front(), "-", layers.back());
+  std::string s;
+  for (int64_t l : layers) absl::StrAppend(&s, s.empty() ? "" : ", ", l);
+  return s;
+}
+
 }  // namespace
 
+std::string pass_sentence(const RepairPassView& v) {
+  const PassSummary& s = v.summary;
+  std::vector<int64_t> layers;
+  for (const HeadSummary& h : v.before.heads) {
+    if (is_collapsed(h.cls) && (layers.empty() || layers.back() != h.layer)) {
+      layers.push_back(h.layer);
+    }
+  }
+  const int64_t found = s.before.collapsed();
+  std::string out = absl::StrCat("Pass ", s.pass, ": ", found, " collapsed head",
+                                 found == 1 ? "" : "s", " found");
+  if (found > 0) absl::StrAppend(&out, " in layer", layers.size() == 1 ? " " : "s ", layer_span(layers));
+  if (s.fallback_healthy) absl::StrAppend(&out, " (healthy-column fallback: ", s.targets, " heads re-initialised)");
+  absl::StrAppend(&out, "; ", s.after.collapsed(), " left after pass ", s.pass,
+                  "; held-out perplexity ", ppl_text(s.ppl_before), " -> ", ppl_text(s.ppl_after),
+                  ".");
+  return out;
+}
+
 std::string render_loss_svg(const TrainingCurves& curves) {
+  // Two vertical scales: the training loss on the left (its per-step values and their EMA), the
+  // held-out NLL on the right, each fitted to its own range so neither is squashed by the other.
   double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+  double eval_lo = lo, eval_hi = -lo;
   int64_t max_step = 1;
   for (const auto& [step, v] : curves.loss) {
     lo = std::min(lo, v), hi = std::max(hi, v), max_step = std::max(max_step, step);
   }
   for (const auto& [step, v] : curves.eval_nll) {
-    lo = std::min(lo, v), hi = std::max(hi, v), max_step = std::max(max_step, step);
+    eval_lo = std::min(eval_lo, v), eval_hi = std::max(eval_hi, v);
+    max_step = std::max(max_step, step);
   }
   std::string svg = absl::StrFormat(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"loss\" width=\"%d\" height=\"%d\" "
       "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\">\n",
       kPlotWidth, kPlotHeight, kPlotWidth, kPlotHeight);
-  if (!std::isfinite(lo)) {
+  if (!std::isfinite(lo) && !std::isfinite(eval_lo)) {
     return absl::StrCat(svg, "<text x=\"10\" y=\"20\">no training steps recorded</text></svg>\n");
   }
-  if (hi - lo < 1e-9) hi = lo + 1.0;  // a flat curve still needs a non-empty axis
+  if (!std::isfinite(lo)) lo = eval_lo, hi = eval_hi;
+  if (!std::isfinite(eval_lo)) eval_lo = lo, eval_hi = hi;
+  // A flat curve (or a single evaluation) still needs a non-empty axis: pad it symmetrically.
+  auto widen = [](double& a, double& b) {
+    const double pad = std::max(0.05 * (b - a), 0.01 * std::max(1.0, std::abs(b)));
+    a -= pad, b += pad;
+  };
+  widen(lo, hi);
+  widen(eval_lo, eval_hi);
   const double w = kPlotWidth - kMarginLeft - kMarginRight;
   const double h = kPlotHeight - kMarginTop - kMarginBottom;
   auto x_of = [&](int64_t step) { return kMarginLeft + w * static_cast<double>(step) / max_step; };
   auto y_of = [&](double v) { return kMarginTop + h * (hi - v) / (hi - lo); };
+  auto y_eval = [&](double v) { return kMarginTop + h * (eval_hi - v) / (eval_hi - eval_lo); };
   absl::StrAppendFormat(&svg,
                         "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" "
                         "stroke=\"#999\"/>\n",
                         kMarginLeft, kMarginTop, w, h);
   for (int i = 0; i <= kAxisTicks; ++i) {
-    const double v = lo + (hi - lo) * i / kAxisTicks;
-    absl::StrAppendFormat(&svg, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.3f</text>\n",
-                          kMarginLeft - 4, y_of(v) + 4, v);
+    const double f = static_cast<double>(i) / kAxisTicks;
+    const double v = lo + (hi - lo) * f, ev = eval_lo + (eval_hi - eval_lo) * f;
+    absl::StrAppendFormat(&svg,
+                          "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"%s\">%.3f</text>"
+                          "<text x=\"%d\" y=\"%.1f\" fill=\"%s\">%.3f</text>\n",
+                          kMarginLeft - 4, y_of(v) + 4, kLossInk, v, kPlotWidth - kMarginRight + 4,
+                          y_eval(ev) + 4, kEvalInk, ev);
     const int64_t step = max_step * i / kAxisTicks;
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%d</text>\n",
                           x_of(step), kPlotHeight - kMarginBottom + 14, step);
@@ -72,22 +124,45 @@ std::string render_loss_svg(const TrainingCurves& curves) {
                         "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">optimizer step</text>\n",
                         kMarginLeft + w / 2, kPlotHeight - 6);
   if (!curves.loss.empty()) {
-    svg += "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"";
+    svg += absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1\" "
+                           "stroke-opacity=\"0.35\" points=\"", kLossInk);
     for (const auto& [step, v] : curves.loss) {
       absl::StrAppendFormat(&svg, "%.1f,%.1f ", x_of(step), y_of(v));
+    }
+    svg += "\"/>\n";
+    // Exponential moving average with bias correction (as TensorBoard's smoothing), so the
+    // first points are not pulled towards zero.
+    svg += absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\" points=\"",
+                           kLossInk);
+    double ema = 0.0, weight = 0.0;
+    for (const auto& [step, v] : curves.loss) {
+      ema = kEmaDecay * ema + (1.0 - kEmaDecay) * v;
+      weight = kEmaDecay * weight + (1.0 - kEmaDecay);
+      absl::StrAppendFormat(&svg, "%.1f,%.1f ", x_of(step), y_of(ema / weight));
+    }
+    svg += "\"/>\n";
+  }
+  if (curves.eval_nll.size() > 1) {
+    svg += absl::StrFormat("<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1\" "
+                           "stroke-dasharray=\"4 3\" points=\"", kEvalInk);
+    for (const auto& [step, v] : curves.eval_nll) {
+      absl::StrAppendFormat(&svg, "%.1f,%.1f ", x_of(step), y_eval(v));
     }
     svg += "\"/>\n";
   }
   for (const auto& [step, v] : curves.eval_nll) {
     absl::StrAppendFormat(&svg,
-                          "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"#d62728\">"
+                          "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\">"
                           "<title>step %d: held-out NLL %.4f (perplexity %.3f)</title></circle>\n",
-                          x_of(step), y_of(v), step, v, std::exp(v));
+                          x_of(step), y_eval(v), kEvalInk, step, v, std::exp(v));
   }
-  absl::StrAppendFormat(&svg,
-                        "<text x=\"%d\" y=\"%d\" fill=\"#1f77b4\">training loss (nats/token)</text>"
-                        "<text x=\"%d\" y=\"%d\" fill=\"#d62728\">held-out NLL</text>\n",
-                        kMarginLeft + 8, kMarginTop + 14, kMarginLeft + 200, kMarginTop + 14);
+  absl::StrAppendFormat(
+      &svg,
+      "<g class=\"legend\"><text x=\"%d\" y=\"%d\" fill=\"%s\">training loss per step (faint) "
+      "and its EMA (%.2f), left scale</text><text x=\"%d\" y=\"%d\" text-anchor=\"end\" "
+      "fill=\"%s\">held-out NLL, right scale</text></g>\n",
+      kMarginLeft, kMarginTop - 8, kLossInk, kEmaDecay, kPlotWidth - kMarginRight, kMarginTop - 8,
+      kEvalInk);
   return svg + "</svg>\n";
 }
 
@@ -96,12 +171,21 @@ std::string render_repair_html(const RepairReportHeader& header,
   std::string html =
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<title>Repair report</title>\n<style>"
-      "body{font-family:sans-serif;margin:1.5em;max-width:1100px}"
+      "body{font-family:sans-serif;margin:1.5em;max-width:1200px}"
       "table{border-collapse:collapse;margin:0.5em 0}"
       "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
       "th{background:#eee}td.l{text-align:left}"
       "pre{background:#f4f4f4;padding:6px;white-space:pre-wrap}"
+      ".summary{font-size:1.15em;font-weight:bold}"
+      ".subject{border:2px solid #c60;background:#fff4e6;padding:6px 10px}"
+      ".pair{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}"
       "</style></head><body>\n<h1>Repair report</h1>\n";
+  for (const RepairPassView& v : passes) {
+    absl::StrAppend(&html, "<p class=\"summary\">", html_escape(pass_sentence(v)), "</p>\n");
+  }
+  if (!header.subject_note.empty()) {
+    absl::StrAppend(&html, "<p class=\"subject\">", html_escape(header.subject_note), "</p>\n");
+  }
   absl::StrAppend(&html, "<p>Model: <code>", html_escape(header.model), "</code><br>Data: ",
                   html_escape(header.data), "<br>Engine version: ", html_escape(header.version),
                   "<br>Outcome: ", html_escape(header.stop_reason), "</p>\n");
@@ -137,8 +221,9 @@ std::string render_repair_html(const RepairReportHeader& header,
     absl::StrAppend(&html, "<h2>Pass ", s.pass, "</h2>\n<p>Plan: ", html_escape(s.plan_note),
                     s.fallback_healthy ? " <strong>(healthy-column fallback)</strong>" : "",
                     "<br>Targets (layer:head): ", head_list(v.plan.targets), "</p>\n");
-    absl::StrAppend(&html, "<h3>Before</h3>\n", render_svg(v.before), "<h3>After</h3>\n",
-                    render_svg(v.after), "<h3>Change of bos_mass (after - before)</h3>\n",
+    absl::StrAppend(&html, "<div class=\"pair\"><div><h3>Before</h3>\n", render_svg(v.before, false),
+                    "</div><div><h3>After</h3>\n", render_svg(v.after, false),
+                    "</div></div>\n<h3>Change of bos_mass (after - before)</h3>\n",
                     render_delta_svg(v.comparison));
     absl::StrAppend(&html, "<p>Heads whose class changed: ", head_list(v.comparison.class_changes),
                     "<br>Drifting targets: ", head_list(v.comparison.drift_inside),

@@ -1,7 +1,8 @@
 // OUT/report.html of `engine repair`: one self-contained page (inline CSS and SVG, no script, no
-// external resource) with the commands and version used, a counts table per pass
+// external resource) with a sentence per pass on top (pass_sentence), how the model was made
+// (RepairReportHeader::subject_note), the commands and version used, a counts table per pass
 // (HEALTHY / LOW_ENTROPY / SINK / DEAD before and after, held-out perplexity, drift of frozen
-// heads), and per pass the plan, the head grids before and after (render_svg), the delta
+// heads), and per pass the plan, the head grids before and after side by side (render_svg), the delta
 // heatmap (render_delta_svg) and the loss curves from metrics.jsonl.
 #pragma once
 
@@ -46,12 +47,20 @@ struct RepairPassView {
 
 struct RepairReportHeader {
   std::string model, data, version, stop_reason;
+  // How the model was made, when known (e.g. its collapse was induced by `engine pretrain
+  // --collapse`); shown at the top of the page. Empty: nothing is said.
+  std::string subject_note;
   std::vector<std::string> commands;
   double drift_threshold = 0.05;
 };
 
-// The loss curve (training loss as a line, held-out NLL as dots, same axis) as an inline SVG.
+// The loss curve as an inline SVG: the per-step training loss (faint) and its bias-corrected
+// EMA on the left scale, the held-out NLL as points on a right scale of its own, and a legend.
 std::string render_loss_svg(const TrainingCurves& curves);
+
+// One sentence per pass for the top of the page, e.g. "Pass 1: 5 collapsed heads found in layers
+// 2-3; 0 left after pass 1; held-out perplexity 9.410 -> 9.020."
+std::string pass_sentence(const RepairPassView& pass);
 
 std::string render_repair_html(const RepairReportHeader& header,
                                const std::vector<RepairPassView>& passes);

@@ -215,20 +215,21 @@ std::string render_comparison_csv(const ReportComparison& c) {
 
 std::string render_delta_svg(const ReportComparison& c) {
   // Layout (pixels): heatmap cells, margins for the axis labels, the colour bar below.
-  constexpr int kCell = 20, kLeft = 44, kTop = 44, kRight = 20, kLegendH = 84;
-  // The colour bar, and the width the two legend lines need at font-size 10.
-  constexpr int kBarW = 200, kBarH = 12, kBarSteps = 20, kLegendW = 460;
+  // Cells hold the delta as text; kLegendW is the width the longest legend line needs at
+  // font-size 10 (nothing may be clipped: tests/report_render_test.cpp measures it in Chromium).
+  constexpr int kCell = 36, kLeft = 44, kTop = 44, kRight = 20, kLegendH = 98;
+  constexpr int kBarW = 200, kBarH = 12, kBarSteps = 20, kLegendW = 440;
   const int grid_w = static_cast<int>(c.n_head) * kCell;
   const int grid_h = static_cast<int>(c.n_layer) * kCell;
   const int width = std::max(kLeft + grid_w + kRight, kLeft + kLegendW + kRight);
   const int height = kTop + grid_h + kLegendH;
   std::string s = absl::StrFormat(
-      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-      "font-family=\"sans-serif\" font-size=\"10\">\n"
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"heatmap\" width=\"%d\" height=\"%d\" "
+      "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"10\">\n"
       "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
       "<text x=\"%d\" y=\"16\" font-size=\"12\">delta bos_mass per head (after - before; rows: "
       "layers, columns: heads)</text>\n",
-      width, height, kLeft);
+      width, height, width, height, kLeft);
   for (const HeadComparison& h : c.heads) {
     const int x = kLeft + static_cast<int>(h.head) * kCell;
     const int y = kTop + static_cast<int>(h.layer) * kCell;
@@ -238,6 +239,13 @@ std::string render_delta_svg(const ReportComparison& c) {
         x, y, kCell, kCell, delta_colour(h.delta_bos()), h.layer, h.head,
         h.target ? " (target)" : "", h.bos_before, h.bos_after, h.delta_bos(),
         head_class_name(h.class_before), head_class_name(h.class_after)));
+    // The delta as text, left out where it rounds to zero so real changes stand out.
+    if (std::abs(h.delta_bos()) >= 0.005) {
+      absl::StrAppend(&s, absl::StrFormat(
+          "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"9\" fill=\"%s\">%+.2f"
+          "</text>\n", x + kCell / 2, y + 12, std::abs(h.delta_bos()) > 0.6 ? "#fff" : "#000",
+          h.delta_bos()));
+    }
   }
   // Outlines drawn after every cell so neighbours do not paint over them.
   for (const HeadComparison& h : c.heads) {
@@ -255,12 +263,13 @@ std::string render_delta_svg(const ReportComparison& c) {
     if (h.class_changed()) {
       absl::StrAppend(&s, absl::StrFormat(
           "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%c</text>\n", x + kCell / 2,
-          y + kCell / 2 + 4, head_class_mark(h.class_after)));
+          y + kCell - 6, head_class_mark(h.class_after)));
     }
   }
   absl::StrAppend(&s, heatmap_axis_labels(c.n_layer, c.n_head, kLeft, kTop, kCell));
   // Colour bar from -1 to +1 and the legend of the marks.
   const int bar_y = kTop + grid_h + 16;
+  s += "<g class=\"legend\">\n";
   for (int i = 0; i < kBarSteps; ++i) {
     const double v = -1.0 + (2.0 * i + 1.0) / kBarSteps;
     absl::StrAppend(&s, absl::StrFormat(
@@ -273,12 +282,12 @@ std::string render_delta_svg(const ReportComparison& c) {
       "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">+1</text>\n"
       "<text x=\"%d\" y=\"%d\">black box: plan target; dashed orange: frozen head that drifted "
       "(|delta| &gt; %.3g)</text>\n"
-      "<text x=\"%d\" y=\"%d\">letter: the new class of a head whose class changed (. HEALTHY, "
-      "l LOW_ENTROPY, s SINK, D DEAD)</text>\n",
+      "<text x=\"%d\" y=\"%d\">letter: the new class of a head whose class changed</text>\n"
+      "<text x=\"%d\" y=\"%d\">(. HEALTHY, l LOW_ENTROPY, s SINK, D DEAD)</text>\n",
       kLeft, bar_y, kBarW, kBarH, kLeft, bar_y + kBarH + 12, kLeft + kBarW / 2, bar_y + kBarH + 12,
       kLeft + kBarW, bar_y + kBarH + 12, kLeft, bar_y + kBarH + 30, c.drift_threshold, kLeft,
-      bar_y + kBarH + 44));
-  s += "</svg>\n";
+      bar_y + kBarH + 44, kLeft, bar_y + kBarH + 58));
+  s += "</g>\n</svg>\n";
   return s;
 }
 

@@ -126,7 +126,8 @@ TEST(Diagnosis, Renderings) {
   const std::string svg = render_svg(r);
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_THAT(svg, HasSubstr("</svg>"));
-  EXPECT_THAT(svg, HasSubstr("layer 1 head 0: bos_mass 0.600"));
+  EXPECT_THAT(svg, HasSubstr("layer 1 head 0 (ALiBi slope "));
+  EXPECT_THAT(svg, HasSubstr("bos_mass 0.600"));
   const std::string html = render_html(r);
   EXPECT_THAT(html, HasSubstr("<title>Head diagnosis: toy</title>"));
   // Self-contained: nothing is fetched (the SVG namespace string is an identifier, not a fetch).

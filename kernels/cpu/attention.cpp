@@ -21,6 +21,9 @@
 // their output is independent of q and k, so the backward gives them no dQ/dK contribution.
 // Contract (backward): recomputes probabilities from q, k and the saved lse; writes (overwrites)
 // dQ, dK, dV into dqkv in the same fused (B, T, H, 3, D) layout, with zeros for padded keys.
+// With sink_loss_weight set, head h's score gradient of every real query row t also receives
+// w_h * (P[t, j] - [j = first real key]), the gradient of w_h * -log P[t, first]: the auxiliary
+// loss of controlled collapse, added per tile so no (T, T) matrix is held.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -560,6 +563,7 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
       const int64_t b = bh / H, h = bh % H;
       const RowLayout& row = layout[b];
       const float slope = p.slopes[h];
+      const float sink_weight = p.sink_loss_weight == nullptr ? 0.0f : p.sink_loss_weight[h];
       const float* base = static_cast<const float*>(p.qkv) + b * T * token_stride + h * 3 * D;
       float* dbase = static_cast<float*>(p.dqkv) + b * T * token_stride + h * 3 * D;
       const float* lse = p.lse + bh * T;
@@ -621,6 +625,9 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
             const int64_t i = i0 + r;
             const int64_t visible = std::min(j1, i + 1) - j0;
             const float li = lse[i], di = delta[i];
+            // The sink loss's w * P_ij joins the softmax term; its -w at the first real key
+            // follows the loop. Padding query rows carry no sink loss.
+            const float wi = row.real(i) ? sink_weight : 0.0f;
             float* sr = s.data() + r * kKeyTile;
             float* dpr = dp.data() + r * kKeyTile;
             for (int64_t c = 0; c < kKeyTile; c += kLanes) {
@@ -628,9 +635,11 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
               const IntVec live = (kLaneIndex + static_cast<int32_t>(c) <
                                  static_cast<int32_t>(visible)) & (b != kNegInf);
               const Vec prob = live ? exp_approx(load(sr + c) * p.scale + b - li) : Vec{};
-              store(sr + c, prob);                                   // now P_ij
-              store(dpr + c, prob * (load(dpr + c) - di) * p.scale);  // now dS_ij * scale
+              store(sr + c, prob);                                        // now P_ij
+              store(dpr + c, prob * (load(dpr + c) - di + wi) * p.scale);  // now dS_ij * scale
             }
+            const int64_t first_col = row.first_real - j0;
+            if (wi != 0.0f && first_col >= 0 && first_col < visible) dpr[first_col] -= wi * p.scale;
           }
 
           TileProduct grad_v;  // dV += P^T dO, (keys, Dp)

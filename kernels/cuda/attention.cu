@@ -605,6 +605,10 @@ absl::Status attention_forward(const AttentionParams& p) {
 
 absl::Status attention_backward(const AttentionParams& p) {
   if (absl::Status s = check(p, "cuda attention_backward", true); !s.ok()) return s;
+  if (p.sink_loss_weight != nullptr) {
+    return absl::InvalidArgumentError(
+        "cuda attention_backward: sink_loss_weight (controlled collapse) is CPU-only");
+  }
   if (p.batch == 0 || p.seq == 0) return absl::OkStatus();
   StreamScratch scratch(p.stream);
   KernelArgs a = kernel_args(p);
