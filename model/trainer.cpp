@@ -29,7 +29,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   r.step = step_ + 1;
   r.lr = lr;
   if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
-  grads_.zero();
+  if (absl::Status s = grads_.zero(); !s.ok()) return s;
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
   double loss_sum = 0.0, sink_sum = 0.0;
   SinkLoss sink;

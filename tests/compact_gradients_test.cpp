@@ -69,13 +69,13 @@ TEST(CompactGradients, AccumulateLandsOnTheCompactPositionsOfTrainableElements) 
   p.arena_offset = 0, p.rows = 1, p.cols = mask.elements;
   std::vector<float> values(static_cast<size_t>(mask.elements));
   for (int64_t e = 0; e < mask.elements; ++e) values[e] = static_cast<float>(e + 1);
-  g.accumulate(p, 0, 0, 1, mask.elements, values.data(), mask.elements);
+  ASSERT_TRUE(g.accumulate(p, 0, 0, 1, mask.elements, values.data(), mask.elements).ok());
   for (int64_t i = 0; i < g.size(); ++i) {
     ASSERT_EQ(g.data()[i], static_cast<float>(want[i] + 1)) << i;
   }
   // A sub-block starting inside a frozen stretch.
-  g.zero();
-  g.accumulate(p, 0, 250, 1, 20, values.data() + 250, 20);
+  ASSERT_TRUE(g.zero().ok());
+  ASSERT_TRUE(g.accumulate(p, 0, 250, 1, 20, values.data() + 250, 20).ok());
   for (int64_t i = 0; i < g.size(); ++i) {
     const bool inside = want[i] >= 250 && want[i] < 270;
     ASSERT_EQ(g.data()[i], inside ? static_cast<float>(want[i] + 1) : 0.0f) << i;
