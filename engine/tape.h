@@ -68,6 +68,9 @@ class CompactGradients {
   // Whether the values were allocated.
   const absl::Status& status() const { return status_; }
   Backend& backend() const { return *backend_; }
+  // The trainable bitmask and the arena size it covers (as given).
+  const std::vector<uint64_t>& words() const { return words_; }
+  int64_t elements() const { return elements_; }
 
   int64_t size() const { return size_; }
   // Arena offset of compact element i (0 <= i < size()).
