@@ -34,6 +34,11 @@ namespace {
 constexpr double kRel = 1e-3;
 constexpr double kAbs = 1e-5;
 constexpr double kLossBound = 1e-5;  // relative, as the CPU gradient tests
+// After 20 AdamW steps (TOLERANCES.md, "Training on the CUDA backend"): step loss and gradient
+// norm relative; trainable weights absolute, as a fraction of the worst case 2 x steps x lr.
+constexpr double kStepLossBound = 1e-4;
+constexpr double kStepNormBound = 1e-3;
+constexpr double kWeightFractionOfWorstCase = 0.1;
 
 std::unique_ptr<Backend> cuda_backend() {
   absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
@@ -266,7 +271,7 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
   std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(c.vocab_size - 1));
   constexpr double kLr = 1e-3;
   constexpr int kSteps = 20;
-  double worst_loss = 0.0;
+  double worst_loss = 0.0, worst_norm = 0.0;
   for (int step = 0; step < kSteps; ++step) {
     std::vector<MicroBatch> mbs(2);
     for (int k = 0; k < 2; ++k) {
@@ -289,8 +294,12 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_TRUE(got->finite);
     worst_loss = std::max(worst_loss, std::abs(got->loss - want->loss) / std::abs(want->loss));
-    EXPECT_LE(std::abs(got->loss - want->loss), 1e-4 * std::abs(want->loss)) << "step " << step;
-    EXPECT_LE(std::abs(got->grad_norm - want->grad_norm), 1e-3 * want->grad_norm) << "step " << step;
+    worst_norm =
+        std::max(worst_norm, std::abs(got->grad_norm - want->grad_norm) / want->grad_norm);
+    EXPECT_LE(std::abs(got->loss - want->loss), kStepLossBound * std::abs(want->loss))
+        << "step " << step;
+    EXPECT_LE(std::abs(got->grad_norm - want->grad_norm), kStepNormBound * want->grad_norm)
+        << "step " << step;
   }
   EXPECT_EQ(on_cuda.step_count(), kSteps);
   // The host arena is the record until download_weights refreshes it.
@@ -316,12 +325,12 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
   // AdamW's normalised update is about lr per step whatever the gradient's size, so rounding
   // of a near-zero gradient can move the two sides apart by up to 2 lr per step; the bound is
   // a tenth of that over the run (TOLERANCES.md).
-  EXPECT_LE(worst_w, 0.1 * 2 * kSteps * kLr);
+  EXPECT_LE(worst_w, kWeightFractionOfWorstCase * 2 * kSteps * kLr);
   // The moments came back: the same length and close to the CPU's.
   ASSERT_EQ(on_cuda.first_moment().size(), on_cpu.first_moment().size());
   std::printf("[ measured ] 20 AdamW steps: worst weight |cuda - cpu| %.3g (largest CPU move "
-              "%.3g), worst relative loss difference %.3g\n",
-              worst_w, max_step, worst_loss);
+              "%.3g), worst relative loss difference %.3g, gradient norm %.3g\n",
+              worst_w, max_step, worst_loss, worst_norm);
 }
 
 // The compact gradient must live where the backward runs: host values with a CUDA backward are
