@@ -221,8 +221,7 @@ class Tape::Backward {
     absl::StatusOr<Grad*> gv = grad_of(v);
     if (!gv.ok()) return gv.status();
     if (!(*gv)->written) return (*gv)->data.data();
-    if (absl::Status s = scratch_.resize(backend_, tape_.values_[v].size); !s.ok()) return s;
-    return scratch_.data();
+    return reuse(scratch_, tape_.values_[v].size);
   }
   absl::Status finish_overwrite(int v) {
     Grad& gv = tape_.grads_[v];
@@ -235,18 +234,22 @@ class Tape::Backward {
     gv.written = true;
     return absl::OkStatus();
   }
-  // A zeroed buffer of `count` floats for one parameter block's dense gradient (reused).
-  absl::StatusOr<float*> zeroed(int64_t count) {
-    if (pgrad_.size() < count) {
-      if (absl::Status s = pgrad_.resize(backend_, count); !s.ok()) return s;
-      return pgrad_.data();
+  // The first `count` floats of `buffer`, zeroed; the buffer grows when too small and is kept
+  // between uses (fresh memory would cost page faults on every block of every step).
+  absl::StatusOr<float*> reuse(DeviceArray<float>& buffer, int64_t count) {
+    if (buffer.size() < count) {
+      if (absl::Status s = buffer.resize(backend_, count); !s.ok()) return s;
+      return buffer.data();
     }
-    if (absl::Status s = backend_.fill_zero(pgrad_.data(), static_cast<size_t>(count) * sizeof(float));
+    if (absl::Status s =
+            backend_.fill_zero(buffer.data(), static_cast<size_t>(count) * sizeof(float));
         !s.ok()) {
       return s;
     }
-    return pgrad_.data();
+    return buffer.data();
   }
+  // A zeroed buffer of `count` floats for one parameter block's dense gradient.
+  absl::StatusOr<float*> zeroed(int64_t count) { return reuse(pgrad_, count); }
 
   Tape& tape_;
   Backend& backend_;
