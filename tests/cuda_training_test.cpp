@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -331,6 +332,49 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
   std::printf("[ measured ] 20 AdamW steps: worst weight |cuda - cpu| %.3g (largest CPU move "
               "%.3g), worst relative loss difference %.3g, gradient norm %.3g\n",
               worst_w, max_step, worst_loss, worst_norm);
+}
+
+// A non-finite gradient on the device: the step is skipped (skip_nonfinite), the cause names the
+// tensor from a downloaded copy of the device gradient, and the resident weights stay as they were.
+TEST(CudaTrainer, NonFiniteDeviceGradientIsNamedAndSkipped) {
+  BloomConfig c;
+  c.vocab_size = 311, c.n_layer = 2, c.n_head = 4, c.hidden_size = 4 * 64;
+  absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*m, *cuda).ok());
+  SurgeryPlan plan;
+  plan.targets = {{1, 2}};
+  absl::StatusOr<FrozenMask> mask =
+      surgery_mask(m->arena, HeadGeometry{c.n_layer, c.n_head, c.head_dim()}, plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  OptimizerOptions opt;
+  opt.skip_nonfinite = true;
+  Trainer trainer(*m, *cuda, *mask, opt);
+  Backend* device = cuda.get();
+  StepFaultHook hook;
+  hook.after_backward = [device](int64_t, CompactGradients& g) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    ASSERT_TRUE(device->copy_to_device(g.data() + 7, &nan, sizeof nan).ok());
+  };
+  trainer.set_fault_hook(std::move(hook));
+  MicroBatch mb;
+  mb.batch = 1, mb.seq = 8;
+  mb.ids = {3, 14, 15, 92, 65, 35, 89, 79};
+  mb.targets = {14, 15, 92, 65, 35, 89, 79, -1};
+  std::vector<std::byte> before;
+  ASSERT_TRUE(m->device->arena.download(before).ok());
+  absl::StatusOr<StepResult> r = trainer.step(std::vector<MicroBatch>{mb}, 1e-3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->finite);
+  EXPECT_NE(r->nonfinite.find("non-finite gradient in h.1.self_attention.query_key_value.weight"),
+            std::string::npos)
+      << r->nonfinite;
+  std::vector<std::byte> after;
+  ASSERT_TRUE(m->device->arena.download(after).ok());
+  EXPECT_TRUE(before == after);
 }
 
 // The compact gradient must live where the backward runs: host values with a CUDA backward are
