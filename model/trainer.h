@@ -20,6 +20,10 @@
 //   resumed moments back. A non-finite step on a device downloads the weights and the gradient
 //   to name its cause. Not on a device yet: data parallelism (world size > 1) and the sink loss
 //   (both Unimplemented).
+// - run_training on a device backend makes the base model resident for its scan and the trained
+//   model before the Trainer is made (after surgery or a resume), downloads the weights and
+//   moments before every checkpoint and uploads resumed moments; evaluation and scans read the
+//   resident weights.
 // - run_training drives Trainer over a ChunkedDataset in its seeded per-epoch order; everything
 //   it does is a pure function of (weights, selection, options, data), so on the CPU backend a
 //   run resumed from checkpoint step_N ends bit-identical to an uninterrupted run. It knows no
