@@ -107,6 +107,32 @@ with tempfile.TemporaryDirectory() as tmp:
             for x, y in zip(a, b):
                 check(abs(x - y) <= 1e-4 * abs(x), f"train: {event} {key} {x} vs {y}")
 
+    # train --surgery on both devices: every tensor without a trainable slice ends bit-identical
+    # (surgery runs on the host, then the weights go to the device), the targets' slices within
+    # the weight bound above.
+    plan = os.path.join(tmp, "plan.json")
+    with open(plan, "w") as f:
+        json.dump({"version": 1, "targets": [{"layer": 1, "head": 2}, {"layer": 2, "head": 4}]}, f)
+    finals = {}
+    for device in ("cpu", "cuda"):
+        out = os.path.join(tmp, f"surgery-{device}")
+        r = run("train", "--model", model, "--data", data, "--surgery", plan, "--out", out,
+                "--seq_len", "16", "--batch", "2", "--steps", "4", "--lr", "1e-3",
+                "--device", device)
+        check(r.returncode == 0, f"train --surgery --device {device}: exit {r.returncode}: {r.stderr}")
+        if r.returncode == 0:
+            finals[device] = safetensors_floats(os.path.join(out, "final", "model.safetensors"))
+    if len(finals) == 2:
+        surgical = {f"h.{layer}.self_attention.{name}" for layer in (1, 2)
+                    for name in ("query_key_value.weight", "query_key_value.bias", "dense.weight")}
+        for name, a in finals["cpu"].items():
+            b = finals["cuda"][name]
+            if name in surgical:
+                worst = max(abs(x - y) for x, y in zip(a, b))
+                check(worst <= 0.1 * 2 * 4 * 1e-3, f"train --surgery: {name} differs by {worst}")
+            else:
+                check(a == b, f"train --surgery: frozen tensor {name} differs")
+
     # train resumed on the device (moments uploaded back) ends bit-identical to the uninterrupted
     # device run: weights and optimizer state.
     out = os.path.join(tmp, "train-cuda-resumed")
