@@ -158,6 +158,19 @@ struct MaskedAdamWParams {
   int64_t step = 1;                  // 1-based, for bias correction
 };
 
+// The compact gradient's scatter-add (engine/tape.h, CompactGradients::accumulate): for each
+// segment s, compact[dst_s + i] += g[row_s * ld + col_s + i] for i < length_s. Segments are the
+// trainable stretches of one row of a parameter block; no two segments of a call write the same
+// compact element, so every element receives exactly one fp32 add and the result does not depend
+// on the order. fp32 throughout.
+struct CompactScatterParams {
+  int64_t segments = 0;
+  const int64_t* segment = nullptr;  // (segments, 4): row, col, dst, length
+  const float* g = nullptr;          // the dense block gradient, row stride ld
+  int64_t ld = 0;
+  float* compact = nullptr;          // the compact gradient buffer
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -197,6 +210,15 @@ class Backend {
   // fixed order, so the result does not depend on the thread count or scheduling (clipping and
   // the non-finite check). Reads the result back to the host.
   virtual absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) = 0;
+
+  // The tape's fp32 gradient bookkeeping (engine/tape.cpp), so gradient buffers may live on the
+  // device. y[i] += x[i] for i < n (a residual's second gradient contribution).
+  virtual absl::Status add(float* y, const float* x, int64_t n) = 0;
+  // out[c] = sum over r < rows of x[r * ld + c] for c < cols, accumulated in double in row order
+  // and rounded once (a bias gradient: the column sums of the output gradient).
+  virtual absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                                   float* out) = 0;
+  virtual absl::Status compact_scatter_add(const CompactScatterParams& p) = 0;
 };
 
 // The CPU reference backend (fp32 arithmetic, OpenMP, BLAS GEMM; F32 storage is the reference,

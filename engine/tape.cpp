@@ -2,13 +2,27 @@
 #include "engine/tape.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 
 namespace engine {
+namespace {
+
+// Where a CompactGradients made without a backend keeps its values: host memory.
+Backend& host_backend() {
+  static Backend* const cpu = make_cpu_backend().release();
+  return *cpu;
+}
+
+}  // namespace
 
 CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements)
-    : words_(std::move(words)), elements_(elements) {
+    : CompactGradients(std::move(words), elements, host_backend()) {}
+
+CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements,
+                                   Backend& backend)
+    : words_(std::move(words)), elements_(elements), backend_(&backend) {
   // Whole words of zeros or ones are skipped or taken at once; only mixed words go bit by bit.
   auto extend = [&](int64_t begin, int64_t length) {
     if (!runs_.empty() && runs_.back().arena_begin + runs_.back().length == begin) {
@@ -32,7 +46,7 @@ CompactGradients::CompactGradients(std::vector<uint64_t> words, int64_t elements
       if ((word >> b) & 1u) extend(base + b, 1);
     }
   }
-  values_.assign(static_cast<size_t>(size_), 0.0f);
+  status_ = values_.resize(backend, size_);
 }
 
 int64_t CompactGradients::arena_index(int64_t i) const {
@@ -64,8 +78,6 @@ int64_t CompactGradients::compact_position(int64_t element) const {
   return it->compact_begin + std::max<int64_t>(0, element - it->arena_begin);
 }
 
-void CompactGradients::zero() { std::fill(values_.begin(), values_.end(), 0.0f); }
-
 const CompactGradients::Regions& CompactGradients::regions(const TapeParameter& p) {
   auto it = regions_.find(p.arena_offset);
   if (it != regions_.end()) return it->second;
@@ -95,19 +107,45 @@ const CompactGradients::Regions& CompactGradients::regions(const TapeParameter& 
   return regions_.emplace(p.arena_offset, std::move(r)).first->second;
 }
 
-void CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr,
-                                  int64_t nc, const float* g, int64_t ld) {
-  // Rows are independent ranges of the compact buffer, so they can run in parallel without
-  // changing any sum.
-#pragma omp parallel for schedule(static)
+absl::StatusOr<const CompactGradients::Segments*> CompactGradients::segments(
+    const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr, int64_t nc) {
+  const BlockKey key{p.arena_offset, r0, c0, nr, nc};
+  auto found = segments_.find(key);
+  if (found != segments_.end()) return &found->second;
+  // Per row of the block, the runs it intersects, each clipped to the block's columns.
+  std::vector<int64_t> table;
   for (int64_t r = 0; r < nr; ++r) {
     const int64_t base = p.arena_offset + (r0 + r) * p.cols + c0;
-    int64_t pos = compact_position(base);
-    const float* gr = g + r * ld;
-    for (int64_t c = 0; c < nc; ++c) {
-      if (trainable(base + c)) values_[static_cast<size_t>(pos++)] += gr[c];
+    auto it = std::upper_bound(runs_.begin(), runs_.end(), base, [](int64_t e, const Run& run) {
+      return e < run.arena_begin + run.length;
+    });
+    for (; it != runs_.end() && it->arena_begin < base + nc; ++it) {
+      const int64_t begin = std::max(it->arena_begin, base);
+      const int64_t end = std::min(it->arena_begin + it->length, base + nc);
+      if (end <= begin) continue;
+      table.insert(table.end(),
+                   {r, begin - base, it->compact_begin + (begin - it->arena_begin), end - begin});
     }
   }
+  Segments seg;
+  seg.count = static_cast<int64_t>(table.size() / 4);
+  if (absl::Status s = seg.table.upload(*backend_, std::span<const int64_t>(table)); !s.ok()) {
+    return s;
+  }
+  return &segments_.emplace(key, std::move(seg)).first->second;
+}
+
+absl::Status CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0,
+                                          int64_t nr, int64_t nc, const float* g, int64_t ld) {
+  if (!status_.ok()) return status_;
+  absl::StatusOr<const Segments*> seg = segments(p, r0, c0, nr, nc);
+  if (!seg.ok()) return seg.status();
+  CompactScatterParams sp;
+  sp.segments = (*seg)->count;
+  sp.segment = (*seg)->table.data();
+  sp.g = g, sp.ld = ld;
+  sp.compact = values_.data();
+  return backend_->compact_scatter_add(sp);
 }
 
 int Tape::add_value(const float* data, int64_t size, bool requires_grad) {
@@ -130,16 +168,6 @@ void Tape::record(TapeEntry entry) {
       entry);
   entries_.push_back(std::move(entry));
 }
-
-namespace {
-
-// y += x over n elements.
-void add_into(float* y, const float* x, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) y[i] += x[i];
-}
-
-}  // namespace
 
 class Tape::Backward {
  public:
@@ -171,7 +199,7 @@ class Tape::Backward {
   }
   // The output's gradient is fully consumed: free it.
   absl::Status release(int out) {
-    LargeFloatVector().swap(tape_.grads_[out].data);
+    tape_.grads_[out].data = DeviceArray<float>();
     return absl::OkStatus();
   }
   bool needs(int v) const {
@@ -180,36 +208,56 @@ class Tape::Backward {
     return value.producer >= 0 ? prefix_[value.producer] != 0 : value.requires_grad;
   }
   // The gradient buffer of value v, zero-filled on first use.
-  Grad& grad_of(int v) {
+  absl::StatusOr<Grad*> grad_of(int v) {
     Grad& gv = tape_.grads_[v];
-    if (gv.data.empty()) gv.data.assign(static_cast<size_t>(tape_.values_[v].size), 0.0f);
-    return gv;
+    if (gv.data.empty()) {
+      if (absl::Status s = gv.data.resize(backend_, tape_.values_[v].size); !s.ok()) return s;
+    }
+    return &gv;
   }
   // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
   // otherwise into scratch that is then added.
-  float* overwrite_target(int v) {
-    Grad& gv = grad_of(v);
-    if (!gv.written) return gv.data.data();
-    scratch_.assign(static_cast<size_t>(tape_.values_[v].size), 0.0f);
-    return scratch_.data();
+  absl::StatusOr<float*> overwrite_target(int v) {
+    absl::StatusOr<Grad*> gv = grad_of(v);
+    if (!gv.ok()) return gv.status();
+    if (!(*gv)->written) return (*gv)->data.data();
+    return reuse(scratch_, tape_.values_[v].size);
   }
-  void finish_overwrite(int v) {
+  absl::Status finish_overwrite(int v) {
     Grad& gv = tape_.grads_[v];
-    if (gv.written) add_into(gv.data.data(), scratch_.data(), tape_.values_[v].size);
+    if (gv.written) {
+      if (absl::Status s = backend_.add(gv.data.data(), scratch_.data(), tape_.values_[v].size);
+          !s.ok()) {
+        return s;
+      }
+    }
     gv.written = true;
+    return absl::OkStatus();
   }
-  float* zeroed(int64_t count) {
-    pgrad_.assign(static_cast<size_t>(count), 0.0f);
-    return pgrad_.data();
+  // The first `count` floats of `buffer`, zeroed; the buffer grows when too small and is kept
+  // between uses (fresh memory would cost page faults on every block of every step).
+  absl::StatusOr<float*> reuse(DeviceArray<float>& buffer, int64_t count) {
+    if (buffer.size() < count) {
+      if (absl::Status s = buffer.resize(backend_, count); !s.ok()) return s;
+      return buffer.data();
+    }
+    if (absl::Status s =
+            backend_.fill_zero(buffer.data(), static_cast<size_t>(count) * sizeof(float));
+        !s.ok()) {
+      return s;
+    }
+    return buffer.data();
   }
+  // A zeroed buffer of `count` floats for one parameter block's dense gradient.
+  absl::StatusOr<float*> zeroed(int64_t count) { return reuse(pgrad_, count); }
 
   Tape& tape_;
   Backend& backend_;
   CompactGradients& grads_;
   const float loss_scale_;
   std::vector<uint8_t> prefix_;
-  LargeFloatVector scratch_;
-  LargeFloatVector pgrad_;  // dense gradient of one parameter block
+  DeviceArray<float> scratch_;
+  DeviceArray<float> pgrad_;  // dense gradient of one parameter block
 };
 
 bool Tape::Backward::has_trainable(const TapeEntry& entry) {
@@ -259,6 +307,16 @@ absl::Status Tape::Backward::run() {
   return absl::OkStatus();
 }
 
+#define TAPE_ASSIGN_OR_RETURN(lhs, expr) \
+  auto lhs##_or = (expr);                 \
+  if (!lhs##_or.ok()) return lhs##_or.status(); \
+  auto lhs = *lhs##_or
+
+#define TAPE_RETURN_IF_ERROR(expr)          \
+  if (absl::Status s_ = (expr); !s_.ok()) { \
+    return s_;                              \
+  }
+
 absl::Status Tape::Backward::op(const TapeClassifier& e) {
   ClassifierParams p = e.forward;
   p.loss_scale = loss_scale_;
@@ -267,20 +325,31 @@ absl::Status Tape::Backward::op(const TapeClassifier& e) {
   const bool want_table = grads_.any_trainable(e.embedding);
   if (!want_table && e.dhidden != nullptr) {
     if (needs(e.hidden)) {
-      float* dst = overwrite_target(e.hidden);
-      std::copy_n(e.dhidden, tape_.values_[e.hidden].size, dst);
-      finish_overwrite(e.hidden);
+      TAPE_ASSIGN_OR_RETURN(dst, overwrite_target(e.hidden));
+      TAPE_RETURN_IF_ERROR(backend_.copy_on_device(
+          dst, e.dhidden, static_cast<size_t>(tape_.values_[e.hidden].size) * sizeof(float)));
+      TAPE_RETURN_IF_ERROR(finish_overwrite(e.hidden));
     }
     return absl::OkStatus();
   }
-  p.dhidden = needs(e.hidden) ? overwrite_target(e.hidden) : nullptr;
-  p.dembedding = want_table ? zeroed(e.embedding.numel()) : nullptr;
-  if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();
-  if (absl::Status s = backend_.classifier_cross_entropy(p); !s.ok()) return s;
-  if (p.dhidden != nullptr) finish_overwrite(e.hidden);
+  if (needs(e.hidden)) {
+    TAPE_ASSIGN_OR_RETURN(dst, overwrite_target(e.hidden));
+    p.dhidden = dst;
+  } else {
+    p.dhidden = nullptr;
+  }
   if (want_table) {
-    grads_.accumulate(e.embedding, 0, 0, e.embedding.rows, e.embedding.cols, pgrad_.data(),
-                      e.embedding.cols);
+    TAPE_ASSIGN_OR_RETURN(dtable, zeroed(e.embedding.numel()));
+    p.dembedding = dtable;
+  } else {
+    p.dembedding = nullptr;
+  }
+  if (p.dhidden == nullptr && p.dembedding == nullptr) return absl::OkStatus();
+  TAPE_RETURN_IF_ERROR(backend_.classifier_cross_entropy(p));
+  if (p.dhidden != nullptr) TAPE_RETURN_IF_ERROR(finish_overwrite(e.hidden));
+  if (want_table) {
+    TAPE_RETURN_IF_ERROR(grads_.accumulate(e.embedding, 0, 0, e.embedding.rows, e.embedding.cols,
+                                           pgrad_.data(), e.embedding.cols));
   }
   return absl::OkStatus();
 }
@@ -292,9 +361,11 @@ absl::Status Tape::Backward::op(const TapeEmbedding& e) {
   EmbeddingParams p;
   p.rows = e.rows, p.width = e.width, p.vocab = e.vocab;
   p.ids = e.ids, p.table = e.table.data;
-  p.dout = dy, p.dtable = zeroed(e.table.numel());
-  if (absl::Status s = backend_.embedding_backward(p); !s.ok()) return s;
-  grads_.accumulate(e.table, 0, 0, e.table.rows, e.table.cols, pgrad_.data(), e.table.cols);
+  TAPE_ASSIGN_OR_RETURN(dtable, zeroed(e.table.numel()));
+  p.dout = dy, p.dtable = dtable;
+  TAPE_RETURN_IF_ERROR(backend_.embedding_backward(p));
+  TAPE_RETURN_IF_ERROR(
+      grads_.accumulate(e.table, 0, 0, e.table.rows, e.table.cols, pgrad_.data(), e.table.cols));
   return release(e.out);
 }
 
@@ -309,24 +380,24 @@ absl::Status Tape::Backward::op(const TapeLayerNorm& e) {
   p.mean = const_cast<float*>(e.mean), p.rstd = const_cast<float*>(e.rstd);
   p.dy = dy;
   if (needs(e.x)) {
-    Grad& gx = grad_of(e.x);
-    p.dx = gx.data.data();
-    p.accumulate_dx = gx.written;
+    TAPE_ASSIGN_OR_RETURN(gx, grad_of(e.x));
+    p.dx = gx->data.data();
+    p.accumulate_dx = gx->written;
   }
-  std::vector<float> dw, db;
+  DeviceArray<float> dw, db;
   if (want_w) {
-    dw.assign(static_cast<size_t>(e.width), 0.0f);
+    TAPE_RETURN_IF_ERROR(dw.resize(backend_, e.width));
     p.dweight = dw.data();
   }
   if (want_b) {
-    db.assign(static_cast<size_t>(e.width), 0.0f);
+    TAPE_RETURN_IF_ERROR(db.resize(backend_, e.width));
     p.dbias = db.data();
   }
   if (p.dx == nullptr && !want_w && !want_b) return absl::OkStatus();
-  if (absl::Status s = backend_.layernorm_backward(p); !s.ok()) return s;
+  TAPE_RETURN_IF_ERROR(backend_.layernorm_backward(p));
   if (p.dx != nullptr) tape_.grads_[e.x].written = true;
-  if (want_w) grads_.accumulate(e.weight, 0, 0, 1, e.width, dw.data(), e.width);
-  if (want_b) grads_.accumulate(e.bias, 0, 0, 1, e.width, db.data(), e.width);
+  if (want_w) TAPE_RETURN_IF_ERROR(grads_.accumulate(e.weight, 0, 0, 1, e.width, dw.data(), e.width));
+  if (want_b) TAPE_RETURN_IF_ERROR(grads_.accumulate(e.bias, 0, 0, 1, e.width, db.data(), e.width));
   return release(e.y);
 }
 
@@ -343,41 +414,39 @@ absl::Status Tape::Backward::op(const TapeLinear& e) {
       gp.m = nr, gp.n = nc, gp.k = e.rows;
       gp.a = dy + rr.begin, gp.lda = e.out;
       gp.b = x + cr.begin, gp.ldb = e.in;
-      gp.c = zeroed(nr * nc), gp.ldc = nc;
-      if (absl::Status s = backend_.gemm(gp); !s.ok()) return s;
-      grads_.accumulate(e.weight, rr.begin, cr.begin, nr, nc, pgrad_.data(), nc);
+      TAPE_ASSIGN_OR_RETURN(c, zeroed(nr * nc));
+      gp.c = c, gp.ldc = nc;
+      TAPE_RETURN_IF_ERROR(backend_.gemm(gp));
+      TAPE_RETURN_IF_ERROR(
+          grads_.accumulate(e.weight, rr.begin, cr.begin, nr, nc, pgrad_.data(), nc));
     }
   }
   for (const IndexRun& cr : grads_.col_runs(e.bias)) {
     const int64_t nc = cr.end - cr.begin;
-    std::vector<double> sum(static_cast<size_t>(nc), 0.0);
-    for (int64_t r = 0; r < e.rows; ++r) {
-      const float* row = dy + r * e.out + cr.begin;
-      for (int64_t c = 0; c < nc; ++c) sum[c] += row[c];
-    }
-    float* db = zeroed(nc);
-    for (int64_t c = 0; c < nc; ++c) db[c] = static_cast<float>(sum[c]);
-    grads_.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc);
+    TAPE_ASSIGN_OR_RETURN(db, zeroed(nc));
+    TAPE_RETURN_IF_ERROR(backend_.column_sums(dy + cr.begin, e.rows, nc, e.out, db));
+    TAPE_RETURN_IF_ERROR(grads_.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc));
   }
   if (needs(e.x)) {
-    Grad& gx = grad_of(e.x);
+    TAPE_ASSIGN_OR_RETURN(gx, grad_of(e.x));
     GemmParams gp;  // dX (rows, in) = dY (rows, out) . W (out, in)
     gp.m = e.rows, gp.n = e.in, gp.k = e.out;
     gp.a = dy, gp.lda = e.out;
     gp.b = e.weight.data, gp.ldb = e.in;
-    gp.c = gx.data.data(), gp.ldc = e.in;
-    gp.beta = gx.written ? 1.0f : 0.0f;
-    if (absl::Status s = backend_.gemm(gp); !s.ok()) return s;
-    gx.written = true;
+    gp.c = gx->data.data(), gp.ldc = e.in;
+    gp.beta = gx->written ? 1.0f : 0.0f;
+    TAPE_RETURN_IF_ERROR(backend_.gemm(gp));
+    gx->written = true;
   }
   if (needs(e.residual)) {
-    Grad& gr = grad_of(e.residual);
-    if (gr.written) {
-      add_into(gr.data.data(), dy, e.rows * e.out);
+    TAPE_ASSIGN_OR_RETURN(gr, grad_of(e.residual));
+    if (gr->written) {
+      TAPE_RETURN_IF_ERROR(backend_.add(gr->data.data(), dy, e.rows * e.out));
     } else {
-      std::copy_n(dy, e.rows * e.out, gr.data.data());
+      TAPE_RETURN_IF_ERROR(backend_.copy_on_device(
+          gr->data.data(), dy, static_cast<size_t>(e.rows * e.out) * sizeof(float)));
     }
-    gr.written = true;
+    gr->written = true;
   }
   return release(e.y);
 }
@@ -389,9 +458,10 @@ absl::Status Tape::Backward::op(const TapeAttention& e) {
   AlibiAttentionParams p = e.forward;
   p.stats = HeadStatsAccumulator{};
   p.dout = dy;
-  p.dqkv = overwrite_target(e.qkv);
-  if (absl::Status s = backend_.alibi_attention_backward(p); !s.ok()) return s;
-  finish_overwrite(e.qkv);
+  TAPE_ASSIGN_OR_RETURN(dqkv, overwrite_target(e.qkv));
+  p.dqkv = dqkv;
+  TAPE_RETURN_IF_ERROR(backend_.alibi_attention_backward(p));
+  TAPE_RETURN_IF_ERROR(finish_overwrite(e.qkv));
   return release(e.out);
 }
 
@@ -403,17 +473,38 @@ absl::Status Tape::Backward::op(const TapeGelu& e) {
   p.n = e.n;
   p.x = tape_.values_[e.x].data;
   p.dy = dy;
-  p.dx = overwrite_target(e.x);
-  if (absl::Status s = backend_.gelu_backward(p); !s.ok()) return s;
-  finish_overwrite(e.x);
+  TAPE_ASSIGN_OR_RETURN(dx, overwrite_target(e.x));
+  p.dx = dx;
+  TAPE_RETURN_IF_ERROR(backend_.gelu_backward(p));
+  TAPE_RETURN_IF_ERROR(finish_overwrite(e.x));
   return release(e.y);
 }
+
+#undef TAPE_ASSIGN_OR_RETURN
+#undef TAPE_RETURN_IF_ERROR
+
+namespace {
+
+// The compact gradient must live where the backward runs (host memory counts as the CPU's).
+absl::Status check_backend(const Backend& backend, const CompactGradients& grads) {
+  if (!grads.status().ok()) return grads.status();
+  if (grads.backend().kind() != backend.kind()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "tape: the compact gradient lives on ", std::string(grads.backend().name()),
+        " but the backward runs on ", std::string(backend.name())));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float loss_scale) {
   if (entries_.empty() || !std::holds_alternative<TapeClassifier>(entries_.back())) {
     return absl::FailedPreconditionError("tape: the last entry must be the classifier (the loss)");
   }
-  grads_.assign(values_.size(), Grad{});
+  if (absl::Status s = check_backend(backend, grads); !s.ok()) return s;
+  grads_.clear();
+  grads_.resize(values_.size());
   return Backward(*this, backend, grads, loss_scale).run();
 }
 
@@ -422,8 +513,15 @@ absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int 
   if (value < 0 || value >= static_cast<int>(values_.size()) || values_[value].producer < 0) {
     return absl::FailedPreconditionError("tape: backward_from needs a produced value");
   }
-  grads_.assign(values_.size(), Grad{});
-  grads_[value].data.assign(seed, seed + values_[value].size);
+  if (absl::Status s = check_backend(backend, grads); !s.ok()) return s;
+  grads_.clear();
+  grads_.resize(values_.size());
+  if (absl::Status s = grads_[value].data.resize(backend, values_[value].size); !s.ok()) return s;
+  if (absl::Status s = backend.copy_on_device(grads_[value].data.data(), seed,
+                                              static_cast<size_t>(values_[value].size) * sizeof(float));
+      !s.ok()) {
+    return s;
+  }
   grads_[value].written = true;
   return Backward(*this, backend, grads, 1.0f).run();
 }

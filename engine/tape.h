@@ -5,9 +5,13 @@
 // probabilities). `backward` walks the entries in reverse.
 //
 // Contract:
-// - Values are caller-owned float buffers (the forward's kept activations); the tape never
-//   writes them. Gradient buffers for values are tape-owned, allocated when first written and
-//   freed as soon as the entry that produced the value has been processed.
+// - Values are caller-owned float buffers (the forward's kept activations) in the memory of the
+//   backend the backward runs on; the tape never writes them. Gradient buffers for values are
+//   tape-owned DeviceArrays on that backend, allocated when first written and freed as soon as
+//   the entry that produced the value has been processed. Every gradient operation is a backend
+//   op (GEMMs, the op backwards, and the bookkeeping ops add, column_sums and
+//   compact_scatter_add), so the backward runs wholly on the device; on the CPU the bookkeeping
+//   ops are the host loops they replaced, in the same order, so results are the same bits.
 // - Which gradients are computed is decided like PyTorch's should_compute_output, from the
 //   trainable bitmask in CompactGradients: an entry is "trainable" when one of its parameters has
 //   a trainable element; the gradient of a value is computed only when some trainable entry lies
@@ -22,12 +26,14 @@
 
 #include <cstdint>
 #include <unordered_map>
+#include <utility>
 #include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/backend.h"
-#include "engine/large_pages.h"
+#include "engine/device_array.h"
 
 namespace engine {
 
@@ -46,13 +52,25 @@ struct IndexRun {
 };
 
 // The compact gradient buffer: element i is d(loss)/d(arena element arena_index(i)), the i-th
-// trainable element in ascending arena order. The mapping is held as runs of consecutive
-// trainable elements (a surgery plan's slices are a few thousand runs), not as one 8-byte offset
-// per element, which for a bloom-1b7 pass-1 plan would be 1.1 GB.
+// trainable element in ascending arena order. The mapping is held on the host as runs of
+// consecutive trainable elements (a surgery plan's slices are a few thousand runs), not as one
+// 8-byte offset per element, which for a bloom-1b7 pass-1 plan would be 1.1 GB. The values live
+// in the memory of a backend (host memory by default, the CPU backend's): data() is a pointer the
+// backend's ops take, readable on the host only for the CPU (download() works for both).
 class CompactGradients {
  public:
-  // `words`: one bit per arena element, 1 = trainable (FrozenMask::words()).
+  // `words`: one bit per arena element, 1 = trainable (FrozenMask::words()). Values in host
+  // memory (a process-wide CPU backend); the backward must then run on the CPU.
   CompactGradients(std::vector<uint64_t> words, int64_t elements);
+  // Values in `backend`'s memory (zeroed); the backend must outlive this object. Allocation
+  // failure (a full device) is reported by status().
+  CompactGradients(std::vector<uint64_t> words, int64_t elements, Backend& backend);
+  // Whether the values were allocated.
+  const absl::Status& status() const { return status_; }
+  Backend& backend() const { return *backend_; }
+  // The trainable bitmask and the arena size it covers (as given).
+  const std::vector<uint64_t>& words() const { return words_; }
+  int64_t elements() const { return elements_; }
 
   int64_t size() const { return size_; }
   // Arena offset of compact element i (0 <= i < size()).
@@ -62,7 +80,9 @@ class CompactGradients {
   void arena_indices(int64_t first, int64_t count, int64_t* out) const;
   float* data() { return values_.data(); }
   const float* data() const { return values_.data(); }
-  void zero();
+  absl::Status zero() { return values_.zero(); }
+  // The values into `host` (resized to size()).
+  absl::Status download(std::vector<float>& host) const { return values_.download(host); }
 
   bool trainable(int64_t element) const {
     return element >= 0 && element < elements_ &&
@@ -74,10 +94,12 @@ class CompactGradients {
   const std::vector<IndexRun>& row_runs(const TapeParameter& p) { return regions(p).rows; }
   const std::vector<IndexRun>& col_runs(const TapeParameter& p) { return regions(p).cols; }
 
-  // Adds g (nr, nc; row stride ld) to the gradients of elements [r0, r0 + nr) x [c0, c0 + nc)
-  // of p; frozen elements are skipped.
-  void accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr, int64_t nc,
-                  const float* g, int64_t ld);
+  // Adds g (nr, nc; row stride ld; in the backend's memory) to the gradients of elements
+  // [r0, r0 + nr) x [c0, c0 + nc) of p; frozen elements are skipped. One compact_scatter_add
+  // over the block's trainable segments, which are computed and uploaded once per block and
+  // cached.
+  absl::Status accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr, int64_t nc,
+                          const float* g, int64_t ld);
 
  private:
   struct Regions {
@@ -93,12 +115,34 @@ class CompactGradients {
   // Compact position of the first trainable element at or after arena offset `element`.
   int64_t compact_position(int64_t element) const;
 
+  // The (row, col, dst, length) segments of a parameter block, in the backend's memory.
+  struct BlockKey {
+    int64_t offset, r0, c0, nr, nc;
+    bool operator==(const BlockKey&) const = default;
+  };
+  struct BlockKeyHash {
+    size_t operator()(const BlockKey& k) const {
+      size_t h = 0;
+      for (int64_t v : {k.offset, k.r0, k.c0, k.nr, k.nc}) h = h * 1000003u ^ std::hash<int64_t>()(v);
+      return h;
+    }
+  };
+  struct Segments {
+    int64_t count = 0;
+    DeviceArray<int64_t> table;
+  };
+  absl::StatusOr<const Segments*> segments(const TapeParameter& p, int64_t r0, int64_t c0,
+                                           int64_t nr, int64_t nc);
+
   std::vector<uint64_t> words_;
   int64_t elements_ = 0;
   std::vector<Run> runs_;
   int64_t size_ = 0;
-  std::vector<float> values_;
+  Backend* backend_ = nullptr;
+  absl::Status status_;
+  DeviceArray<float> values_;
   std::unordered_map<int64_t, Regions> regions_;  // by arena offset
+  std::unordered_map<BlockKey, Segments, BlockKeyHash> segments_;
 };
 
 // Op records. Shapes as in engine/backend.h.
@@ -163,8 +207,10 @@ class Tape {
   // Runs the backward of a segment whose output `value` has gradient `seed` (value's size).
   absl::Status backward_from(Backend& backend, CompactGradients& grads, int value,
                              const float* seed);
-  // The gradient of an external input after a backward (empty when none was computed).
-  const LargeFloatVector& grad(int value) const { return grads_[value].data; }
+  // The gradient of an external input after a backward (empty when none was computed), in the
+  // backend's memory; take_grad moves it out.
+  const DeviceArray<float>& grad(int value) const { return grads_[value].data; }
+  DeviceArray<float> take_grad(int value) { return std::move(grads_[value].data); }
 
  private:
   struct Value {
@@ -174,7 +220,7 @@ class Tape {
     bool requires_grad = false;
   };
   struct Grad {
-    LargeFloatVector data;  // on huge pages: a step allocates and frees these per block
+    DeviceArray<float> data;  // on the backend (the CPU's: huge pages)
     bool written = false;
   };
 

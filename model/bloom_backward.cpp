@@ -11,11 +11,13 @@
 namespace engine {
 namespace {
 
-absl::StatusOr<TapeParameter> parameter(const BloomModel& model, const std::string& name) {
+// `base`: the arena as the backend reads it (arena_on; F32 only here).
+absl::StatusOr<TapeParameter> parameter(const BloomModel& model, const float* base,
+                                        const std::string& name) {
   absl::StatusOr<TensorView> v = model.arena.view(name);
   if (!v.ok()) return v.status();
   TapeParameter p;
-  p.data = v->as<const float>();
+  p.data = base + v->arena_offset;
   p.arena_offset = v->arena_offset;
   p.rows = v->rank() == 2 ? v->shape[0] : 1;
   p.cols = v->shape.back();
@@ -32,10 +34,13 @@ struct GraphParams {
   std::vector<BlockParams> blocks;
 };
 
-absl::StatusOr<GraphParams> graph_params(const BloomModel& model) {
+absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend& backend) {
+  absl::StatusOr<const std::byte*> arena = arena_on(model, backend);
+  if (!arena.ok()) return arena.status();
+  const float* base = reinterpret_cast<const float*>(*arena);
   absl::Status missing = absl::OkStatus();
   auto param = [&](const std::string& name) {
-    absl::StatusOr<TapeParameter> p = parameter(model, name);
+    absl::StatusOr<TapeParameter> p = parameter(model, base, name);
     if (!p.ok()) {
       if (missing.ok()) missing = p.status();
       return TapeParameter{};
@@ -227,15 +232,17 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
-  // The tape's gradient buffers and the compact gradient are host fp32 memory today.
+  // The tape's gradient buffers and the compact gradient are fp32 in the backend's memory; the
+  // backward reads fp32 weights (16-bit training needs fp32 masters: not yet).
   if (storage_on(model, backend) != DType::kF32) {
     return absl::UnimplementedError(absl::StrCat(
         "training with ", dtype_name(storage_on(model, backend)),
         " weights is not implemented yet (train with f32 weights)"));
   }
-  if (backend.kind() != DeviceKind::kCpu) {
-    return absl::UnimplementedError(absl::StrCat(
-        "training on ", std::string(backend.name()), " is not implemented yet (the backward runs on cpu)"));
+  if (grads.backend().kind() != backend.kind()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "forward_backward: the compact gradient lives on ", std::string(grads.backend().name()),
+        " but the backward runs on ", std::string(backend.name())));
   }
   const BloomConfig& c = model.config;
   if (c.n_layer < 1) return absl::InvalidArgumentError("forward_backward: model has no layers");
@@ -245,8 +252,14 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         "forward_backward: sink_loss weight has ", sink_loss->weight.size(),
         " entries, expected n_layer * n_head = ", c.n_layer * c.n_head));
   }
+  if (sink_loss != nullptr && !sink_loss->weight.empty() && backend.kind() != DeviceKind::kCpu) {
+    // The sink loss's kernel term and its value (read from the saved activations) are CPU only.
+    return absl::UnimplementedError(absl::StrCat(
+        "the attention sink loss (controlled collapse) is not implemented on ",
+        std::string(backend.name()), " (run it on cpu)"));
+  }
   if (sink_loss != nullptr) sink_loss->value = 0.0;
-  absl::StatusOr<GraphParams> params = graph_params(model);
+  absl::StatusOr<GraphParams> params = graph_params(model, backend);
   if (!params.ok()) return params.status();
   ForwardInputs fwd = in;
   fwd.keep_activations = !recompute;
@@ -333,16 +346,16 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   for (int64_t l = 0; l < L; ++l) {
     below[l + 1] = below[l] || block_trainable(grads, params->blocks[l]);
   }
-  LargeFloatVector dx;  // gradient of the current segment's output
+  DeviceArray<float> dx;  // gradient of the current segment's output, on the backend
   {
     Tape head;
     const int x = head.add_value(act.final_x.f32(), rows * C, below[L] != 0);
     record_head(head, shape, *params, act, x, in, c.vocab_size,
                 head_dhidden.empty() ? nullptr : head_dhidden.f32());
     if (absl::Status s = head.backward(backend, grads, loss_scale); !s.ok()) return s;
-    dx = head.grad(x);
+    dx = head.take_grad(x);
   }
-  absl::StatusOr<BloomWeights> weights = bloom_weights(model);
+  absl::StatusOr<BloomWeights> weights = bloom_weights(model, backend);
   if (!weights.ok()) return weights.status();
   BlockActivations a;  // one block's recomputed intermediates, reused from the top down
   ActivationBuffer out;
@@ -365,7 +378,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     }
     if (absl::Status s = tape.backward_from(backend, grads, y, dx.data()); !s.ok()) return s;
     if (below[l] == 0) break;
-    dx = tape.grad(x);
+    dx = tape.take_grad(x);
   }
   if (below[0] != 0) {
     Tape tape;

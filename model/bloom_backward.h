@@ -18,6 +18,10 @@
 //   -log A[t, first real key]; its gradient (times gradient_scale) enters through the attention
 //   backward (AlibiAttentionParams::sink_loss_weight) and `value` receives this micro-batch's
 //   auxiliary loss. ForwardResult::loss stays the language-model loss alone.
+// - Backends: the CPU, or a device with the model's F32 weights resident (model/device_model.h);
+//   `grads` must live on the same kind of backend (CompactGradients' backend constructor), else
+//   FailedPrecondition. 16-bit weights are Unimplemented (training them needs fp32 masters), as
+//   is a sink loss on a device (its kernel term is CPU only).
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "model/bloom_backward.h"
+#include "model/device_model.h"
 #include "model/numeric_faults.h"
 
 namespace engine {
@@ -16,11 +18,47 @@ Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
     : model_(model),
       backend_(backend),
       options_(options),
-      grads_(mask.words(), mask.elements()) {
+      grads_(mask.words(), mask.elements(), backend) {
   if (options_.kind == OptimizerKind::kAdamW) {
     m_.assign(static_cast<size_t>(grads_.size()), 0.0f);
     v_.assign(static_cast<size_t>(grads_.size()), 0.0f);
   }
+  init_ = grads_.status();
+  if (!on_device() || !init_.ok()) return;
+  if (model_.device == nullptr || model_.device->backend != &backend_ ||
+      model_.device->storage != DType::kF32) {
+    init_ = absl::FailedPreconditionError(absl::StrCat(
+        "train: the model's f32 weights are not resident on ", std::string(backend_.name())));
+    return;
+  }
+  if (options_.kind == OptimizerKind::kAdamW) {
+    if (init_ = m_device_.resize(backend_, grads_.size()); !init_.ok()) return;
+    if (init_ = v_device_.resize(backend_, grads_.size()); !init_.ok()) return;
+  }
+}
+
+absl::Status Trainer::download_weights() {
+  if (!on_device()) return absl::OkStatus();
+  if (!init_.ok()) return init_;
+  return backend_.copy_to_host(model_.arena.base(), model_.device->arena.data(),
+                               model_.arena.size_bytes());
+}
+
+absl::Status Trainer::download_optimizer_state() {
+  if (!on_device() || options_.kind != OptimizerKind::kAdamW) return absl::OkStatus();
+  if (!init_.ok()) return init_;
+  if (absl::Status s = m_device_.download(m_); !s.ok()) return s;
+  return v_device_.download(v_);
+}
+
+absl::Status Trainer::upload_optimizer_state() {
+  if (!on_device() || options_.kind != OptimizerKind::kAdamW) return absl::OkStatus();
+  if (!init_.ok()) return init_;
+  if (absl::Status s = backend_.copy_to_device(m_device_.data(), m_.data(), m_device_.bytes());
+      !s.ok()) {
+    return s;
+  }
+  return backend_.copy_to_device(v_device_.data(), v_.data(), v_device_.bytes());
 }
 
 absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batches, double lr) {
@@ -28,8 +66,13 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   StepResult r;
   r.step = step_ + 1;
   r.lr = lr;
+  if (!init_.ok()) return init_;
+  if (on_device() && comm_ != nullptr && comm_->world_size() > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "data-parallel training on ", std::string(backend_.name()), " is not implemented yet"));
+  }
   if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
-  grads_.zero();
+  if (absl::Status s = grads_.zero(); !s.ok()) return s;
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
   double loss_sum = 0.0, sink_sum = 0.0;
   SinkLoss sink;
@@ -82,8 +125,19 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     r.finite = *all;
   }
   if (!r.finite) {
-    const NonFiniteCause cause =
-        describe_nonfinite_step(model_.arena, grads_, r.loss, r.grad_norm);
+    // On a device the scans read host copies (the weights are refreshed on the host).
+    std::optional<CompactGradients> host_grads;
+    if (on_device()) {
+      if (absl::Status s = download_weights(); !s.ok()) return s;
+      host_grads.emplace(grads_.words(), grads_.elements());
+      if (absl::Status s = backend_.copy_to_host(host_grads->data(), grads_.data(),
+                                                 static_cast<size_t>(grads_.size()) * sizeof(float));
+          !s.ok()) {
+        return s;
+      }
+    }
+    const NonFiniteCause cause = describe_nonfinite_step(
+        model_.arena, host_grads ? *host_grads : grads_, r.loss, r.grad_norm);
     if (!options_.skip_nonfinite || cause.weight_at_fault) {
       return absl::InternalError(absl::StrCat("step ", r.step, ": ", cause.message));
     }
@@ -101,20 +155,41 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   // slice of arena offsets (CompactGradients keeps runs, not one offset per element).
   constexpr int64_t kUpdateChunk = int64_t{1} << 20;
   std::vector<int64_t> index(static_cast<size_t>(std::min(kUpdateChunk, grads_.size())));
+  const bool one_chunk = grads_.size() <= kUpdateChunk;
   for (int64_t first = 0; first < grads_.size(); first += kUpdateChunk) {
     const int64_t count = std::min(kUpdateChunk, grads_.size() - first);
-    grads_.arena_indices(first, count, index.data());
     MaskedAdamWParams p;
     p.n = count;
-    p.index = index.data();
-    p.params = reinterpret_cast<float*>(model_.arena.base());
+    if (on_device()) {
+      // The chunk's offsets on the device: uploaded once when one chunk holds them all.
+      if (!(one_chunk && index_cached_)) {
+        grads_.arena_indices(first, count, index.data());
+        if (index_device_.size() < count) {
+          if (absl::Status s = index_device_.resize(backend_, count); !s.ok()) return s;
+        }
+        if (absl::Status s = backend_.copy_to_device(index_device_.data(), index.data(),
+                                                     static_cast<size_t>(count) * sizeof(int64_t));
+            !s.ok()) {
+          return s;
+        }
+        index_cached_ = one_chunk;
+      }
+      p.index = index_device_.data();
+      p.params = model_.device->arena.data();
+    } else {
+      grads_.arena_indices(first, count, index.data());
+      p.index = index.data();
+      p.params = reinterpret_cast<float*>(model_.arena.base());
+    }
     p.grad = grads_.data() + first;
     p.lr = static_cast<float>(lr);
     p.grad_scale = grad_scale;
     p.step = step_ + 1;
     absl::Status s;
     if (options_.kind == OptimizerKind::kAdamW) {
-      p.m = m_.data() + first, p.v = v_.data() + first;
+      float* m = on_device() ? m_device_.data() : m_.data();
+      float* v = on_device() ? v_device_.data() : v_.data();
+      p.m = m + first, p.v = v + first;
       p.beta1 = static_cast<float>(options_.beta1), p.beta2 = static_cast<float>(options_.beta2);
       p.eps = static_cast<float>(options_.eps);
       p.weight_decay = static_cast<float>(options_.weight_decay);

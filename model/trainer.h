@@ -11,6 +11,19 @@
 //   A non-finite loss or gradient leaves the weights and state untouched and is reported with
 //   its cause named (model/numeric_faults.h): the weight tensor, the loss, or the gradient tensor.
 //   A non-finite weight is an error even with skip_nonfinite (skipping cannot clear it).
+// - On a device backend (the model's F32 weights resident there, model/device_model.h, before the
+//   Trainer is made) the compact gradient, m and v live in device memory and the update writes
+//   the resident arena, in chunks of arena offsets uploaded to the device (one upload for a
+//   selection of up to 2^20 elements, cached; otherwise one per chunk per step). The host arena
+//   and first_moment() / second_moment() are then refreshed only by download_weights() and
+//   download_optimizer_state() (for checkpoints and evaluation); upload_optimizer_state() puts
+//   resumed moments back. A non-finite step on a device downloads the weights and the gradient
+//   to name its cause. Not on a device yet: data parallelism (world size > 1) and the sink loss
+//   (both Unimplemented).
+// - run_training on a device backend makes the base model resident for its scan and the trained
+//   model before the Trainer is made (after surgery or a resume), downloads the weights and
+//   moments before every checkpoint and uploads resumed moments; evaluation and scans read the
+//   resident weights.
 // - run_training drives Trainer over a ChunkedDataset in its seeded per-epoch order; everything
 //   it does is a pure function of (weights, selection, options, data), so on the CPU backend a
 //   run resumed from checkpoint step_N ends bit-identical to an uninterrupted run. It knows no
@@ -37,6 +50,7 @@
 #include "absl/status/statusor.h"
 #include "engine/arena.h"
 #include "engine/backend.h"
+#include "engine/device_array.h"
 #include "engine/distributed.h"
 #include "engine/schedule.h"
 #include "engine/tape.h"
@@ -101,6 +115,10 @@ class Trainer {
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }
   void set_step_count(int64_t step) { step_ = step; }
+  // Device backends (contract above); no-ops on the CPU, where the host memory is the state.
+  absl::Status download_weights();
+  absl::Status download_optimizer_state();
+  absl::Status upload_optimizer_state();
   // Activation recomputation per block (bloom_backward.h): less memory, same results.
   void set_recompute(bool on) { recompute_ = on; }
   // Data parallelism: the local gradient, loss and token count are averaged (summed) over the
@@ -118,6 +136,13 @@ class Trainer {
   OptimizerOptions options_;
   CompactGradients grads_;
   std::vector<float> m_, v_;
+  // Device backends only: the moments, the update's chunk of arena offsets, and whether it
+  // holds the whole selection already; init_ is a failed allocation, reported by step().
+  bool on_device() const { return backend_.kind() != DeviceKind::kCpu; }
+  DeviceArray<float> m_device_, v_device_;
+  DeviceArray<int64_t> index_device_;
+  bool index_cached_ = false;
+  absl::Status init_;
   int64_t step_ = 0;
   bool recompute_ = false;
   Communicator* comm_ = nullptr;

@@ -11,6 +11,7 @@
 #include "engine/io.h"
 #include "model/bloom_backward.h"
 #include "model/checkpoint_manifest.h"
+#include "model/device_model.h"
 #include "model/numeric_faults.h"
 #include "model/perplexity.h"
 #include "model/trainer.h"
@@ -259,6 +260,11 @@ absl::StatusOr<BloomModel> TrainingRun::prepare_base() {
     if (absl::Status s = o_.selection.validate(geometry); !s.ok()) return s;
   }
   if (o_.scan != nullptr) {
+    // On a device the scan's forward reads resident weights (the trainer re-uploads the model
+    // after any surgery, in start_trainer).
+    if (backend_.kind() != DeviceKind::kCpu) {
+      if (absl::Status s = make_resident(*base, backend_); !s.ok()) return s;
+    }
     absl::StatusOr<nlohmann::json> scan = o_.scan->scan_base(*base, backend_);
     if (!scan.ok()) return scan.status();
     base_scan_ = std::move(*scan);
@@ -397,6 +403,11 @@ absl::Status TrainingRun::start_trainer() {
         absl::StrCat(o_.out_dir.string(), ": cannot create: ", ec.message()));
   }
   summary_ = mask_summary(model_, *mask_);
+  // On a device the trainer updates the resident copy of the weights (surgery and a resumed
+  // checkpoint are in the host arena by now); save() downloads it.
+  if (backend_.kind() != DeviceKind::kCpu) {
+    if (absl::Status s = make_resident(model_, backend_); !s.ok()) return s;
+  }
   trainer_.emplace(model_, backend_, *mask_, o_.optimizer);
   // The trainer's compact gradient holds its own copy of the mask's bit words; this one would
   // only double them for the rest of the run (70 MiB at bloom-560m, 205 MiB at bloom-1b7).
@@ -412,6 +423,7 @@ absl::Status TrainingRun::start_trainer() {
         !s.ok()) {
       return s;
     }
+    if (absl::Status s = trainer_->upload_optimizer_state(); !s.ok()) return s;
   }
   if (writer_) {  // other ranks' metrics writes go nowhere
     if (absl::Status s = metrics_.open(o_.out_dir / kMetricsFile, resume_step_); !s.ok()) return s;
@@ -519,6 +531,9 @@ absl::StatusOr<std::optional<double>> TrainingRun::evaluate(int64_t step) {
 // Rank 0 writes; then every rank learns whether that worked (and, with dist_checksum, that the
 // weights are identical everywhere) under the start-up timeout, since a write may take long.
 absl::Status TrainingRun::save(const std::string& name, const nlohmann::json& state) {
+  // On a device: the weights and moments to the host first (no-ops on the CPU).
+  if (absl::Status s = trainer_->download_weights(); !s.ok()) return s;
+  if (absl::Status s = trainer_->download_optimizer_state(); !s.ok()) return s;
   const absl::Status written =
       writer_ ? save_checkpoint(o_.out_dir, name, model_, *trainer_, state,
                                 plan_json().is_null() ? nullptr : &plan_json())

@@ -111,6 +111,14 @@ class CountingBackend : public Backend {
     return cpu_->copy_on_device(d, s, n);
   }
   absl::Status fill_zero(void* d, size_t n) override { return cpu_->fill_zero(d, n); }
+  absl::Status add(float* y, const float* x, int64_t n) override { return cpu_->add(y, x, n); }
+  absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                           float* out) override {
+    return cpu_->column_sums(x, rows, cols, ld, out);
+  }
+  absl::Status compact_scatter_add(const CompactScatterParams& p) override {
+    return cpu_->compact_scatter_add(p);
+  }
   absl::Status gemm(const GemmParams& p) override { return cpu_->gemm(p); }
   absl::Status layernorm_forward(const LayerNormParams& p) override {
     return cpu_->layernorm_forward(p);

@@ -69,16 +69,48 @@ TEST(CompactGradients, AccumulateLandsOnTheCompactPositionsOfTrainableElements) 
   p.arena_offset = 0, p.rows = 1, p.cols = mask.elements;
   std::vector<float> values(static_cast<size_t>(mask.elements));
   for (int64_t e = 0; e < mask.elements; ++e) values[e] = static_cast<float>(e + 1);
-  g.accumulate(p, 0, 0, 1, mask.elements, values.data(), mask.elements);
+  ASSERT_TRUE(g.accumulate(p, 0, 0, 1, mask.elements, values.data(), mask.elements).ok());
   for (int64_t i = 0; i < g.size(); ++i) {
     ASSERT_EQ(g.data()[i], static_cast<float>(want[i] + 1)) << i;
   }
   // A sub-block starting inside a frozen stretch.
-  g.zero();
-  g.accumulate(p, 0, 250, 1, 20, values.data() + 250, 20);
+  ASSERT_TRUE(g.zero().ok());
+  ASSERT_TRUE(g.accumulate(p, 0, 250, 1, 20, values.data() + 250, 20).ok());
   for (int64_t i = 0; i < g.size(); ++i) {
     const bool inside = want[i] >= 250 && want[i] < 270;
     ASSERT_EQ(g.data()[i], inside ? static_cast<float>(want[i] + 1) : 0.0f) << i;
+  }
+}
+
+TEST(CompactGradients, AccumulateOverABlockOfRowsWithMixedRuns) {
+  // A (rows, cols) parameter at an offset, trainable elements in runs that cross row ends and
+  // stop inside rows; a sub-block of it accumulated with a row stride wider than the block.
+  const int64_t offset = 40, rows = 9, cols = 23, elements = offset + rows * cols + 17;
+  std::vector<uint64_t> words(static_cast<size_t>((elements + 63) / 64), 0);
+  std::vector<int64_t> trainable;
+  for (int64_t e = 0; e < elements; ++e) {
+    if ((e / 5) % 3 != 1 && e % 7 != 3) {
+      words[static_cast<size_t>(e >> 6)] |= uint64_t{1} << (e & 63);
+      trainable.push_back(e);
+    }
+  }
+  CompactGradients g(words, elements);
+  ASSERT_EQ(g.size(), static_cast<int64_t>(trainable.size()));
+  TapeParameter p;
+  p.arena_offset = offset, p.rows = rows, p.cols = cols;
+  const int64_t r0 = 2, c0 = 4, nr = 5, nc = 13, ld = 31;
+  std::vector<float> block(static_cast<size_t>(nr * ld));
+  for (size_t i = 0; i < block.size(); ++i) block[i] = static_cast<float>(i + 1);
+  // Twice: the second call reuses the cached segments and adds again.
+  for (int pass = 1; pass <= 2; ++pass) {
+    ASSERT_TRUE(g.accumulate(p, r0, c0, nr, nc, block.data(), ld).ok());
+    for (int64_t i = 0; i < g.size(); ++i) {
+      const int64_t e = trainable[static_cast<size_t>(i)] - offset;
+      const int64_t r = e / cols - r0, c = e % cols - c0;
+      const bool inside = e >= 0 && r >= 0 && r < nr && c >= 0 && c < nc;
+      const float want = inside ? static_cast<float>(pass) * block[r * ld + c] : 0.0f;
+      ASSERT_EQ(g.data()[i], want) << "pass " << pass << " compact " << i;
+    }
   }
 }
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The CLI on --device cuda against --device cpu (CTest `cuda_cli`, label gpu): eval and diagnose
-through the engine binary on a fixture model, and the one-line errors of a bad or unsupported
+"""The CLI on --device cuda against --device cpu (CTest `cuda_cli`, label gpu): eval, diagnose
+and train through the engine binary on a fixture model, and the one-line errors of a bad or unsupported
 device. Runs on a GPU or under the CUDA emulator. Usage: cuda_cli_test.py ENGINE SOURCE_DIR"""
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,21 @@ def run(*args):
 def check(condition, message):
     if not condition:
         failures.append(message)
+
+
+def safetensors_floats(path):
+    """Every f32 tensor of a safetensors file, by name, as a tuple of floats."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        out[name] = struct.unpack(f"<{(end - begin) // 4}f", blob[8 + n + begin:8 + n + end])
+    return out
 
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +80,77 @@ with tempfile.TemporaryDirectory() as tmp:
                 va, vb = a[stat], b[stat]
                 check(abs(va - vb) <= 1e-5, f"{where}: {stat} {va} vs {vb}")
 
+    # train: the same steps on both devices, step losses and held-out perplexity within the
+    # bound of the device trainer (docs/TOLERANCES.md, "Training on the CUDA backend").
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        out = os.path.join(tmp, f"train-{device}")
+        r = run("train", "--model", model, "--data", data, "--out", out, "--seq_len", "16",
+                "--batch", "2", "--steps", "4", "--lr", "1e-3", "--device", device)
+        check(r.returncode == 0, f"train --device {device}: exit {r.returncode}: {r.stderr}")
+        if r.returncode == 0:
+            with open(os.path.join(out, "metrics.jsonl")) as f:
+                metrics[device] = [json.loads(line) for line in f]
+            check(os.path.isdir(os.path.join(out, "final")), f"train --device {device}: no final")
+    if len(metrics) == 2:
+        # Weights: AdamW moves a near-zero-gradient element by about lr either way, so the bound
+        # is a tenth of the worst case 2 x steps x lr (docs/TOLERANCES.md).
+        a = safetensors_floats(os.path.join(tmp, "train-cpu", "final", "model.safetensors"))
+        b = safetensors_floats(os.path.join(tmp, "train-cuda", "final", "model.safetensors"))
+        check(a.keys() == b.keys(), "train: tensors differ")
+        worst = max((abs(x - y) for k in a for x, y in zip(a[k], b[k])), default=0.0)
+        check(worst <= 0.1 * 2 * 4 * 1e-3, f"train: weights differ by {worst}")
+        for event, key in (("step", "loss"), ("eval", "eval_nll")):
+            a = [m[key] for m in metrics["cpu"] if m.get("event") == event]
+            b = [m[key] for m in metrics["cuda"] if m.get("event") == event]
+            check(len(a) == len(b) and len(a) > 0, f"train: {event} lines {len(a)} vs {len(b)}")
+            for x, y in zip(a, b):
+                check(abs(x - y) <= 1e-4 * abs(x), f"train: {event} {key} {x} vs {y}")
+
+    # train --surgery on both devices: every tensor without a trainable slice ends bit-identical
+    # (surgery runs on the host, then the weights go to the device), the targets' slices within
+    # the weight bound above.
+    plan = os.path.join(tmp, "plan.json")
+    with open(plan, "w") as f:
+        json.dump({"version": 1, "targets": [{"layer": 1, "head": 2}, {"layer": 2, "head": 4}]}, f)
+    finals = {}
+    for device in ("cpu", "cuda"):
+        out = os.path.join(tmp, f"surgery-{device}")
+        r = run("train", "--model", model, "--data", data, "--surgery", plan, "--out", out,
+                "--seq_len", "16", "--batch", "2", "--steps", "4", "--lr", "1e-3",
+                "--device", device)
+        check(r.returncode == 0, f"train --surgery --device {device}: exit {r.returncode}: {r.stderr}")
+        if r.returncode == 0:
+            finals[device] = safetensors_floats(os.path.join(out, "final", "model.safetensors"))
+    if len(finals) == 2:
+        surgical = {f"h.{layer}.self_attention.{name}" for layer in (1, 2)
+                    for name in ("query_key_value.weight", "query_key_value.bias", "dense.weight")}
+        for name, a in finals["cpu"].items():
+            b = finals["cuda"][name]
+            if name in surgical:
+                worst = max(abs(x - y) for x, y in zip(a, b))
+                check(worst <= 0.1 * 2 * 4 * 1e-3, f"train --surgery: {name} differs by {worst}")
+            else:
+                check(a == b, f"train --surgery: frozen tensor {name} differs")
+
+    # train resumed on the device (moments uploaded back) ends bit-identical to the uninterrupted
+    # device run: weights and optimizer state.
+    out = os.path.join(tmp, "train-cuda-resumed")
+    common = ("train", "--model", model, "--data", data, "--out", out, "--seq_len", "16",
+              "--batch", "2", "--steps", "4", "--lr", "1e-3", "--device", "cuda",
+              "--checkpoint_every", "2")
+    r = run(*common, "--stop_after", "2")
+    check(r.returncode == 0, f"train --stop_after on cuda: exit {r.returncode}: {r.stderr}")
+    r = run(*common, "--resume")
+    check(r.returncode == 0, f"train --resume on cuda: exit {r.returncode}: {r.stderr}")
+    for name in ("model.safetensors", "optimizer.bin"):
+        paths = [os.path.join(d, "final", name) for d in (out, os.path.join(tmp, "train-cuda"))]
+        if all(os.path.exists(p) for p in paths):
+            with open(paths[0], "rb") as f0, open(paths[1], "rb") as f1:
+                check(f0.read() == f1.read(), f"train resumed on cuda: final/{name} differs")
+        else:
+            check(False, f"train resumed on cuda: final/{name} missing")
+
     # Errors: one line on stderr, exit 1, for a device that is not there, a malformed name, and
     # a command that does not run on CUDA yet.
     for args, needle in [
@@ -74,8 +161,8 @@ with tempfile.TemporaryDirectory() as tmp:
         # above; asking for bf16 on the device is refused naming the head dim.
         (("eval", "--model", model, "--data", data, "--device", "cuda", "--dtype", "bf16"),
          "head_dim"),
-        (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
-          "--steps", "1", "--device", "cuda"), "does not run on a CUDA device yet"),
+        (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
+          "--device", "cuda"), "does not run on a CUDA device yet"),
     ]:
         r = run(*args)
         lines = r.stderr.strip().splitlines()

@@ -315,15 +315,6 @@ TEST(CudaModelErrors, DevicesAndResidencyAreCheckedWithOneLineErrors) {
     ASSERT_FALSE(b.ok()) << bad;
     EXPECT_EQ(b.status().message().find('\n'), std::string::npos);
   }
-  // Training on the device is not there yet: a clear refusal, not a host pointer on the GPU.
-  ASSERT_TRUE(make_resident(*m, **cuda).ok());
-  const std::vector<int32_t> targets = {2, 3, -1};
-  in.targets = targets.data();
-  CompactGradients grads(std::vector<uint64_t>((m->arena.size_elements() + 63) / 64, ~0ull),
-                         m->arena.size_elements());
-  absl::StatusOr<ForwardResult> t = bloom_forward_backward(*m, **cuda, in, grads);
-  ASSERT_FALSE(t.ok());
-  EXPECT_EQ(t.status().code(), absl::StatusCode::kUnimplemented);
 }
 
 }  // namespace

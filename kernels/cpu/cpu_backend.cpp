@@ -1,6 +1,7 @@
 // CpuBackend: the reference backend, forwarding to kernels/cpu/<op>.cpp.
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backend.h"
@@ -77,6 +78,34 @@ class CpuBackend final : public Backend {
     if (n < 0) return absl::InvalidArgumentError(absl::StrCat("gradient_norm: n = ", n));
     if (n > 0 && grad == nullptr) return absl::InvalidArgumentError("gradient_norm: null grad");
     return cpu::global_grad_norm(grad, n);
+  }
+  // The tape's loops as they ran on the host before they were backend ops (same order, so the
+  // same bits).
+  absl::Status add(float* y, const float* x, int64_t n) override {
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+    return absl::OkStatus();
+  }
+  absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                           float* out) override {
+    std::vector<double> sum(static_cast<size_t>(cols), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x + r * ld;
+      for (int64_t c = 0; c < cols; ++c) sum[c] += row[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<float>(sum[c]);
+    return absl::OkStatus();
+  }
+  absl::Status compact_scatter_add(const CompactScatterParams& p) override {
+    // Segments write disjoint compact ranges: parallel without changing any sum.
+#pragma omp parallel for schedule(static)
+    for (int64_t s = 0; s < p.segments; ++s) {
+      const int64_t* seg = p.segment + 4 * s;
+      const float* g = p.g + seg[0] * p.ld + seg[1];
+      float* dst = p.compact + seg[2];
+      for (int64_t i = 0; i < seg[3]; ++i) dst[i] += g[i];
+    }
+    return absl::OkStatus();
   }
 };
 

@@ -110,6 +110,16 @@ class CudaBackend final : public Backend {
   absl::StatusOr<double> gradient_norm(const float* grad, int64_t n) override {
     return cuda::global_grad_norm(grad, n, kStream);
   }
+  absl::Status add(float* y, const float* x, int64_t n) override {
+    return cuda::add(y, x, n, kStream);
+  }
+  absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                           float* out) override {
+    return cuda::column_sums(x, rows, cols, ld, out, kStream);
+  }
+  absl::Status compact_scatter_add(const CompactScatterParams& p) override {
+    return cuda::compact_scatter_add(p, kStream);
+  }
 
  private:
   static constexpr cudaStream_t kStream = nullptr;  // the legacy default stream

@@ -312,6 +312,30 @@ __global__ void masked_sgd_kernel(MaskedAdamWParams p, Elem* arena) {
   *target = from_float<Elem>(w);
 }
 
+// The tape's bookkeeping (engine/backend.h: add, column_sums, compact_scatter_add).
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] += x[i];
+}
+
+// One thread per column, rows in order, in double: the CPU's order, so the same bits.
+__global__ void column_sums_kernel(const float* x, int64_t rows, int64_t cols, int64_t ld,
+                                   float* out) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  double sum = 0.0;
+  for (int64_t r = 0; r < rows; ++r) sum += x[r * ld + c];
+  out[c] = static_cast<float>(sum);
+}
+
+// One block per segment; segments write disjoint compact ranges.
+__global__ void compact_scatter_add_kernel(CompactScatterParams p) {
+  const int64_t* seg = p.segment + 4 * static_cast<int64_t>(blockIdx.x);
+  const float* g = p.g + seg[0] * p.ld + seg[1];
+  float* dst = p.compact + seg[2];
+  for (int64_t i = threadIdx.x; i < seg[3]; i += blockDim.x) dst[i] += g[i];
+}
+
 // Pass 1: block b sums squares of elements b, b + stride, ... (grid-stride, fixed assignment).
 __global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const float* grad, int64_t n,
                                                                       double* partial) {
@@ -677,6 +701,39 @@ absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream
                                     cudaMemcpyDeviceToHost, stream));
   ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return std::sqrt(sum);
+}
+
+absl::Status add(float* y, const float* x, int64_t n, cudaStream_t stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda add: n = ", n));
+  if (n == 0) return absl::OkStatus();
+  launch_kernel<add_kernel>(blocks_for(n), kThreads, 0, stream, y, x, n);
+  ENGINE_CUDA_LAUNCH_CHECK(add_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out,
+                         cudaStream_t stream) {
+  if (rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda column_sums: ", rows, " x ", cols));
+  }
+  if (cols == 0) return absl::OkStatus();
+  launch_kernel<column_sums_kernel>(blocks_for(cols), kThreads, 0, stream, x, rows, cols, ld, out);
+  ENGINE_CUDA_LAUNCH_CHECK(column_sums_kernel);
+  return absl::OkStatus();
+}
+
+absl::Status compact_scatter_add(const CompactScatterParams& p, cudaStream_t stream) {
+  if (p.segments < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda compact_scatter_add: ", p.segments));
+  }
+  if (p.segments == 0) return absl::OkStatus();
+  if (p.segments > 0x7fffffff) {
+    return absl::InvalidArgumentError("cuda compact_scatter_add: too many segments for one grid");
+  }
+  launch_kernel<compact_scatter_add_kernel>(static_cast<unsigned>(p.segments), kThreads, 0, stream,
+                                            p);
+  ENGINE_CUDA_LAUNCH_CHECK(compact_scatter_add_kernel);
+  return absl::OkStatus();
 }
 
 }  // namespace engine::cuda

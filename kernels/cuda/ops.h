@@ -74,4 +74,12 @@ absl::Status masked_sgd(const MaskedAdamWParams& p, cudaStream_t stream);
 // clipping. Reads the result back (synchronises the stream).
 absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream);
 
+// The tape's gradient bookkeeping (engine/backend.h): y += x; column sums in double in row order
+// (one thread per column, the CPU's order, so the same bits); the compact scatter-add (one block
+// per segment).
+absl::Status add(float* y, const float* x, int64_t n, cudaStream_t stream);
+absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out,
+                         cudaStream_t stream);
+absl::Status compact_scatter_add(const CompactScatterParams& p, cudaStream_t stream);
+
 }  // namespace engine::cuda

@@ -1,0 +1,402 @@
+// The backward on the CUDA backend against the CPU reference: the tape's bookkeeping ops (add,
+// column sums, compact scatter-add) and bloom_forward_backward with F32 weights resident on the
+// device, filling a device-resident compact gradient, on a model the size the tensor-core
+// attention takes (2 layers, 4 heads, head_dim 64) with a surgery-style mask (a few heads' QKV
+// rows and dense columns trainable, everything else frozen). Runs on a GPU or under the CUDA
+// emulator (label gpu). Bound: docs/TOLERANCES.md, "Training on the CUDA backend".
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/device.h"
+#include "engine/device_array.h"
+#include "engine/frozen_mask.h"
+#include "engine/tape.h"
+#include "model/bloom_backward.h"
+#include "model/bloom_init.h"
+#include "model/device_model.h"
+#include "model/head_geometry.h"
+#include "model/trainer.h"
+#include "surgery/head_surgery.h"
+#include "surgery/plan.h"
+
+namespace engine {
+namespace {
+
+// Per element: |cuda - cpu| <= kRel |cpu| + kAbs max |cpu| over the parameter tensor (the fp32
+// gradient bound of TOLERANCES.md; only the summation order differs).
+constexpr double kRel = 1e-3;
+constexpr double kAbs = 1e-5;
+constexpr double kLossBound = 1e-5;  // relative, as the CPU gradient tests
+// After 20 AdamW steps (TOLERANCES.md, "Training on the CUDA backend"): step loss and gradient
+// norm relative; trainable weights absolute, as a fraction of the worst case 2 x steps x lr.
+constexpr double kStepLossBound = 1e-4;
+constexpr double kStepNormBound = 1e-3;
+constexpr double kWeightFractionOfWorstCase = 0.1;
+
+std::unique_ptr<Backend> cuda_backend() {
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
+  EXPECT_TRUE(cuda.ok()) << cuda.status();
+  return cuda.ok() ? *std::move(cuda) : nullptr;
+}
+
+template <typename T>
+std::vector<T> download(const DeviceArray<T>& a) {
+  std::vector<T> host;
+  EXPECT_TRUE(a.download(host).ok());
+  return host;
+}
+
+// The bookkeeping ops give the CPU's bits: add and the scatter-add are one fp32 add per element,
+// the column sums are accumulated in double in row order on both.
+TEST(CudaTapeOps, AddColumnSumsAndScatterAddMatchTheCpuBitForBit) {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t rows = 37, cols = 53, ld = 61;
+  std::vector<float> x(static_cast<size_t>(rows * ld)), y(x.size());
+  for (float& v : x) v = normal(rng);
+  for (float& v : y) v = normal(rng);
+  DeviceArray<float> dx, dy, dsum;
+  ASSERT_TRUE(dx.upload(*cuda, std::span<const float>(x)).ok());
+  ASSERT_TRUE(dy.upload(*cuda, std::span<const float>(y)).ok());
+  ASSERT_TRUE(dsum.resize(*cuda, cols).ok());
+  std::vector<float> sum(static_cast<size_t>(cols));
+  ASSERT_TRUE(cpu->column_sums(x.data() + 5, rows, cols, ld, sum.data()).ok());
+  ASSERT_TRUE(cuda->column_sums(dx.data() + 5, rows, cols, ld, dsum.data()).ok());
+  EXPECT_EQ(download(dsum), sum);
+  ASSERT_TRUE(cpu->add(y.data(), x.data(), rows * ld).ok());
+  ASSERT_TRUE(cuda->add(dy.data(), dx.data(), rows * ld).ok());
+  EXPECT_EQ(download(dy), y);
+  // Segments (row, col, dst, length) of a (rows, cols) block of x into a compact buffer.
+  const std::vector<int64_t> segments = {0, 0, 0, 7, 2, 10, 7, 40, 36, 3, 47, 1, 20, 50, 48, 3};
+  std::vector<float> compact(64, 0.5f);
+  DeviceArray<float> dcompact;
+  DeviceArray<int64_t> dseg;
+  ASSERT_TRUE(dcompact.upload(*cuda, std::span<const float>(compact)).ok());
+  ASSERT_TRUE(dseg.upload(*cuda, std::span<const int64_t>(segments)).ok());
+  CompactScatterParams p;
+  p.segments = 4, p.segment = segments.data(), p.g = x.data(), p.ld = ld;
+  p.compact = compact.data();
+  ASSERT_TRUE(cpu->compact_scatter_add(p).ok());
+  p.segment = dseg.data(), p.g = dx.data(), p.compact = dcompact.data();
+  ASSERT_TRUE(cuda->compact_scatter_add(p).ok());
+  EXPECT_EQ(download(dcompact), compact);
+  EXPECT_EQ(compact[63], 0.5f);  // past the last segment: untouched
+}
+
+struct Case {
+  const char* name;
+  bool recompute;
+  bool all_trainable;
+};
+
+class CudaTraining : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    BloomConfig c;
+    c.vocab_size = 311;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.hidden_size = 4 * 64;
+    absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
+    model_ = std::make_unique<BloomModel>(std::move(*m));
+    cpu_ = make_cpu_backend();
+    cuda_ = cuda_backend();
+    ASSERT_NE(cuda_, nullptr);
+    ASSERT_TRUE(make_resident(*model_, *cuda_).ok());
+  }
+
+  FrozenMask mask() const {
+    if (GetParam().all_trainable) return FrozenMask::all_trainable(model_->arena);
+    // Two non-adjacent heads of layer 0 and one of layer 1: several row runs of a fused QKV
+    // weight and several column runs of a dense weight.
+    SurgeryPlan plan;
+    plan.targets = {{0, 0}, {0, 2}, {1, 3}};
+    const BloomConfig& c = model_->config;
+    absl::StatusOr<FrozenMask> m =
+        surgery_mask(model_->arena, HeadGeometry{c.n_layer, c.n_head, c.head_dim()}, plan);
+    EXPECT_TRUE(m.ok()) << m.status();
+    return *std::move(m);
+  }
+
+  // Two rows of 24 tokens, the second right-padded after 15 (pads unscored).
+  void inputs(ForwardInputs& in) {
+    std::mt19937 rng(11);
+    std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(model_->config.vocab_size - 1));
+    const int64_t T = 24;
+    ids_.resize(2 * T), mask_.assign(2 * T, 1), targets_.resize(2 * T);
+    for (int32_t& t : ids_) t = id(rng);
+    for (int64_t t = 15; t < T; ++t) mask_[T + t] = 0;
+    for (int64_t b = 0; b < 2; ++b) {
+      for (int64_t t = 0; t < T; ++t) {
+        const bool scored = t + 1 < T && mask_[b * T + t + 1] != 0;
+        targets_[b * T + t] = scored ? ids_[b * T + t + 1] : -1;
+      }
+    }
+    in.batch = 2, in.seq = T;
+    in.ids = ids_.data(), in.mask = mask_.data(), in.targets = targets_.data();
+  }
+
+  std::unique_ptr<BloomModel> model_;
+  std::unique_ptr<Backend> cpu_, cuda_;
+  std::vector<int32_t> ids_, targets_;
+  std::vector<uint8_t> mask_;
+};
+
+TEST_P(CudaTraining, CompactGradientMatchesTheCpuAndFrozenElementsGetNone) {
+  const FrozenMask m = mask();
+  ForwardInputs in;
+  inputs(in);
+  CompactGradients want(m.words(), m.elements());
+  CompactGradients got(m.words(), m.elements(), *cuda_);
+  ASSERT_TRUE(got.status().ok()) << got.status();
+  ASSERT_EQ(got.size(), m.trainable_count());
+  // Two micro-batches' worth, as the trainer accumulates (the second at half scale).
+  for (double scale : {1.0, 0.5}) {
+    absl::StatusOr<ForwardResult> c =
+        bloom_forward_backward(*model_, *cpu_, in, want, scale, GetParam().recompute);
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<ForwardResult> g =
+        bloom_forward_backward(*model_, *cuda_, in, got, scale, GetParam().recompute);
+    ASSERT_TRUE(g.ok()) << g.status();
+    EXPECT_EQ(g->scored, c->scored);
+    EXPECT_LE(std::abs(g->loss - c->loss), kLossBound * std::abs(c->loss));
+  }
+  std::vector<float> g;
+  ASSERT_TRUE(got.download(g).ok());
+  ASSERT_EQ(static_cast<int64_t>(g.size()), want.size());
+  // Per parameter tensor, over its trainable elements.
+  int64_t checked = 0, bad = 0;
+  double worst = 0.0;  // max over elements of |diff| / (kRel |ref| + kAbs max |ref|)
+  std::vector<double> tensor_max;
+  for (const ParameterInfo& p : model_->arena.parameters()) {
+    double max_ref = 0.0;
+    std::vector<int64_t> positions;
+    for (int64_t i = 0; i < want.size(); ++i) {
+      const int64_t a = want.arena_index(i);
+      if (a >= p.offset && a < p.offset + p.numel) {
+        positions.push_back(i);
+        max_ref = std::max(max_ref, std::abs(static_cast<double>(want.data()[i])));
+      }
+    }
+    for (int64_t i : positions) {
+      const double ref = want.data()[i];
+      const double bound = kRel * std::abs(ref) + kAbs * max_ref;
+      const double diff = std::abs(static_cast<double>(g[i]) - ref);
+      if (bound > 0) worst = std::max(worst, diff / bound);
+      if (!(diff <= bound)) {
+        if (++bad <= 10) {
+          ADD_FAILURE() << p.name << " arena " << want.arena_index(i) << ": cuda " << g[i]
+                        << " cpu " << ref << " bound " << bound;
+        }
+      }
+      ++checked;
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(checked, want.size());
+  std::printf("[ measured ] %s: %lld trainable elements, worst |cuda - cpu| / bound = %.3g\n",
+              GetParam().name, static_cast<long long>(checked), worst);
+
+  // Frozen elements get no gradient: one masked SGD step on the resident arena with the device
+  // compact gradient leaves every frozen element's bits as they were.
+  std::vector<int64_t> index(static_cast<size_t>(got.size()));
+  got.arena_indices(0, got.size(), index.data());
+  DeviceArray<int64_t> dindex;
+  ASSERT_TRUE(dindex.upload(*cuda_, std::span<const int64_t>(index)).ok());
+  MaskedAdamWParams sgd;
+  sgd.n = got.size(), sgd.index = dindex.data();
+  sgd.params = model_->device->arena.data();
+  sgd.grad = got.data();
+  sgd.lr = 0.1f;
+  ASSERT_TRUE(cuda_->masked_sgd(sgd).ok());
+  std::vector<std::byte> after;
+  ASSERT_TRUE(model_->device->arena.download(after).ok());
+  const float* before = reinterpret_cast<const float*>(model_->arena.base());
+  const float* now = reinterpret_cast<const float*>(after.data());
+  int64_t frozen_changed = 0, trainable_moved = 0;
+  for (int64_t e = 0; e < m.elements(); ++e) {
+    const bool same = std::memcmp(before + e, now + e, sizeof(float)) == 0;
+    if (!m.trainable(e) && !same) ++frozen_changed;
+    if (m.trainable(e) && !same) ++trainable_moved;
+  }
+  EXPECT_EQ(frozen_changed, 0);
+  EXPECT_GT(trainable_moved, got.size() / 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Surgery, CudaTraining,
+                         ::testing::Values(Case{"surgery", false, false},
+                                           Case{"surgery_recompute", true, false},
+                                           Case{"all_trainable", false, true}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+// The trainer on the device: 20 masked AdamW steps (two micro-batches each, clipping on) on the
+// resident arena against the same steps on the CPU. Frozen elements stay bit-identical to the
+// initial weights; trainable ones and the losses stay within the bounds of TOLERANCES.md
+// ("Training on the CUDA backend").
+TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
+  BloomConfig c;
+  c.vocab_size = 311, c.n_layer = 2, c.n_head = 4, c.hidden_size = 4 * 64;
+  absl::StatusOr<BloomModel> a = allocate_bloom_model(c);
+  absl::StatusOr<BloomModel> b = allocate_bloom_model(c);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(init_bloom_weights(*a, 17, 0.08).ok());
+  ASSERT_TRUE(init_bloom_weights(*b, 17, 0.08).ok());
+  const size_t bytes = a->arena.size_bytes();
+  const std::vector<std::byte> initial(a->arena.base(), a->arena.base() + bytes);
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*b, *cuda).ok());
+  SurgeryPlan plan;
+  plan.targets = {{0, 1}, {1, 0}, {1, 2}};
+  absl::StatusOr<FrozenMask> mask =
+      surgery_mask(a->arena, HeadGeometry{c.n_layer, c.n_head, c.head_dim()}, plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  OptimizerOptions opt;  // AdamW, clip 1.0
+  Trainer on_cpu(*a, *cpu, *mask, opt), on_cuda(*b, *cuda, *mask, opt);
+  // Micro-batches of 2 x 16 random tokens, the second of each step right-padded.
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(c.vocab_size - 1));
+  constexpr double kLr = 1e-3;
+  constexpr int kSteps = 20;
+  double worst_loss = 0.0, worst_norm = 0.0;
+  for (int step = 0; step < kSteps; ++step) {
+    std::vector<MicroBatch> mbs(2);
+    for (int k = 0; k < 2; ++k) {
+      MicroBatch& mb = mbs[k];
+      mb.batch = 2, mb.seq = 16;
+      mb.ids.resize(32);
+      for (int32_t& t : mb.ids) t = id(rng);
+      mb.mask.assign(32, 1);
+      if (k == 1) std::fill(mb.mask.begin() + 16 + 11, mb.mask.end(), 0);
+      mb.targets.assign(32, -1);
+      for (int64_t r = 0; r < 2; ++r) {
+        for (int64_t t = 0; t + 1 < 16; ++t) {
+          if (mb.mask[r * 16 + t + 1] != 0) mb.targets[r * 16 + t] = mb.ids[r * 16 + t + 1];
+        }
+      }
+    }
+    absl::StatusOr<StepResult> want = on_cpu.step(mbs, kLr);
+    ASSERT_TRUE(want.ok()) << want.status();
+    absl::StatusOr<StepResult> got = on_cuda.step(mbs, kLr);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->finite);
+    worst_loss = std::max(worst_loss, std::abs(got->loss - want->loss) / std::abs(want->loss));
+    worst_norm =
+        std::max(worst_norm, std::abs(got->grad_norm - want->grad_norm) / want->grad_norm);
+    EXPECT_LE(std::abs(got->loss - want->loss), kStepLossBound * std::abs(want->loss))
+        << "step " << step;
+    EXPECT_LE(std::abs(got->grad_norm - want->grad_norm), kStepNormBound * want->grad_norm)
+        << "step " << step;
+  }
+  EXPECT_EQ(on_cuda.step_count(), kSteps);
+  // The host arena is the record until download_weights refreshes it.
+  EXPECT_EQ(std::memcmp(b->arena.base(), initial.data(), bytes), 0);
+  ASSERT_TRUE(on_cuda.download_weights().ok());
+  ASSERT_TRUE(on_cuda.download_optimizer_state().ok());
+  const float* w0 = reinterpret_cast<const float*>(initial.data());
+  const float* wa = reinterpret_cast<const float*>(a->arena.base());
+  const float* wb = reinterpret_cast<const float*>(b->arena.base());
+  int64_t frozen_changed = 0, moved = 0;
+  double worst_w = 0.0, max_step = 0.0;
+  for (int64_t e = 0; e < mask->elements(); ++e) {
+    if (!mask->trainable(e)) {
+      frozen_changed += std::memcmp(wb + e, w0 + e, sizeof(float)) != 0 ? 1 : 0;
+      continue;
+    }
+    moved += wb[e] != w0[e] ? 1 : 0;
+    worst_w = std::max(worst_w, std::abs(static_cast<double>(wb[e]) - wa[e]));
+    max_step = std::max(max_step, std::abs(static_cast<double>(wa[e]) - w0[e]));
+  }
+  EXPECT_EQ(frozen_changed, 0);
+  EXPECT_GT(moved, mask->trainable_count() / 2);
+  // AdamW's normalised update is about lr per step whatever the gradient's size, so rounding
+  // of a near-zero gradient can move the two sides apart by up to 2 lr per step; the bound is
+  // a tenth of that over the run (TOLERANCES.md).
+  EXPECT_LE(worst_w, kWeightFractionOfWorstCase * 2 * kSteps * kLr);
+  // The moments came back: the same length and close to the CPU's.
+  ASSERT_EQ(on_cuda.first_moment().size(), on_cpu.first_moment().size());
+  std::printf("[ measured ] 20 AdamW steps: worst weight |cuda - cpu| %.3g (largest CPU move "
+              "%.3g), worst relative loss difference %.3g, gradient norm %.3g\n",
+              worst_w, max_step, worst_loss, worst_norm);
+}
+
+// A non-finite gradient on the device: the step is skipped (skip_nonfinite), the cause names the
+// tensor from a downloaded copy of the device gradient, and the resident weights stay as they were.
+TEST(CudaTrainer, NonFiniteDeviceGradientIsNamedAndSkipped) {
+  BloomConfig c;
+  c.vocab_size = 311, c.n_layer = 2, c.n_head = 4, c.hidden_size = 4 * 64;
+  absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*m, *cuda).ok());
+  SurgeryPlan plan;
+  plan.targets = {{1, 2}};
+  absl::StatusOr<FrozenMask> mask =
+      surgery_mask(m->arena, HeadGeometry{c.n_layer, c.n_head, c.head_dim()}, plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  OptimizerOptions opt;
+  opt.skip_nonfinite = true;
+  Trainer trainer(*m, *cuda, *mask, opt);
+  Backend* device = cuda.get();
+  StepFaultHook hook;
+  hook.after_backward = [device](int64_t, CompactGradients& g) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    ASSERT_TRUE(device->copy_to_device(g.data() + 7, &nan, sizeof nan).ok());
+  };
+  trainer.set_fault_hook(std::move(hook));
+  MicroBatch mb;
+  mb.batch = 1, mb.seq = 8;
+  mb.ids = {3, 14, 15, 92, 65, 35, 89, 79};
+  mb.targets = {14, 15, 92, 65, 35, 89, 79, -1};
+  std::vector<std::byte> before;
+  ASSERT_TRUE(m->device->arena.download(before).ok());
+  absl::StatusOr<StepResult> r = trainer.step(std::vector<MicroBatch>{mb}, 1e-3);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->finite);
+  EXPECT_NE(r->nonfinite.find("non-finite gradient in h.1.self_attention.query_key_value.weight"),
+            std::string::npos)
+      << r->nonfinite;
+  std::vector<std::byte> after;
+  ASSERT_TRUE(m->device->arena.download(after).ok());
+  EXPECT_TRUE(before == after);
+}
+
+// The compact gradient must live where the backward runs: host values with a CUDA backward are
+// refused, not handed to the device as host pointers.
+TEST(CudaTrainingErrors, HostCompactGradientWithACudaBackwardIsRefused) {
+  BloomConfig c;
+  c.vocab_size = 64, c.n_layer = 1, c.n_head = 2, c.hidden_size = 16;
+  absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+  ASSERT_TRUE(m.ok());
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*m, *cuda).ok());
+  const std::vector<int32_t> ids = {1, 2, 3}, targets = {2, 3, -1};
+  ForwardInputs in;
+  in.batch = 1, in.seq = 3, in.ids = ids.data(), in.targets = targets.data();
+  CompactGradients grads(std::vector<uint64_t>((m->arena.size_elements() + 63) / 64, ~0ull),
+                         m->arena.size_elements());
+  absl::StatusOr<ForwardResult> t = bloom_forward_backward(*m, *cuda, in, grads);
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(t.status().message().find("lives on cpu"), std::string::npos) << t.status();
+}
+
+}  // namespace
+}  // namespace engine
