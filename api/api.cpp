@@ -272,12 +272,20 @@ Result<TrainSummary> Model::train(const std::vector<std::vector<int32_t>>& docum
       next_chunk += static_cast<uint64_t>(options.batch);
     }
     auto r = trainer.step(micro, schedule.lr(step));
-    if (!r.ok()) return fail<TrainSummary>(r.status());
+    if (!r.ok()) {
+      // On a device the resident weights hold the steps taken so far: bring the host copy
+      // (what save() writes) level with them before reporting the error.
+      (void)trainer.download_weights();
+      return fail<TrainSummary>(r.status());
+    }
     if (step == 1) summary.first_loss = r->loss;
     summary.last_loss = r->loss;
     summary.steps = step;
     if (on_step) on_step(TrainProgress{step, options.steps, r->loss, r->grad_norm, r->lr});
   }
+  // On a device the trainer updated the resident weights; the host arena (what save() writes
+  // and info() describes) follows here. A no-op on the CPU.
+  if (absl::Status s = trainer.download_weights(); !s.ok()) return fail<TrainSummary>(s);
   return summary;
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "engine/device.h"
+#include "include/engine/engine.h"
 #include "model/bloom_backward.h"
 #include "model/bloom_forward.h"
 #include "model/bloom_init.h"
@@ -315,6 +317,42 @@ TEST(CudaModelErrors, DevicesAndResidencyAreCheckedWithOneLineErrors) {
     ASSERT_FALSE(b.ok()) << bad;
     EXPECT_EQ(b.status().message().find('\n'), std::string::npos);
   }
+}
+
+// The public API on the device: train there, then save writes the trained weights (the host copy
+// follows the device), and the saved model reloaded on the CPU computes what the device model does.
+TEST(CudaModelApi, TrainOnTheDeviceThenSaveWritesTheTrainedWeights) {
+  const std::string dir =
+      std::string(ENGINE_SOURCE_DIR) + "/tests/fixtures/models/bloom-h4-l2";
+  auto gpu = api::Model::load(dir, "cuda");
+  ASSERT_TRUE(gpu.ok()) << gpu.error();
+  EXPECT_EQ(gpu->info().device, "cuda");
+  std::vector<std::vector<int32_t>> docs(4);
+  for (size_t d = 0; d < docs.size(); ++d) {
+    for (int t = 0; t < 40; ++t) docs[d].push_back(static_cast<int32_t>((7 * d + 5 * t) % 100));
+  }
+  api::TrainOptions o;
+  o.steps = 4, o.seq_len = 16, o.lr = 0.5, o.optimizer = "sgd", o.cosine = false, o.warmup = 0;
+  auto trained = gpu->train(docs, o);
+  ASSERT_TRUE(trained.ok()) << trained.error();
+  const std::vector<std::vector<int32_t>> probe = {{1, 5, 9, 13, 17, 21}};
+  auto on_gpu = gpu->forward(probe);
+  ASSERT_TRUE(on_gpu.ok()) << on_gpu.error();
+  const std::filesystem::path out =
+      std::filesystem::temp_directory_path() / "engine_cuda_api_train_save";
+  std::filesystem::remove_all(out);
+  ASSERT_TRUE(gpu->save(out.string()).ok());
+  auto reloaded = api::Model::load(out.string(), "cpu");
+  auto base = api::Model::load(dir, "cpu");
+  ASSERT_TRUE(reloaded.ok() && base.ok());
+  auto on_cpu = reloaded->forward(probe);
+  auto untrained = base->forward(probe);
+  ASSERT_TRUE(on_cpu.ok() && untrained.ok());
+  // The saved weights are the trained ones (the loss moved), and the CPU reproduces the device's
+  // loss on them within the fp32 end-to-end bound.
+  EXPECT_GT(std::abs(on_cpu->loss - untrained->loss), 100 * kNllBound);
+  EXPECT_NEAR(on_cpu->loss, on_gpu->loss, kNllBound);
+  std::filesystem::remove_all(out);
 }
 
 }  // namespace

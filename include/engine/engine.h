@@ -192,8 +192,8 @@ class Model {
  public:
   // Loads an HF model directory (config.json + safetensors) onto `device`: "cpu", "cuda",
   // "cuda:N" or "auto" (cuda when a GPU is visible, else cpu), as the CLI's --device. On a CUDA
-  // device forward, perplexity and diagnose run there; train does not yet (an error says so),
-  // which is why the default stays "cpu" rather than "auto".
+  // device forward, perplexity, diagnose and (fp32) train run there; the default stays "cpu"
+  // rather than "auto" until the device path has run on hardware.
   static Result<Model> load(const std::string& directory, const std::string& device = "cpu");
 
   ModelInfo info() const;
