@@ -141,12 +141,19 @@ int run_train(const std::vector<std::string>& args) {
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
   // The device first: asking for one this command cannot use is an error before any work.
-  // Training runs on a CUDA device when asked explicitly (f32 weights, one process); auto
-  // stays cpu until the device path has run on hardware (docs/CUDA.md).
+  // Training runs on a CUDA device when asked explicitly (f32 weights); auto stays cpu until
+  // the device path has run on hardware (docs/CUDA.md).
   const bool explicit_cuda = absl::GetFlag(FLAGS_device).rfind("cuda", 0) == 0;
   if (explicit_cuda && (*comm)->world_size() > 1) {
-    return fail("train: --device cuda with several ranks is not implemented yet (NCCL on the "
-                "compact gradient); use --device cpu");
+    // One GPU per local rank (docs/DISTRIBUTED.md): `cuda` is the local rank's device.
+    const std::string asked = absl::GetFlag(FLAGS_device);
+    const std::string own = absl::StrCat("cuda:", (*comm)->local_rank());
+    if (asked != "cuda" && asked != own) {
+      return fail(absl::StrCat("train: --device ", asked, " with ", (*comm)->world_size(),
+                               " ranks: each rank trains on the GPU of its local rank (", own,
+                               " here); use --device cuda"));
+    }
+    absl::SetFlag(&FLAGS_device, own);
   }
   absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("train", explicit_cuda);
   if (!device.ok()) return fail(std::string(device.status().message()));

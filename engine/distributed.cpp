@@ -97,6 +97,10 @@ class SingleProcessCommunicator final : public Communicator {
   absl::Status broadcast(void*, int64_t, int, const std::string&) override {
     return absl::OkStatus();
   }
+  bool reduces_device_memory() const override { return true; }
+  absl::Status all_reduce_average_on_device(float*, int64_t, const std::string&) override {
+    return absl::OkStatus();
+  }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 };
 
@@ -169,6 +173,11 @@ absl::StatusOr<LaunchInfo> detect_launch(const EnvLookup& get) {
 
 absl::StatusOr<LaunchInfo> detect_launch_from_environment() {
   return detect_launch([](const char* name) -> const char* { return std::getenv(name); });
+}
+
+absl::Status Communicator::all_reduce_average_on_device(float*, int64_t, const std::string& what) {
+  return absl::UnimplementedError(absl::StrCat(
+      what, ": the ", name(), " transport cannot reduce GPU memory (stage it through the host)"));
 }
 
 std::unique_ptr<Communicator> make_single_process_communicator() {

@@ -61,6 +61,14 @@ class Communicator {
   virtual absl::Status agree(uint64_t* words, int64_t n, AgreeOp op, const std::string& what) = 0;
   // Copies `bytes` bytes from `root` to every rank.
   virtual absl::Status broadcast(void* data, int64_t bytes, int root, const std::string& what) = 0;
+  // Whether all_reduce_average_on_device works: the transport reads and writes GPU memory
+  // itself (NCCL). Otherwise a caller holding device memory stages it through the host.
+  virtual bool reduces_device_memory() const { return false; }
+  // all_reduce_average on `n` floats in the memory of this rank's GPU (the device of its local
+  // rank), after every kernel queued on that device so far. Unimplemented unless
+  // reduces_device_memory().
+  virtual absl::Status all_reduce_average_on_device(float* device_data, int64_t n,
+                                                    const std::string& what);
   // Ends every rank of the job now (MPI_Abort / ncclCommAbort then exit). CLI layer only.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 

@@ -1,6 +1,7 @@
 // The NCCL communicator (contract in distributed.h): one GPU per local rank. The trainer's
-// buffers live in host memory today, so each collective stages them through one device buffer
-// (host -> device, NCCL, device -> host on a private stream). Completion is polled
+// compact gradient on a device is reduced in place in GPU memory (all_reduce_average_on_device);
+// host buffers (metrics, agreements, a CPU trainer's gradient) are staged through one device
+// buffer (host -> device, NCCL, device -> host on a private stream). Completion is polled
 // (cudaStreamQuery + ncclCommGetAsyncError) against the timeout; on a timeout the communicator is
 // aborted with ncclCommAbort, and when the job was bootstrapped through MPI, an MPI agreement
 // with a short timeout names the silent rank(s) (the MPI communicator's roll call). Without
@@ -122,6 +123,22 @@ class NcclCommunicator final : public Communicator {
       return ncclBroadcast(dev, dev, static_cast<size_t>(bytes), ncclChar, root, comm_, stream_);
     });
   }
+  bool reduces_device_memory() const override { return true; }
+  absl::Status all_reduce_average_on_device(float* data, int64_t n,
+                                            const std::string& what) override {
+    if (absl::Status s = usable(what); !s.ok()) return s;
+    if (n == 0) return absl::OkStatus();
+    // The data was written by kernels on the engine's stream, which NCCL's private stream does
+    // not wait for: wait here (the caller reads a scalar from the result next anyway).
+    if (absl::Status s = cuda_status(cudaDeviceSynchronize(), what); !s.ok()) return s;
+    if (absl::Status s = nccl_status(ncclAllReduce(data, data, static_cast<size_t>(n), ncclFloat,
+                                                   ncclAvg, comm_, stream_),
+                                     what);
+        !s.ok()) {
+      return s;
+    }
+    return poll(what, [&] { return cudaStreamQuery(stream_); });
+  }
   [[noreturn]] void abort(int exit_code) override {
     if (comm_ != nullptr) ncclCommAbort(comm_);
     comm_ = nullptr;
@@ -138,13 +155,16 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  absl::Status usable(const std::string& what) const {
+    if (!broken_) return absl::OkStatus();
+    return absl::FailedPreconditionError(
+        absl::StrCat("rank ", launch_.rank, ": ", what, ": the communicator failed earlier"));
+  }
+
   // Stages `bytes` of host memory through the device buffer around `enqueue`, then polls.
   template <typename Enqueue>
   absl::Status collective(void* host, int64_t bytes, const std::string& what, Enqueue enqueue) {
-    if (broken_) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rank ", launch_.rank, ": ", what, ": the communicator failed earlier"));
-    }
+    if (absl::Status s = usable(what); !s.ok()) return s;
     if (bytes == 0) return absl::OkStatus();
     if (bytes > device_bytes_) {
       if (device_ != nullptr) cudaFree(device_);

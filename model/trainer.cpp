@@ -61,16 +61,25 @@ absl::Status Trainer::upload_optimizer_state() {
   return backend_.copy_to_device(v_device_.data(), v_.data(), v_device_.bytes());
 }
 
+absl::Status Trainer::all_reduce_gradient(const std::string& what) {
+  float* g = grads_.data();
+  const int64_t n = grads_.size();
+  if (!on_device()) return comm_->all_reduce_average(g, n, what);
+  // On a device: in GPU memory where the transport reads it (NCCL), else through the host.
+  if (comm_->reduces_device_memory()) return comm_->all_reduce_average_on_device(g, n, what);
+  staging_.resize(static_cast<size_t>(n));
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  if (absl::Status s = backend_.copy_to_host(staging_.data(), g, bytes); !s.ok()) return s;
+  if (absl::Status s = comm_->all_reduce_average(staging_.data(), n, what); !s.ok()) return s;
+  return backend_.copy_to_device(g, staging_.data(), bytes);
+}
+
 absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batches, double lr) {
   if (micro_batches.empty()) return absl::InvalidArgumentError("train step: no micro-batches");
   StepResult r;
   r.step = step_ + 1;
   r.lr = lr;
   if (!init_.ok()) return init_;
-  if (on_device() && comm_ != nullptr && comm_->world_size() > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "data-parallel training on ", std::string(backend_.name()), " is not implemented yet"));
-  }
   if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
   if (absl::Status s = grads_.zero(); !s.ok()) return s;
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
@@ -108,9 +117,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     }
     r.loss = sums[0] / comm_->world_size();
     r.tokens = static_cast<int64_t>(sums[1]);
-    if (absl::Status s = comm_->all_reduce_average(grads_.data(), grads_.size(),
-                                                   absl::StrCat("gradient all-reduce", at));
-        !s.ok()) {
+    if (absl::Status s = all_reduce_gradient(absl::StrCat("gradient all-reduce", at)); !s.ok()) {
       return s;
     }
   }

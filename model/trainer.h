@@ -123,7 +123,8 @@ class Trainer {
   void set_recompute(bool on) { recompute_ = on; }
   // Data parallelism: the local gradient, loss and token count are averaged (summed) over the
   // ranks before the norm, and the non-finite decision is agreed, so every rank applies the same
-  // update. Null or world size 1 = one process.
+  // update. Null or world size 1 = one process. On a device the compact gradient is reduced in
+  // device memory when the transport can (NCCL), else staged through the host (MPI).
   void set_communicator(Communicator* comm) { comm_ = comm; }
   void set_fault_hook(StepFaultHook hook) { fault_hook_ = std::move(hook); }
   // Controlled collapse (model/bloom_backward.h, SinkLoss): per-(layer, head) weights of the
@@ -146,6 +147,10 @@ class Trainer {
   int64_t step_ = 0;
   bool recompute_ = false;
   Communicator* comm_ = nullptr;
+  // The gradient all-reduce over comm_; on a device through staging_ when the transport cannot
+  // read device memory.
+  absl::Status all_reduce_gradient(const std::string& what);
+  std::vector<float> staging_;
   StepFaultHook fault_hook_;
   std::vector<float> sink_weight_;
 };

@@ -73,15 +73,21 @@ if [ "$gpus" -lt 2 ]; then
 elif ! command -v mpirun >/dev/null; then
   echo "gpu-check: mpirun not found (openmpi-bin): NCCL two-rank run skipped"
 else
-  nccl_log="$build/nccl-test.log"
-  if ENGINE_TEST_DIST_BACKEND=nccl OMP_WAIT_POLICY=passive timeout 120 "$build/tests/engine_tests" \
-      --gtest_filter='TwoRanks.SameWeightsAsOneProcessWithTheSameGlobalBatch' >"$nccl_log" 2>&1 &&
-      grep -q '^\[  PASSED  \] 1 test' "$nccl_log"; then
-    nccl=ok
-  else
-    tail -30 "$nccl_log" >&2
-    nccl=FAILED
-  fi
+  # Training on the CPU backend (host gradient staged through NCCL), then on the device
+  # (--device cuda: the compact gradient reduced in GPU memory).
+  nccl=ok
+  for device in cpu cuda; do
+    nccl_log="$build/nccl-test-$device.log"
+    if ENGINE_TEST_DIST_BACKEND=nccl ENGINE_TEST_DIST_DEVICE=$device OMP_WAIT_POLICY=passive \
+        timeout 180 "$build/tests/engine_tests" \
+        --gtest_filter='TwoRanks.SameWeightsAsOneProcessWithTheSameGlobalBatch' >"$nccl_log" 2>&1 &&
+        grep -q '^\[  PASSED  \] 1 test' "$nccl_log"; then
+      echo "NCCL 2-rank training on $device: ok"
+    else
+      tail -30 "$nccl_log" >&2
+      nccl=FAILED
+    fi
+  done
 fi
 
 step "attention benchmark (bf16, B*T = 16k tokens, 16 heads)"

@@ -343,6 +343,17 @@ class TwoRanks : public ::testing::Test {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
 
+  // The device the run's start event records.
+  std::string device(const std::string& out) const {
+    std::ifstream in(dir_ / out / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json j = nlohmann::json::parse(line);
+      if (j["event"] == "start") return j.value("device", "");
+    }
+    return "";
+  }
+
   std::vector<double> losses(const std::string& out) const {
     std::vector<double> l;
     std::ifstream in(dir_ / out / "metrics.jsonl");
@@ -385,11 +396,18 @@ class TwoRanks : public ::testing::Test {
 
 TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   constexpr int kSteps = 4;
-  ASSERT_EQ(run(train_args("single", 2, kSteps), "single.log"), 0)
-      << read_bytes(dir_ / "single.log");
+  // ENGINE_TEST_DIST_DEVICE=cuda trains both runs on the device (tests/CMakeLists.txt: two
+  // emulated GPUs, one per rank; the compact gradient reduced in device memory over NCCL, or
+  // staged through the host over MPI).
+  std::vector<std::string> single = train_args("single", 2, kSteps);
   std::vector<std::string> two = mpirun({}, {});
   for (const std::string& a : train_args("two", 1, kSteps)) two.push_back(a);
   two.push_back("--dist_checksum");
+  if (const char* device = std::getenv("ENGINE_TEST_DIST_DEVICE"); device != nullptr) {
+    single.push_back(absl::StrCat("--device=", device));
+    two.push_back(absl::StrCat("--device=", device));
+  }
+  ASSERT_EQ(run(single, "single.log"), 0) << read_bytes(dir_ / "single.log");
   // scripts/gpu-check.sh runs this test again over NCCL (one GPU per rank) when the machine has
   // two GPUs; the default is the MPI transport, which every CI machine has.
   if (const char* backend = std::getenv("ENGINE_TEST_DIST_BACKEND"); backend != nullptr) {
@@ -398,6 +416,10 @@ TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   ASSERT_EQ(run(two, "two.log"), 0) << read_bytes(dir_ / "two.log");
   const std::string log = read_bytes(dir_ / "two.log");
   EXPECT_NE(log.find("step 4/4"), std::string::npos) << log;
+  const char* on = std::getenv("ENGINE_TEST_DIST_DEVICE");
+  const std::string expected = on != nullptr ? std::string(on) : "cpu";
+  EXPECT_EQ(device("single"), expected);
+  EXPECT_EQ(device("two"), expected);
 
   absl::StatusOr<BloomModel> a = load_model_directory(dir_ / "single" / "final");
   absl::StatusOr<BloomModel> b = load_model_directory(dir_ / "two" / "final");
