@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -333,16 +334,57 @@ double weighted_output(const Case& c, const std::vector<double>& qkv,
   return sum;
 }
 
+// Runs the CPU backward with output gradient `dout` (and the sink-loss weights, when not null)
+// and checks dqkv against central finite differences of `objective` (a function of the inputs
+// in double) at up to 300 random elements; *largest gets the largest |finite difference| seen.
+// Finite differences are exact to ~1e-9 at this step in double; checking every element of the
+// larger cases would be slow, so those check a fixed random subset.
+void expect_backward_matches_fd(const Case& c, const Inputs& in, const std::vector<float>& dout,
+                                const float* sink_weight, std::mt19937& rng,
+                                const std::function<double(const std::vector<double>&)>& objective,
+                                double* largest) {
+  constexpr double kStep = 1e-4;
+  constexpr size_t kMaxChecked = 300;
+  KernelResult fwd = run_kernel(in, false);
+  std::vector<float> dqkv(in.qkv.size(), -7.0f);
+  AlibiAttentionParams p;
+  p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+  p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  p.qkv = in.qkv.data();
+  p.slopes = in.slopes.data();
+  p.mask = in.mask.data();
+  p.out = fwd.out.data();
+  p.lse = fwd.lse.data();
+  p.dout = dout.data();
+  p.dqkv = dqkv.data();
+  p.sink_loss_weight = sink_weight;
+  ASSERT_TRUE(cpu::alibi_attention_backward(p).ok());
+
+  std::vector<size_t> idx(in.qkv.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  std::shuffle(idx.begin(), idx.end(), rng);
+  if (idx.size() > kMaxChecked) idx.resize(kMaxChecked);
+  std::vector<double> x = to_double(in.qkv);
+  *largest = 0.0;
+  for (size_t i : idx) {
+    const double saved = x[i];
+    x[i] = saved + kStep;
+    const double up = objective(x);
+    x[i] = saved - kStep;
+    const double down = objective(x);
+    x[i] = saved;
+    const double fd = (up - down) / (2 * kStep);
+    *largest = std::max(*largest, std::abs(fd));
+    ASSERT_NEAR(dqkv[i], fd, 2e-4 * std::max(1.0, std::abs(fd))) << "element " << i;
+  }
+}
+
 TEST(AlibiAttentionBackward, MatchesFiniteDifferencesOfNaiveReference) {
   const Case cases[] = {
       {1, 1, 1, 8, Padding::kNone},   {2, 3, 2, 8, Padding::kLeft},
       {2, 17, 3, 16, Padding::kRight}, {2, 17, 2, 8, Padding::kLeft},
       {1, 70, 2, 16, Padding::kNone},  {2, 65, 1, 64, Padding::kLeft},
   };
-  // Finite differences are exact to ~1e-9 at this step in double; checking every element of the
-  // larger cases would be slow, so those check a fixed random subset.
-  constexpr double kStep = 1e-4;
-  constexpr size_t kMaxChecked = 300;
   uint32_t seed = 100;
   for (const Case& c : cases) {
     SCOPED_TRACE(describe(c));
@@ -351,36 +393,12 @@ TEST(AlibiAttentionBackward, MatchesFiniteDifferencesOfNaiveReference) {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<float> dout(c.batch * c.seq * c.heads * c.head_dim);
     for (float& x : dout) x = normal(rng);
-
-    KernelResult fwd = run_kernel(in, false);
-    std::vector<float> dqkv(in.qkv.size(), -7.0f);
-    AlibiAttentionParams p;
-    p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
-    p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    p.qkv = in.qkv.data();
-    p.slopes = in.slopes.data();
-    p.mask = in.mask.data();
-    p.out = fwd.out.data();
-    p.lse = fwd.lse.data();
-    p.dout = dout.data();
-    p.dqkv = dqkv.data();
-    ASSERT_TRUE(cpu::alibi_attention_backward(p).ok());
-
-    std::vector<size_t> idx(in.qkv.size());
-    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-    std::shuffle(idx.begin(), idx.end(), rng);
-    if (idx.size() > kMaxChecked) idx.resize(kMaxChecked);
-    std::vector<double> x = to_double(in.qkv);
-    for (size_t i : idx) {
-      const double saved = x[i];
-      x[i] = saved + kStep;
-      const double up = weighted_output(c, x, in.mask, in.slopes, dout);
-      x[i] = saved - kStep;
-      const double down = weighted_output(c, x, in.mask, in.slopes, dout);
-      x[i] = saved;
-      const double fd = (up - down) / (2 * kStep);
-      ASSERT_NEAR(dqkv[i], fd, 2e-4 * std::max(1.0, std::abs(fd))) << "element " << i;
-    }
+    double largest = 0.0;
+    expect_backward_matches_fd(
+        c, in, dout, nullptr, rng,
+        [&](const std::vector<double>& x) { return weighted_output(c, x, in.mask, in.slopes, dout); },
+        &largest);
+    if (HasFatalFailure()) return;
   }
 }
 
@@ -436,8 +454,6 @@ TEST(AlibiAttentionBackward, SinkLossMatchesFiniteDifferences) {
       {2, 17, 3, 16, Padding::kLeft},
       {2, 70, 2, 16, Padding::kRight},
   };
-  constexpr double kStep = 1e-4;
-  constexpr size_t kMaxChecked = 300;
   uint32_t seed = 500;
   for (const Case& c : cases) {
     for (bool with_dout : {false, true}) {
@@ -452,42 +468,15 @@ TEST(AlibiAttentionBackward, SinkLossMatchesFiniteDifferences) {
       std::vector<float> weight(c.heads);
       for (int64_t h = 0; h < c.heads; ++h) weight[h] = h == 0 ? 0.0f : 0.25f * h;
 
-      KernelResult fwd = run_kernel(in, false);
-      std::vector<float> dqkv(in.qkv.size(), -7.0f);
-      AlibiAttentionParams p;
-      p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
-      p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-      p.qkv = in.qkv.data();
-      p.slopes = in.slopes.data();
-      p.mask = in.mask.data();
-      p.out = fwd.out.data();
-      p.lse = fwd.lse.data();
-      p.dout = dout.data();
-      p.dqkv = dqkv.data();
-      p.sink_loss_weight = weight.data();
-      ASSERT_TRUE(cpu::alibi_attention_backward(p).ok());
-
-      std::vector<size_t> idx(in.qkv.size());
-      for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-      std::shuffle(idx.begin(), idx.end(), rng);
-      if (idx.size() > kMaxChecked) idx.resize(kMaxChecked);
-      std::vector<double> x = to_double(in.qkv);
-      auto objective = [&]() {
-        return weighted_output(c, x, in.mask, in.slopes, dout) +
-               sink_objective(c, x, in.mask, in.slopes, weight);
-      };
       double largest = 0.0;
-      for (size_t i : idx) {
-        const double saved = x[i];
-        x[i] = saved + kStep;
-        const double up = objective();
-        x[i] = saved - kStep;
-        const double down = objective();
-        x[i] = saved;
-        const double fd = (up - down) / (2 * kStep);
-        largest = std::max(largest, std::abs(fd));
-        ASSERT_NEAR(dqkv[i], fd, 2e-4 * std::max(1.0, std::abs(fd))) << "element " << i;
-      }
+      expect_backward_matches_fd(
+          c, in, dout, weight.data(), rng,
+          [&](const std::vector<double>& x) {
+            return weighted_output(c, x, in.mask, in.slopes, dout) +
+                   sink_objective(c, x, in.mask, in.slopes, weight);
+          },
+          &largest);
+      if (HasFatalFailure()) return;
       // The sink loss alone has a gradient to check (the comparison above is not vacuous).
       EXPECT_GT(largest, 1e-2);
     }

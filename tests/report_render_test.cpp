@@ -18,6 +18,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -201,22 +203,33 @@ class ReportRender : public ::testing::Test {
     for (const std::string& l : lines) EXPECT_EQ(l.rfind("clipped", 0), std::string::npos) << l;
   }
 
+  // Two diagnoses of the fixture model bloom-h6-l3 (its "batch" and "right_pad" sequences): the
+  // before and after of the comparison and repair pages.
+  void diagnose_twice(std::optional<DiagnosisReport>& before,
+                      std::optional<DiagnosisReport>& after) {
+    absl::StatusOr<BloomModel> model =
+        load_model_directory(kFixtures / "models" / "bloom-h6-l3");
+    ASSERT_TRUE(model.ok()) << model.status();
+    std::unique_ptr<Backend> backend = make_cpu_backend();
+    DiagnoseOptions options;
+    options.model_name = "bloom-h6-l3";
+    absl::StatusOr<DiagnosisReport> a =
+        diagnose_sequences(*model, *backend, fixture_sequences("bloom-h6-l3", "batch"), options);
+    ASSERT_TRUE(a.ok()) << a.status();
+    absl::StatusOr<DiagnosisReport> b = diagnose_sequences(
+        *model, *backend, fixture_sequences("bloom-h6-l3", "right_pad"), options);
+    ASSERT_TRUE(b.ok()) << b.status();
+    before = *std::move(a), after = *std::move(b);
+  }
+
   std::string chromium_;
   std::filesystem::path dir_;
 };
 
 TEST_F(ReportRender, ReportAndComparisonPagesRenderInChromium) {
-  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h6-l3");
-  ASSERT_TRUE(model.ok()) << model.status();
-  std::unique_ptr<Backend> backend = make_cpu_backend();
-  DiagnoseOptions options;
-  options.model_name = "bloom-h6-l3";
-  absl::StatusOr<DiagnosisReport> before =
-      diagnose_sequences(*model, *backend, fixture_sequences("bloom-h6-l3", "batch"), options);
-  ASSERT_TRUE(before.ok()) << before.status();
-  absl::StatusOr<DiagnosisReport> after =
-      diagnose_sequences(*model, *backend, fixture_sequences("bloom-h6-l3", "right_pad"), options);
-  ASSERT_TRUE(after.ok()) << after.status();
+  std::optional<DiagnosisReport> before, after;
+  diagnose_twice(before, after);
+  if (HasFatalFailure()) return;
   SurgeryPlan plan;
   plan.targets = {{0, 4}, {0, 5}};
   absl::StatusOr<ReportComparison> cmp = compare_reports(*before, *after, &plan);
@@ -242,18 +255,10 @@ TEST_F(ReportRender, ReportAndComparisonPagesRenderInChromium) {
 // The repair report: per pass a heat map before and after and the delta map, each with its
 // legend, and a loss curve with its legend; a summary sentence on top; nothing clipped.
 TEST_F(ReportRender, RepairReportHeatMapsAndLegendsAreWholeInChromium) {
-  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "bloom-h6-l3");
-  ASSERT_TRUE(model.ok()) << model.status();
-  std::unique_ptr<Backend> backend = make_cpu_backend();
-  DiagnoseOptions options;
-  options.model_name = "bloom-h6-l3";
+  std::optional<DiagnosisReport> before, after;
+  diagnose_twice(before, after);
+  if (HasFatalFailure()) return;
   RepairPassView view;
-  absl::StatusOr<DiagnosisReport> before =
-      diagnose_sequences(*model, *backend, fixture_sequences("bloom-h6-l3", "batch"), options);
-  ASSERT_TRUE(before.ok()) << before.status();
-  absl::StatusOr<DiagnosisReport> after =
-      diagnose_sequences(*model, *backend, fixture_sequences("bloom-h6-l3", "right_pad"), options);
-  ASSERT_TRUE(after.ok()) << after.status();
   view.before = *before, view.after = *after;
   view.plan.targets = {{0, 4}, {0, 5}};
   absl::StatusOr<ReportComparison> cmp = compare_reports(*before, *after, &view.plan);
