@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: builds the engine (Release, CUDA on, for the local GPU's
 # architecture), runs the GPU tests (every CUDA kernel against the CPU reference), the two-rank
-# data-parallel equality test over NCCL when there are two GPUs, then the attention benchmark,
-# and prints a summary. Meant to finish in under 8 minutes.
+# data-parallel equality test over NCCL when there are two GPUs, then the attention benchmark
+# and the device train-step benchmark (bloom-560m shape: tokens/s, model TFLOP/s, MFU), and
+# prints a summary. Meant to finish in under 8 minutes.
 #   ENGINE_GPU_BUILD_DIR   build directory (default: build-gpu in the repository)
 #   ENGINE_GPU_ARCHS       CMAKE_CUDA_ARCHITECTURES (default: native)
 #   ENGINE_GPU_BENCH_MIN_TIME  seconds per benchmark (default: 0.05)
@@ -34,7 +35,7 @@ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DENGINE_CUDA=O
   -DCMAKE_CUDA_ARCHITECTURES="$archs" >/dev/null
 build_log="$build/gpu-build.log"
 if ! ninja -C "$build" -j "$jobs" engine engine_tests engine_gpu_tests attention_cuda_bench \
-    >"$build_log" 2>&1; then
+    train_step_cuda_bench >"$build_log" 2>&1; then
   grep -vE '^\[[0-9]+/[0-9]+\] ' "$build_log" | tail -60 >&2
   echo "gpu-check: build FAILED (log $build_log)" >&2
   exit 1
@@ -95,11 +96,28 @@ bench_log="$build/attention-bench.log"
 timeout 240 "$build/bench/attention_cuda_bench" --benchmark_min_time="$min_time" \
   --benchmark_counters_tabular=true 2>&1 | tee "$bench_log" || echo "gpu-check: benchmark did not finish" >&2
 
+step "train step on the device (bloom-560m shape, seq 512)"
+# MFU against the dense bf16 tensor-core peak of the GPU named by nvidia-smi (TFLOP/s, from the
+# vendors' data sheets; unknown GPUs get no MFU column).
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+case "$gpu_name" in
+  *H100*PCIe*) peak=756 ;;
+  *H100*|*H200*|*GH200*) peak=989 ;;
+  *A100*) peak=312 ;;
+  *L40S*) peak=362 ;;
+  *) peak= ;;
+esac
+train_log="$build/train-step-bench.log"
+ENGINE_PEAK_TFLOPS="$peak" OMP_WAIT_POLICY=passive timeout 240 "$build/bench/train_step_cuda_bench" \
+  --benchmark_counters_tabular=true 2>&1 | tee "$train_log" ||
+  echo "gpu-check: train-step benchmark did not finish" >&2
+
 step "summary"
 nvidia-smi --query-gpu=name --format=csv,noheader | head -1
 echo "spill check: $spills"
 echo "NCCL 2-rank: $nccl"
 echo "GPU tests:   $tests ($(grep -c '^\[       OK \]' "$test_log" || true) passed, log $test_log)"
 echo "benchmark:   $(grep -c '^BM_' "$bench_log" || true) rows, log $bench_log"
+echo "train step:  $(grep '^BM_TrainStepCuda' "$train_log" | grep -vc ERROR || true) rows measured, log $train_log"
 echo "total time:  $((SECONDS - started)) s"
 [ "$tests" = ok ] && [ "$spills" = ok ] && [ "$nccl" != FAILED ]
