@@ -3,6 +3,7 @@
 //   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
 //   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
 //   [--seed S] [--resume] [--recompute] [--skip_nonfinite] [--dry_run [--device cpu|cuda]]
+//   [--device auto|cpu|cuda] [--dtype auto|f32|bf16|f16]
 //   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
@@ -22,6 +23,7 @@
 #include "cli/progress.h"
 #include "cli/model_loading.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
 #include "model/config.h"
 #include "model/dataset.h"
 #include "model/memory_estimate.h"
@@ -190,6 +192,16 @@ int run_train(const std::vector<std::string>& args) {
   o.resume = absl::GetFlag(FLAGS_resume);
   o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
+  // --dtype: the weights' storage while training. auto is f32 for training (16-bit training
+  // has not run on hardware); bf16 / f16 keep fp32 masters of the trainable elements.
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "auto") {
+    const std::optional<DType> chosen = float_dtype_from_flag(dtype);
+    if (!chosen.has_value()) {
+      return fail(absl::StrCat("train: --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
+    }
+    o.storage = *chosen;
+  }
   ProgressBar bar("train", "steps");
   o.log = [&bar](const std::string& line) { bar.print_line(line); };
   o.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };
@@ -197,6 +209,12 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
+  if (o.storage != DType::kF32 && backend->kind() == DeviceKind::kCuda &&
+      !cuda_16bit_attention_supports(config->head_dim())) {
+    return fail(absl::StrCat("train: --dtype ", dtype, ": the CUDA 16-bit attention takes head_dim "
+                             "64, 80, 96 or 128, this model has ", config->head_dim(),
+                             "; use --dtype f32"));
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;

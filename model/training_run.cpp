@@ -101,6 +101,7 @@ nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warm
   // Only when set, so the recipes of ordinary runs (and the checkpoints holding them) are as
   // before.
   if (!o.sink_loss_weight.empty()) r["sink_loss_weight"] = o.sink_loss_weight;
+  if (o.storage != DType::kF32) r["dtype"] = dtype_name(o.storage);
   return r;
 }
 
@@ -262,8 +263,8 @@ absl::StatusOr<BloomModel> TrainingRun::prepare_base() {
   if (o_.scan != nullptr) {
     // On a device the scan's forward reads resident weights (the trainer re-uploads the model
     // after any surgery, in start_trainer).
-    if (backend_.kind() != DeviceKind::kCpu) {
-      if (absl::Status s = make_resident(*base, backend_); !s.ok()) return s;
+    if (backend_.kind() != DeviceKind::kCpu || o_.storage != DType::kF32) {
+      if (absl::Status s = make_resident(*base, backend_, o_.storage); !s.ok()) return s;
     }
     absl::StatusOr<nlohmann::json> scan = o_.scan->scan_base(*base, backend_);
     if (!scan.ok()) return scan.status();
@@ -405,8 +406,8 @@ absl::Status TrainingRun::start_trainer() {
   summary_ = mask_summary(model_, *mask_);
   // On a device the trainer updates the resident copy of the weights (surgery and a resumed
   // checkpoint are in the host arena by now); save() downloads it.
-  if (backend_.kind() != DeviceKind::kCpu) {
-    if (absl::Status s = make_resident(model_, backend_); !s.ok()) return s;
+  if (backend_.kind() != DeviceKind::kCpu || o_.storage != DType::kF32) {
+    if (absl::Status s = make_resident(model_, backend_, o_.storage); !s.ok()) return s;
   }
   trainer_.emplace(model_, backend_, *mask_, o_.optimizer);
   // The trainer's compact gradient holds its own copy of the mask's bit words; this one would
