@@ -429,8 +429,12 @@ absl::Status TrainingRun::start_trainer() {
   if (writer_) {  // other ranks' metrics writes go nowhere
     if (absl::Status s = metrics_.open(o_.out_dir / kMetricsFile, resume_step_); !s.ok()) return s;
   }
+  // m and v, plus the fp32 masters of 16-bit weights.
   const int64_t optimizer_bytes =
-      static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float));
+      static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float)) +
+      (o_.storage != DType::kF32
+           ? trainer_->trainable_count() * static_cast<int64_t>(sizeof(float))
+           : 0);
   metrics_.write({{"event", resume_step_ >= 0 ? "resume" : "start"},
                   {"step", start_step_},
                   {"total_steps", total_},

@@ -27,20 +27,20 @@ namespace {
 namespace fs = std::filesystem;
 using namespace bf16_training;
 
-// bf16's unit roundoff (half an ulp, relative): 2^-9.
-constexpr double kU = 1.0 / 512.0;
 // Roundings to bf16 on the path from the embedding to the loss of this 2-layer model: the
 // embedding row is stored as is, its LayerNorm output, per block ln1, qkv, attention, x_mid, ln2,
 // fc1, GELU, block output (8), ln_f: 1 + 8 L + 1 = 18; the backward rounds as many activation
 // gradients again.
 constexpr double kForwardRoundings = 18;
 
-TEST(Bf16Training, TwinTracksF32TrainingWithinTheBound) {
+// `storage` with unit roundoff `kU`: bf16 2^-9, f16 2^-11 (no loss scaling: this model's
+// gradients stay inside f16's range, which the bounds check).
+void twin_tracks_f32_training(DType storage, double kU) {
   std::unique_ptr<BloomModel> a = small_model(), b = small_model();
   ASSERT_TRUE(a && b);
   const std::vector<float> initial = snapshot(*a);
   std::unique_ptr<Backend> cpu = make_cpu_backend();
-  ASSERT_TRUE(make_resident(*b, *cpu, DType::kBF16).ok());
+  ASSERT_TRUE(make_resident(*b, *cpu, storage).ok());
   const FrozenMask mask = three_head_mask(*a);
   OptimizerOptions opt;  // AdamW, clip 1.0
   Trainer f32(*a, *cpu, mask, opt), twin(*b, *cpu, mask, opt);
@@ -86,9 +86,17 @@ TEST(Bf16Training, TwinTracksF32TrainingWithinTheBound) {
   // (TOLERANCES.md, "Training with 16-bit weights").
   EXPECT_LE(worst_w, 2 * kSteps * kLr);
   EXPECT_LE(mean_w, kSteps * kLr * 2 * std::sqrt(2 * kForwardRoundings / 3) * kU);
-  std::printf("[ measured ] bf16 twin vs f32, 20 AdamW steps: worst loss %.3g, norm %.3g "
+  std::printf("[ measured ] %s twin vs f32, 20 AdamW steps: worst loss %.3g, norm %.3g "
               "(relative); weights worst %.3g, mean %.3g (largest f32 move %.3g)\n",
-              worst_loss, worst_norm, worst_w, mean_w, max_move);
+              dtype_name(storage), worst_loss, worst_norm, worst_w, mean_w, max_move);
+}
+
+TEST(Bf16Training, TwinTracksF32TrainingWithinTheBound) {
+  twin_tracks_f32_training(DType::kBF16, 1.0 / 512.0);
+}
+
+TEST(Bf16Training, F16TwinTracksF32TrainingWithinTheBound) {
+  twin_tracks_f32_training(DType::kF16, 1.0 / 2048.0);
 }
 
 // Recomputation on the twin: the same ops on the same 16-bit values, so the same bits.
