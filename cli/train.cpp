@@ -110,12 +110,22 @@ int run_train_dry_run() {
     return fail(absl::StrCat("train --dry_run: --device ", device,
                              ": expected auto, cpu, cuda or cuda:N"));
   }
+  // On the device the plan follows --dtype as a run does (auto: f32 for training); the CPU's
+  // 16-bit twin is a reference path, planned as f32.
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  const std::optional<DType> chosen =
+      dtype == "auto" ? std::optional<DType>(DType::kF32) : float_dtype_from_flag(dtype);
+  if (!chosen.has_value()) {
+    return fail(absl::StrCat("train --dry_run: --dtype '", dtype,
+                             "' is not auto, f32, bf16 or f16"));
+  }
+  const bool sixteen = cuda && *chosen != DType::kF32;
   TrainingMemoryShape shape;
   shape.batch = absl::GetFlag(FLAGS_batch);
   shape.seq = absl::GetFlag(FLAGS_seq_len);
   shape.recompute = absl::GetFlag(FLAGS_recompute);
-  shape.weight_bytes = cuda ? 2 : 4;
-  shape.activation_bytes = cuda ? 2 : 4;
+  shape.weight_bytes = sixteen ? 2 : 4;
+  shape.activation_bytes = sixteen ? 2 : 4;
   absl::StatusOr<TrainingMemoryPlan> m =
       plan_surgery_training_memory(*config, plan ? &*plan : nullptr, shape);
   if (!m.ok()) {
@@ -126,8 +136,9 @@ int run_train_dry_run() {
               plan ? absl::StrCat(plan->targets.size(), " target heads from ", plan_path).c_str()
                    : "every parameter trainable");
   std::printf("device %s (%s), batch %lld x seq %lld, recompute %s\n", device.c_str(),
-              cuda ? "bf16 weights and activations, fp32 masters, gradient and AdamW state"
-                   : "fp32 throughout",
+              sixteen ? absl::StrCat(dtype, " weights and activations, fp32 masters, gradient and "
+                                     "AdamW state").c_str()
+                      : "fp32 throughout",
               static_cast<long long>(shape.batch), static_cast<long long>(shape.seq),
               shape.recompute ? "on" : "off");
   std::printf("%s", m->table().c_str());
