@@ -442,18 +442,25 @@ TEST(CudaTapeOps, StoredAddAndColumnSumsMatchTheCpuTwinBitForBit) {
 // relative norm of the difference (an rms over its elements) within twice the rms of 2R
 // independent roundings, 2 sqrt(2R / 3) u (TOLERANCES.md, "Training with 16-bit weights"); the
 // losses within 2R u; and recomputation on the device gives the device's bits.
+// Also in f16 (u = 2^-11).
 TEST(CudaBf16Training, CompactGradientMatchesTheTwinAndRecomputationIsBitIdentical) {
   using namespace bf16_training;
-  constexpr double kU = 1.0 / 256.0;
   constexpr double kRoundings = 18;
-  for (bool all : {false, true}) {
+  struct Variant {
+    DType storage;
+    bool all;
+  };
+  for (const Variant variant : {Variant{DType::kBF16, false}, Variant{DType::kBF16, true},
+                                Variant{DType::kF16, false}}) {
+    const bool all = variant.all;
+    const double kU = variant.storage == DType::kBF16 ? 1.0 / 256.0 : 1.0 / 2048.0;
     std::unique_ptr<BloomModel> a = small_model(), b = small_model();
     ASSERT_TRUE(a && b);
     std::unique_ptr<Backend> cpu = make_cpu_backend();
     std::unique_ptr<Backend> cuda = cuda_backend();
     ASSERT_NE(cuda, nullptr);
-    ASSERT_TRUE(make_resident(*a, *cpu, DType::kBF16).ok());
-    ASSERT_TRUE(make_resident(*b, *cuda, DType::kBF16).ok());
+    ASSERT_TRUE(make_resident(*a, *cpu, variant.storage).ok());
+    ASSERT_TRUE(make_resident(*b, *cuda, variant.storage).ok());
     const FrozenMask m = all ? FrozenMask::all_trainable(a->arena) : three_head_mask(*a);
     CompactGradients twin(m.words(), m.elements());
     CompactGradients device(m.words(), m.elements(), *cuda);
@@ -494,12 +501,13 @@ TEST(CudaBf16Training, CompactGradientMatchesTheTwinAndRecomputationIsBitIdentic
       const double rel = std::sqrt(diff / ref);
       worst = std::max(worst, rel);
       EXPECT_LE(rel, 2 * std::sqrt(2 * kRoundings / 3) * kU)
-          << p.name << (all ? " (all trainable)" : "");
+          << p.name << (all ? " (all trainable) " : " ") << dtype_name(variant.storage);
     }
     EXPECT_GT(tensors, 0);
-    std::printf("[ measured ] bf16 compact gradient, device vs twin (%s): worst relative norm of "
+    std::printf("[ measured ] %s compact gradient, device vs twin (%s): worst relative norm of "
                 "the difference per tensor %.3g over %lld tensors\n",
-                all ? "every element trainable" : "three-head mask", worst,
+                dtype_name(variant.storage), all ? "every element trainable" : "three-head mask",
+                worst,
                 static_cast<long long>(tensors));
   }
 }
