@@ -3,7 +3,7 @@
 //   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
 //   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
 //   [--seed S] [--resume] [--recompute] [--skip_nonfinite] [--dry_run [--device cpu|cuda]]
-//   [--device auto|cpu|cuda] [--dtype auto|f32|bf16|f16]
+//   [--device auto|cpu|cuda] [--dtype auto|f32|bf16|f16] [--checkpoint_dtype f32|bf16|f16]
 //   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
@@ -213,6 +213,13 @@ int run_train(const std::vector<std::string>& args) {
     }
     o.storage = *chosen;
   }
+  const std::string checkpoint_dtype = absl::GetFlag(FLAGS_checkpoint_dtype);
+  const std::optional<DType> saved = float_dtype_from_flag(checkpoint_dtype);
+  if (!saved.has_value()) {
+    return fail(absl::StrCat("train: --checkpoint_dtype '", checkpoint_dtype,
+                             "' is not f32, bf16 or f16"));
+  }
+  o.checkpoint_storage = *saved;
   ProgressBar bar("train", "steps");
   o.log = [&bar](const std::string& line) { bar.print_line(line); };
   o.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };

@@ -87,6 +87,14 @@ absl::Status Trainer::download_weights() {
                                model_.arena.size_bytes());
 }
 
+absl::Status Trainer::download_masters(std::vector<float>& out) const {
+  if (!init_.ok()) return init_;
+  if (storage_ == DType::kF32) {
+    return absl::FailedPreconditionError("train: f32 weights have no master copy");
+  }
+  return masters_.download(out);
+}
+
 absl::Status Trainer::download_optimizer_state() {
   if (!on_device() || options_.kind != OptimizerKind::kAdamW) return absl::OkStatus();
   if (!init_.ok()) return init_;

@@ -129,6 +129,8 @@ class Trainer {
   absl::Status download_weights();
   absl::Status download_optimizer_state();
   absl::Status upload_optimizer_state();
+  // The fp32 masters of 16-bit weights into `out` (compact order); FailedPrecondition for f32.
+  absl::Status download_masters(std::vector<float>& out) const;
   // Activation recomputation per block (bloom_backward.h): less memory, same results.
   void set_recompute(bool on) { recompute_ = on; }
   // Data parallelism: the local gradient, loss and token count are averaged (summed) over the
@@ -214,8 +216,13 @@ struct TrainRunOptions {
   bool recompute = false;  // per-block activation recomputation (same results)
   // The weights' storage while training (--dtype): F32, or BF16 / F16 with fp32 masters of the
   // trainable elements (Trainer's contract); on the CPU backend 16-bit is the storage twin.
-  // Part of the recipe when not F32. Checkpoints are fp32 whatever it is.
+  // Part of the recipe when not F32.
   DType storage = DType::kF32;
+  // The checkpoints' weights (--checkpoint_dtype): F32 (the trained masters and the frozen
+  // elements exactly), or the training storage type itself, whose safetensors hold every element
+  // rounded to nearest even (what the 16-bit copy holds) and whose directory adds masters.bin,
+  // the fp32 masters in compact order, so a resume stays exact. Part of the recipe when not F32.
+  DType checkpoint_storage = DType::kF32;
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;

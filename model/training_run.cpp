@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "engine/io.h"
 #include "model/bloom_backward.h"
@@ -102,6 +103,9 @@ nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warm
   // before.
   if (!o.sink_loss_weight.empty()) r["sink_loss_weight"] = o.sink_loss_weight;
   if (o.storage != DType::kF32) r["dtype"] = dtype_name(o.storage);
+  if (o.checkpoint_storage != DType::kF32) {
+    r["checkpoint_dtype"] = dtype_name(o.checkpoint_storage);
+  }
   return r;
 }
 
@@ -206,6 +210,12 @@ class TrainingRun {
 // Everything is checked before any work.
 absl::Status TrainingRun::validate_inputs() {
   const TrainRunOptions& o = o_;
+  if (o.checkpoint_storage != DType::kF32 && o.checkpoint_storage != o.storage) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: --checkpoint_dtype ", absl::AsciiStrToLower(dtype_name(o.checkpoint_storage)),
+        " needs --dtype ", absl::AsciiStrToLower(dtype_name(o.checkpoint_storage)),
+        " (16-bit checkpoints carry the masters of 16-bit training); use f32"));
+  }
   if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
@@ -338,18 +348,43 @@ absl::Status TrainingRun::resume_from_checkpoint(const BloomModel& base) {
   absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
   if (!loaded.ok()) return loaded.status();
   if (architecture_json(loaded->config) != config_json_) return mismatch("model configuration");
-  // Every frozen element must be the base model's (after surgery), bit for bit.
-  const uint32_t* want = reinterpret_cast<const uint32_t*>(base.arena.base());
+  // Every frozen element must be the base model's (after surgery), bit for bit; in a 16-bit
+  // checkpoint, the base's value rounded to that type.
+  const DType stored = o_.checkpoint_storage;
+  auto as_stored = [stored](const float* v) {
+    float x = *v;
+    if (stored != DType::kF32) {
+      uint16_t h;
+      convert_from_f32(stored, v, &h, 1);
+      convert_to_f32(stored, &h, &x, 1);
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+  };
+  const float* want = reinterpret_cast<const float*>(base.arena.base());
   const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
   for (const ParameterInfo& p : base.arena.parameters()) {
     for (int64_t i = 0; i < p.numel; ++i) {
       const int64_t k = p.offset + i;
-      if (!mask_->trainable(k) && want[k] != got[k]) {
+      if (!mask_->trainable(k) && as_stored(want + k) != got[k]) {
         return absl::FailedPreconditionError(
             absl::StrCat("resume: ", dir.string(), ": tensor ", p.name, " element ", i,
                          " is frozen but differs from ", o_.model_dir.string(),
                          " (the checkpoint comes from another base model or plan)"));
       }
+    }
+  }
+  if (stored != DType::kF32) {
+    // The trained values are the masters (the safetensors hold them rounded): back into the
+    // arena at the trainable elements, in ascending order, before the trainer gathers them.
+    absl::StatusOr<std::vector<float>> masters =
+        run_checkpoint::read_masters(dir / run_checkpoint::kMastersFile, mask_->trainable_count());
+    if (!masters.ok()) return masters.status();
+    float* w = reinterpret_cast<float*>(loaded->arena.base());
+    size_t next = 0;
+    for (int64_t k = 0; k < mask_->elements(); ++k) {
+      if (mask_->trainable(k)) w[k] = (*masters)[next++];
     }
   }
   model_ = std::move(*loaded);
@@ -541,7 +576,8 @@ absl::Status TrainingRun::save(const std::string& name, const nlohmann::json& st
   if (absl::Status s = trainer_->download_optimizer_state(); !s.ok()) return s;
   const absl::Status written =
       writer_ ? save_checkpoint(o_.out_dir, name, model_, *trainer_, state,
-                                plan_json().is_null() ? nullptr : &plan_json())
+                                plan_json().is_null() ? nullptr : &plan_json(),
+                                o_.checkpoint_storage)
               : absl::OkStatus();
   if (comm_ == nullptr) return written;
   const double step_timeout = comm_->timeout();

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -187,6 +188,63 @@ TEST_F(Bf16TrainRun, FrozenBitsSurviveAndResumeIsBitExact) {
   other.resume = true;
   other.steps = 6;
   EXPECT_FALSE(run_surgery_training(other, data, *cpu).ok());
+}
+
+// --checkpoint_dtype bf16: model.safetensors in bf16 (every element what the bf16 copy holds:
+// the frozen ones the base rounded, the trainable ones their masters rounded) plus masters.bin,
+// so a resume is still bit-exact; bf16 checkpoints of f32 training are refused.
+TEST_F(Bf16TrainRun, Bf16CheckpointsHoldTheRoundedWeightsAndMastersAndResumeExactly) {
+  const ChunkedDataset ds = testing_fixtures::random_id_dataset(16);
+  TrainData data;
+  data.train = &ds;
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  auto bf16_options = [&](const std::string& out) {
+    SurgeryTrainOptions o = options(out, DType::kBF16);
+    o.checkpoint_storage = DType::kBF16;
+    return o;
+  };
+  ASSERT_TRUE(run_surgery_training(bf16_options("whole"), data, *cpu).ok());
+  SurgeryTrainOptions first = bf16_options("split");
+  first.stop_after_step = 3;
+  ASSERT_TRUE(run_surgery_training(first, data, *cpu).ok());
+  SurgeryTrainOptions second = bf16_options("split");
+  second.resume = true;
+  absl::StatusOr<TrainRunResult> resumed = run_surgery_training(second, data, *cpu);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  for (const char* file : {"final/model.safetensors", "final/optimizer.bin", "final/masters.bin"}) {
+    const std::string x = read(root_ / "whole" / file), y = read(root_ / "split" / file);
+    EXPECT_FALSE(x.empty()) << file;
+    EXPECT_TRUE(x == y) << file << " differs between the uninterrupted and the resumed run";
+  }
+  const std::string st = read(root_ / "whole" / "final" / "model.safetensors");
+  EXPECT_NE(st.find("\"BF16\""), std::string::npos);
+  EXPECT_EQ(st.find("\"F32\""), std::string::npos);
+  absl::StatusOr<BloomModel> base = load_model_directory(root_ / "base");
+  absl::StatusOr<BloomModel> trained = load_model_directory(root_ / "whole" / "final");
+  ASSERT_TRUE(base.ok() && trained.ok());
+  const FrozenMask mask = three_head_mask(*base);
+  const std::string raw = read(root_ / "whole" / "final" / "masters.bin");
+  ASSERT_EQ(raw.size(), 8 + mask.trainable_count() * sizeof(float));
+  std::vector<float> masters(static_cast<size_t>(mask.trainable_count()));
+  std::memcpy(masters.data(), raw.data() + 8, masters.size() * sizeof(float));
+  const std::vector<float> b = snapshot(*base), t = snapshot(*trained);
+  auto rounded = [](float x) { return bf16_to_f32(f32_to_bf16(x)); };
+  int64_t bad = 0, moved = 0;
+  size_t next = 0;
+  for (int64_t e = 0; e < mask.elements(); ++e) {
+    const float want = mask.trainable(e) ? rounded(masters[next++]) : rounded(b[e]);
+    bad += std::memcmp(&want, &t[e], sizeof(float)) != 0 ? 1 : 0;
+    moved += mask.trainable(e) && masters[next - 1] != b[e];
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(moved, mask.trainable_count() / 2);
+  SurgeryTrainOptions wrong = options("wrong", DType::kF32);
+  wrong.checkpoint_storage = DType::kBF16;
+  absl::StatusOr<TrainRunResult> refused = run_surgery_training(wrong, data, *cpu);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("--checkpoint_dtype bf16 needs --dtype bf16"),
+            std::string::npos)
+      << refused.status();
 }
 
 }  // namespace

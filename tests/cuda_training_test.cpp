@@ -621,6 +621,26 @@ TEST(CudaBf16TrainRun, FrozenBitsSurviveAndResumeIsBitExact) {
     EXPECT_FALSE(x.empty()) << file;
     EXPECT_TRUE(x == y) << file << " differs between the uninterrupted and the resumed run";
   }
+  // The same with bf16 checkpoints (--checkpoint_dtype bf16: rounded weights plus masters.bin).
+  for (const char* out : {"whole16", "split16"}) {
+    SurgeryTrainOptions o = options(out);
+    o.checkpoint_storage = DType::kBF16;
+    if (std::string(out) == "split16") {
+      o.stop_after_step = 3;
+      ASSERT_TRUE(run_surgery_training(o, data, *cuda).ok());
+      o.stop_after_step = 0;
+      o.resume = true;
+    }
+    absl::StatusOr<TrainRunResult> r = run_surgery_training(o, data, *cuda);
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  for (const char* file : {"final/model.safetensors", "final/optimizer.bin", "final/masters.bin"}) {
+    const std::string x = read(root / "whole16" / file), y = read(root / "split16" / file);
+    EXPECT_FALSE(x.empty()) << file;
+    EXPECT_TRUE(x == y) << file << " differs between the uninterrupted and the resumed bf16 run";
+  }
+  EXPECT_NE(read(root / "whole16" / "final" / "model.safetensors").find("\"BF16\""),
+            std::string::npos);
   absl::StatusOr<BloomModel> base = load_model_directory(root / "base");
   absl::StatusOr<BloomModel> trained = load_model_directory(root / "whole" / "final");
   ASSERT_TRUE(base.ok() && trained.ok());
