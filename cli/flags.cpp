@@ -13,7 +13,11 @@ ABSL_FLAG(std::string, device, "auto",
           "compute device: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "auto",
           "storage of the weights: eval/diagnose/generate compute in it (auto = bf16 on cuda, f32 "
-          "on cpu; bf16 on cpu is the bf16-storage twin); export writes it (auto = f32)");
+          "on cpu; bf16 on cpu is the bf16-storage twin); train trains in it (auto = f32; bf16 "
+          "and f16 with fp32 masters); export writes it (auto = f32)");
+ABSL_FLAG(std::string, checkpoint_dtype, "f32",
+          "train: the checkpoints' weights: f32 (exact masters and frozen bits), or the --dtype "
+          "of 16-bit training (rounded weights plus masters.bin)");
 ABSL_FLAG(std::string, plan, "", "surgery plan (plan.json, docs/FORMATS.md)");
 ABSL_FLAG(std::string, scan_data, "",
           "train/repair: data for the head scans (default: a slice of the held-out data)");

@@ -3,6 +3,7 @@
 //   [--warmup N] [--schedule cosine|constant] [--clip 1.0] [--optimizer adamw|sgd]
 //   [--eval_data FILE | --holdout F] [--eval_every N] [--checkpoint_every N] [--scan_data FILE]
 //   [--seed S] [--resume] [--recompute] [--skip_nonfinite] [--dry_run [--device cpu|cuda]]
+//   [--device auto|cpu|cuda] [--dtype auto|f32|bf16|f16] [--checkpoint_dtype f32|bf16|f16]
 //   [--dist_backend auto|mpi|nccl] [--dist_first_timeout S] [--dist_timeout S] [--dist_checksum]`:
 // surgery-aware training (model/trainer.h, docs/TRAINING.md). Step lines go to stdout;
 // OUT/metrics.jsonl gets one JSON object per step and evaluation; checkpoints are OUT/step_N/,
@@ -22,6 +23,7 @@
 #include "cli/progress.h"
 #include "cli/model_loading.h"
 #include "engine/device.h"
+#include "engine/dtype.h"
 #include "model/config.h"
 #include "model/dataset.h"
 #include "model/memory_estimate.h"
@@ -108,12 +110,22 @@ int run_train_dry_run() {
     return fail(absl::StrCat("train --dry_run: --device ", device,
                              ": expected auto, cpu, cuda or cuda:N"));
   }
+  // On the device the plan follows --dtype as a run does (auto: f32 for training); the CPU's
+  // 16-bit twin is a reference path, planned as f32.
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  const std::optional<DType> chosen =
+      dtype == "auto" ? std::optional<DType>(DType::kF32) : float_dtype_from_flag(dtype);
+  if (!chosen.has_value()) {
+    return fail(absl::StrCat("train --dry_run: --dtype '", dtype,
+                             "' is not auto, f32, bf16 or f16"));
+  }
+  const bool sixteen = cuda && *chosen != DType::kF32;
   TrainingMemoryShape shape;
   shape.batch = absl::GetFlag(FLAGS_batch);
   shape.seq = absl::GetFlag(FLAGS_seq_len);
   shape.recompute = absl::GetFlag(FLAGS_recompute);
-  shape.weight_bytes = cuda ? 2 : 4;
-  shape.activation_bytes = cuda ? 2 : 4;
+  shape.weight_bytes = sixteen ? 2 : 4;
+  shape.activation_bytes = sixteen ? 2 : 4;
   absl::StatusOr<TrainingMemoryPlan> m =
       plan_surgery_training_memory(*config, plan ? &*plan : nullptr, shape);
   if (!m.ok()) {
@@ -124,8 +136,9 @@ int run_train_dry_run() {
               plan ? absl::StrCat(plan->targets.size(), " target heads from ", plan_path).c_str()
                    : "every parameter trainable");
   std::printf("device %s (%s), batch %lld x seq %lld, recompute %s\n", device.c_str(),
-              cuda ? "bf16 weights and activations, fp32 masters, gradient and AdamW state"
-                   : "fp32 throughout",
+              sixteen ? absl::StrCat(dtype, " weights and activations, fp32 masters, gradient and "
+                                     "AdamW state").c_str()
+                      : "fp32 throughout",
               static_cast<long long>(shape.batch), static_cast<long long>(shape.seq),
               shape.recompute ? "on" : "off");
   std::printf("%s", m->table().c_str());
@@ -197,6 +210,23 @@ int run_train(const std::vector<std::string>& args) {
   o.resume = absl::GetFlag(FLAGS_resume);
   o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
+  // --dtype: the weights' storage while training. auto is f32 for training (16-bit training
+  // has not run on hardware); bf16 / f16 keep fp32 masters of the trainable elements.
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "auto") {
+    const std::optional<DType> chosen = float_dtype_from_flag(dtype);
+    if (!chosen.has_value()) {
+      return fail(absl::StrCat("train: --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
+    }
+    o.storage = *chosen;
+  }
+  const std::string checkpoint_dtype = absl::GetFlag(FLAGS_checkpoint_dtype);
+  const std::optional<DType> saved = float_dtype_from_flag(checkpoint_dtype);
+  if (!saved.has_value()) {
+    return fail(absl::StrCat("train: --checkpoint_dtype '", checkpoint_dtype,
+                             "' is not f32, bf16 or f16"));
+  }
+  o.checkpoint_storage = *saved;
   ProgressBar bar("train", "steps");
   o.log = [&bar](const std::string& line) { bar.print_line(line); };
   o.progress = [&bar](int64_t done, int64_t total) { bar.update(done, total); };
@@ -204,6 +234,12 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
+  if (o.storage != DType::kF32 && backend->kind() == DeviceKind::kCuda &&
+      !cuda_16bit_attention_supports(config->head_dim())) {
+    return fail(absl::StrCat("train: --dtype ", dtype, ": the CUDA 16-bit attention takes head_dim "
+                             "64, 80, 96 or 128, this model has ", config->head_dim(),
+                             "; use --dtype f32"));
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;

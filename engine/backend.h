@@ -219,6 +219,25 @@ class Backend {
   virtual absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
                                    float* out) = 0;
   virtual absl::Status compact_scatter_add(const CompactScatterParams& p) = 0;
+  // The storage-typed forms of add and column_sums, for a tape over 16-bit activations (whose
+  // activation gradients are 16-bit as the ops store them): y and x hold `storage` elements.
+  // add_stored: y[i] = y[i] + x[i] in fp32, rounded once to `storage`. column_sums_stored: each
+  // element widened exactly, summed in double in row order, out fp32. F32 storage is add /
+  // column_sums, unchanged; a backend without the 16-bit forms says Unimplemented.
+  virtual absl::Status add_stored(DType storage, void* y, const void* x, int64_t n) {
+    if (storage == DType::kF32) {
+      return add(static_cast<float*>(y), static_cast<const float*>(x), n);
+    }
+    return absl::UnimplementedError("add_stored: 16-bit storage not implemented by this backend");
+  }
+  virtual absl::Status column_sums_stored(DType storage, const void* x, int64_t rows,
+                                          int64_t cols, int64_t ld, float* out) {
+    if (storage == DType::kF32) {
+      return column_sums(static_cast<const float*>(x), rows, cols, ld, out);
+    }
+    return absl::UnimplementedError(
+        "column_sums_stored: 16-bit storage not implemented by this backend");
+  }
 };
 
 // The CPU reference backend (fp32 arithmetic, OpenMP, BLAS GEMM; F32 storage is the reference,

@@ -9,6 +9,11 @@
 namespace engine {
 namespace {
 
+// The address `elements` elements of `storage` after p.
+const void* advance(const void* p, int64_t elements, DType storage) {
+  return static_cast<const std::byte*>(p) + elements * static_cast<int64_t>(dtype_size(storage));
+}
+
 // Where a CompactGradients made without a backend keeps its values: host memory.
 Backend& host_backend() {
   static Backend* const cpu = make_cpu_backend().release();
@@ -148,7 +153,7 @@ absl::Status CompactGradients::accumulate(const TapeParameter& p, int64_t r0, in
   return backend_->compact_scatter_add(sp);
 }
 
-int Tape::add_value(const float* data, int64_t size, bool requires_grad) {
+int Tape::add_value(const void* data, int64_t size, bool requires_grad) {
   values_.push_back({data, size, -1, requires_grad});
   return static_cast<int>(values_.size()) - 1;
 }
@@ -172,7 +177,8 @@ void Tape::record(TapeEntry entry) {
 class Tape::Backward {
  public:
   Backward(Tape& tape, Backend& backend, CompactGradients& grads, float loss_scale)
-      : tape_(tape), backend_(backend), grads_(grads), loss_scale_(loss_scale) {}
+      : tape_(tape), backend_(backend), grads_(grads), loss_scale_(loss_scale),
+        st_(tape.storage_) {}
 
   // The entries in reverse, down to the last one with something trainable at or before it.
   absl::Status run();
@@ -193,13 +199,17 @@ class Tape::Backward {
   absl::Status op(const TapeGelu& e);
 
   // The gradient of value `out`, or null when nobody needed it.
-  const float* output_grad(int out) const {
+  const void* output_grad(int out) const {
     const Grad& go = tape_.grads_[out];
     return go.data.empty() ? nullptr : go.data.data();
   }
+  // Bytes of `elements` elements of the tape's storage type.
+  size_t bytes(int64_t elements) const {
+    return static_cast<size_t>(elements) * dtype_size(st_);
+  }
   // The output's gradient is fully consumed: free it.
   absl::Status release(int out) {
-    tape_.grads_[out].data = DeviceArray<float>();
+    tape_.grads_[out].data = DeviceArray<std::byte>();
     return absl::OkStatus();
   }
   bool needs(int v) const {
@@ -211,23 +221,29 @@ class Tape::Backward {
   absl::StatusOr<Grad*> grad_of(int v) {
     Grad& gv = tape_.grads_[v];
     if (gv.data.empty()) {
-      if (absl::Status s = gv.data.resize(backend_, tape_.values_[v].size); !s.ok()) return s;
+      if (absl::Status s =
+              gv.data.resize(backend_, static_cast<int64_t>(bytes(tape_.values_[v].size)));
+          !s.ok()) {
+        return s;
+      }
     }
     return &gv;
   }
   // For kernels that overwrite their output gradient: writes straight into an untouched buffer,
   // otherwise into scratch that is then added.
-  absl::StatusOr<float*> overwrite_target(int v) {
+  absl::StatusOr<void*> overwrite_target(int v) {
     absl::StatusOr<Grad*> gv = grad_of(v);
     if (!gv.ok()) return gv.status();
-    if (!(*gv)->written) return (*gv)->data.data();
-    return reuse(scratch_, tape_.values_[v].size);
+    if (!(*gv)->written) return static_cast<void*>((*gv)->data.data());
+    absl::StatusOr<std::byte*> scratch =
+        reuse(scratch_, static_cast<int64_t>(bytes(tape_.values_[v].size)));
+    if (!scratch.ok()) return scratch.status();
+    return static_cast<void*>(*scratch);
   }
   absl::Status finish_overwrite(int v) {
     Grad& gv = tape_.grads_[v];
     if (gv.written) {
-      if (absl::Status s = backend_.add(gv.data.data(), scratch_.data(), tape_.values_[v].size);
-          !s.ok()) {
+      if (absl::Status s = add(gv.data.data(), scratch_.data(), tape_.values_[v].size); !s.ok()) {
         return s;
       }
     }
@@ -236,17 +252,24 @@ class Tape::Backward {
   }
   // The first `count` floats of `buffer`, zeroed; the buffer grows when too small and is kept
   // between uses (fresh memory would cost page faults on every block of every step).
-  absl::StatusOr<float*> reuse(DeviceArray<float>& buffer, int64_t count) {
+  template <typename T>
+  absl::StatusOr<T*> reuse(DeviceArray<T>& buffer, int64_t count) {
     if (buffer.size() < count) {
       if (absl::Status s = buffer.resize(backend_, count); !s.ok()) return s;
       return buffer.data();
     }
-    if (absl::Status s =
-            backend_.fill_zero(buffer.data(), static_cast<size_t>(count) * sizeof(float));
+    if (absl::Status s = backend_.fill_zero(buffer.data(), static_cast<size_t>(count) * sizeof(T));
         !s.ok()) {
       return s;
     }
     return buffer.data();
+  }
+  // y += x over n elements of the tape's storage type (the fp32 add for F32).
+  absl::Status add(void* y, const void* x, int64_t n) {
+    if (st_ == DType::kF32) {
+      return backend_.add(static_cast<float*>(y), static_cast<const float*>(x), n);
+    }
+    return backend_.add_stored(st_, y, x, n);
   }
   // A zeroed buffer of `count` floats for one parameter block's dense gradient.
   absl::StatusOr<float*> zeroed(int64_t count) { return reuse(pgrad_, count); }
@@ -255,8 +278,9 @@ class Tape::Backward {
   Backend& backend_;
   CompactGradients& grads_;
   const float loss_scale_;
+  const DType st_;  // the tape's storage type
   std::vector<uint8_t> prefix_;
-  DeviceArray<float> scratch_;
+  DeviceArray<std::byte> scratch_;  // storage_ elements
   DeviceArray<float> pgrad_;  // dense gradient of one parameter block
 };
 
@@ -326,8 +350,8 @@ absl::Status Tape::Backward::op(const TapeClassifier& e) {
   if (!want_table && e.dhidden != nullptr) {
     if (needs(e.hidden)) {
       TAPE_ASSIGN_OR_RETURN(dst, overwrite_target(e.hidden));
-      TAPE_RETURN_IF_ERROR(backend_.copy_on_device(
-          dst, e.dhidden, static_cast<size_t>(tape_.values_[e.hidden].size) * sizeof(float)));
+      TAPE_RETURN_IF_ERROR(
+          backend_.copy_on_device(dst, e.dhidden, bytes(tape_.values_[e.hidden].size)));
       TAPE_RETURN_IF_ERROR(finish_overwrite(e.hidden));
     }
     return absl::OkStatus();
@@ -355,10 +379,11 @@ absl::Status Tape::Backward::op(const TapeClassifier& e) {
 }
 
 absl::Status Tape::Backward::op(const TapeEmbedding& e) {
-  const float* dy = output_grad(e.out);
+  const void* dy = output_grad(e.out);
   if (dy == nullptr) return absl::OkStatus();
   if (!grads_.any_trainable(e.table)) return absl::OkStatus();
   EmbeddingParams p;
+  p.storage = st_;
   p.rows = e.rows, p.width = e.width, p.vocab = e.vocab;
   p.ids = e.ids, p.table = e.table.data;
   TAPE_ASSIGN_OR_RETURN(dtable, zeroed(e.table.numel()));
@@ -370,11 +395,12 @@ absl::Status Tape::Backward::op(const TapeEmbedding& e) {
 }
 
 absl::Status Tape::Backward::op(const TapeLayerNorm& e) {
-  const float* dy = output_grad(e.y);
+  const void* dy = output_grad(e.y);
   if (dy == nullptr) return absl::OkStatus();
   const bool want_w = grads_.any_trainable(e.weight);
   const bool want_b = grads_.any_trainable(e.bias);
   LayerNormParams p;
+  p.storage = st_;
   p.rows = e.rows, p.width = e.width, p.eps = e.eps;
   p.x = tape_.values_[e.x].data, p.weight = e.weight.data, p.bias = e.bias.data;
   p.mean = const_cast<float*>(e.mean), p.rstd = const_cast<float*>(e.rstd);
@@ -402,18 +428,19 @@ absl::Status Tape::Backward::op(const TapeLayerNorm& e) {
 }
 
 absl::Status Tape::Backward::op(const TapeLinear& e) {
-  const float* dy = output_grad(e.y);
+  const void* dy = output_grad(e.y);
   if (dy == nullptr) return absl::OkStatus();
-  const float* x = tape_.values_[e.x].data;
+  const void* x = tape_.values_[e.x].data;
   // dW[rows r, cols c] = dY[:, r]^T X[:, c], only over runs holding trainable elements.
   for (const IndexRun& rr : grads_.row_runs(e.weight)) {
     for (const IndexRun& cr : grads_.col_runs(e.weight)) {
       const int64_t nr = rr.end - rr.begin, nc = cr.end - cr.begin;
-      GemmParams gp;
+      GemmParams gp;  // 16-bit operands, the fp32 parameter gradient
+      gp.input_type = st_;
       gp.transpose_a = true;
       gp.m = nr, gp.n = nc, gp.k = e.rows;
-      gp.a = dy + rr.begin, gp.lda = e.out;
-      gp.b = x + cr.begin, gp.ldb = e.in;
+      gp.a = advance(dy, rr.begin, st_), gp.lda = e.out;
+      gp.b = advance(x, cr.begin, st_), gp.ldb = e.in;
       TAPE_ASSIGN_OR_RETURN(c, zeroed(nr * nc));
       gp.c = c, gp.ldc = nc;
       TAPE_RETURN_IF_ERROR(backend_.gemm(gp));
@@ -424,12 +451,14 @@ absl::Status Tape::Backward::op(const TapeLinear& e) {
   for (const IndexRun& cr : grads_.col_runs(e.bias)) {
     const int64_t nc = cr.end - cr.begin;
     TAPE_ASSIGN_OR_RETURN(db, zeroed(nc));
-    TAPE_RETURN_IF_ERROR(backend_.column_sums(dy + cr.begin, e.rows, nc, e.out, db));
+    TAPE_RETURN_IF_ERROR(
+        backend_.column_sums_stored(st_, advance(dy, cr.begin, st_), e.rows, nc, e.out, db));
     TAPE_RETURN_IF_ERROR(grads_.accumulate(e.bias, 0, cr.begin, 1, nc, db, nc));
   }
   if (needs(e.x)) {
     TAPE_ASSIGN_OR_RETURN(gx, grad_of(e.x));
     GemmParams gp;  // dX (rows, in) = dY (rows, out) . W (out, in)
+    gp.input_type = gp.output_type = st_;
     gp.m = e.rows, gp.n = e.in, gp.k = e.out;
     gp.a = dy, gp.lda = e.out;
     gp.b = e.weight.data, gp.ldb = e.in;
@@ -441,10 +470,9 @@ absl::Status Tape::Backward::op(const TapeLinear& e) {
   if (needs(e.residual)) {
     TAPE_ASSIGN_OR_RETURN(gr, grad_of(e.residual));
     if (gr->written) {
-      TAPE_RETURN_IF_ERROR(backend_.add(gr->data.data(), dy, e.rows * e.out));
+      TAPE_RETURN_IF_ERROR(add(gr->data.data(), dy, e.rows * e.out));
     } else {
-      TAPE_RETURN_IF_ERROR(backend_.copy_on_device(
-          gr->data.data(), dy, static_cast<size_t>(e.rows * e.out) * sizeof(float)));
+      TAPE_RETURN_IF_ERROR(backend_.copy_on_device(gr->data.data(), dy, bytes(e.rows * e.out)));
     }
     gr->written = true;
   }
@@ -452,7 +480,7 @@ absl::Status Tape::Backward::op(const TapeLinear& e) {
 }
 
 absl::Status Tape::Backward::op(const TapeAttention& e) {
-  const float* dy = output_grad(e.out);
+  const void* dy = output_grad(e.out);
   if (dy == nullptr) return absl::OkStatus();
   if (!needs(e.qkv)) return absl::OkStatus();
   AlibiAttentionParams p = e.forward;
@@ -466,10 +494,11 @@ absl::Status Tape::Backward::op(const TapeAttention& e) {
 }
 
 absl::Status Tape::Backward::op(const TapeGelu& e) {
-  const float* dy = output_grad(e.y);
+  const void* dy = output_grad(e.y);
   if (dy == nullptr) return absl::OkStatus();
   if (!needs(e.x)) return absl::OkStatus();
   GeluParams p;
+  p.storage = st_;
   p.n = e.n;
   p.x = tape_.values_[e.x].data;
   p.dy = dy;
@@ -509,16 +538,19 @@ absl::Status Tape::backward(Backend& backend, CompactGradients& grads, float los
 }
 
 absl::Status Tape::backward_from(Backend& backend, CompactGradients& grads, int value,
-                                 const float* seed) {
+                                 const void* seed) {
   if (value < 0 || value >= static_cast<int>(values_.size()) || values_[value].producer < 0) {
     return absl::FailedPreconditionError("tape: backward_from needs a produced value");
   }
   if (absl::Status s = check_backend(backend, grads); !s.ok()) return s;
   grads_.clear();
   grads_.resize(values_.size());
-  if (absl::Status s = grads_[value].data.resize(backend, values_[value].size); !s.ok()) return s;
-  if (absl::Status s = backend.copy_on_device(grads_[value].data.data(), seed,
-                                              static_cast<size_t>(values_[value].size) * sizeof(float));
+  const size_t seed_bytes = static_cast<size_t>(values_[value].size) * dtype_size(storage_);
+  if (absl::Status s = grads_[value].data.resize(backend, static_cast<int64_t>(seed_bytes));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = backend.copy_on_device(grads_[value].data.data(), seed, seed_bytes);
       !s.ok()) {
     return s;
   }

@@ -5,7 +5,13 @@
 // probabilities). `backward` walks the entries in reverse.
 //
 // Contract:
-// - Values are caller-owned float buffers (the forward's kept activations) in the memory of the
+// - A tape has one storage type (F32 by default; BF16 / F16 for a forward over 16-bit weights):
+//   its values, its parameters' data and the gradients of its values hold elements of that
+//   type, as the ops take them (engine/backend.h, "Storage"); the parameter gradients (dense
+//   blocks and the compact buffer) and the saved LayerNorm moments are fp32 whatever it is. So
+//   with 16-bit storage every activation gradient is rounded once per op that writes it, and
+//   the F32 tape is the tape it was before, op for op.
+// - Values are caller-owned buffers (the forward's kept activations) in the memory of the
 //   backend the backward runs on; the tape never writes them. Gradient buffers for values are
 //   tape-owned DeviceArrays on that backend, allocated when first written and freed as soon as
 //   the entry that produced the value has been processed. Every gradient operation is a backend
@@ -24,6 +30,7 @@
 //   order: results are deterministic for a fixed thread count.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <unordered_map>
 #include <utility>
@@ -40,7 +47,7 @@ namespace engine {
 // A parameter as the tape sees it: a dense row-major (rows, cols) block of the parameter arena
 // (rows = 1 for vectors).
 struct TapeParameter {
-  const float* data = nullptr;
+  const void* data = nullptr;  // elements of the tape's storage type
   int64_t arena_offset = -1;
   int64_t rows = 0, cols = 0;
   int64_t numel() const { return rows * cols; }
@@ -180,9 +187,10 @@ struct TapeClassifier {
   ClassifierParams forward;  // rows, width, vocab, chunk, hidden, embedding, targets
   TapeParameter embedding;
   int hidden = -1;
-  // The gradient of the hidden input when the forward already computed it (rows * width floats,
-  // for the backward's loss_scale); used when the embedding needs no gradient.
-  const float* dhidden = nullptr;
+  // The gradient of the hidden input when the forward already computed it (rows * width elements
+  // of the storage type, for the backward's loss_scale); used when the embedding needs no
+  // gradient.
+  const void* dhidden = nullptr;
 };
 using TapeEntry =
     std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClassifier>;
@@ -195,7 +203,9 @@ class Tape {
   // Registers a caller-owned activation buffer of `size` floats; returns its value id.
   // `requires_grad` only matters for external inputs (values no entry produces): their gradient
   // is computed and kept for `grad()`.
-  int add_value(const float* data, int64_t size, bool requires_grad = false);
+  explicit Tape(DType storage = DType::kF32) : storage_(storage) {}
+  DType storage() const { return storage_; }
+  int add_value(const void* data, int64_t size, bool requires_grad = false);
   // Records an op; the entry's output value (if any) becomes produced by it. Values must be
   // produced before they are read.
   void record(TapeEntry entry);
@@ -206,27 +216,28 @@ class Tape {
   absl::Status backward(Backend& backend, CompactGradients& grads, float loss_scale);
   // Runs the backward of a segment whose output `value` has gradient `seed` (value's size).
   absl::Status backward_from(Backend& backend, CompactGradients& grads, int value,
-                             const float* seed);
+                             const void* seed);
   // The gradient of an external input after a backward (empty when none was computed), in the
-  // backend's memory; take_grad moves it out.
-  const DeviceArray<float>& grad(int value) const { return grads_[value].data; }
-  DeviceArray<float> take_grad(int value) { return std::move(grads_[value].data); }
+  // backend's memory, as bytes of the tape's storage type; take_grad moves it out.
+  const DeviceArray<std::byte>& grad(int value) const { return grads_[value].data; }
+  DeviceArray<std::byte> take_grad(int value) { return std::move(grads_[value].data); }
 
  private:
   struct Value {
-    const float* data = nullptr;
+    const void* data = nullptr;
     int64_t size = 0;
     int producer = -1;  // entry index, -1 = external input
     bool requires_grad = false;
   };
   struct Grad {
-    DeviceArray<float> data;  // on the backend (the CPU's: huge pages)
+    DeviceArray<std::byte> data;  // storage_ elements on the backend (the CPU's: huge pages)
     bool written = false;
   };
 
   // One backward pass over the entries, one member function per op (tape.cpp).
   class Backward;
 
+  DType storage_ = DType::kF32;
   std::vector<Value> values_;
   std::vector<TapeEntry> entries_;
   std::vector<Grad> grads_;  // per value, during and after a backward

@@ -11,13 +11,13 @@
 namespace engine {
 namespace {
 
-// `base`: the arena as the backend reads it (arena_on; F32 only here).
-absl::StatusOr<TapeParameter> parameter(const BloomModel& model, const float* base,
-                                        const std::string& name) {
+// `base`: the arena as the backend reads it (arena_on), holding `storage` elements.
+absl::StatusOr<TapeParameter> parameter(const BloomModel& model, const std::byte* base,
+                                        DType storage, const std::string& name) {
   absl::StatusOr<TensorView> v = model.arena.view(name);
   if (!v.ok()) return v.status();
   TapeParameter p;
-  p.data = base + v->arena_offset;
+  p.data = base + v->arena_offset * static_cast<int64_t>(dtype_size(storage));
   p.arena_offset = v->arena_offset;
   p.rows = v->rank() == 2 ? v->shape[0] : 1;
   p.cols = v->shape.back();
@@ -37,10 +37,11 @@ struct GraphParams {
 absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend& backend) {
   absl::StatusOr<const std::byte*> arena = arena_on(model, backend);
   if (!arena.ok()) return arena.status();
-  const float* base = reinterpret_cast<const float*>(*arena);
+  const std::byte* base = *arena;
+  const DType storage = storage_on(model, backend);
   absl::Status missing = absl::OkStatus();
   auto param = [&](const std::string& name) {
-    absl::StatusOr<TapeParameter> p = parameter(model, base, name);
+    absl::StatusOr<TapeParameter> p = parameter(model, base, storage, name);
     if (!p.ok()) {
       if (missing.ok()) missing = p.status();
       return TapeParameter{};
@@ -70,6 +71,7 @@ absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend&
 
 // What every block entry shares.
 struct GraphShape {
+  DType storage = DType::kF32;  // of the activations and weights (the tape's)
   int64_t batch = 0, seq = 0, hidden = 0, heads = 0, head_dim = 0;
   float eps = 1e-5f;
   const float* slopes = nullptr;
@@ -80,37 +82,38 @@ struct GraphShape {
 // Records one block reading value `x` and writing `out` (B * T, C); returns the output value.
 // `sink_weight`: the attention's per-head auxiliary sink-loss weights (H), or null.
 int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockActivations& a, int x,
-                 const float* out, const float* sink_weight = nullptr) {
+                 const void* out, const float* sink_weight = nullptr) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int ln1 = tape.add_value(a.ln1.f32(), rows * C);
+  const int ln1 = tape.add_value(a.ln1.data(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.f32(), a.ln1_rstd.f32(), p.ln1_w, p.ln1_b,
                             x, ln1});
-  const int qkv = tape.add_value(a.qkv.f32(), rows * 3 * C);
+  const int qkv = tape.add_value(a.qkv.data(), rows * 3 * C);
   tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, qkv});
-  const int attn = tape.add_value(a.attn.f32(), rows * C);
+  const int attn = tape.add_value(a.attn.data(), rows * C);
   TapeAttention at;
   AlibiAttentionParams& ap = at.forward;
+  ap.storage = s.storage;
   ap.batch = s.batch, ap.seq = s.seq, ap.heads = s.heads, ap.head_dim = s.head_dim;
   ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
-  ap.qkv = a.qkv.f32();
+  ap.qkv = a.qkv.data();
   ap.slopes = s.slopes;
   ap.positions = s.positions;
   ap.mask = s.mask;
-  ap.out = a.attn.f32();
+  ap.out = a.attn.data();
   ap.lse = a.lse.f32();
   ap.sink_loss_weight = sink_weight;
   at.qkv = qkv, at.out = attn;
   tape.record(at);
-  const int x_mid = tape.add_value(a.x_mid.f32(), rows * C);
+  const int x_mid = tape.add_value(a.x_mid.data(), rows * C);
   tape.record(TapeLinear{rows, C, C, p.dense_w, p.dense_b, attn, x, x_mid});
   // Unkept (empty) ln2 / gelu buffers belong to frozen fc1 / fc2 weights: their values are never
   // read (ForwardInputs::keep_ln2), so they enter the tape without data.
-  const int ln2 = tape.add_value(a.ln2.empty() ? nullptr : a.ln2.f32(), rows * C);
+  const int ln2 = tape.add_value(a.ln2.empty() ? nullptr : a.ln2.data(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, a.ln2_mean.f32(), a.ln2_rstd.f32(), p.ln2_w, p.ln2_b,
                             x_mid, ln2});
-  const int fc1 = tape.add_value(a.fc1.f32(), rows * 4 * C);
+  const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
   tape.record(TapeLinear{rows, C, 4 * C, p.fc1_w, p.fc1_b, ln2, -1, fc1});
-  const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.f32(), rows * 4 * C);
+  const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.data(), rows * 4 * C);
   tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
   const int x_next = tape.add_value(out, rows * C);
   tape.record(TapeLinear{rows, 4 * C, C, p.fc2_w, p.fc2_b, gelu, x_mid, x_next});
@@ -120,15 +123,16 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
 // Records ln_f and the classifier reading value `x`; `dhidden`: the classifier's input gradient
 // when the forward pass computed it already (null: the backward computes it).
 void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
-                 int x, const ForwardInputs& in, int64_t vocab, const float* dhidden) {
+                 int x, const ForwardInputs& in, int64_t vocab, const void* dhidden) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int lnf = tape.add_value(act.lnf.f32(), rows * C);
+  const int lnf = tape.add_value(act.lnf.data(), rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, act.lnf_mean.f32(), act.lnf_rstd.f32(), p.lnf_w,
                             p.lnf_b, x, lnf});
   TapeClassifier cl;
+  cl.forward.storage = s.storage;
   cl.forward.rows = rows, cl.forward.width = C, cl.forward.vocab = vocab;
   cl.forward.vocab_chunk = in.vocab_chunk;
-  cl.forward.hidden = act.lnf.f32();
+  cl.forward.hidden = act.lnf.data();
   cl.forward.embedding = p.embedding.data;
   cl.forward.targets = act.targets.data();
   cl.embedding = p.embedding;
@@ -139,9 +143,9 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
 
 // Records the embedding and its LayerNorm, writing value `x0`; returns x0's value.
 int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
-                     const int32_t* ids, int64_t vocab, const float* x0) {
+                     const int32_t* ids, int64_t vocab, const void* x0) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
-  const int embedded = tape.add_value(act.embedded.f32(), rows * C);
+  const int embedded = tape.add_value(act.embedded.data(), rows * C);
   tape.record(TapeEmbedding{rows, C, vocab, ids, p.embedding, embedded});
   const int x = tape.add_value(x0, rows * C);
   tape.record(TapeLayerNorm{rows, C, s.eps, act.emb_ln_mean.f32(), act.emb_ln_rstd.f32(),
@@ -232,13 +236,9 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (in.targets == nullptr) {
     return absl::InvalidArgumentError("forward_backward: targets are required");
   }
-  // The tape's gradient buffers and the compact gradient are fp32 in the backend's memory; the
-  // backward reads fp32 weights (16-bit training needs fp32 masters: not yet).
-  if (storage_on(model, backend) != DType::kF32) {
-    return absl::UnimplementedError(absl::StrCat(
-        "training with ", dtype_name(storage_on(model, backend)),
-        " weights is not implemented yet (train with f32 weights)"));
-  }
+  // The tape runs in the weights' storage type (its activation gradients too); the parameter
+  // gradients and the compact gradient are fp32 in the backend's memory.
+  const DType storage = storage_on(model, backend);
   if (grads.backend().kind() != backend.kind()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "forward_backward: the compact gradient lives on ", std::string(grads.backend().name()),
@@ -252,11 +252,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         "forward_backward: sink_loss weight has ", sink_loss->weight.size(),
         " entries, expected n_layer * n_head = ", c.n_layer * c.n_head));
   }
-  if (sink_loss != nullptr && !sink_loss->weight.empty() && backend.kind() != DeviceKind::kCpu) {
+  if (sink_loss != nullptr && !sink_loss->weight.empty() &&
+      (backend.kind() != DeviceKind::kCpu || storage != DType::kF32)) {
     // The sink loss's kernel term and its value (read from the saved activations) are CPU only.
     return absl::UnimplementedError(absl::StrCat(
         "the attention sink loss (controlled collapse) is not implemented on ",
-        std::string(backend.name()), " (run it on cpu)"));
+        std::string(backend.name()), " with ", dtype_name(storage),
+        " weights (run it on cpu in f32)"));
   }
   if (sink_loss != nullptr) sink_loss->value = 0.0;
   absl::StatusOr<GraphParams> params = graph_params(model, backend);
@@ -289,10 +291,11 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   for (int64_t r = 0; r < in.batch * in.seq; ++r) scored += in.targets[r] >= 0 ? 1 : 0;
   ActivationBuffer head_dhidden;
   if (scored > 0 && !grads.any_trainable(params->embedding)) {
-    if (absl::Status s = head_dhidden.resize(backend, in.batch * in.seq * c.hidden_size); !s.ok()) {
+    if (absl::Status s = head_dhidden.resize(backend, in.batch * in.seq * c.hidden_size, storage);
+        !s.ok()) {
       return s;
     }
-    fwd.dhidden = head_dhidden.f32();
+    fwd.dhidden = head_dhidden.data();
     fwd.dhidden_scale = static_cast<float>(gradient_scale / static_cast<double>(scored));
   }
   absl::StatusOr<ForwardResult> result = bloom_forward(model, backend, fwd);
@@ -305,6 +308,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   result->kept_activation_bytes = activation_bytes(act);
   const int64_t rows = in.batch * in.seq, C = c.hidden_size;
   GraphShape shape;
+  shape.storage = storage;
   shape.batch = in.batch, shape.seq = in.seq, shape.hidden = C;
   shape.heads = c.n_head, shape.head_dim = c.head_dim();
   shape.eps = static_cast<float>(c.layer_norm_epsilon);
@@ -317,21 +321,21 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (!recompute) {
     // One tape over every kept intermediate, from the embedding when it trains, else from the
     // input of the lowest block with something trainable (nothing below it needs a gradient).
-    Tape tape;
+    Tape tape(storage);
     const int64_t from = fwd.keep_from_layer;
     int x = from == 0 ? record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size,
-                                         act.blocks[0].x.f32())
-                      : tape.add_value(from < L ? act.blocks[from].x.f32() : act.final_x.f32(),
+                                         act.blocks[0].x.data())
+                      : tape.add_value(from < L ? act.blocks[from].x.data() : act.final_x.data(),
                                        rows * C);
     for (int64_t l = from; l < L; ++l) {
-      const float* out = l + 1 < L ? act.blocks[l + 1].x.f32() : act.final_x.f32();
+      const void* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out, sink.layer(l));
       if (sink.layer(l) != nullptr) {
         sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, act.blocks[l], sink.real_rows);
       }
     }
     record_head(tape, shape, *params, act, x, in, c.vocab_size,
-                head_dhidden.empty() ? nullptr : head_dhidden.f32());
+                head_dhidden.empty() ? nullptr : head_dhidden.data());
     if (absl::Status s = tape.backward(backend, grads, loss_scale); !s.ok()) return s;
     result->activations.reset();
     return result;
@@ -346,12 +350,12 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   for (int64_t l = 0; l < L; ++l) {
     below[l + 1] = below[l] || block_trainable(grads, params->blocks[l]);
   }
-  DeviceArray<float> dx;  // gradient of the current segment's output, on the backend
+  DeviceArray<std::byte> dx;  // gradient of the current segment's output, on the backend
   {
-    Tape head;
-    const int x = head.add_value(act.final_x.f32(), rows * C, below[L] != 0);
+    Tape head(storage);
+    const int x = head.add_value(act.final_x.data(), rows * C, below[L] != 0);
     record_head(head, shape, *params, act, x, in, c.vocab_size,
-                head_dhidden.empty() ? nullptr : head_dhidden.f32());
+                head_dhidden.empty() ? nullptr : head_dhidden.data());
     if (absl::Status s = head.backward(backend, grads, loss_scale); !s.ok()) return s;
     dx = head.take_grad(x);
   }
@@ -359,20 +363,20 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   if (!weights.ok()) return weights.status();
   BlockActivations a;  // one block's recomputed intermediates, reused from the top down
   ActivationBuffer out;
-  if (absl::Status s = out.resize(backend, rows * C); !s.ok()) return s;
+  if (absl::Status s = out.resize(backend, rows * C, storage); !s.ok()) return s;
   for (int64_t l = L - 1; l >= 0 && below[l + 1] != 0; --l) {
-    const float* x_in = act.block_inputs.f32() + l * rows * C;
-    if (absl::Status s = bloom_block_forward(c, weights->blocks[l], DType::kF32, backend,
+    const void* x_in = act.block_inputs.at(l * rows * C);
+    if (absl::Status s = bloom_block_forward(c, weights->blocks[l], storage, backend,
                                              in.batch, in.seq,
                                              act.slopes.data(), act.positions.data(), shape.mask,
-                                             x_in, out.f32(), a);
+                                             x_in, out.data(), a);
         !s.ok()) {
       return s;
     }
     if (l == L - 1) result->kept_activation_bytes += activation_bytes(a);
-    Tape tape;
+    Tape tape(storage);
     const int x = tape.add_value(x_in, rows * C, below[l] != 0);
-    const int y = record_block(tape, shape, params->blocks[l], a, x, out.f32(), sink.layer(l));
+    const int y = record_block(tape, shape, params->blocks[l], a, x, out.data(), sink.layer(l));
     if (sink.layer(l) != nullptr) {
       sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, a, sink.real_rows);
     }
@@ -381,9 +385,9 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     dx = tape.take_grad(x);
   }
   if (below[0] != 0) {
-    Tape tape;
+    Tape tape(storage);
     const int x0 =
-        record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size, act.block_inputs.f32());
+        record_embedding(tape, shape, *params, act, act.ids.data(), c.vocab_size, act.block_inputs.data());
     if (absl::Status s = tape.backward_from(backend, grads, x0, dx.data()); !s.ok()) return s;
   }
   result->activations.reset();

@@ -18,10 +18,12 @@
 //   -log A[t, first real key]; its gradient (times gradient_scale) enters through the attention
 //   backward (AlibiAttentionParams::sink_loss_weight) and `value` receives this micro-batch's
 //   auxiliary loss. ForwardResult::loss stays the language-model loss alone.
-// - Backends: the CPU, or a device with the model's F32 weights resident (model/device_model.h);
+// - Backends: the CPU, or a device with the model's weights resident (model/device_model.h);
 //   `grads` must live on the same kind of backend (CompactGradients' backend constructor), else
-//   FailedPrecondition. 16-bit weights are Unimplemented (training them needs fp32 masters), as
-//   is a sink loss on a device (its kernel term is CPU only).
+//   FailedPrecondition. Storage: the weights' (storage_on): with BF16 / F16 weights (a device, or
+//   the CPU's storage twin) the tape runs in that type, activations and activation gradients
+//   16-bit, parameter gradients fp32 (engine/tape.h). A sink loss is Unimplemented on a device
+//   and with 16-bit weights (its kernel term and its value are CPU f32 only).
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 

@@ -158,8 +158,9 @@ struct ForwardInputs {
   // Training: when set (with targets), the classifier also writes the gradient of
   // dhidden_scale * (sum of scored row losses) with respect to its input (the ln_f output),
   // (B * T, C), in the same pass over the vocabulary, so the backward need not recompute logits.
-  // In the backend's memory (ids, mask and targets above are host arrays); fp32 storage only.
-  float* dhidden = nullptr;
+  // In the backend's memory (ids, mask and targets above are host arrays), elements of the
+  // weights' storage type (the classifier's dhidden).
+  void* dhidden = nullptr;
   float dhidden_scale = 0.0f;
 };
 

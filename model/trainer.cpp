@@ -24,24 +24,75 @@ Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
     v_.assign(static_cast<size_t>(grads_.size()), 0.0f);
   }
   init_ = grads_.status();
-  if (!on_device() || !init_.ok()) return;
-  if (model_.device == nullptr || model_.device->backend != &backend_ ||
-      model_.device->storage != DType::kF32) {
+  if (!init_.ok()) return;
+  const bool resident = model_.device != nullptr && model_.device->backend == &backend_;
+  storage_ = resident ? model_.device->storage : DType::kF32;
+  if (on_device() && !resident) {
     init_ = absl::FailedPreconditionError(absl::StrCat(
-        "train: the model's f32 weights are not resident on ", std::string(backend_.name())));
+        "train: the model's weights are not resident on ", std::string(backend_.name())));
     return;
   }
-  if (options_.kind == OptimizerKind::kAdamW) {
+  if (on_device() && options_.kind == OptimizerKind::kAdamW) {
     if (init_ = m_device_.resize(backend_, grads_.size()); !init_.ok()) return;
     if (init_ = v_device_.resize(backend_, grads_.size()); !init_.ok()) return;
   }
+  if (storage_ != DType::kF32) init_ = init_masters();
+}
+
+// The masters start as the host arena's fp32 values of the trainable elements (the loaded or
+// surgically prepared weights, or a resumed checkpoint's trained values), gathered in compact
+// order through the run table, in bounded chunks.
+absl::Status Trainer::init_masters() {
+  if (absl::Status s = masters_.resize(backend_, grads_.size()); !s.ok()) return s;
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  const auto* host = reinterpret_cast<const float*>(model_.arena.base());
+  std::vector<int64_t> index(static_cast<size_t>(std::min(kChunk, grads_.size())));
+  std::vector<float> values(index.size());
+  for (int64_t first = 0; first < grads_.size(); first += kChunk) {
+    const int64_t count = std::min(kChunk, grads_.size() - first);
+    grads_.arena_indices(first, count, index.data());
+    for (int64_t i = 0; i < count; ++i) values[i] = host[index[i]];
+    if (absl::Status s = backend_.copy_to_device(masters_.data() + first, values.data(),
+                                                 static_cast<size_t>(count) * sizeof(float));
+        !s.ok()) {
+      return s;
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Trainer::download_weights() {
-  if (!on_device()) return absl::OkStatus();
   if (!init_.ok()) return init_;
+  if (storage_ != DType::kF32) {
+    // The trained values are the masters: scattered into the host arena at their offsets. Frozen
+    // host elements are never written, so they keep the loaded (or prepared) fp32 bits.
+    constexpr int64_t kChunk = int64_t{1} << 20;
+    auto* host = reinterpret_cast<float*>(model_.arena.base());
+    std::vector<int64_t> index(static_cast<size_t>(std::min(kChunk, grads_.size())));
+    std::vector<float> values(index.size());
+    for (int64_t first = 0; first < grads_.size(); first += kChunk) {
+      const int64_t count = std::min(kChunk, grads_.size() - first);
+      if (absl::Status s = backend_.copy_to_host(values.data(), masters_.data() + first,
+                                                 static_cast<size_t>(count) * sizeof(float));
+          !s.ok()) {
+        return s;
+      }
+      grads_.arena_indices(first, count, index.data());
+      for (int64_t i = 0; i < count; ++i) host[index[i]] = values[i];
+    }
+    return absl::OkStatus();
+  }
+  if (!on_device()) return absl::OkStatus();
   return backend_.copy_to_host(model_.arena.base(), model_.device->arena.data(),
                                model_.arena.size_bytes());
+}
+
+absl::Status Trainer::download_masters(std::vector<float>& out) const {
+  if (!init_.ok()) return init_;
+  if (storage_ == DType::kF32) {
+    return absl::FailedPreconditionError("train: f32 weights have no master copy");
+  }
+  return masters_.download(out);
 }
 
 absl::Status Trainer::download_optimizer_state() {
@@ -134,8 +185,10 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   if (!r.finite) {
     // On a device the scans read host copies (the weights are refreshed on the host).
     std::optional<CompactGradients> host_grads;
-    if (on_device()) {
+    if (on_device() || storage_ != DType::kF32) {
       if (absl::Status s = download_weights(); !s.ok()) return s;
+    }
+    if (on_device()) {
       host_grads.emplace(grads_.words(), grads_.elements());
       if (absl::Status s = backend_.copy_to_host(host_grads->data(), grads_.data(),
                                                  static_cast<size_t>(grads_.size()) * sizeof(float));
@@ -167,6 +220,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     const int64_t count = std::min(kUpdateChunk, grads_.size() - first);
     MaskedAdamWParams p;
     p.n = count;
+    p.storage = storage_;
     if (on_device()) {
       // The chunk's offsets on the device: uploaded once when one chunk holds them all.
       if (!(one_chunk && index_cached_)) {
@@ -186,8 +240,11 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     } else {
       grads_.arena_indices(first, count, index.data());
       p.index = index.data();
-      p.params = reinterpret_cast<float*>(model_.arena.base());
+      // The CPU's 16-bit twin updates its resident 16-bit arena; f32 the host arena itself.
+      p.params = storage_ != DType::kF32 ? static_cast<void*>(model_.device->arena.data())
+                                         : static_cast<void*>(model_.arena.base());
     }
+    if (storage_ != DType::kF32) p.master = masters_.data() + first;
     p.grad = grads_.data() + first;
     p.lr = static_cast<float>(lr);
     p.grad_scale = grad_scale;

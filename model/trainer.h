@@ -11,6 +11,15 @@
 //   A non-finite loss or gradient leaves the weights and state untouched and is reported with
 //   its cause named (model/numeric_faults.h): the weight tensor, the loss, or the gradient tensor.
 //   A non-finite weight is an error even with skip_nonfinite (skipping cannot clear it).
+// - 16-bit weights (the model resident in BF16 / F16 on the backend, model/device_model.h, before
+//   the Trainer is made; on the CPU that is the storage twin): the forward and backward read the
+//   16-bit copy; fp32 masters of the trainable elements only, in compact order (the compact
+//   gradient's run table), start as the host arena's fp32 values; AdamW / SGD update the masters
+//   and write each updated master into the 16-bit copy rounded to nearest even. Frozen elements
+//   are written nowhere. download_weights() scatters the masters into the host arena, whose
+//   frozen elements keep their loaded fp32 bits, so a checkpoint saved from it holds the trained
+//   masters exactly and the frozen elements bit for bit; a resume from it starts the same
+//   masters, moments and 16-bit copy (bit-exact on the same device and build).
 // - On a device backend (the model's F32 weights resident there, model/device_model.h, before the
 //   Trainer is made) the compact gradient, m and v live in device memory and the update writes
 //   the resident arena, in chunks of arena offsets uploaded to the device (one upload for a
@@ -115,10 +124,13 @@ class Trainer {
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }
   void set_step_count(int64_t step) { step_ = step; }
-  // Device backends (contract above); no-ops on the CPU, where the host memory is the state.
+  // Device backends and 16-bit weights (contract above); no-ops on the CPU in f32, where the host
+  // memory is the state.
   absl::Status download_weights();
   absl::Status download_optimizer_state();
   absl::Status upload_optimizer_state();
+  // The fp32 masters of 16-bit weights into `out` (compact order); FailedPrecondition for f32.
+  absl::Status download_masters(std::vector<float>& out) const;
   // Activation recomputation per block (bloom_backward.h): less memory, same results.
   void set_recompute(bool on) { recompute_ = on; }
   // Data parallelism: the local gradient, loss and token count are averaged (summed) over the
@@ -140,6 +152,10 @@ class Trainer {
   // Device backends only: the moments, the update's chunk of arena offsets, and whether it
   // holds the whole selection already; init_ is a failed allocation, reported by step().
   bool on_device() const { return backend_.kind() != DeviceKind::kCpu; }
+  // The weights' storage on the backend; 16-bit: fp32 masters of the trainable elements.
+  DType storage_ = DType::kF32;
+  DeviceArray<float> masters_;
+  absl::Status init_masters();
   DeviceArray<float> m_device_, v_device_;
   DeviceArray<int64_t> index_device_;
   bool index_cached_ = false;
@@ -203,6 +219,15 @@ struct TrainRunOptions {
   uint64_t seed = 1234;
   bool resume = false;
   bool recompute = false;  // per-block activation recomputation (same results)
+  // The weights' storage while training (--dtype): F32, or BF16 / F16 with fp32 masters of the
+  // trainable elements (Trainer's contract); on the CPU backend 16-bit is the storage twin.
+  // Part of the recipe when not F32.
+  DType storage = DType::kF32;
+  // The checkpoints' weights (--checkpoint_dtype): F32 (the trained masters and the frozen
+  // elements exactly), or the training storage type itself, whose safetensors hold every element
+  // rounded to nearest even (what the 16-bit copy holds) and whose directory adds masters.bin,
+  // the fp32 masters in compact order, so a resume stays exact. Part of the recipe when not F32.
+  DType checkpoint_storage = DType::kF32;
   // Test hook standing in for a kill: stop without a final checkpoint once the run has taken this
   // many optimizer steps in total (0 = off).
   int64_t stop_after_step = 0;

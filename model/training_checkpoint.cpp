@@ -21,6 +21,7 @@ namespace {
 
 // Identifies the optimizer-state file and its layout version.
 constexpr char kOptimizerMagic[8] = {'E', 'N', 'G', 'O', 'P', 'T', '0', '1'};
+constexpr char kMastersMagic[8] = {'E', 'N', 'G', 'M', 'S', 'T', '0', '1'};
 
 absl::Status errno_error(const std::string& what, const fs::path& path) {
   return absl::InternalError(absl::StrCat(path.string(), ": ", what, ": ", std::strerror(errno)));
@@ -51,6 +52,20 @@ absl::Status write_optimizer_state(const fs::path& file, Trainer& trainer) {
 
 }  // namespace
 
+absl::StatusOr<std::vector<float>> read_masters(const fs::path& file, int64_t count) {
+  absl::StatusOr<MappedFile> f = MappedFile::open(file);
+  if (!f.ok()) return f.status();
+  const size_t want = sizeof(kMastersMagic) + static_cast<size_t>(count) * sizeof(float);
+  if (f->size() != want || std::memcmp(f->data(), kMastersMagic, sizeof(kMastersMagic)) != 0) {
+    return absl::DataLossError(absl::StrCat(file.string(), ": not the masters of ", count,
+                                            " trainable elements (", f->size(),
+                                            " bytes, expected ", want, ")"));
+  }
+  std::vector<float> masters(static_cast<size_t>(count));
+  std::memcpy(masters.data(), f->data() + sizeof(kMastersMagic), masters.size() * sizeof(float));
+  return masters;
+}
+
 absl::Status read_optimizer_state(const fs::path& file, Trainer& trainer, int64_t step) {
   absl::StatusOr<MappedFile> f = MappedFile::open(file);
   if (!f.ok()) return f.status();
@@ -78,7 +93,7 @@ absl::Status read_optimizer_state(const fs::path& file, Trainer& trainer, int64_
 
 absl::Status save_checkpoint(const fs::path& out, const std::string& name, const BloomModel& model,
                              Trainer& trainer, const nlohmann::json& state,
-                             const nlohmann::json* plan) {
+                             const nlohmann::json* plan, DType dtype) {
   const fs::path tmp = out / (".tmp-" + name);
   const fs::path target = out / name;
   const fs::path old = out / (".old-" + name);
@@ -93,8 +108,24 @@ absl::Status save_checkpoint(const fs::path& out, const std::string& name, const
   if (!fs::create_directories(tmp, ec) && ec) {
     return fail(absl::InternalError(absl::StrCat(tmp.string(), ": cannot create: ", ec.message())));
   }
-  if (absl::Status s = save_model_directory(model, tmp); !s.ok()) return fail(s);
+  if (absl::Status s = save_model_directory(model, tmp, dtype); !s.ok()) return fail(s);
   std::vector<std::string> trainer_files = {kOptimizerFile, kStateFile};
+  if (dtype != DType::kF32) {
+    std::vector<float> masters;
+    if (absl::Status s = trainer.download_masters(masters); !s.ok()) return fail(s);
+    trainer_files.push_back(kMastersFile);
+    if (absl::Status s = write_file_atomically(
+            tmp / kMastersFile,
+            [&](AtomicFileWriter& w) -> absl::Status {
+              if (absl::Status s = w.write(kMastersMagic, sizeof(kMastersMagic)); !s.ok()) {
+                return s;
+              }
+              return w.write(masters.data(), masters.size() * sizeof(float));
+            });
+        !s.ok()) {
+      return fail(s);
+    }
+  }
   if (absl::Status s = write_optimizer_state(tmp / kOptimizerFile, trainer); !s.ok()) {
     return fail(s);
   }

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "engine/io.h"
 #include "model/bloom_backward.h"
@@ -101,6 +102,10 @@ nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warm
   // Only when set, so the recipes of ordinary runs (and the checkpoints holding them) are as
   // before.
   if (!o.sink_loss_weight.empty()) r["sink_loss_weight"] = o.sink_loss_weight;
+  if (o.storage != DType::kF32) r["dtype"] = dtype_name(o.storage);
+  if (o.checkpoint_storage != DType::kF32) {
+    r["checkpoint_dtype"] = dtype_name(o.checkpoint_storage);
+  }
   return r;
 }
 
@@ -205,6 +210,12 @@ class TrainingRun {
 // Everything is checked before any work.
 absl::Status TrainingRun::validate_inputs() {
   const TrainRunOptions& o = o_;
+  if (o.checkpoint_storage != DType::kF32 && o.checkpoint_storage != o.storage) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train: --checkpoint_dtype ", absl::AsciiStrToLower(dtype_name(o.checkpoint_storage)),
+        " needs --dtype ", absl::AsciiStrToLower(dtype_name(o.checkpoint_storage)),
+        " (16-bit checkpoints carry the masters of 16-bit training); use f32"));
+  }
   if (o.seq_len < 2 || o.batch < 1 || o.grad_accum < 1 || o.epochs < 1 || o.steps < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "train: need seq_len >= 2, batch >= 1, grad_accum >= 1, epochs >= 1, steps "
@@ -262,8 +273,8 @@ absl::StatusOr<BloomModel> TrainingRun::prepare_base() {
   if (o_.scan != nullptr) {
     // On a device the scan's forward reads resident weights (the trainer re-uploads the model
     // after any surgery, in start_trainer).
-    if (backend_.kind() != DeviceKind::kCpu) {
-      if (absl::Status s = make_resident(*base, backend_); !s.ok()) return s;
+    if (backend_.kind() != DeviceKind::kCpu || o_.storage != DType::kF32) {
+      if (absl::Status s = make_resident(*base, backend_, o_.storage); !s.ok()) return s;
     }
     absl::StatusOr<nlohmann::json> scan = o_.scan->scan_base(*base, backend_);
     if (!scan.ok()) return scan.status();
@@ -337,18 +348,43 @@ absl::Status TrainingRun::resume_from_checkpoint(const BloomModel& base) {
   absl::StatusOr<BloomModel> loaded = load_model_directory(dir);
   if (!loaded.ok()) return loaded.status();
   if (architecture_json(loaded->config) != config_json_) return mismatch("model configuration");
-  // Every frozen element must be the base model's (after surgery), bit for bit.
-  const uint32_t* want = reinterpret_cast<const uint32_t*>(base.arena.base());
+  // Every frozen element must be the base model's (after surgery), bit for bit; in a 16-bit
+  // checkpoint, the base's value rounded to that type.
+  const DType stored = o_.checkpoint_storage;
+  auto as_stored = [stored](const float* v) {
+    float x = *v;
+    if (stored != DType::kF32) {
+      uint16_t h;
+      convert_from_f32(stored, v, &h, 1);
+      convert_to_f32(stored, &h, &x, 1);
+    }
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+  };
+  const float* want = reinterpret_cast<const float*>(base.arena.base());
   const uint32_t* got = reinterpret_cast<const uint32_t*>(loaded->arena.base());
   for (const ParameterInfo& p : base.arena.parameters()) {
     for (int64_t i = 0; i < p.numel; ++i) {
       const int64_t k = p.offset + i;
-      if (!mask_->trainable(k) && want[k] != got[k]) {
+      if (!mask_->trainable(k) && as_stored(want + k) != got[k]) {
         return absl::FailedPreconditionError(
             absl::StrCat("resume: ", dir.string(), ": tensor ", p.name, " element ", i,
                          " is frozen but differs from ", o_.model_dir.string(),
                          " (the checkpoint comes from another base model or plan)"));
       }
+    }
+  }
+  if (stored != DType::kF32) {
+    // The trained values are the masters (the safetensors hold them rounded): back into the
+    // arena at the trainable elements, in ascending order, before the trainer gathers them.
+    absl::StatusOr<std::vector<float>> masters =
+        run_checkpoint::read_masters(dir / run_checkpoint::kMastersFile, mask_->trainable_count());
+    if (!masters.ok()) return masters.status();
+    float* w = reinterpret_cast<float*>(loaded->arena.base());
+    size_t next = 0;
+    for (int64_t k = 0; k < mask_->elements(); ++k) {
+      if (mask_->trainable(k)) w[k] = (*masters)[next++];
     }
   }
   model_ = std::move(*loaded);
@@ -405,8 +441,8 @@ absl::Status TrainingRun::start_trainer() {
   summary_ = mask_summary(model_, *mask_);
   // On a device the trainer updates the resident copy of the weights (surgery and a resumed
   // checkpoint are in the host arena by now); save() downloads it.
-  if (backend_.kind() != DeviceKind::kCpu) {
-    if (absl::Status s = make_resident(model_, backend_); !s.ok()) return s;
+  if (backend_.kind() != DeviceKind::kCpu || o_.storage != DType::kF32) {
+    if (absl::Status s = make_resident(model_, backend_, o_.storage); !s.ok()) return s;
   }
   trainer_.emplace(model_, backend_, *mask_, o_.optimizer);
   // The trainer's compact gradient holds its own copy of the mask's bit words; this one would
@@ -428,8 +464,12 @@ absl::Status TrainingRun::start_trainer() {
   if (writer_) {  // other ranks' metrics writes go nowhere
     if (absl::Status s = metrics_.open(o_.out_dir / kMetricsFile, resume_step_); !s.ok()) return s;
   }
+  // m and v, plus the fp32 masters of 16-bit weights.
   const int64_t optimizer_bytes =
-      static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float));
+      static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float)) +
+      (o_.storage != DType::kF32
+           ? trainer_->trainable_count() * static_cast<int64_t>(sizeof(float))
+           : 0);
   metrics_.write({{"event", resume_step_ >= 0 ? "resume" : "start"},
                   {"step", start_step_},
                   {"total_steps", total_},
@@ -537,7 +577,8 @@ absl::Status TrainingRun::save(const std::string& name, const nlohmann::json& st
   if (absl::Status s = trainer_->download_optimizer_state(); !s.ok()) return s;
   const absl::Status written =
       writer_ ? save_checkpoint(o_.out_dir, name, model_, *trainer_, state,
-                                plan_json().is_null() ? nullptr : &plan_json())
+                                plan_json().is_null() ? nullptr : &plan_json(),
+                                o_.checkpoint_storage)
               : absl::OkStatus();
   if (comm_ == nullptr) return written;
   const double step_timeout = comm_->timeout();

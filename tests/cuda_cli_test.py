@@ -163,6 +163,12 @@ with tempfile.TemporaryDirectory() as tmp:
          "head_dim"),
         (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
           "--device", "cuda"), "does not run on a CUDA device yet"),
+        # train: a storage type that is not one, and bf16 training on the device for a head dim
+        # the tensor-core attention does not take, both before any work.
+        (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
+          "--device", "cuda", "--dtype", "f8"), "'f8'"),
+        (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
+          "--device", "cuda", "--dtype", "bf16"), "head_dim"),
     ]:
         r = run(*args)
         lines = r.stderr.strip().splitlines()

@@ -170,7 +170,7 @@ TEST_F(TrainCli, DryRunPrintsTheMemoryPlanAndWritesNothing) {
                                          "--surgery",          (dir_ / "plan.json").string(),
                                          "--out",              (dir_ / "never").string(),
                                          "--dry_run",          "--device=cuda",
-                                         "--recompute"};
+                                         "--dtype=bf16",       "--recompute"};
   ASSERT_EQ(run(argv, "dry.log"), 0) << read_bytes(dir_ / "dry.log");
   const std::string out = read_bytes(dir_ / "dry.log");
   for (const char* line : {"2 target heads", "device cuda", "recompute on", "weights",

@@ -8,6 +8,7 @@
 #include "engine/large_pages.h"
 #include "kernels/cpu/adamw.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/storage.h"
 
 namespace engine {
 namespace {
@@ -92,6 +93,37 @@ class CpuBackend final : public Backend {
     for (int64_t r = 0; r < rows; ++r) {
       const float* row = x + r * ld;
       for (int64_t c = 0; c < cols; ++c) sum[c] += row[c];
+    }
+    for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<float>(sum[c]);
+    return absl::OkStatus();
+  }
+  // The 16-bit forms: widen exactly, the fp32 loop's arithmetic, one rounding per stored element.
+  absl::Status add_stored(DType storage, void* y, const void* x, int64_t n) override {
+    if (storage == DType::kF32) return add(static_cast<float*>(y), static_cast<const float*>(x), n);
+    if (absl::Status s = cpu::check_storage(storage, "add"); !s.ok()) return s;
+    auto* yy = static_cast<uint16_t*>(y);
+    const auto* xx = static_cast<const uint16_t*>(x);
+    const bool bf16 = storage == DType::kBF16;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      const float sum = bf16 ? bf16_to_f32(yy[i]) + bf16_to_f32(xx[i])
+                             : f16_to_f32(yy[i]) + f16_to_f32(xx[i]);
+      yy[i] = bf16 ? f32_to_bf16(sum) : f32_to_f16(sum);
+    }
+    return absl::OkStatus();
+  }
+  absl::Status column_sums_stored(DType storage, const void* x, int64_t rows, int64_t cols,
+                                  int64_t ld, float* out) override {
+    if (storage == DType::kF32) {
+      return column_sums(static_cast<const float*>(x), rows, cols, ld, out);
+    }
+    if (absl::Status s = cpu::check_storage(storage, "column_sums"); !s.ok()) return s;
+    const auto* xx = static_cast<const uint16_t*>(x);
+    const bool bf16 = storage == DType::kBF16;
+    std::vector<double> sum(static_cast<size_t>(cols), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const uint16_t* row = xx + r * ld;
+      for (int64_t c = 0; c < cols; ++c) sum[c] += bf16 ? bf16_to_f32(row[c]) : f16_to_f32(row[c]);
     }
     for (int64_t c = 0; c < cols; ++c) out[c] = static_cast<float>(sum[c]);
     return absl::OkStatus();

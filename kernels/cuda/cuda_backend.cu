@@ -117,6 +117,13 @@ class CudaBackend final : public Backend {
                            float* out) override {
     return cuda::column_sums(x, rows, cols, ld, out, kStream);
   }
+  absl::Status add_stored(DType storage, void* y, const void* x, int64_t n) override {
+    return cuda::add_stored(storage, y, x, n, kStream);
+  }
+  absl::Status column_sums_stored(DType storage, const void* x, int64_t rows, int64_t cols,
+                                  int64_t ld, float* out) override {
+    return cuda::column_sums_stored(storage, x, rows, cols, ld, out, kStream);
+  }
   absl::Status compact_scatter_add(const CompactScatterParams& p) override {
     return cuda::compact_scatter_add(p, kStream);
   }

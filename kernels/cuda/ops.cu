@@ -328,6 +328,23 @@ __global__ void column_sums_kernel(const float* x, int64_t rows, int64_t cols, i
   out[c] = static_cast<float>(sum);
 }
 
+// The storage-typed forms (16-bit activation gradients): widened exactly, fp32 sum, one rounding.
+template <typename Elem>
+__global__ void add_stored_kernel(Elem* y, const Elem* x, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) y[i] = from_float<Elem>(to_float(y[i]) + to_float(x[i]));
+}
+
+template <typename Elem>
+__global__ void column_sums_stored_kernel(const Elem* x, int64_t rows, int64_t cols, int64_t ld,
+                                          float* out) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= cols) return;
+  double sum = 0.0;
+  for (int64_t r = 0; r < rows; ++r) sum += to_float(x[r * ld + c]);
+  out[c] = static_cast<float>(sum);
+}
+
 // One block per segment; segments write disjoint compact ranges.
 __global__ void compact_scatter_add_kernel(CompactScatterParams p) {
   const int64_t* seg = p.segment + 4 * static_cast<int64_t>(blockIdx.x);
@@ -720,6 +737,40 @@ absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld,
   launch_kernel<column_sums_kernel>(blocks_for(cols), kThreads, 0, stream, x, rows, cols, ld, out);
   ENGINE_CUDA_LAUNCH_CHECK(column_sums_kernel);
   return absl::OkStatus();
+}
+
+absl::Status add_stored(DType storage, void* y, const void* x, int64_t n, cudaStream_t stream) {
+  if (storage == DType::kF32) {
+    return add(static_cast<float*>(y), static_cast<const float*>(x), n, stream);
+  }
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("cuda add: n = ", n));
+  return with_storage(storage, "cuda add", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (n == 0) return absl::OkStatus();
+    launch_kernel<add_stored_kernel<Elem>>(blocks_for(n), kThreads, 0, stream,
+                                           static_cast<Elem*>(y), static_cast<const Elem*>(x), n);
+    ENGINE_CUDA_LAUNCH_CHECK(add_stored_kernel);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status column_sums_stored(DType storage, const void* x, int64_t rows, int64_t cols,
+                                int64_t ld, float* out, cudaStream_t stream) {
+  if (storage == DType::kF32) {
+    return column_sums(static_cast<const float*>(x), rows, cols, ld, out, stream);
+  }
+  if (rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda column_sums: ", rows, " x ", cols));
+  }
+  return with_storage(storage, "cuda column_sums", [&](auto tag) -> absl::Status {
+    using Elem = typename decltype(tag)::type;
+    if (cols == 0) return absl::OkStatus();
+    launch_kernel<column_sums_stored_kernel<Elem>>(blocks_for(cols), kThreads, 0, stream,
+                                                   static_cast<const Elem*>(x), rows, cols, ld,
+                                                   out);
+    ENGINE_CUDA_LAUNCH_CHECK(column_sums_stored_kernel);
+    return absl::OkStatus();
+  });
 }
 
 absl::Status compact_scatter_add(const CompactScatterParams& p, cudaStream_t stream) {

@@ -81,5 +81,9 @@ absl::Status add(float* y, const float* x, int64_t n, cudaStream_t stream);
 absl::Status column_sums(const float* x, int64_t rows, int64_t cols, int64_t ld, float* out,
                          cudaStream_t stream);
 absl::Status compact_scatter_add(const CompactScatterParams& p, cudaStream_t stream);
+// The storage-typed forms (Backend::add_stored, column_sums_stored); F32 is add / column_sums.
+absl::Status add_stored(DType storage, void* y, const void* x, int64_t n, cudaStream_t stream);
+absl::Status column_sums_stored(DType storage, const void* x, int64_t rows, int64_t cols,
+                                int64_t ld, float* out, cudaStream_t stream);
 
 }  // namespace engine::cuda
