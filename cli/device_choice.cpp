@@ -32,6 +32,21 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
   return backend;
 }
 
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command) {
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (dtype != "auto" && dtype != "f32") {
+    if (!float_dtype_from_flag(dtype).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(command, ": --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
+    }
+    return absl::UnimplementedError(absl::StrCat(
+        command, ": --dtype ", dtype,
+        ": training keeps f32 weights (16-bit training is not implemented yet); use --dtype f32"));
+  }
+  const bool explicit_cuda = absl::GetFlag(FLAGS_device).rfind("cuda", 0) == 0;
+  return command_backend(command, explicit_cuda);
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, true);

@@ -27,6 +27,11 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
                                                          bool runs_on_cuda);
 // The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
 // the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
+// The backend of a training command (train, repair, pretrain): --device as command_backend with
+// `runs_on_cuda` when the device was named explicitly (auto stays cpu for training until the
+// device path has run on hardware); --dtype must be auto or f32 (training keeps f32 weights:
+// 16-bit training is not implemented yet), else a one-line error naming the value.
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command);
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model);
 

@@ -148,7 +148,7 @@ int run_train(const std::vector<std::string>& args) {
     return fail("train: --device cuda with several ranks is not implemented yet (NCCL on the "
                 "compact gradient); use --device cpu");
   }
-  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("train", explicit_cuda);
+  absl::StatusOr<std::unique_ptr<Backend>> device = training_backend("train");
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   SurgeryTrainOptions o;

@@ -152,7 +152,7 @@ with tempfile.TemporaryDirectory() as tmp:
             check(False, f"train resumed on cuda: final/{name} missing")
 
     # Errors: one line on stderr, exit 1, for a device that is not there, a malformed name, and
-    # a command that does not run on CUDA yet.
+    # a storage type training does not take.
     for args, needle in [
         (("eval", "--model", model, "--data", data, "--device", "cuda:9"), "cuda:9"),
         (("eval", "--model", model, "--data", data, "--device", "gpu"), "'gpu'"),
@@ -161,8 +161,11 @@ with tempfile.TemporaryDirectory() as tmp:
         # above; asking for bf16 on the device is refused naming the head dim.
         (("eval", "--model", model, "--data", data, "--device", "cuda", "--dtype", "bf16"),
          "head_dim"),
+        # Training keeps f32 weights on every device: 16-bit storage is refused before any work.
         (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
-          "--device", "cuda"), "does not run on a CUDA device yet"),
+          "--device", "cuda", "--dtype", "bf16"), "--dtype bf16: training keeps f32 weights"),
+        (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
+          "--device", "cuda", "--dtype", "f16"), "--dtype f16: training keeps f32 weights"),
     ]:
         r = run(*args)
         lines = r.stderr.strip().splitlines()
