@@ -120,7 +120,7 @@ struct AlibiAttentionParams {
   // Backward only, optional: per-head weight w_h of an auxiliary "attention sink" loss
   // w_h * sum over real query rows t of -log A[t, first real key] (controlled collapse,
   // docs/REPAIR.md). Its score gradient w_h * (A[t, j] - [j = first]) is added to dS; the caller
-  // folds any mean over rows into w_h. Null = no auxiliary loss. CPU only.
+  // folds any mean over rows into w_h. Null = no auxiliary loss. On a device it is device memory.
   const float* sink_loss_weight = nullptr;  // (H) or null
 };
 

@@ -20,8 +20,9 @@
 //   auxiliary loss. ForwardResult::loss stays the language-model loss alone.
 // - Backends: the CPU, or a device with the model's F32 weights resident (model/device_model.h);
 //   `grads` must live on the same kind of backend (CompactGradients' backend constructor), else
-//   FailedPrecondition. 16-bit weights are Unimplemented (training them needs fp32 masters), as
-//   is a sink loss on a device (its kernel term is CPU only).
+//   FailedPrecondition. 16-bit weights are Unimplemented (training them needs fp32 masters). A
+//   sink loss runs on a device too: its kernel term in the device's attention backward, its
+//   value from the block's QKV and lse copied to the host (in double, in the CPU's order).
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 
