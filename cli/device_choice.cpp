@@ -32,7 +32,8 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
   return backend;
 }
 
-absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command) {
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command,
+                                                          bool auto_may_pick_cuda) {
   const std::string dtype = absl::GetFlag(FLAGS_dtype);
   if (dtype != "auto" && dtype != "f32") {
     if (!float_dtype_from_flag(dtype).has_value()) {
@@ -43,8 +44,10 @@ absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& com
         command, ": --dtype ", dtype,
         ": training keeps f32 weights (16-bit training is not implemented yet); use --dtype f32"));
   }
-  const bool explicit_cuda = absl::GetFlag(FLAGS_device).rfind("cuda", 0) == 0;
-  return command_backend(command, explicit_cuda);
+  if (!auto_may_pick_cuda && absl::GetFlag(FLAGS_device) == "auto") {
+    return command_backend(command, false);  // auto means cpu there
+  }
+  return command_backend(command, true);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,

@@ -27,11 +27,13 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
                                                          bool runs_on_cuda);
 // The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
 // the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
-// The backend of a training command (train, repair, pretrain): --device as command_backend with
-// `runs_on_cuda` when the device was named explicitly (auto stays cpu for training until the
-// device path has run on hardware); --dtype must be auto or f32 (training keeps f32 weights:
-// 16-bit training is not implemented yet), else a one-line error naming the value.
-absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command);
+// The backend of a training command (train, repair, pretrain): --device as command_backend
+// (auto: a real visible CUDA device, else the cpu; never the emulated device), except that
+// auto means cpu when `auto_may_pick_cuda` is false (several ranks: no NCCL on the device yet);
+// --dtype must be auto or f32 (training keeps f32 weights: 16-bit training is not implemented
+// yet), else a one-line error naming the value.
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command,
+                                                          bool auto_may_pick_cuda = true);
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model);
 

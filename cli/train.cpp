@@ -141,14 +141,15 @@ int run_train(const std::vector<std::string>& args) {
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
   // The device first: asking for one this command cannot use is an error before any work.
-  // Training runs on a CUDA device when asked explicitly (f32 weights, one process); auto
-  // stays cpu until the device path has run on hardware (docs/CUDA.md).
+  // Training runs on a CUDA device (f32 weights, one process): asked explicitly, or by auto
+  // when a real GPU is visible and there is one rank (docs/CUDA.md).
   const bool explicit_cuda = absl::GetFlag(FLAGS_device).rfind("cuda", 0) == 0;
   if (explicit_cuda && (*comm)->world_size() > 1) {
     return fail("train: --device cuda with several ranks is not implemented yet (NCCL on the "
                 "compact gradient); use --device cpu");
   }
-  absl::StatusOr<std::unique_ptr<Backend>> device = training_backend("train");
+  absl::StatusOr<std::unique_ptr<Backend>> device =
+      training_backend("train", (*comm)->world_size() == 1);
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   SurgeryTrainOptions o;

@@ -432,6 +432,7 @@ absl::Status TrainingRun::start_trainer() {
       static_cast<int64_t>(2 * trainer_->first_moment().size() * sizeof(float));
   metrics_.write({{"event", resume_step_ >= 0 ? "resume" : "start"},
                   {"step", start_step_},
+                  {"device", std::string(backend_.name())},
                   {"total_steps", total_},
                   {"trainable_elements", summary_["trainable_elements"]},
                   {"parameter_elements", summary_["parameter_elements"]},

@@ -92,6 +92,24 @@ with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(out, "metrics.jsonl")) as f:
                 metrics[device] = [json.loads(line) for line in f]
             check(os.path.isdir(os.path.join(out, "final")), f"train --device {device}: no final")
+    for device, lines in metrics.items():
+        starts = [m for m in lines if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("device") == device,
+              f"train --device {device}: metrics start event {starts}")
+    # --device auto trains where `engine info` says auto computes: a real GPU when one is
+    # visible, never the emulated device (so under the emulator: the cpu).
+    r = run("info", "--json")
+    auto = json.loads(r.stdout)["device"]["auto"] if r.returncode == 0 else None
+    check(auto in ("cpu", "cuda"), f"info --json: device auto {auto!r}")
+    out = os.path.join(tmp, "train-auto")
+    r = run("train", "--model", model, "--data", data, "--out", out, "--seq_len", "16",
+            "--batch", "2", "--steps", "1", "--lr", "1e-3", "--device", "auto")
+    check(r.returncode == 0, f"train --device auto: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            starts = [m for m in map(json.loads, f) if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("device") == auto,
+              f"train --device auto: trained on {starts}, info says auto = {auto}")
     if len(metrics) == 2:
         # Weights: AdamW moves a near-zero-gradient element by about lr either way, so the bound
         # is a tenth of the worst case 2 x steps x lr (docs/TOLERANCES.md).
