@@ -89,6 +89,10 @@ DevicePool::~DevicePool() {
 
 absl::StatusOr<void*> DevicePool::allocate(const std::shared_ptr<DevicePool>& self, size_t bytes) {
   const size_t block = pool_block_bytes(bytes);
+  // The pool's device for the cudaMalloc and for the zeroing of a reused block.
+  if (cudaError_t e = cudaSetDevice(self->device_); e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat("cudaSetDevice: ", cudaGetErrorString(e)));
+  }
   Table& t = table();
   void* p = nullptr;
   {
@@ -102,9 +106,6 @@ absl::StatusOr<void*> DevicePool::allocate(const std::shared_ptr<DevicePool>& se
     }
   }
   if (p == nullptr) {
-    if (cudaError_t e = cudaSetDevice(self->device_); e != cudaSuccess) {
-      return absl::InternalError(absl::StrCat("cudaSetDevice: ", cudaGetErrorString(e)));
-    }
     if (cudaMalloc(&p, block) != cudaSuccess) {
       cudaGetLastError();  // an allocation failure is not sticky; clear it for the next call
       {
