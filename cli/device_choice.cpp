@@ -32,6 +32,25 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
   return backend;
 }
 
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command,
+                                                          bool auto_may_pick_cuda,
+                                                          bool trains_16bit) {
+  const std::string dtype = absl::GetFlag(FLAGS_dtype);
+  if (!trains_16bit && dtype != "auto" && dtype != "f32") {
+    if (!float_dtype_from_flag(dtype).has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(command, ": --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
+    }
+    return absl::UnimplementedError(absl::StrCat(
+        command, ": --dtype ", dtype,
+        ": this command trains f32 weights (16-bit training: engine train --dtype); use --dtype f32"));
+  }
+  if (!auto_may_pick_cuda && absl::GetFlag(FLAGS_device) == "auto") {
+    return command_backend(command, false);  // auto means cpu there
+  }
+  return command_backend(command, true);
+}
+
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, true);

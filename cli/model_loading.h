@@ -25,6 +25,14 @@ void apply_thread_flag();
 // one-line error saying so. Other errors are make_backend's, prefixed with the command.
 absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& command,
                                                          bool runs_on_cuda);
+// The backend of a training command (train, repair, pretrain): --device as command_backend
+// (auto: a real visible CUDA device, else the cpu; never the emulated device), except that
+// auto means cpu when `auto_may_pick_cuda` is false (several ranks: the device data-parallel
+// path has not run on hardware yet). Unless `trains_16bit` (train, which reads --dtype itself),
+// --dtype must be auto or f32, else a one-line error naming the value.
+absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command,
+                                                          bool auto_may_pick_cuda = true,
+                                                          bool trains_16bit = false);
 // The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
 // the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,

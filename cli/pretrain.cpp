@@ -52,7 +52,7 @@ int run_pretrain(const std::vector<std::string>& args) {
   apply_thread_flag();
   PretrainOptions o;
   // The device first: asking for one this command cannot use is an error before any work.
-  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("pretrain", false);
+  absl::StatusOr<std::unique_ptr<Backend>> device = training_backend("pretrain");
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   o.data = absl::GetFlag(FLAGS_data);

@@ -98,8 +98,10 @@ int run_repair(const std::vector<std::string>& args) {
   (void)args;
   apply_thread_flag();
   RepairOptions o;
-  // The device first: asking for one this command cannot use is an error before any work.
-  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("repair", false);
+  // The device first: asking for one this command cannot use is an error before any work. The
+  // whole pipeline runs on it (the diagnoses, the perplexities and the training; surgery edits
+  // the host arena, which is then uploaded), f32 weights, one process.
+  absl::StatusOr<std::unique_ptr<Backend>> device = training_backend("repair");
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   o.model_dir = absl::GetFlag(FLAGS_model);

@@ -154,8 +154,8 @@ int run_train(const std::vector<std::string>& args) {
   if (!comm.ok()) return fail(std::string(comm.status().message()));
   auto fail = [&](const std::string& message) { return fail_on_rank(**comm, message); };
   // The device first: asking for one this command cannot use is an error before any work.
-  // Training runs on a CUDA device when asked explicitly (f32 weights); auto stays cpu until
-  // the device path has run on hardware (docs/CUDA.md).
+  // Training runs on a CUDA device: asked explicitly, or by auto when a real GPU is visible and
+  // there is one rank (docs/CUDA.md). Several ranks use one GPU per local rank.
   const bool explicit_cuda = absl::GetFlag(FLAGS_device).rfind("cuda", 0) == 0;
   if (explicit_cuda && (*comm)->world_size() > 1) {
     // One GPU per local rank (docs/DISTRIBUTED.md): `cuda` is the local rank's device.
@@ -168,7 +168,8 @@ int run_train(const std::vector<std::string>& args) {
     }
     absl::SetFlag(&FLAGS_device, own);
   }
-  absl::StatusOr<std::unique_ptr<Backend>> device = command_backend("train", explicit_cuda);
+  absl::StatusOr<std::unique_ptr<Backend>> device =
+      training_backend("train", (*comm)->world_size() == 1, /*trains_16bit=*/true);
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   SurgeryTrainOptions o;

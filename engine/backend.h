@@ -120,7 +120,7 @@ struct AlibiAttentionParams {
   // Backward only, optional: per-head weight w_h of an auxiliary "attention sink" loss
   // w_h * sum over real query rows t of -log A[t, first real key] (controlled collapse,
   // docs/REPAIR.md). Its score gradient w_h * (A[t, j] - [j = first]) is added to dS; the caller
-  // folds any mean over rows into w_h. Null = no auxiliary loss. CPU only.
+  // folds any mean over rows into w_h. Null = no auxiliary loss. On a device it is device memory.
   const float* sink_loss_weight = nullptr;  // (H) or null
 };
 
@@ -171,6 +171,18 @@ struct CompactScatterParams {
   float* compact = nullptr;          // the compact gradient buffer
 };
 
+// What a backend's allocator holds (Backend::memory_stats). Live memory is what `allocate`
+// handed out and the deallocator has not yet taken back: `live_bytes` as requested,
+// `live_block_bytes` as the blocks holding it (a caching allocator rounds up to size classes);
+// the peaks are the largest values since the backend was made or reset_peak_memory.
+struct BackendMemoryStats {
+  int64_t live_bytes = 0, live_block_bytes = 0;
+  int64_t peak_live_bytes = 0, peak_live_block_bytes = 0;
+  int64_t cached_bytes = 0;        // freed blocks kept for reuse
+  int64_t device_allocations = 0;  // blocks obtained from the device (e.g. cudaMalloc calls)
+  int64_t reuses = 0;              // requests served from a cached block
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -184,6 +196,9 @@ class Backend {
   using Deallocator = void (*)(void*);
   virtual absl::StatusOr<void*> allocate(size_t bytes) = 0;
   virtual Deallocator deallocator() const = 0;
+  // The allocator's bookkeeping (all zero where the backend does not track it: the CPU).
+  virtual BackendMemoryStats memory_stats() const { return {}; }
+  virtual void reset_peak_memory() {}
   // Copies between host and device memory and within the device; they follow every op
   // enqueued before them, and to_host returns once the bytes are on the host.
   virtual absl::Status copy_to_device(void* device, const void* host, size_t bytes) = 0;

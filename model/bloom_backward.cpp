@@ -2,10 +2,13 @@
 #include "model/bloom_backward.h"
 
 #include <cmath>
+#include <span>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/device_array.h"
 #include "model/device_model.h"
 
 namespace engine {
@@ -157,8 +160,25 @@ int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, Bloo
 // kernel sums over rows; the loss is a mean over them), or empty when the layer has none.
 struct SinkWeights {
   std::vector<std::vector<float>> kernel;  // (L)(H) or (L)(0)
+  std::vector<DeviceArray<float>> device;  // kernel's layers in a device's memory (upload())
   int64_t real_rows = 0;
-  const float* layer(int64_t l) const { return kernel[l].empty() ? nullptr : kernel[l].data(); }
+  // Where the attention backward reads layer l's weights: the device copy when there is one.
+  const float* layer(int64_t l) const {
+    if (kernel[l].empty()) return nullptr;
+    return device.empty() ? kernel[l].data() : device[l].data();
+  }
+  // On a device the kernel reads the weights from its memory.
+  absl::Status upload(Backend& backend) {
+    if (backend.kind() == DeviceKind::kCpu) return absl::OkStatus();
+    device.resize(kernel.size());
+    for (size_t l = 0; l < kernel.size(); ++l) {
+      if (kernel[l].empty()) continue;
+      if (absl::Status s = device[l].upload(backend, std::span<const float>(kernel[l])); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
 };
 
 SinkWeights sink_weights(const SinkLoss* sink, int64_t L, int64_t H, const ForwardInputs& in,
@@ -189,8 +209,10 @@ SinkWeights sink_weights(const SinkLoss* sink, int64_t L, int64_t H, const Forwa
 // sum over the heads of layer l of W_h * mean over real rows t of -log A[t, first] from the
 // block's saved lse and fused QKV: -log A[t, first] = lse_t - s[t, first] with
 // s[t, first] = q_t . k_first * scale (the first real key's ALiBi position is 0).
+// `qkv`, `lse` and `mask` are host memory.
 double sink_loss_of_layer(const SinkLoss& sink, int64_t l, const GraphShape& s,
-                          const BlockActivations& a, int64_t real_rows) {
+                          const float* qkv, const float* lse, const uint8_t* host_mask,
+                          int64_t real_rows) {
   const int64_t B = s.batch, T = s.seq, H = s.heads, D = s.head_dim;
   const int64_t token_stride = 3 * H * D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
@@ -200,23 +222,46 @@ double sink_loss_of_layer(const SinkLoss& sink, int64_t l, const GraphShape& s,
     if (weight == 0.0) continue;
     double sum = 0.0;
     for (int64_t b = 0; b < B; ++b) {
-      const uint8_t* mask = s.mask == nullptr ? nullptr : s.mask + b * T;
+      const uint8_t* mask = host_mask == nullptr ? nullptr : host_mask + b * T;
       int64_t first = 0;
       while (first < T && mask != nullptr && mask[first] == 0) ++first;
       if (first == T) continue;
-      const float* base = a.qkv.f32() + b * T * token_stride + h * 3 * D;
+      const float* base = qkv + b * T * token_stride + h * 3 * D;
       const float* k_first = base + first * token_stride + D;
       for (int64_t t = first; t < T; ++t) {
         if (mask != nullptr && mask[t] == 0) continue;
         const float* q = base + t * token_stride;
         double dot = 0.0;
         for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k_first[d];
-        sum += static_cast<double>(a.lse.f32()[(b * H + h) * T + t]) - dot * scale;
+        sum += static_cast<double>(lse[(b * H + h) * T + t]) - dot * scale;
       }
     }
     total += weight * sum / static_cast<double>(real_rows);
   }
   return total;
+}
+
+// sink_loss_of_layer on the block's saved activations: read in place on the CPU; on a device its
+// fused QKV and lse are copied to the host first (the value is a diagnostic, computed in double
+// in the CPU's order; the kernel term of the gradient stays on the device) and the mask is the
+// caller's host copy.
+absl::StatusOr<double> sink_loss_on(Backend& backend, const SinkLoss& sink, int64_t l,
+                                    const GraphShape& s, const BlockActivations& a,
+                                    const uint8_t* host_mask, int64_t real_rows) {
+  if (backend.kind() == DeviceKind::kCpu) {
+    return sink_loss_of_layer(sink, l, s, a.qkv.f32(), a.lse.f32(), s.mask, real_rows);
+  }
+  std::vector<float> qkv(static_cast<size_t>(a.qkv.size()));
+  std::vector<float> lse(static_cast<size_t>(s.batch * s.heads * s.seq));
+  if (absl::Status st = backend.copy_to_host(qkv.data(), a.qkv.f32(), qkv.size() * sizeof(float));
+      !st.ok()) {
+    return st;
+  }
+  if (absl::Status st = backend.copy_to_host(lse.data(), a.lse.f32(), lse.size() * sizeof(float));
+      !st.ok()) {
+    return st;
+  }
+  return sink_loss_of_layer(sink, l, s, qkv.data(), lse.data(), host_mask, real_rows);
 }
 
 bool block_trainable(CompactGradients& grads, const BlockParams& b) {
@@ -252,13 +297,11 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         "forward_backward: sink_loss weight has ", sink_loss->weight.size(),
         " entries, expected n_layer * n_head = ", c.n_layer * c.n_head));
   }
-  if (sink_loss != nullptr && !sink_loss->weight.empty() &&
-      (backend.kind() != DeviceKind::kCpu || storage != DType::kF32)) {
-    // The sink loss's kernel term and its value (read from the saved activations) are CPU only.
+  if (sink_loss != nullptr && !sink_loss->weight.empty() && storage != DType::kF32) {
+    // The sink loss's value is read from the block's fp32 QKV and lse (sink_loss_on).
     return absl::UnimplementedError(absl::StrCat(
-        "the attention sink loss (controlled collapse) is not implemented on ",
-        std::string(backend.name()), " with ", dtype_name(storage),
-        " weights (run it on cpu in f32)"));
+        "the attention sink loss (controlled collapse) is not implemented with ",
+        dtype_name(storage), " weights (run it in f32)"));
   }
   if (sink_loss != nullptr) sink_loss->value = 0.0;
   absl::StatusOr<GraphParams> params = graph_params(model, backend);
@@ -316,7 +359,8 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.positions = act.positions.data();
   shape.mask = act.mask.empty() ? nullptr : act.mask.data();
   const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));
-  const SinkWeights sink = sink_weights(sink_loss, L, c.n_head, in, gradient_scale);
+  SinkWeights sink = sink_weights(sink_loss, L, c.n_head, in, gradient_scale);
+  if (absl::Status s = sink.upload(backend); !s.ok()) return s;
 
   if (!recompute) {
     // One tape over every kept intermediate, from the embedding when it trains, else from the
@@ -331,7 +375,10 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
       const void* out = l + 1 < L ? act.blocks[l + 1].x.data() : act.final_x.data();
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out, sink.layer(l));
       if (sink.layer(l) != nullptr) {
-        sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, act.blocks[l], sink.real_rows);
+        absl::StatusOr<double> v =
+            sink_loss_on(backend, *sink_loss, l, shape, act.blocks[l], in.mask, sink.real_rows);
+        if (!v.ok()) return v.status();
+        sink_loss->value += *v;
       }
     }
     record_head(tape, shape, *params, act, x, in, c.vocab_size,
@@ -378,7 +425,10 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     const int x = tape.add_value(x_in, rows * C, below[l] != 0);
     const int y = record_block(tape, shape, params->blocks[l], a, x, out.data(), sink.layer(l));
     if (sink.layer(l) != nullptr) {
-      sink_loss->value += sink_loss_of_layer(*sink_loss, l, shape, a, sink.real_rows);
+      absl::StatusOr<double> v =
+          sink_loss_on(backend, *sink_loss, l, shape, a, in.mask, sink.real_rows);
+      if (!v.ok()) return v.status();
+      sink_loss->value += *v;
     }
     if (absl::Status s = tape.backward_from(backend, grads, y, dx.data()); !s.ok()) return s;
     if (below[l] == 0) break;

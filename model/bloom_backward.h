@@ -22,8 +22,9 @@
 //   `grads` must live on the same kind of backend (CompactGradients' backend constructor), else
 //   FailedPrecondition. Storage: the weights' (storage_on): with BF16 / F16 weights (a device, or
 //   the CPU's storage twin) the tape runs in that type, activations and activation gradients
-//   16-bit, parameter gradients fp32 (engine/tape.h). A sink loss is Unimplemented on a device
-//   and with 16-bit weights (its kernel term and its value are CPU f32 only).
+//   16-bit, parameter gradients fp32 (engine/tape.h). A sink loss runs on a device too: its
+//   kernel term in the device's attention backward, its value from the block's QKV and lse
+//   copied to the host (in double, in the CPU's order); with 16-bit weights it is Unimplemented.
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 

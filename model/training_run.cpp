@@ -472,8 +472,8 @@ absl::Status TrainingRun::start_trainer() {
            : 0);
   metrics_.write({{"event", resume_step_ >= 0 ? "resume" : "start"},
                   {"step", start_step_},
-                  {"total_steps", total_},
                   {"device", std::string(backend_.name())},
+                  {"total_steps", total_},
                   {"trainable_elements", summary_["trainable_elements"]},
                   {"parameter_elements", summary_["parameter_elements"]},
                   {"optimizer_state_bytes", optimizer_bytes},

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/io.h"
+#include "model/device_model.h"
 #include "model/model_directory.h"
 #include "model/perplexity.h"
 #include "model/pretrain.h"
@@ -64,6 +65,17 @@ absl::StatusOr<HeadCounts> counts_from_json(const nlohmann::json& j, const std::
 
 nlohmann::json optional_json(const std::optional<double>& v) {
   return v.has_value() ? nlohmann::json(*v) : nlohmann::json();
+}
+
+// A model read from disk, with its weights resident on `backend` when that is a device (f32: the
+// diagnoses and perplexities of a repair compare with the training, which keeps f32 weights).
+absl::StatusOr<BloomModel> load_on(const fs::path& dir, Backend& backend) {
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  if (!model.ok()) return model.status();
+  if (backend.kind() != DeviceKind::kCpu) {
+    if (absl::Status s = make_resident(*model, backend); !s.ok()) return s;
+  }
+  return model;
 }
 
 absl::StatusOr<std::optional<double>> held_out_perplexity(const BloomModel& model,
@@ -292,7 +304,7 @@ absl::StatusOr<RepairPassView> RepairRun::read_finished_pass(const fs::path& dir
 absl::StatusOr<DiagnosisReport> RepairRun::diagnose_before(const fs::path& dir,
                                                            const std::string& tag,
                                                            PassSummary& summary) {
-  absl::StatusOr<BloomModel> model = load_model_directory(current_);
+  absl::StatusOr<BloomModel> model = load_on(current_, backend_);
   if (!model.ok()) return model.status();
   log(absl::StrCat(tag, ": diagnosing ", current_.string(), " on ", data_.scan_sequences.size(),
                    " held-out sequences"));
@@ -389,7 +401,7 @@ absl::StatusOr<DiagnosisReport> RepairRun::diagnose_after(const fs::path& dir,
   summary.steps = run.steps;
   summary.chosen_checkpoint = fs::exists(dir / kTrainDir / "best", ec) ? "best" : "final";
   const fs::path chosen = dir / kTrainDir / summary.chosen_checkpoint;
-  absl::StatusOr<BloomModel> repaired = load_model_directory(chosen);
+  absl::StatusOr<BloomModel> repaired = load_on(chosen, backend_);
   if (!repaired.ok()) return repaired.status();
   absl::StatusOr<DiagnosisReport> after =
       diagnose_sequences(*repaired, backend_, data_.scan_sequences, diagnose_);
@@ -494,6 +506,7 @@ absl::Status RepairRun::write_outputs() {
                                   {"commands", options.commands},
                                   {"passes", passes},
                                   {"trained", trained_any_},
+                                  {"device", std::string(backend_.name())},
                                   {"stop_reason", result_.stop_reason},
                                   {"final", result_.final_dir.string()}};
   if (!options.subject.is_null()) summary["subject"] = options.subject;
@@ -502,6 +515,7 @@ absl::Status RepairRun::write_outputs() {
   header.model = options.model_dir.string();
   header.data = options.data_description;
   header.version = options.version;
+  header.device = std::string(backend_.name());
   header.commands = options.commands;
   header.stop_reason = result_.stop_reason;
   header.subject_note = options.subject_note;

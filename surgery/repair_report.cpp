@@ -188,6 +188,7 @@ std::string render_repair_html(const RepairReportHeader& header,
   }
   absl::StrAppend(&html, "<p>Model: <code>", html_escape(header.model), "</code><br>Data: ",
                   html_escape(header.data), "<br>Engine version: ", html_escape(header.version),
+                  header.device.empty() ? "" : "<br>Device: ", html_escape(header.device),
                   "<br>Outcome: ", html_escape(header.stop_reason), "</p>\n");
   html += "<h2>Commands</h2>\n";
   for (const std::string& c : header.commands) absl::StrAppend(&html, "<pre>", html_escape(c), "</pre>\n");

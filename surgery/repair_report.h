@@ -47,6 +47,7 @@ struct RepairPassView {
 
 struct RepairReportHeader {
   std::string model, data, version, stop_reason;
+  std::string device;  // where it computed (the backend's name); empty: not shown
   // How the model was made, when known (e.g. its collapse was induced by `engine pretrain
   // --collapse`); shown at the top of the page. Empty: nothing is said.
   std::string subject_note;

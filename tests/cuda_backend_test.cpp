@@ -320,6 +320,7 @@ struct AttentionCase {
 struct AttentionInputs {
   std::vector<float> qkv, slopes, dout;
   std::vector<uint8_t> mask;  // empty = no mask
+  std::vector<float> sink;    // (H) sink-loss weights of the backward; empty = none
 };
 
 AttentionInputs make_inputs(const AttentionCase& c, uint32_t seed) {
@@ -373,6 +374,7 @@ AttentionResult cpu_attention(const AttentionCase& c, const AttentionInputs& in,
     r.dqkv.assign(in.qkv.size(), 0.0f);
     p.stats = {};
     p.dout = in.dout.data(), p.dqkv = r.dqkv.data();
+    p.sink_loss_weight = in.sink.empty() ? nullptr : in.sink.data();
     EXPECT_TRUE(cpu::alibi_attention_backward(p).ok());
   }
   return r;
@@ -385,7 +387,7 @@ AttentionResult gpu_attention(const AttentionCase& c, const AttentionInputs& in,
   const int64_t bh = c.batch * c.heads;
   const int64_t q_rows = c.seq - c.query_begin;
   const size_t out_n = c.batch * q_rows * c.heads * c.head_dim;
-  Device<float> slopes(in.slopes), lse(bh * c.seq);
+  Device<float> slopes(in.slopes), lse(bh * c.seq), sink(in.sink);
   Device<uint8_t> mask(in.mask);
   Device<double> bos(bh), entropy(bh), local(bh);
   Device<int64_t> rows(c.batch);
@@ -396,6 +398,7 @@ AttentionResult gpu_attention(const AttentionCase& c, const AttentionInputs& in,
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.slopes = slopes.ptr, p.mask = in.mask.empty() ? nullptr : mask.ptr, p.lse = lse.ptr;
   p.stats = {bos.ptr, entropy.ptr, local.ptr, rows.ptr};
+  p.sink_loss_weight = in.sink.empty() ? nullptr : sink.ptr;  // read by the backward only
   if (t == StorageType::kF32) {
     Device<float> qkv(in.qkv), out(out_n), dout(in.dout), dqkv(in.qkv.size());
     p.qkv = qkv.ptr, p.out = out.ptr;
@@ -474,6 +477,55 @@ TEST_F(CudaKernels, F32AttentionMatchesCpuForwardStatsBackward) {
     expect_close(lse_rows(got.lse, c), lse_rows(want.lse, c), 1e-5f, 1e-6f, "f32 lse");
     expect_stats_close(got, want, 1e-5, "f32");
     if (backward) expect_close(got.dqkv, want.dqkv, 1e-3f, 1e-5f, "f32 dqkv");
+  }
+}
+
+// The controlled-collapse sink loss in the backward (sink_loss_weight): its term
+// w_h (P[t, j] - [j = first real key]) enters dS of every real query row. Same cases and bounds
+// as the backward without it, on every variant (fp32, and bf16 / fp16 on tensor cores), padded
+// (left padding moves the first real key; padding in the middle gives padded query rows, which
+// carry no sink loss) and not. The CPU kernel's term is checked against finite differences in
+// attention_test.cpp; that the term matters here: the gradients with and without it differ by
+// far more than the bound.
+TEST_F(CudaKernels, AttentionBackwardWithSinkLossMatchesCpu) {
+  struct SinkCase {
+    AttentionCase c;
+    StorageType t;
+  };
+  const SinkCase cases[] = {
+      {{2, 77, 3, 32, false, 0}, StorageType::kF32}, {{2, 77, 3, 32, true, 0}, StorageType::kF32},
+      {{2, 70, 2, 64, true, 0}, StorageType::kF32},  {{2, 150, 2, 64, true, 0}, StorageType::kBF16},
+      {{2, 150, 2, 80, true, 0}, StorageType::kF16}, {{1, 96, 3, 128, false, 0}, StorageType::kBF16},
+  };
+  for (const SinkCase& k : cases) {
+    const AttentionCase& c = k.c;
+    SCOPED_TRACE(testing::Message() << "B=" << c.batch << " T=" << c.seq << " H=" << c.heads
+                                    << " D=" << c.head_dim << " padded=" << c.padded << " storage="
+                                    << static_cast<int>(k.t));
+    AttentionInputs in = make_inputs(c, 41);
+    // One head without the loss; the others' weights of the size the trainer gives them
+    // (W x gradient scale / real rows is about 1/rows; larger here so the term is visible).
+    in.sink.assign(static_cast<size_t>(c.heads), 0.0f);
+    for (int64_t h = 1; h < c.heads; ++h) in.sink[h] = 0.05f * static_cast<float>(h);
+    if (c.heads == 2) in.sink[0] = 0.08f;
+    const bool f32 = k.t == StorageType::kF32;
+    AttentionInputs rounded = in;
+    if (!f32) {
+      for (float& v : rounded.qkv) v = from_storage(to_storage(v, k.t), k.t);
+      for (float& v : rounded.dout) v = from_storage(to_storage(v, k.t), k.t);
+    }
+    const AttentionResult want = cpu_attention(c, rounded, true);
+    const AttentionResult got = gpu_attention(c, in, k.t, true);
+    if (f32) {
+      expect_close(got.dqkv, want.dqkv, 1e-3f, 1e-5f, "f32 dqkv with sink loss");
+    } else {
+      expect_close(got.dqkv, want.dqkv, 0.0f, 2e-2f, "16-bit dqkv with sink loss");
+    }
+    AttentionInputs without = rounded;
+    without.sink.clear();
+    const AttentionResult plain = cpu_attention(c, without, true);
+    const float moved = max_abs_diff(plain.dqkv, want.dqkv);
+    EXPECT_GT(moved, (f32 ? 1e-3f : 4e-2f) * max_abs(want.dqkv)) << "the sink term is too small to test";
   }
 }
 

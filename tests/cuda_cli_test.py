@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""The CLI on --device cuda against --device cpu (CTest `cuda_cli`, label gpu): eval, diagnose
-and train through the engine binary on a fixture model, and the one-line errors of a bad or unsupported
+"""The CLI on --device cuda against --device cpu (CTest `cuda_cli`, label gpu): eval, diagnose,
+train and pretrain --collapse through the engine binary on a fixture model, and the one-line errors of a bad or unsupported
 device. Runs on a GPU or under the CUDA emulator. Usage: cuda_cli_test.py ENGINE SOURCE_DIR"""
 import json
 import os
@@ -92,6 +92,24 @@ with tempfile.TemporaryDirectory() as tmp:
             with open(os.path.join(out, "metrics.jsonl")) as f:
                 metrics[device] = [json.loads(line) for line in f]
             check(os.path.isdir(os.path.join(out, "final")), f"train --device {device}: no final")
+    for device, lines in metrics.items():
+        starts = [m for m in lines if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("device") == device,
+              f"train --device {device}: metrics start event {starts}")
+    # --device auto trains where `engine info` says auto computes: a real GPU when one is
+    # visible, never the emulated device (so under the emulator: the cpu).
+    r = run("info", "--json")
+    auto = json.loads(r.stdout)["device"]["auto"] if r.returncode == 0 else None
+    check(auto in ("cpu", "cuda"), f"info --json: device auto {auto!r}")
+    out = os.path.join(tmp, "train-auto")
+    r = run("train", "--model", model, "--data", data, "--out", out, "--seq_len", "16",
+            "--batch", "2", "--steps", "1", "--lr", "1e-3", "--device", "auto")
+    check(r.returncode == 0, f"train --device auto: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            starts = [m for m in map(json.loads, f) if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("device") == auto,
+              f"train --device auto: trained on {starts}, info says auto = {auto}")
     if len(metrics) == 2:
         # Weights: AdamW moves a near-zero-gradient element by about lr either way, so the bound
         # is a tenth of the worst case 2 x steps x lr (docs/TOLERANCES.md).
@@ -151,8 +169,57 @@ with tempfile.TemporaryDirectory() as tmp:
         else:
             check(False, f"train resumed on cuda: final/{name} missing")
 
+    # pretrain --collapse on both devices (the sink loss's kernel term in the device's attention
+    # backward): the same heads collapse, and nothing else. A recipe short enough for the
+    # emulator (40 steps of a 2 x 4 x 8 model; a strong auxiliary loss so the two layer-1 heads
+    # collapse that fast); both models diagnosed on the CPU.
+    corpus = os.path.join(tmp, "corpus.txt")
+    words = ["the", "fox", "jumps", "over", "a", "lazy", "dog", "and", "runs", "far", "away",
+             "from", "home", "while", "birds", "sing"]
+    state = 7
+    with open(corpus, "w") as f:
+        for d in range(400):
+            sentence = []
+            for _ in range(8 + d % 7):
+                state = (state * 1103515245 + 12345) & 0xFFFFFFFF
+                sentence.append(words[(state >> 16) % 16])
+            f.write(" ".join(sentence) + f", number {d}.\n\n")
+    collapsed, first_steps = {}, {}
+    for device in ("cpu", "cuda"):
+        out = os.path.join(tmp, f"pretrain-{device}")
+        r = run("pretrain", "--data", corpus, "--out", out, "--n_layer", "2", "--n_head", "4",
+                "--hidden_size", "32", "--steps", "40", "--warmup", "2", "--lr", "3e-2",
+                "--eval_every", "0", "--collapse", "1:1,1:3", "--collapse_weight", "20",
+                "--seq_len", "16", "--batch", "4", "--holdout", "0.02", "--device", device)
+        check(r.returncode == 0, f"pretrain --device {device}: exit {r.returncode}: {r.stderr}")
+        if r.returncode != 0:
+            continue
+        with open(os.path.join(out, "train", "metrics.jsonl")) as f:
+            steps = [m for m in map(json.loads, f) if m.get("event") == "step"]
+        first_steps[device] = steps[0] if steps else {}
+        report = os.path.join(tmp, f"pretrain-{device}.json")
+        r = run("diagnose", "--model", out, "--data", corpus, "--seq_len", "16", "--max_seqs", "16",
+                "--out", report, "--device", "cpu")
+        check(r.returncode == 0, f"diagnose pretrain-{device}: exit {r.returncode}: {r.stderr}")
+        if r.returncode == 0:
+            with open(report) as f:
+                heads = json.load(f)["heads"]
+            collapsed[device] = sorted((h["layer"], h["head"]) for h in heads
+                                       if h["class"] in ("SINK", "DEAD"))
+    if len(collapsed) == 2:
+        check(collapsed["cpu"] == collapsed["cuda"] == [(1, 1), (1, 3)],
+              f"pretrain --collapse: collapsed heads {collapsed}")
+    if len(first_steps) == 2:
+        # Step 1 runs on the same weights: the losses within the loss bound (relative 1e-5), the
+        # gradient norm (the sink term's gradient is part of it) within the gradient's relative
+        # bound 1e-3 (docs/TOLERANCES.md, "Training on the CUDA backend").
+        a, b = first_steps["cpu"], first_steps["cuda"]
+        for key, bound in (("loss", 1e-5), ("sink_loss", 1e-5), ("grad_norm", 1e-3)):
+            ok = key in a and key in b and abs(a[key] - b[key]) <= bound * abs(a[key])
+            check(ok, f"pretrain --collapse step 1: {key} {a.get(key)} vs {b.get(key)}")
+
     # Errors: one line on stderr, exit 1, for a device that is not there, a malformed name, and
-    # a command that does not run on CUDA yet.
+    # a storage type training does not take.
     for args, needle in [
         (("eval", "--model", model, "--data", data, "--device", "cuda:9"), "cuda:9"),
         (("eval", "--model", model, "--data", data, "--device", "gpu"), "'gpu'"),
@@ -161,8 +228,12 @@ with tempfile.TemporaryDirectory() as tmp:
         # above; asking for bf16 on the device is refused naming the head dim.
         (("eval", "--model", model, "--data", data, "--device", "cuda", "--dtype", "bf16"),
          "head_dim"),
+        # repair and pretrain train f32 weights on every device: 16-bit storage is refused before
+        # any work (train takes --dtype bf16|f16).
         (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
-          "--device", "cuda"), "does not run on a CUDA device yet"),
+          "--device", "cuda", "--dtype", "bf16"), "--dtype bf16: this command trains f32 weights"),
+        (("pretrain", "--data", data, "--out", os.path.join(tmp, "t"), "--device", "cuda",
+          "--dtype", "bf16"), "--dtype bf16: this command trains f32 weights"),
         # train: a storage type that is not one, and bf16 training on the device for a head dim
         # the tensor-core attention does not take, both before any work.
         (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),

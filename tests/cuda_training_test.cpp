@@ -104,6 +104,7 @@ struct Case {
   const char* name;
   bool recompute;
   bool all_trainable;
+  bool sink = false;  // with the controlled-collapse sink loss on two heads (pretrain --collapse)
 };
 
 class CudaTraining : public ::testing::TestWithParam<Case> {
@@ -169,16 +170,30 @@ TEST_P(CudaTraining, CompactGradientMatchesTheCpuAndFrozenElementsGetNone) {
   CompactGradients got(m.words(), m.elements(), *cuda_);
   ASSERT_TRUE(got.status().ok()) << got.status();
   ASSERT_EQ(got.size(), m.trainable_count());
+  // With the sink loss: heads 0:2 and 1:3 (weight 2 and 1), both trainable in the surgery mask
+  // or in every element's case; its value is a loss, within the loss bound.
+  SinkLoss cpu_sink, cuda_sink;
+  if (GetParam().sink) {
+    const BloomConfig& cfg = model_->config;
+    cpu_sink.weight.assign(static_cast<size_t>(cfg.n_layer * cfg.n_head), 0.0f);
+    cpu_sink.weight[0 * cfg.n_head + 2] = 2.0f;
+    cpu_sink.weight[1 * cfg.n_head + 3] = 1.0f;
+    cuda_sink.weight = cpu_sink.weight;
+  }
   // Two micro-batches' worth, as the trainer accumulates (the second at half scale).
   for (double scale : {1.0, 0.5}) {
-    absl::StatusOr<ForwardResult> c =
-        bloom_forward_backward(*model_, *cpu_, in, want, scale, GetParam().recompute);
+    absl::StatusOr<ForwardResult> c = bloom_forward_backward(
+        *model_, *cpu_, in, want, scale, GetParam().recompute, GetParam().sink ? &cpu_sink : nullptr);
     ASSERT_TRUE(c.ok()) << c.status();
-    absl::StatusOr<ForwardResult> g =
-        bloom_forward_backward(*model_, *cuda_, in, got, scale, GetParam().recompute);
+    absl::StatusOr<ForwardResult> g = bloom_forward_backward(
+        *model_, *cuda_, in, got, scale, GetParam().recompute, GetParam().sink ? &cuda_sink : nullptr);
     ASSERT_TRUE(g.ok()) << g.status();
     EXPECT_EQ(g->scored, c->scored);
     EXPECT_LE(std::abs(g->loss - c->loss), kLossBound * std::abs(c->loss));
+    if (GetParam().sink) {
+      EXPECT_GT(cpu_sink.value, 0.0);
+      EXPECT_LE(std::abs(cuda_sink.value - cpu_sink.value), kLossBound * cpu_sink.value);
+    }
   }
   std::vector<float> g;
   ASSERT_TRUE(got.download(g).ok());
@@ -245,7 +260,9 @@ TEST_P(CudaTraining, CompactGradientMatchesTheCpuAndFrozenElementsGetNone) {
 INSTANTIATE_TEST_SUITE_P(Surgery, CudaTraining,
                          ::testing::Values(Case{"surgery", false, false},
                                            Case{"surgery_recompute", true, false},
-                                           Case{"all_trainable", false, true}),
+                                           Case{"all_trainable", false, true},
+                                           Case{"surgery_sink_loss", false, false, true},
+                                           Case{"surgery_sink_loss_recompute", true, false, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // The trainer on the device: 20 masked AdamW steps (two micro-batches each, clipping on) on the

@@ -33,6 +33,7 @@ namespace {
 using attention_detail::first_real_key;
 using attention_detail::key_is_real;
 using attention_detail::key_position;
+using attention_detail::sink_first_key;
 using attention_detail::KernelArgs;
 using attention_detail::token_stride;
 
@@ -110,7 +111,9 @@ __global__ void delta_kernel(KernelArgs a, float* delta) {
   const Elem* g = static_cast<const Elem*>(a.dout) + bi * H * D + h * D;
   float part = 0.0f;
   for (int64_t d = lane; d < D; d += kWarpSize) part += to_float(o[d]) * to_float(g[d]);
-  const float total = warp_sum(part);
+  float total = warp_sum(part);
+  // The sink loss's w_h P[i, j] for real query rows (KernelArgs::sink_weight).
+  if (a.sink_weight != nullptr && key_is_real(a, b, i)) total -= a.sink_weight[h];
   if (lane == 0) delta[(b * H + h) * T + i] = total;
 }
 
@@ -334,7 +337,7 @@ __global__ void __launch_bounds__(kBlockThreads) f32_dq_kernel(KernelArgs a) {
       const int64_t j = j0 + c;
       if (lane == c && row_live && j <= i && key_is_real(a, b, j)) {
         const float prob = expf(dot_s * a.scale + slope * key_position(a, b, j) - lse);
-        ds = prob * (dot_p - delta) * a.scale;
+        ds = prob * (dot_p - delta) * a.scale + sink_first_key(a, b, h, i, j, first);
       }
     }
     for (int c = 0; c < nk; ++c) {
@@ -382,7 +385,8 @@ __global__ void __launch_bounds__(kBlockThreads) f32_dkdv_kernel(KernelArgs a) {
     dk[s] = 0.0f;
     dv[s] = a.uniform_dv != nullptr && d < D ? a.uniform_dv[bh * D + d] : 0.0f;
   }
-  for (int64_t i0 = max(key_begin, first_real_key(a, b)); i0 < T; i0 += kTile) {
+  const int64_t first = first_real_key(a, b);
+  for (int64_t i0 = max(key_begin, first); i0 < T; i0 += kTile) {
     const int64_t nq = min(static_cast<int64_t>(kTile), T - i0);
     __syncthreads();
     for (int64_t e = threadIdx.x; e < nq * D; e += blockDim.x) {
@@ -409,7 +413,7 @@ __global__ void __launch_bounds__(kBlockThreads) f32_dkdv_kernel(KernelArgs a) {
       const float dot_s = warp_sum(part_s), dot_p = warp_sum(part_p);
       if (lane == c && key_live && i0 + c >= j) {
         prob = expf(dot_s * a.scale + bias - slse[c]);
-        ds = prob * (dot_p - sdelta[c]) * a.scale;
+        ds = prob * (dot_p - sdelta[c]) * a.scale + sink_first_key(a, b, h, i0 + c, j, first);
       }
     }
     for (int c = 0; c < nq; ++c) {
@@ -485,6 +489,7 @@ KernelArgs kernel_args(const AttentionParams& p) {
   a.query_begin = p.query_begin, a.scale = p.scale;
   a.qkv = p.qkv, a.slopes = p.slopes, a.positions = p.positions, a.mask = p.mask;
   a.out = p.out, a.lse = p.lse, a.dout = p.dout, a.dqkv = p.dqkv;
+  a.sink_weight = p.sink_loss_weight;
   return a;
 }
 
@@ -605,10 +610,6 @@ absl::Status attention_forward(const AttentionParams& p) {
 
 absl::Status attention_backward(const AttentionParams& p) {
   if (absl::Status s = check(p, "cuda attention_backward", true); !s.ok()) return s;
-  if (p.sink_loss_weight != nullptr) {
-    return absl::InvalidArgumentError(
-        "cuda attention_backward: sink_loss_weight (controlled collapse) is CPU-only");
-  }
   if (p.batch == 0 || p.seq == 0) return absl::OkStatus();
   StreamScratch scratch(p.stream);
   KernelArgs a = kernel_args(p);

@@ -29,6 +29,11 @@ struct KernelArgs {
   void* dqkv;                 // (B, T, H, 3, D)
   const float* delta;         // (B, H, T): dout_i . out_i
   const float* uniform_dv;    // (B, H, D): dV share of fully padded query rows, or null
+  // (H): per-head weight w_h of the auxiliary sink loss (AlibiAttentionParams::sink_loss_weight),
+  // or null. Its score gradient w_h (P[i, j] - [j = first real key]) for real query rows i is
+  // split in two: delta_kernel folds -w_h into delta (so P (dP - delta) gains w_h P), and the
+  // dS of the first real key gains -w_h (times scale, as dS is stored), via sink_first_key.
+  const float* sink_weight;
 };
 
 __host__ __device__ inline int64_t token_stride(const KernelArgs& a) {
@@ -44,6 +49,13 @@ __device__ inline float key_position(const KernelArgs& a, int64_t b, int64_t j) 
 }
 __device__ inline int64_t first_real_key(const KernelArgs& a, int64_t b) {
   return a.first_real == nullptr ? 0 : a.first_real[b];
+}
+// The sink loss's term at the first real key, as dS * scale is stored: -w_h * scale when query
+// row i is real and key j is the first real key `first` (0 otherwise, and without a sink loss).
+__device__ inline float sink_first_key(const KernelArgs& a, int64_t b, int64_t h, int64_t i,
+                                       int64_t j, int64_t first) {
+  if (a.sink_weight == nullptr || j != first || !key_is_real(a, b, i)) return 0.0f;
+  return -a.sink_weight[h] * a.scale;
 }
 #endif
 

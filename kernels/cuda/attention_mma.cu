@@ -368,6 +368,7 @@ __global__ void __launch_bounds__(kThreads) mma_dq_kernel(KernelArgs a) {
         const bool live = i < T && i >= first && j <= i && bias != kNegInf;
         const float p = live ? __expf(s[n][e] * a.scale + bias - lse[r]) : 0.0f;
         s[n][e] = p * (dp[n][e] - delta[r]) * a.scale;  // dS * scale
+        if (live) s[n][e] += sink_first_key(a, b, h, i, j, first);
       }
     }
 #pragma unroll
@@ -438,7 +439,8 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
     }
   }
 
-  for (int64_t i0 = max(j0, first_real_key(a, b)); i0 < T; i0 += kBackwardTile) {
+  const int64_t first = first_real_key(a, b);
+  for (int64_t i0 = max(j0, first); i0 < T; i0 += kBackwardTile) {
     __syncthreads();  // also orders the key tile's staging before its first use
     stage_rows<kD>(sq, base + i0 * ts, ts, kBackwardTile, T - i0);
     stage_rows<kD>(sg, dout + i0 * H * kD, H * kD, kBackwardTile, T - i0);
@@ -481,6 +483,7 @@ __global__ void __launch_bounds__(kThreads) mma_dkdv_kernel(KernelArgs a) {
         const float p = live ? __expf(st[n][e] * a.scale + bias - slse[c]) : 0.0f;
         st[n][e] = p;                                          // P^T
         dpt[n][e] = p * (dpt[n][e] - sdelta[c]) * a.scale;     // dS^T * scale
+        if (live) dpt[n][e] += sink_first_key(a, b, h, i, j, first);
       }
     }
 #pragma unroll

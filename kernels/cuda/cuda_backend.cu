@@ -13,6 +13,7 @@
 #include "engine/device.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_pool.h"
 #include "kernels/cuda/ops.h"
 
 namespace engine {
@@ -26,35 +27,29 @@ cuda::AttentionParams on_default_stream(const AlibiAttentionParams& p) {
   return a;
 }
 
-// cudaFree needs no backend object: the allocation knows its device. Errors cannot be reported
-// from a deallocation; one can only follow an earlier error on the device, already returned.
-void free_device_memory(void* p) {
-  if (p != nullptr) cudaFree(p);
-}
-
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(int device, cublasHandle_t handle) : device_(device), cublas_(handle) {}
-  ~CudaBackend() override { cublasDestroy(cublas_); }
+  CudaBackend(int device, cublasHandle_t handle)
+      : device_(device), cublas_(handle), pool_(std::make_shared<cuda::DevicePool>(device)) {}
+  // The pool's cached blocks go now; blocks still live (memory that outlives the backend) are
+  // released when freed (kernels/cuda/device_pool.h).
+  ~CudaBackend() override {
+    cublasDestroy(cublas_);
+    pool_->close();
+  }
 
   DeviceKind kind() const override { return DeviceKind::kCuda; }
   std::string_view name() const override { return "cuda"; }
 
+  // Memory comes from the caching pool (kernels/cuda/device_pool.h): a freed block is kept for
+  // the next request of its size class instead of going back through cudaFree, which
+  // synchronises the device.
   absl::StatusOr<void*> allocate(size_t bytes) override {
-    ENGINE_CUDA_CHECK(cudaSetDevice(device_));
-    void* p = nullptr;
-    if (cudaMalloc(&p, bytes > 0 ? bytes : 1) != cudaSuccess) {
-      cudaGetLastError();  // an allocation failure is not sticky; clear it for the next call
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cuda:", device_, ": out of device memory allocating ", bytes, " bytes"));
-    }
-    if (cudaError_t e = cudaMemset(p, 0, bytes); e != cudaSuccess) {
-      cudaFree(p);
-      return absl::InternalError(absl::StrCat("cudaMemset: ", cudaGetErrorString(e)));
-    }
-    return p;
+    return cuda::DevicePool::allocate(pool_, bytes);
   }
-  Deallocator deallocator() const override { return &free_device_memory; }
+  Deallocator deallocator() const override { return &cuda::DevicePool::free_block; }
+  BackendMemoryStats memory_stats() const override { return pool_->stats(); }
+  void reset_peak_memory() override { pool_->reset_peak(); }
   absl::Status copy_to_device(void* device, const void* host, size_t bytes) override {
     if (bytes > 0) ENGINE_CUDA_CHECK(cudaMemcpy(device, host, bytes, cudaMemcpyHostToDevice));
     return absl::OkStatus();
@@ -132,6 +127,7 @@ class CudaBackend final : public Backend {
   static constexpr cudaStream_t kStream = nullptr;  // the legacy default stream
   int device_;
   cublasHandle_t cublas_;
+  std::shared_ptr<cuda::DevicePool> pool_;
 };
 
 }  // namespace
