@@ -471,6 +471,7 @@ absl::Status Tape::Backward::op(const TapeGelu& e) {
   if (!needs(e.x)) return absl::OkStatus();
   GeluParams p;
   p.n = e.n;
+  p.exact = e.exact;
   p.x = tape_.values_[e.x].data;
   p.dy = dy;
   TAPE_ASSIGN_OR_RETURN(dx, overwrite_target(e.x));
