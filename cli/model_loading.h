@@ -26,7 +26,8 @@ void apply_thread_flag();
 absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& command,
                                                          bool runs_on_cuda);
 // The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
-// the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
+// the storage --dtype names (auto: bf16 on cuda, f32 on the cpu). A model of another family than
+// BLOOM runs on the cpu: auto picks it and an explicit cuda is a one-line error naming the family.
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model);
 

@@ -1,5 +1,6 @@
 // Every engine command on a Falcon (ALiBi) and an MPT fixture model, through the binary: info,
-// eval, diagnose, plan, train --surgery, generate, export and repair end to end. Repair's final
+// eval, diagnose, plan, train --surgery, generate, export and repair end to end; --device cuda
+// is refused naming the family. Repair's final
 // model keeps its family, loads, and differs from the input only inside the repaired heads'
 // slices (bit-identical elsewhere, checked element by element against the plan's mask).
 #include <unistd.h>
@@ -61,6 +62,12 @@ TEST_P(FamilyCli, EveryCommandRuns) {
       << log("info.log");
   ASSERT_EQ(run("eval --device cpu --seq_len 16 --model " + m + " --data " + d, "eval.log"), 0)
       << log("eval.log");
+  // CPU only for now: an explicit CUDA device is refused in one line naming the family.
+  EXPECT_NE(run("eval --device cuda --seq_len 16 --model " + m + " --data " + d, "cuda.log"), 0);
+  EXPECT_NE(log("cuda.log").find(std::string("the ") + (mpt ? "mpt" : "falcon") +
+                                 " family runs on the CPU only"),
+            std::string::npos)
+      << log("cuda.log");
   const std::string report = (dir_ / "report.json").string();
   ASSERT_EQ(run("diagnose --device cpu --seq_len 16 --model " + m + " --data " + d + " --out " +
                     report,
