@@ -197,6 +197,11 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
+  if (explicit_cuda && config->family != ModelFamily::kBloom) {
+    return fail(absl::StrCat("train: --device ", absl::GetFlag(FLAGS_device), ": the ",
+                             family_name(config->family),
+                             " family runs on the CPU only; use --device cpu"));
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;
