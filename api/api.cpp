@@ -109,7 +109,7 @@ ModelInfo Model::info() const {
   i.n_head = c.n_head;
   i.head_dim = c.head_dim();
   i.parameters = impl_->model.arena.parameter_elements();
-  i.alibi_slopes = alibi_slopes(c.n_head);
+  i.alibi_slopes = attention_slopes(c);
   return i;
 }
 
@@ -291,7 +291,7 @@ Result<TrainSummary> Model::train(const std::vector<std::vector<int32_t>>& docum
 
 Result<SurgerySummary> Model::apply_plan(const Plan& plan) {
   const BloomConfig& c = impl_->model.config;
-  const HeadGeometry g{c.n_layer, c.n_head, c.head_dim()};
+  const HeadGeometry g = HeadGeometry::of(c);
   if (auto s = validate_plan(plan.impl_->plan, g, "plan"); !s.ok()) return fail<SurgerySummary>(s);
   auto mask = apply_surgery(impl_->model.arena, g, plan.impl_->plan);
   if (!mask.ok()) return fail<SurgerySummary>(mask.status());

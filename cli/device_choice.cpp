@@ -53,7 +53,16 @@ absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& com
 
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model) {
-  absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, true);
+  // Families other than BLOOM run on the CPU only (model/bloom_forward.h): auto picks it, and an
+  // explicit CUDA device is refused naming the family.
+  const bool bloom = model.config.family == ModelFamily::kBloom;
+  if (const std::string device = absl::GetFlag(FLAGS_device);
+      !bloom && device.rfind("cuda", 0) == 0) {
+    return absl::UnimplementedError(absl::StrCat(command, ": --device ", device, ": the ",
+                                                 family_name(model.config.family),
+                                                 " family runs on the CPU only; use --device cpu"));
+  }
+  absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, bloom);
   if (!backend.ok()) return backend;
   const std::string name = absl::GetFlag(FLAGS_dtype);
   // auto: bf16 on a CUDA device whose tensor-core attention takes the model's head dim (64, 80,

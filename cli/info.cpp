@@ -138,13 +138,14 @@ int run_info(const std::vector<std::string>& args) {
   if (!info.ok()) return fail(std::string(info.status().message()));
   const BloomConfig& c = info->config;
   const ParameterCounts n = count_parameters(c);
-  const std::vector<float> slopes = alibi_slopes(c.n_head);
+  const std::vector<float> slopes = attention_slopes(c);
   const int64_t layers = c.n_layer;
 
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::ordered_json j;
     j["model"] = dir;
     j["architecture"] = {
+        {"family", family_name(c.family)},
         {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
         {"n_layer", c.n_layer},       {"n_head", c.n_head},
         {"head_dim", c.head_dim()},   {"layer_norm_epsilon", c.layer_norm_epsilon}};
@@ -173,8 +174,11 @@ int run_info(const std::vector<std::string>& args) {
 
   std::printf("model: %s\n", dir.c_str());
   std::printf(
-      "architecture: BLOOM, vocab %lld, hidden %lld, layers %lld, heads %lld, "
+      "architecture: %s, vocab %lld, hidden %lld, layers %lld, heads %lld, "
       "head_dim %lld, layer_norm_epsilon %g\n",
+      c.family == ModelFamily::kBloom    ? "BLOOM"
+      : c.family == ModelFamily::kFalcon ? "Falcon (ALiBi)"
+                                         : "MPT",
       static_cast<long long>(c.vocab_size), static_cast<long long>(c.hidden_size),
       static_cast<long long>(c.n_layer), static_cast<long long>(c.n_head),
       static_cast<long long>(c.head_dim()), c.layer_norm_epsilon);
@@ -195,6 +199,7 @@ int run_info(const std::vector<std::string>& args) {
   row("layer layernorms", n.layernorms, n.layernorms / layers);
   row("final layernorm", n.final_layernorm, -1);
   row("total", n.total, -1);
+  // The slope each head's score sees per position (Falcon's already divided by sqrt(head_dim)).
   std::printf("alibi slopes:\n");
   for (size_t h = 0; h < slopes.size(); ++h) {
     std::printf("  head %3zu  %.9g\n", h, static_cast<double>(slopes[h]));

@@ -34,7 +34,8 @@ absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& com
                                                           bool auto_may_pick_cuda = true,
                                                           bool trains_16bit = false);
 // The backend for `command` with `model`'s weights resident on it (model/device_model.h) in
-// the storage --dtype names (auto: bf16 on cuda, f32 on the cpu).
+// the storage --dtype names (auto: bf16 on cuda, f32 on the cpu). A model of another family than
+// BLOOM runs on the cpu: auto picks it and an explicit cuda is a one-line error naming the family.
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
                                                              BloomModel& model);
 

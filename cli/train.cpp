@@ -235,6 +235,11 @@ int run_train(const std::vector<std::string>& args) {
   absl::StatusOr<BloomConfig> config =
       load_bloom_config(std::filesystem::path(o.model_dir) / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
+  if (backend->kind() == DeviceKind::kCuda && config->family != ModelFamily::kBloom) {
+    return fail(absl::StrCat("train: --device ", absl::GetFlag(FLAGS_device), ": the ",
+                             family_name(config->family),
+                             " family runs on the CPU only; use --device cpu"));
+  }
   if (o.storage != DType::kF32 && backend->kind() == DeviceKind::kCuda &&
       !cuda_16bit_attention_supports(config->head_dim())) {
     return fail(absl::StrCat("train: --dtype ", dtype, ": the CUDA 16-bit attention takes head_dim "

@@ -67,9 +67,12 @@ struct LayerNormParams {
 };
 
 // tanh-approximation GELU, elementwise over n values. Storage: x, y, dy, dx.
+// exact: the erf form x * (1 + erf(x / sqrt 2)) / 2 (Falcon, MPT) instead; only the CPU backend
+// implements it (the model code runs those families on the CPU only).
 struct GeluParams {
   DType storage = DType::kF32;
   int64_t n = 0;
+  bool exact = false;
   const void* x = nullptr; void* y = nullptr;
   const void* dy = nullptr; void* dx = nullptr;  // backward
 };

@@ -500,6 +500,7 @@ absl::Status Tape::Backward::op(const TapeGelu& e) {
   GeluParams p;
   p.storage = st_;
   p.n = e.n;
+  p.exact = e.exact;
   p.x = tape_.values_[e.x].data;
   p.dy = dy;
   TAPE_ASSIGN_OR_RETURN(dx, overwrite_target(e.x));

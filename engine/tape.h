@@ -181,6 +181,7 @@ struct TapeAttention {
 struct TapeGelu {
   int64_t n = 0;
   int x = -1, y = -1;
+  bool exact = false;  // GeluParams::exact
 };
 // The loss root: gradient of loss_scale * (sum of scored row losses).
 struct TapeClassifier {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/device_array.h"
+#include "model/bloom_layout.h"
 #include "model/device_model.h"
 
 namespace engine {
@@ -35,6 +36,8 @@ struct BlockParams {
 struct GraphParams {
   TapeParameter embedding, emb_ln_w, emb_ln_b, lnf_w, lnf_b;
   std::vector<BlockParams> blocks;
+  bool embedding_layernorm = true;
+  std::vector<float> zeros;  // (C): what absent LayerNorm biases point at
 };
 
 absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend& backend) {
@@ -51,22 +54,31 @@ absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend&
     }
     return *p;
   };
+  using R = ParamRole;
+  const BloomConfig& c = model.config;
   GraphParams g;
-  g.embedding = param("word_embeddings.weight");
-  g.emb_ln_w = param("word_embeddings_layernorm.weight");
-  g.emb_ln_b = param("word_embeddings_layernorm.bias");
-  g.lnf_w = param("ln_f.weight");
-  g.lnf_b = param("ln_f.bias");
-  for (int64_t l = 0; l < model.config.n_layer; ++l) {
-    const std::string h = absl::StrCat("h.", l, ".");
+  g.zeros.assign(static_cast<size_t>(c.hidden_size), 0.0f);
+  // An absent tensor (FamilyTraits): an empty parameter (never trainable); an absent LayerNorm
+  // bias also points at zeros, which the LayerNorm ops read.
+  auto role = [&](R r, int64_t l = -1) {
+    const std::string name = parameter_name(c, r, l);
+    if (!name.empty()) return param(name);
+    TapeParameter absent;
+    if (r == R::kLn1Bias || r == R::kLn2Bias || r == R::kLnfBias) absent.data = g.zeros.data();
+    return absent;
+  };
+  g.embedding = role(R::kEmbedding);
+  g.emb_ln_w = role(R::kEmbLnWeight);
+  g.emb_ln_b = role(R::kEmbLnBias);
+  g.lnf_w = role(R::kLnfWeight);
+  g.lnf_b = role(R::kLnfBias);
+  g.embedding_layernorm = family_traits(c).embedding_layernorm;
+  for (int64_t l = 0; l < c.n_layer; ++l) {
     g.blocks.push_back(BlockParams{
-        param(h + "input_layernorm.weight"), param(h + "input_layernorm.bias"),
-        param(h + "self_attention.query_key_value.weight"),
-        param(h + "self_attention.query_key_value.bias"), param(h + "self_attention.dense.weight"),
-        param(h + "self_attention.dense.bias"), param(h + "post_attention_layernorm.weight"),
-        param(h + "post_attention_layernorm.bias"), param(h + "mlp.dense_h_to_4h.weight"),
-        param(h + "mlp.dense_h_to_4h.bias"), param(h + "mlp.dense_4h_to_h.weight"),
-        param(h + "mlp.dense_4h_to_h.bias")});
+        role(R::kLn1Weight, l), role(R::kLn1Bias, l), role(R::kQkvWeight, l),
+        role(R::kQkvBias, l), role(R::kDenseWeight, l), role(R::kDenseBias, l),
+        role(R::kLn2Weight, l), role(R::kLn2Bias, l), role(R::kFc1Weight, l),
+        role(R::kFc1Bias, l), role(R::kFc2Weight, l), role(R::kFc2Bias, l)});
   }
   if (!missing.ok()) return missing;
   return g;
@@ -77,6 +89,8 @@ struct GraphShape {
   DType storage = DType::kF32;  // of the activations and weights (the tape's)
   int64_t batch = 0, seq = 0, hidden = 0, heads = 0, head_dim = 0;
   float eps = 1e-5f;
+  float scale = 0.0f;       // attention_scale (config.h)
+  bool gelu_exact = false;  // FamilyTraits::gelu_exact
   const float* slopes = nullptr;
   const int32_t* positions = nullptr;
   const uint8_t* mask = nullptr;
@@ -97,7 +111,7 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   AlibiAttentionParams& ap = at.forward;
   ap.storage = s.storage;
   ap.batch = s.batch, ap.seq = s.seq, ap.heads = s.heads, ap.head_dim = s.head_dim;
-  ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  ap.scale = s.scale;
   ap.qkv = a.qkv.data();
   ap.slopes = s.slopes;
   ap.positions = s.positions;
@@ -117,7 +131,7 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   const int fc1 = tape.add_value(a.fc1.data(), rows * 4 * C);
   tape.record(TapeLinear{rows, C, 4 * C, p.fc1_w, p.fc1_b, ln2, -1, fc1});
   const int gelu = tape.add_value(a.gelu.empty() ? nullptr : a.gelu.data(), rows * 4 * C);
-  tape.record(TapeGelu{rows * 4 * C, fc1, gelu});
+  tape.record(TapeGelu{rows * 4 * C, fc1, gelu, s.gelu_exact});
   const int x_next = tape.add_value(out, rows * C);
   tape.record(TapeLinear{rows, 4 * C, C, p.fc2_w, p.fc2_b, gelu, x_mid, x_next});
   return x_next;
@@ -148,6 +162,12 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
 int record_embedding(Tape& tape, const GraphShape& s, const GraphParams& p, BloomActivations& act,
                      const int32_t* ids, int64_t vocab, const void* x0) {
   const int64_t rows = s.batch * s.seq, C = s.hidden;
+  if (!p.embedding_layernorm) {
+    // The first block reads the embedding itself (x0 holds a copy of it).
+    const int x = tape.add_value(x0, rows * C);
+    tape.record(TapeEmbedding{rows, C, vocab, ids, p.embedding, x});
+    return x;
+  }
   const int embedded = tape.add_value(act.embedded.data(), rows * C);
   tape.record(TapeEmbedding{rows, C, vocab, ids, p.embedding, embedded});
   const int x = tape.add_value(x0, rows * C);
@@ -303,6 +323,10 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         "the attention sink loss (controlled collapse) is not implemented with ",
         dtype_name(storage), " weights (run it in f32)"));
   }
+  if (c.clip_qkv > 0.0) {
+    return absl::UnimplementedError(
+        "training: attn_config.clip_qkv is set; the engine has no backward for the clamp");
+  }
   if (sink_loss != nullptr) sink_loss->value = 0.0;
   absl::StatusOr<GraphParams> params = graph_params(model, backend);
   if (!params.ok()) return params.status();
@@ -355,6 +379,8 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.batch = in.batch, shape.seq = in.seq, shape.hidden = C;
   shape.heads = c.n_head, shape.head_dim = c.head_dim();
   shape.eps = static_cast<float>(c.layer_norm_epsilon);
+  shape.scale = attention_scale(c);
+  shape.gelu_exact = family_traits(c).gelu_exact;
   shape.slopes = act.slopes.data();
   shape.positions = act.positions.data();
   shape.mask = act.mask.empty() ? nullptr : act.mask.data();

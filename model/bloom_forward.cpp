@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "model/bloom_layout.h"
 #include "model/device_model.h"
 
 namespace engine {
@@ -120,11 +121,20 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
       !s.ok()) {
     return s;
   }
+  if (c.clip_qkv > 0.0) {
+    // MPT's clip_qkv: the fused projection clamped to [-clip, clip] (CPU, f32 storage only).
+    if (st != DType::kF32 || backend.kind() != DeviceKind::kCpu) {
+      return absl::UnimplementedError("forward: attn_config.clip_qkv needs f32 on the CPU");
+    }
+    const float clip = static_cast<float>(c.clip_qkv);
+    float* v = static_cast<float*>(qkv);
+    for (int64_t i = 0; i < rows * 3 * C; ++i) v[i] = std::clamp(v[i], -clip, clip);
+  }
   AlibiAttentionParams ap;
   ap.storage = st;
   ap.batch = call.batch, ap.seq = call.past + call.rows_per_batch, ap.heads = H, ap.head_dim = D;
   ap.query_begin = call.past;
-  ap.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  ap.scale = attention_scale(c);
   ap.qkv = call.qkv_store;
   ap.slopes = slopes;
   ap.positions = call.positions;
@@ -152,6 +162,7 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   }
   GeluParams gp;
   gp.storage = st;
+  gp.exact = family_traits(c).gelu_exact;
   gp.n = rows * 4 * C;
   gp.x = a.fc1.data(), gp.y = gelu;
   if (absl::Status s = backend.gelu_forward(gp); !s.ok()) return s;
@@ -211,32 +222,37 @@ absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte
     std::string name;
     const void** dst;
   };
+  using R = ParamRole;
+  const BloomConfig& c = model.config;
+  w.zeros.assign(static_cast<size_t>(c.hidden_size), 0.0f);
   std::vector<Named> names = {
-      {"word_embeddings.weight", &w.embedding},
-      {"word_embeddings_layernorm.weight", &w.emb_ln_weight},
-      {"word_embeddings_layernorm.bias", &w.emb_ln_bias},
-      {"ln_f.weight", &w.lnf_weight},
-      {"ln_f.bias", &w.lnf_bias},
+      {parameter_name(c, R::kEmbedding), &w.embedding},
+      {parameter_name(c, R::kEmbLnWeight), &w.emb_ln_weight},
+      {parameter_name(c, R::kEmbLnBias), &w.emb_ln_bias},
+      {parameter_name(c, R::kLnfWeight), &w.lnf_weight},
+      {parameter_name(c, R::kLnfBias), &w.lnf_bias},
   };
-  w.blocks.resize(model.config.n_layer);
-  for (int64_t l = 0; l < model.config.n_layer; ++l) {
+  w.blocks.resize(c.n_layer);
+  for (int64_t l = 0; l < c.n_layer; ++l) {
     BloomBlockWeights& b = w.blocks[l];
-    const std::string h = absl::StrCat("h.", l, ".");
-    names.push_back({h + "input_layernorm.weight", &b.ln1_weight});
-    names.push_back({h + "input_layernorm.bias", &b.ln1_bias});
-    names.push_back({h + "self_attention.query_key_value.weight", &b.qkv_weight});
-    names.push_back({h + "self_attention.query_key_value.bias", &b.qkv_bias});
-    names.push_back({h + "self_attention.dense.weight", &b.dense_weight});
-    names.push_back({h + "self_attention.dense.bias", &b.dense_bias});
-    names.push_back({h + "post_attention_layernorm.weight", &b.ln2_weight});
-    names.push_back({h + "post_attention_layernorm.bias", &b.ln2_bias});
-    names.push_back({h + "mlp.dense_h_to_4h.weight", &b.fc1_weight});
-    names.push_back({h + "mlp.dense_h_to_4h.bias", &b.fc1_bias});
-    names.push_back({h + "mlp.dense_4h_to_h.weight", &b.fc2_weight});
-    names.push_back({h + "mlp.dense_4h_to_h.bias", &b.fc2_bias});
+    for (auto [role, dst] : {std::pair{R::kLn1Weight, &b.ln1_weight}, {R::kLn1Bias, &b.ln1_bias},
+                             {R::kQkvWeight, &b.qkv_weight}, {R::kQkvBias, &b.qkv_bias},
+                             {R::kDenseWeight, &b.dense_weight}, {R::kDenseBias, &b.dense_bias},
+                             {R::kLn2Weight, &b.ln2_weight}, {R::kLn2Bias, &b.ln2_bias},
+                             {R::kFc1Weight, &b.fc1_weight}, {R::kFc1Bias, &b.fc1_bias},
+                             {R::kFc2Weight, &b.fc2_weight}, {R::kFc2Bias, &b.fc2_bias}}) {
+      names.push_back({parameter_name(c, role, l), dst});
+    }
   }
-  for (const Named& n : names) {
+  const FamilyTraits traits = family_traits(c);
+  for (Named& n : names) {
+    *n.dst = nullptr;
+    if (n.name.empty()) continue;
     if (absl::Status s = get(n.name, n.dst); !s.ok()) return s;
+  }
+  if (!traits.layernorm_bias) {
+    for (BloomBlockWeights& b : w.blocks) b.ln1_bias = b.ln2_bias = w.zeros.data();
+    w.lnf_bias = w.zeros.data();
   }
   return w;
 }
@@ -249,6 +265,11 @@ absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model) {
 }
 
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backend& backend) {
+  if (model.config.family != ModelFamily::kBloom && backend.kind() != DeviceKind::kCpu) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the ", family_name(model.config.family), " family runs on the CPU only, not on ",
+        std::string(backend.name())));
+  }
   absl::StatusOr<const std::byte*> base = arena_on(model, backend);
   if (!base.ok()) return base.status();
   return weights_at(model, *base, storage_on(model, backend));
@@ -319,9 +340,10 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       const bool real = in.mask == nullptr || in.mask[b * T + t] != 0;
       count += real ? 1 : 0;
       positions[b * T + t] = real ? count - 1 : 0;
+      if (family_traits(c).key_index_positions) positions[b * T + t] = static_cast<int32_t>(t);
     }
   }
-  const std::vector<float> slopes = alibi_slopes(H);
+  const std::vector<float> slopes = attention_slopes(c);
   if (absl::Status s = upload<int32_t>(backend, act->positions, positions); !s.ok()) return s;
   if (absl::Status s = upload<float>(backend, act->slopes, slopes); !s.ok()) return s;
   if (absl::Status s = upload<int32_t>(backend, act->ids, {in.ids, static_cast<size_t>(rows)});
@@ -380,10 +402,17 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
   ep.rows = rows, ep.width = C, ep.vocab = c.vocab_size;
   ep.ids = act->ids.data(), ep.table = weights->embedding, ep.out = act->embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
-  if (absl::Status s = layernorm(backend, st, act->embedded.data(), rows, C, eps,
-                                 weights->emb_ln_weight, weights->emb_ln_bias, first.x.data(),
-                                 act->emb_ln_mean.f32(), act->emb_ln_rstd.f32());
-      !s.ok()) {
+  if (weights->emb_ln_weight == nullptr) {
+    if (absl::Status s = backend.copy_on_device(first.x.data(), act->embedded.data(),
+                                                act->embedded.bytes());
+        !s.ok()) {
+      return s;
+    }
+  } else if (absl::Status s = layernorm(backend, st, act->embedded.data(), rows, C, eps,
+                                        weights->emb_ln_weight, weights->emb_ln_bias,
+                                        first.x.data(), act->emb_ln_mean.f32(),
+                                        act->emb_ln_rstd.f32());
+             !s.ok()) {
     return s;
   }
 
@@ -607,7 +636,7 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = upload<float>(backend, slopes, alibi_slopes(c.n_head)); !s.ok()) return s;
+  if (absl::Status s = upload<float>(backend, slopes, attention_slopes(c)); !s.ok()) return s;
   if (absl::Status s = embedded.resize(backend, count * C, st); !s.ok()) return s;
   if (absl::Status s = last.resize(backend, C, st); !s.ok()) return s;
   if (absl::Status s = logits.resize(backend, c.vocab_size); !s.ok()) return s;
@@ -616,10 +645,15 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
   ep.rows = count, ep.width = C, ep.vocab = c.vocab_size;
   ep.ids = device_ids.data(), ep.table = weights->embedding, ep.out = embedded.data();
   if (absl::Status s = backend.embedding_forward(ep); !s.ok()) return s;
-  if (absl::Status s = layernorm(backend, st, embedded.data(), count, C, eps,
-                                 weights->emb_ln_weight, weights->emb_ln_bias, a.x.data(), nullptr,
-                                 nullptr);
-      !s.ok()) {
+  if (weights->emb_ln_weight == nullptr) {
+    if (absl::Status s = backend.copy_on_device(a.x.data(), embedded.data(), embedded.bytes());
+        !s.ok()) {
+      return s;
+    }
+  } else if (absl::Status s = layernorm(backend, st, embedded.data(), count, C, eps,
+                                        weights->emb_ln_weight, weights->emb_ln_bias, a.x.data(),
+                                        nullptr, nullptr);
+             !s.ok()) {
     return s;
   }
   for (int64_t l = 0; l < c.n_layer; ++l) {

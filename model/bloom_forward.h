@@ -46,6 +46,10 @@ struct BloomBlockWeights {
 
 struct BloomWeights {
   DType storage = DType::kF32;
+  // Families without some tensors (config.h, FamilyTraits): an absent Linear bias is null; an
+  // absent LayerNorm bias points at `zeros` (C zero elements in any storage); an absent embedding
+  // LayerNorm leaves emb_ln_weight null and the embedding feeds the first block directly.
+  std::vector<float> zeros;
   const void* embedding;                          // (V, C), also the LM head
   const void* emb_ln_weight; const void* emb_ln_bias;  // (C)
   std::vector<BloomBlockWeights> blocks;           // (L)
@@ -54,7 +58,8 @@ struct BloomWeights {
 
 // Looks up every tensor by its released-checkpoint name; NotFound names the missing one. The
 // pointers are into the host arena, or with a backend, into the arena as that backend reads it
-// (FailedPrecondition when the model is not resident there).
+// (FailedPrecondition when the model is not resident there). Families other than BLOOM run on the
+// CPU backend only (Unimplemented on another, naming the family).
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model);
 absl::StatusOr<BloomWeights> bloom_weights(const BloomModel& model, const Backend& backend);
 

@@ -11,34 +11,90 @@ constexpr int64_t kMlpExpansion = 4;
 constexpr int64_t kQkvParts = 3;
 }  // namespace
 
+std::string parameter_name(const BloomConfig& c, ParamRole role, int64_t layer) {
+  using R = ParamRole;
+  const FamilyTraits t = family_traits(c);
+  const bool bias_role = role == R::kQkvBias || role == R::kDenseBias || role == R::kFc1Bias ||
+                         role == R::kFc2Bias;
+  const bool ln_bias_role = role == R::kEmbLnBias || role == R::kLn1Bias ||
+                            role == R::kLn2Bias || role == R::kLnfBias;
+  if (bias_role && !t.linear_bias) return "";
+  if (ln_bias_role && !t.layernorm_bias) return "";
+  if ((role == R::kEmbLnWeight || role == R::kEmbLnBias) && !t.embedding_layernorm) return "";
+  if (c.family == ModelFamily::kMpt) {
+    const std::string b = absl::StrCat("blocks.", layer, ".");
+    switch (role) {
+      case R::kEmbedding: return "wte.weight";
+      case R::kLn1Weight: return b + "norm_1.weight";
+      case R::kQkvWeight: return b + "attn.Wqkv.weight";
+      case R::kDenseWeight: return b + "attn.out_proj.weight";
+      case R::kLn2Weight: return b + "norm_2.weight";
+      case R::kFc1Weight: return b + "ffn.up_proj.weight";
+      case R::kFc2Weight: return b + "ffn.down_proj.weight";
+      case R::kLnfWeight: return "norm_f.weight";
+      default: return "";
+    }
+  }
+  // BLOOM and Falcon share every name (Falcon has no embedding LayerNorm, filtered above).
+  const std::string h = absl::StrCat("h.", layer, ".");
+  switch (role) {
+    case R::kEmbedding: return "word_embeddings.weight";
+    case R::kEmbLnWeight: return "word_embeddings_layernorm.weight";
+    case R::kEmbLnBias: return "word_embeddings_layernorm.bias";
+    case R::kLn1Weight: return h + "input_layernorm.weight";
+    case R::kLn1Bias: return h + "input_layernorm.bias";
+    case R::kQkvWeight: return h + "self_attention.query_key_value.weight";
+    case R::kQkvBias: return h + "self_attention.query_key_value.bias";
+    case R::kDenseWeight: return h + "self_attention.dense.weight";
+    case R::kDenseBias: return h + "self_attention.dense.bias";
+    case R::kLn2Weight: return h + "post_attention_layernorm.weight";
+    case R::kLn2Bias: return h + "post_attention_layernorm.bias";
+    case R::kFc1Weight: return h + "mlp.dense_h_to_4h.weight";
+    case R::kFc1Bias: return h + "mlp.dense_h_to_4h.bias";
+    case R::kFc2Weight: return h + "mlp.dense_4h_to_h.weight";
+    case R::kFc2Bias: return h + "mlp.dense_4h_to_h.bias";
+    case R::kLnfWeight: return "ln_f.weight";
+    case R::kLnfBias: return "ln_f.bias";
+  }
+  return "";
+}
+
+int64_t qkv_file_row(const BloomConfig& c, int64_t r) {
+  if (!family_traits(c).qkv_blocks) return r;
+  const int64_t D = c.head_dim();
+  const int64_t h = r / (kQkvParts * D), part = (r / D) % kQkvParts, d = r % D;
+  return part * c.hidden_size + h * D + d;
+}
+
 std::vector<BloomParameterSpec> bloom_parameter_specs(const BloomConfig& c) {
   using G = BloomParameterGroup;
+  using R = ParamRole;
   const int64_t C = c.hidden_size;
   const int64_t V = c.vocab_size;
   std::vector<BloomParameterSpec> specs;
-  specs.push_back({"word_embeddings.weight", {V, C}, G::kEmbedding});
-  specs.push_back({"word_embeddings_layernorm.weight", {C}, G::kEmbeddingLayerNorm});
-  specs.push_back({"word_embeddings_layernorm.bias", {C}, G::kEmbeddingLayerNorm});
+  auto add = [&](R role, std::vector<int64_t> shape, G group, int64_t layer) {
+    std::string name = parameter_name(c, role, layer);
+    if (!name.empty()) specs.push_back({std::move(name), std::move(shape), group, layer});
+  };
+  add(R::kEmbedding, {V, C}, G::kEmbedding, -1);
+  add(R::kEmbLnWeight, {C}, G::kEmbeddingLayerNorm, -1);
+  add(R::kEmbLnBias, {C}, G::kEmbeddingLayerNorm, -1);
   for (int64_t l = 0; l < c.n_layer; ++l) {
-    const std::string p = absl::StrCat("h.", l, ".");
-    specs.push_back({p + "input_layernorm.weight", {C}, G::kLayerNorm, l});
-    specs.push_back({p + "input_layernorm.bias", {C}, G::kLayerNorm, l});
-    specs.push_back({p + "self_attention.query_key_value.weight",
-                     {kQkvParts * C, C},
-                     G::kAttention,
-                     l});  // (3C, C), rows interleaved per head
-    specs.push_back({p + "self_attention.query_key_value.bias", {kQkvParts * C}, G::kAttention, l});
-    specs.push_back({p + "self_attention.dense.weight", {C, C}, G::kAttention, l});
-    specs.push_back({p + "self_attention.dense.bias", {C}, G::kAttention, l});
-    specs.push_back({p + "post_attention_layernorm.weight", {C}, G::kLayerNorm, l});
-    specs.push_back({p + "post_attention_layernorm.bias", {C}, G::kLayerNorm, l});
-    specs.push_back({p + "mlp.dense_h_to_4h.weight", {kMlpExpansion * C, C}, G::kMlp, l});
-    specs.push_back({p + "mlp.dense_h_to_4h.bias", {kMlpExpansion * C}, G::kMlp, l});
-    specs.push_back({p + "mlp.dense_4h_to_h.weight", {C, kMlpExpansion * C}, G::kMlp, l});
-    specs.push_back({p + "mlp.dense_4h_to_h.bias", {C}, G::kMlp, l});
+    add(R::kLn1Weight, {C}, G::kLayerNorm, l);
+    add(R::kLn1Bias, {C}, G::kLayerNorm, l);
+    add(R::kQkvWeight, {kQkvParts * C, C}, G::kAttention, l);  // (3C, C), arena rows per head
+    add(R::kQkvBias, {kQkvParts * C}, G::kAttention, l);
+    add(R::kDenseWeight, {C, C}, G::kAttention, l);
+    add(R::kDenseBias, {C}, G::kAttention, l);
+    add(R::kLn2Weight, {C}, G::kLayerNorm, l);
+    add(R::kLn2Bias, {C}, G::kLayerNorm, l);
+    add(R::kFc1Weight, {kMlpExpansion * C, C}, G::kMlp, l);
+    add(R::kFc1Bias, {kMlpExpansion * C}, G::kMlp, l);
+    add(R::kFc2Weight, {C, kMlpExpansion * C}, G::kMlp, l);
+    add(R::kFc2Bias, {C}, G::kMlp, l);
   }
-  specs.push_back({"ln_f.weight", {C}, G::kFinalLayerNorm});
-  specs.push_back({"ln_f.bias", {C}, G::kFinalLayerNorm});
+  add(R::kLnfWeight, {C}, G::kFinalLayerNorm, -1);
+  add(R::kLnfBias, {C}, G::kFinalLayerNorm, -1);
   return specs;
 }
 

@@ -1,8 +1,13 @@
-// The parameter layout of a BLOOM model: every tensor of a released checkpoint, by its released
-// name (no "transformer." prefix) and shape, in the order the arena stores them.
-// Contract: the order is embedding, embedding LayerNorm, then per layer input LN, QKV, dense,
-// post-attention LN, MLP, and finally ln_f; weights before biases. It never includes
-// lm_head.weight (tied to word_embeddings.weight). C = hidden_size, V = vocab_size.
+// The parameter layout of a model of any supported family (config.h): every tensor of a released
+// checkpoint, by its released name (no "transformer." prefix) and shape, in the order the arena
+// stores them.
+// Contract: the order is embedding, embedding LayerNorm (BLOOM only), then per layer input LN,
+// QKV, dense, post-attention LN, MLP, and finally the final LN; weights before biases; tensors the
+// family does not have (MPT's biases, Falcon's with bias: false) are left out. It never includes
+// lm_head.weight (tied to the embedding). C = hidden_size, V = vocab_size.
+// The arena holds every fused QKV weight and bias with rows interleaved per head, (H, 3, D), for
+// every family; a family whose checkpoint stores [Q; K; V] blocks (MPT) is permuted on load and
+// on save (qkv_file_row). Names per family: docs/FORMATS.md, "Model families".
 #pragma once
 
 #include <cstdint>
@@ -31,6 +36,22 @@ struct BloomParameterSpec {
   BloomParameterGroup group;
   int64_t layer = -1;  // block index, -1 outside the blocks
 };
+
+// A parameter by what it does, whatever the family calls it.
+enum class ParamRole {
+  kEmbedding, kEmbLnWeight, kEmbLnBias,
+  kLn1Weight, kLn1Bias, kQkvWeight, kQkvBias, kDenseWeight, kDenseBias,
+  kLn2Weight, kLn2Bias, kFc1Weight, kFc1Bias, kFc2Weight, kFc2Bias,
+  kLnfWeight, kLnfBias
+};
+
+// The released name (no prefix) of the role's tensor in block `layer` (ignored outside the
+// blocks), or "" when the family has no such tensor.
+std::string parameter_name(const BloomConfig& c, ParamRole role, int64_t layer = -1);
+
+// The checkpoint row of arena row r (in [0, 3C)) of a fused QKV weight or bias: r itself for the
+// per-head order; for [Q; K; V] blocks, arena row (h, part, d) is file row part * C + h * D + d.
+int64_t qkv_file_row(const BloomConfig& c, int64_t r);
 
 std::vector<BloomParameterSpec> bloom_parameter_specs(const BloomConfig& c);
 

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "model/config.h"
+
 namespace engine {
 
 struct HeadTarget {
@@ -25,11 +27,18 @@ struct TrainableSlices {
 };
 
 // The model shape a set of head targets is checked against.
+// The family names the tensors a head's slices are cut from (model/bloom_layout.h) and says
+// whether its fused QKV has a bias.
 struct HeadGeometry {
   int64_t n_layer = 0;
   int64_t n_head = 0;
   int64_t head_dim = 0;
+  ModelFamily family = ModelFamily::kBloom;
+  bool qkv_bias = true;
   int64_t hidden() const { return n_head * head_dim; }
+  static HeadGeometry of(const BloomConfig& c) {
+    return {c.n_layer, c.n_head, c.head_dim(), c.family, family_traits(c).linear_bias};
+  }
 };
 
 }  // namespace engine

@@ -81,7 +81,7 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
     for (const HeadTarget& t : plan->targets) ++heads_in_layer[t.layer];
   }
   const bool qkv_w = full || plan->trainable.qkv_weight;
-  const bool qkv_b = full || plan->trainable.qkv_bias;
+  const bool qkv_b = full || (plan->trainable.qkv_bias && family_traits(c).linear_bias);
   const bool dense = full || plan->trainable.dense_columns;
   if (full) {
     out.trainable = out.parameters;

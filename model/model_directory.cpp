@@ -8,6 +8,7 @@
 #include <system_error>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "engine/io.h"
 #include "model/bloom_layout.h"
@@ -32,7 +33,6 @@ constexpr char kPickleShardIndexFile[] = "pytorch_model.bin.index.json";
 // transformers' BloomForCausalLM nests the BLOOM body under this attribute name.
 constexpr char kCausalLmPrefix[] = "transformer.";
 constexpr char kTiedHeadName[] = "lm_head.weight";
-constexpr char kEmbeddingName[] = "word_embeddings.weight";
 // Elements per conversion task: large enough to amortise scheduling, small enough to balance.
 constexpr size_t kConversionChunkElements = size_t{1} << 20;
 // Loading converts and releases (MappedFile::release) a tensor's mapped bytes this many elements
@@ -130,12 +130,15 @@ bool is_float_weight(const SafetensorsTensorInfo& t) {
 
 // Verifies that a lm_head.weight tensor equals the (already loaded) embedding bit for bit.
 absl::Status check_tied_head(const SafetensorsFile& file, const SafetensorsTensorInfo& head,
-                             const TensorView& embedding) {
+                             const TensorView& embedding, const BloomConfig& config) {
+  const std::string kEmbeddingName = parameter_name(config, ParamRole::kEmbedding);
+  const std::string family =
+      config.family == ModelFamily::kBloom ? "BLOOM" : absl::AsciiStrToUpper(family_name(config.family));
   const std::string where = absl::StrCat(file.path().string(), ": tensor ", head.name, ": ");
   if (head.shape != embedding.shape) {
     return absl::InvalidArgumentError(absl::StrCat(
         where, "shape ", shape_string(head.shape), " differs from ", kEmbeddingName, " ",
-        shape_string(embedding.shape), "; BLOOM ties the LM head to the embedding"));
+        shape_string(embedding.shape), "; ", family, " ties the LM head to the embedding"));
   }
   if (!is_float_weight(head)) {
     return absl::InvalidArgumentError(
@@ -151,10 +154,49 @@ absl::Status check_tied_head(const SafetensorsFile& file, const SafetensorsTenso
     if (std::memcmp(converted.data(), emb + start, count * sizeof(float)) != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, "differs from ", kEmbeddingName,
-                       "; BLOOM ties the two and the engine cannot load an untied LM head"));
+                       "; ", family, " ties the two and the engine cannot load an untied LM head"));
     }
   }
   return absl::OkStatus();
+}
+
+bool is_qkv_tensor(const BloomConfig& c, const std::string& name) {
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    if (name == parameter_name(c, ParamRole::kQkvWeight, l) ||
+        name == parameter_name(c, ParamRole::kQkvBias, l)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// A fused QKV tensor (3C rows of `width` floats each, arena order) in the checkpoint's row order.
+std::vector<float> qkv_rows_in_file_order(const BloomConfig& c, const TensorView& v) {
+  const int64_t rows = 3 * c.hidden_size;
+  const int64_t width = v.numel() / rows;
+  const float* src = v.as<const float>();
+  std::vector<float> out(static_cast<size_t>(v.numel()));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(out.data() + qkv_file_row(c, r) * width, src + r * width, width * sizeof(float));
+  }
+  return out;
+}
+
+// Loading: turns every fused QKV tensor from the checkpoint's row order into the arena's.
+void permute_qkv_rows(BloomModel& m) {
+  if (!family_traits(m.config).qkv_blocks) return;
+  const int64_t rows = 3 * m.config.hidden_size;
+  for (const ParameterInfo& p : m.arena.parameters()) {
+    if (!is_qkv_tensor(m.config, p.name)) continue;
+    TensorView v = m.arena.view(p);
+    const int64_t width = v.numel() / rows;
+    float* data = v.as<float>();
+    const std::vector<float> file(data, data + v.numel());
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(data + r * width, file.data() + qkv_file_row(m.config, r) * width,
+                  width * sizeof(float));
+    }
+  }
 }
 
 }  // namespace
@@ -271,7 +313,11 @@ absl::StatusOr<LoadPlan> plan_model_directory(const fs::path& dir) {
       const auto shape = expected.find(name);
       if (shape == expected.end()) {
         return absl::InvalidArgumentError(
-            absl::StrCat(where, "unexpected: not a parameter of BLOOM with the config's ",
+            absl::StrCat(where, "unexpected: not a parameter of ",
+                         plan.config.family == ModelFamily::kBloom
+                             ? std::string("BLOOM")
+                             : absl::AsciiStrToUpper(family_name(plan.config.family)),
+                         " with the config's ",
                          plan.config.n_layer, " layers"));
       }
       if (const auto it = found.find(name); it != found.end()) {
@@ -287,7 +333,7 @@ absl::StatusOr<LoadPlan> plan_model_directory(const fs::path& dir) {
         return absl::InvalidArgumentError(absl::StrCat(
             where, "dtype ", t.dtype_name, " is not a float weight type (F32, F16, BF16)"));
       }
-      if (name == kEmbeddingName) embedding_dtype = t.dtype;
+      if (name == parameter_name(plan.config, ParamRole::kEmbedding)) embedding_dtype = t.dtype;
       found.emplace(name, absl::StrCat(fname, " tensor ", t.name));
       plan.placements.push_back({name, file_index, i});
     }
@@ -366,11 +412,15 @@ absl::StatusOr<BloomModel> load_model_directory(const fs::path& dir) {
       f.release(t, start * element, count * element);
     }
   }
-  absl::StatusOr<TensorView> embedding = model->arena.view(kEmbeddingName);
+  permute_qkv_rows(*model);
+  absl::StatusOr<TensorView> embedding =
+      model->arena.view(parameter_name(model->config, ParamRole::kEmbedding));
   if (!embedding.ok()) return embedding.status();
   for (const LoadPlan::Placement& head : plan->tied_heads) {
     const SafetensorsFile& f = plan->files[head.file];
-    if (absl::Status s = check_tied_head(f, f.header().tensors[head.tensor], *embedding); !s.ok()) {
+    if (absl::Status s = check_tied_head(f, f.header().tensors[head.tensor], *embedding,
+                                         model->config);
+        !s.ok()) {
       return s;
     }
     const SafetensorsTensorInfo& t = f.header().tensors[head.tensor];
@@ -404,8 +454,16 @@ absl::Status save_model_directory(const BloomModel& m, const fs::path& dir, DTyp
 
   std::vector<SafetensorsWriteEntry> entries;
   entries.reserve(m.arena.parameters().size());
+  // Fused QKV tensors in the checkpoint's row order where it differs from the arena's.
+  std::vector<std::vector<float>> file_order;
+  file_order.reserve(2 * static_cast<size_t>(m.config.n_layer));
   for (const ParameterInfo& p : m.arena.parameters()) {
-    entries.push_back({p.name, p.shape, dtype, DType::kF32, m.arena.view(p).data});
+    const std::byte* data = m.arena.view(p).data;
+    if (family_traits(m.config).qkv_blocks && is_qkv_tensor(m.config, p.name)) {
+      file_order.push_back(qkv_rows_in_file_order(m.config, m.arena.view(p)));
+      data = reinterpret_cast<const std::byte*>(file_order.back().data());
+    }
+    entries.push_back({p.name, p.shape, dtype, DType::kF32, data});
   }
   if (absl::Status s = write_safetensors(dir / kSingleWeightsFile, entries); !s.ok()) return s;
 

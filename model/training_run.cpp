@@ -66,11 +66,14 @@ nlohmann::json mask_summary(const BloomModel& model, const FrozenMask& mask) {
 // The architecture fields of a config: what a checkpoint must share with its base model (the
 // stored dtype and other metadata may differ, e.g. an f16 base saved as f32 checkpoints).
 nlohmann::json architecture_json(const BloomConfig& c) {
-  return {{"vocab_size", c.vocab_size},
-          {"hidden_size", c.hidden_size},
-          {"n_layer", c.n_layer},
-          {"n_head", c.n_head},
-          {"layer_norm_epsilon", c.layer_norm_epsilon}};
+  nlohmann::json j = {{"vocab_size", c.vocab_size},
+                      {"hidden_size", c.hidden_size},
+                      {"n_layer", c.n_layer},
+                      {"n_head", c.n_head},
+                      {"layer_norm_epsilon", c.layer_norm_epsilon}};
+  // BLOOM's object is unchanged (checkpoints written before families existed still resume).
+  if (c.family != ModelFamily::kBloom) j["family"] = family_name(c.family);
+  return j;
 }
 
 const char* schedule_name(ScheduleKind k) {
@@ -266,7 +269,7 @@ absl::StatusOr<BloomModel> TrainingRun::prepare_base() {
   // Identifies the base weights (before surgery) for the resume check.
   base_weights_sha256_ = arena_sha256(base->arena);
   config_json_ = architecture_json(config);
-  const HeadGeometry geometry{config.n_layer, config.n_head, config.head_dim()};
+  const HeadGeometry geometry = HeadGeometry::of(config);
   if (o_.selection.validate) {
     if (absl::Status s = o_.selection.validate(geometry); !s.ok()) return s;
   }

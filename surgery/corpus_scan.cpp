@@ -155,7 +155,7 @@ absl::StatusOr<DiagnosisReport> diagnose_sequences(const BloomModel& model, Back
   nlohmann::json summary = model_summary(model.config, options.model_name);
   summary["device"] = std::string(backend.name());  // where the statistics were computed
   summary["storage"] = dtype_name(storage_on(model, backend));  // and in which storage type
-  return accumulator.finish(options.thresholds, alibi_slopes(model.config.n_head), summary,
+  return accumulator.finish(options.thresholds, attention_slopes(model.config), summary,
                             options.seq_len);
 }
 

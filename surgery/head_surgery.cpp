@@ -5,19 +5,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/random.h"
+#include "model/bloom_layout.h"
 
 namespace engine {
 namespace {
 
-// Parameter names as released BLOOM checkpoints spell them (model/bloom_layout declares them).
-std::string qkv_weight_name(int64_t layer) {
-  return absl::StrCat("h.", layer, ".self_attention.query_key_value.weight");
-}
-std::string qkv_bias_name(int64_t layer) {
-  return absl::StrCat("h.", layer, ".self_attention.query_key_value.bias");
-}
-std::string dense_weight_name(int64_t layer) {
-  return absl::StrCat("h.", layer, ".self_attention.dense.weight");
+// Parameter names as the family's released checkpoints spell them (model/bloom_layout.h).
+std::string name_of(const HeadGeometry& g, ParamRole role, int64_t layer) {
+  BloomConfig c;
+  c.family = g.family;
+  c.linear_bias = g.qkv_bias;
+  return parameter_name(c, role, layer);
 }
 
 // Fills the (3D, C) row block: Xavier with fan_in = C and fan_out = 3D (the block the research
@@ -84,20 +82,24 @@ absl::StatusOr<HeadSlices> head_slices(const ParameterArena& arena, const HeadGe
   }
   const int64_t d = g.head_dim;
   const int64_t c = g.hidden();
-  auto qkv_w = expect_shape(arena, qkv_weight_name(t.layer), {3 * c, c});
+  auto qkv_w = expect_shape(arena, name_of(g, ParamRole::kQkvWeight, t.layer), {3 * c, c});
   if (!qkv_w.ok()) return qkv_w.status();
-  auto qkv_b = expect_shape(arena, qkv_bias_name(t.layer), {3 * c});
-  if (!qkv_b.ok()) return qkv_b.status();
-  auto dense = expect_shape(arena, dense_weight_name(t.layer), {c, c});
+  auto dense = expect_shape(arena, name_of(g, ParamRole::kDenseWeight, t.layer), {c, c});
   if (!dense.ok()) return dense.status();
 
   HeadSlices s;
   auto rows = qkv_w->rows(3 * d * t.head, 3 * d * (t.head + 1));
   if (!rows.ok()) return rows.status();
   s.qkv_weight_rows = *rows;
-  auto bias_rows = qkv_b->rows(3 * d * t.head, 3 * d * (t.head + 1));
-  if (!bias_rows.ok()) return bias_rows.status();
-  s.qkv_bias_rows = *bias_rows;
+  const std::string bias_name = name_of(g, ParamRole::kQkvBias, t.layer);
+  s.has_qkv_bias = !bias_name.empty();
+  if (s.has_qkv_bias) {
+    auto qkv_b = expect_shape(arena, bias_name, {3 * c});
+    if (!qkv_b.ok()) return qkv_b.status();
+    auto bias_rows = qkv_b->rows(3 * d * t.head, 3 * d * (t.head + 1));
+    if (!bias_rows.ok()) return bias_rows.status();
+    s.qkv_bias_rows = *bias_rows;
+  }
   auto cols = dense->cols(d * t.head, d * (t.head + 1));
   if (!cols.ok()) return cols.status();
   s.dense_columns = *cols;
@@ -114,7 +116,7 @@ absl::StatusOr<FrozenMask> surgery_mask(const ParameterArena& arena, const HeadG
     if (plan.trainable.qkv_weight) {
       if (auto s = mask.mark_trainable(slices->qkv_weight_rows); !s.ok()) return s;
     }
-    if (plan.trainable.qkv_bias) {
+    if (plan.trainable.qkv_bias && slices->has_qkv_bias) {
       if (auto s = mask.mark_trainable(slices->qkv_bias_rows); !s.ok()) return s;
     }
     if (plan.trainable.dense_columns) {
@@ -136,7 +138,9 @@ absl::StatusOr<FrozenMask> apply_surgery(ParameterArena& arena, const HeadGeomet
     if (plan.qkv_weight != QkvWeightInit::kKeep) {
       xavier_fill(slices->qkv_weight_rows, plan.qkv_weight, plan.seed, t);
     }
-    if (plan.qkv_bias == QkvBiasInit::kZero) zero_view(slices->qkv_bias_rows);
+    if (plan.qkv_bias == QkvBiasInit::kZero && slices->has_qkv_bias) {
+      zero_view(slices->qkv_bias_rows);
+    }
     if (plan.dense_columns == DenseColumnsInit::kZero) zero_view(slices->dense_columns);
   }
   return mask;

@@ -1,8 +1,11 @@
 // Surgery on attention heads, as views into the parameter arena (METHOD.md section 3).
 // Contract: a plan never copies the model. For each target (layer l, head h) with head dim d:
-//   - rows [3dh, 3d(h+1)) of h.l.self_attention.query_key_value.weight (the head's Q, K, V block)
-//   - the same rows of h.l.self_attention.query_key_value.bias
-//   - columns [dh, d(h+1)) of h.l.self_attention.dense.weight
+//   - rows [3dh, 3d(h+1)) of the layer's fused QKV weight (the head's Q, K, V block; the arena
+//     holds every family's QKV per head, model/bloom_layout.h, so for MPT these are the rows
+//     [dh, d(h+1)) of each of the checkpoint's Q, K and V blocks)
+//   - the same rows of the fused QKV bias, when the family has one
+//   - columns [dh, d(h+1)) of the attention output projection (BLOOM/Falcon
+//     h.l.self_attention.dense.weight, MPT blocks.l.attn.out_proj.weight)
 // are re-initialised in place as the plan says, and the slices the plan names trainable are
 // marked in a FrozenMask. The same plan and seed always produce bit-identical weights, whatever
 // the order of the targets (each element's random draw depends only on seed, layer, head, index).
@@ -18,7 +21,8 @@ namespace engine {
 
 struct HeadSlices {
   TensorView qkv_weight_rows;  // (3D, C)
-  TensorView qkv_bias_rows;    // (3D)
+  TensorView qkv_bias_rows;    // (3D); empty (arena_offset -1) when the family has no bias
+  bool has_qkv_bias = true;
   TensorView dense_columns;    // (C, D), row stride C
 };
 

@@ -46,7 +46,7 @@ absl::StatusOr<TrainingMemoryPlan> plan_surgery_training_memory(const BloomConfi
   absl::StatusOr<TrainingMemoryPlan> full = plan_training_memory(config, nullptr, shape);
   if (!full.ok() || plan == nullptr) return full;
   if (absl::Status st = validate_plan(
-          *plan, HeadGeometry{config.n_layer, config.n_head, config.head_dim()}, "plan");
+          *plan, HeadGeometry::of(config), "plan");
       !st.ok()) {
     return st;
   }

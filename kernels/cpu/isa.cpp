@@ -136,11 +136,13 @@ absl::Status layernorm_backward(const LayerNormParams& p) {
 }
 absl::Status gelu_forward(const GeluParams& p) {
   return on_f32_storage(p, Pass::kForward, "gelu_forward", [](const GeluParams& q) {
+    if (q.exact) return gelu_erf_forward(q);
     return dispatch(avx2::gelu_forward, wide::gelu_forward, q);
   });
 }
 absl::Status gelu_backward(const GeluParams& p) {
   return on_f32_storage(p, Pass::kBackward, "gelu_backward", [](const GeluParams& q) {
+    if (q.exact) return gelu_erf_backward(q);
     return dispatch(avx2::gelu_backward, wide::gelu_backward, q);
   });
 }

@@ -15,6 +15,9 @@ absl::Status layernorm_forward(const LayerNormParams& p);
 absl::Status layernorm_backward(const LayerNormParams& p);
 absl::Status gelu_forward(const GeluParams& p);
 absl::Status gelu_backward(const GeluParams& p);
+// The fp32 erf-form GELU (GeluParams::exact), one instruction-set build (gelu_erf.cpp).
+absl::Status gelu_erf_forward(const GeluParams& p);
+absl::Status gelu_erf_backward(const GeluParams& p);
 absl::Status embedding_forward(const EmbeddingParams& p);
 absl::Status embedding_backward(const EmbeddingParams& p);
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p);

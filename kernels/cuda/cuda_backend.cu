@@ -77,8 +77,13 @@ class CudaBackend final : public Backend {
   absl::Status layernorm_backward(const LayerNormParams& p) override {
     return cuda::layernorm_backward(p, kStream);
   }
-  absl::Status gelu_forward(const GeluParams& p) override { return cuda::gelu_forward(p, kStream); }
+  // The erf form (Falcon, MPT) has no CUDA kernel: refused rather than computed as tanh.
+  absl::Status gelu_forward(const GeluParams& p) override {
+    if (p.exact) return absl::UnimplementedError("gelu_forward: the erf form is CPU only");
+    return cuda::gelu_forward(p, kStream);
+  }
   absl::Status gelu_backward(const GeluParams& p) override {
+    if (p.exact) return absl::UnimplementedError("gelu_backward: the erf form is CPU only");
     return cuda::gelu_backward(p, kStream);
   }
   absl::Status embedding_forward(const EmbeddingParams& p) override {

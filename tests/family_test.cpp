@@ -1,0 +1,556 @@
+// The Falcon (ALiBi) and MPT families (model/config.h, model/bloom_layout.h) against transformers:
+// config parsing and refusals, the slopes, loading (MPT's [Q; K; V] rows permuted into the arena's
+// per-head order and back on save), the forward (logits, loss, attention statistics) and the
+// backward (every parameter's gradient) on the fixtures tests/fixtures/make_family_fixtures.py
+// wrote, surgery's head views per family, and one masked SGD step.
+// Tolerances: the BLOOM fixture tests' (docs/TOLERANCES.md): logits 1e-4 abs, loss 1e-5, each
+// statistic 1e-5 abs, gradients 1e-3 |ref| + 1e-5 max|ref| (testing_fixtures::gradient_mismatches).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "engine/backend.h"
+#include "engine/frozen_mask.h"
+#include "engine/tape.h"
+#include "model/bloom_backward.h"
+#include "model/bloom_forward.h"
+#include "model/bloom_layout.h"
+#include "model/config.h"
+#include "model/model_directory.h"
+#include "model/safetensors.h"
+#include "surgery/head_surgery.h"
+#include "tests/fixture_reference.h"
+
+namespace engine {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using testing_fixtures::CaseData;
+using testing_fixtures::gradient_mismatches;
+using testing_fixtures::kFixtures;
+using testing_fixtures::load_case;
+using testing_fixtures::Reference;
+using ::testing::HasSubstr;
+
+constexpr double kLogitsTol = 1e-4;
+constexpr double kLossTol = 1e-5;
+constexpr double kStatsTol = 1e-5;
+
+const char* const kModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2",
+                               "mpt-h5-clip-l2"};
+const char* const kGradModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2"};
+const char* const kCases[] = {"single", "batch", "right_pad", "left_pad"};
+
+std::string released(const std::string& name) {
+  const std::string prefix = "transformer.";
+  return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+}
+
+fs::path scratch_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("engine_family_test_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+json config_of(const std::string& model) {
+  return json::parse(testing_fixtures::read_bytes(kFixtures / "models" / model / "config.json"));
+}
+
+std::string error_of(const json& j) {
+  absl::StatusOr<BloomConfig> c = parse_bloom_config(j, "dir/config.json");
+  EXPECT_FALSE(c.ok());
+  return c.ok() ? "" : std::string(c.status().message());
+}
+
+ForwardInputs inputs_of(const CaseData& d) {
+  ForwardInputs in;
+  in.batch = d.batch, in.seq = d.seq;
+  in.ids = d.ids.data(), in.mask = d.mask.data(), in.targets = d.targets.data();
+  in.vocab_chunk = 96;
+  return in;
+}
+
+// ---- config ----
+
+TEST(FamilyConfig, ParsesTheFixtureConfigs) {
+  absl::StatusOr<BloomConfig> f = parse_bloom_config(config_of("falcon-h6-l2"), "f");
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->family, ModelFamily::kFalcon);
+  EXPECT_EQ(f->n_head, 6);
+  EXPECT_EQ(f->hidden_size, 36);
+  EXPECT_FALSE(f->linear_bias);
+  absl::StatusOr<BloomConfig> m = parse_bloom_config(config_of("mpt-h6-l2"), "m");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->family, ModelFamily::kMpt);
+  EXPECT_EQ(m->n_layer, 2);
+  EXPECT_DOUBLE_EQ(m->softmax_scale, 0.3);
+  EXPECT_EQ(m->clip_qkv, 0.0);
+  EXPECT_EQ(m->max_seq_len, 32);
+  absl::StatusOr<BloomConfig> clip = parse_bloom_config(config_of("mpt-h5-clip-l2"), "m");
+  ASSERT_TRUE(clip.ok()) << clip.status();
+  EXPECT_DOUBLE_EQ(clip->clip_qkv, 0.25);
+}
+
+// Each Falcon variant the engine does not run is refused naming its field; so is an absent field
+// whose transformers default is such a variant.
+TEST(FamilyConfig, RefusesFalconVariantsNamingTheField) {
+  const json ok = config_of("falcon-h4-l2");
+  struct Case {
+    const char* field;
+    json value;
+  };
+  for (const Case& c : {Case{"alibi", false}, Case{"multi_query", true},
+                        Case{"new_decoder_architecture", true}, Case{"parallel_attn", true},
+                        Case{"activation", "relu"}, Case{"ffn_hidden_size", 100},
+                        Case{"num_kv_heads", 1}, Case{"tie_word_embeddings", false}}) {
+    json j = ok;
+    j[c.field] = c.value;
+    EXPECT_THAT(error_of(j), HasSubstr(std::string("field ") + c.field)) << c.field;
+  }
+  for (const char* absent : {"alibi", "multi_query", "parallel_attn"}) {
+    json j = ok;
+    j.erase(absent);
+    EXPECT_THAT(error_of(j), HasSubstr(std::string("field ") + absent + " is"));
+  }
+}
+
+TEST(FamilyConfig, RefusesMptVariantsNamingTheField) {
+  const json ok = config_of("mpt-h4-l2");
+  for (auto [field, value] : {std::pair<const char*, json>{"no_bias", false},
+                              {"expansion_ratio", 2}, {"logit_scale", 0.5},
+                              {"tie_word_embeddings", false}}) {
+    json j = ok;
+    j[field] = value;
+    EXPECT_THAT(error_of(j), HasSubstr(std::string("field ") + field)) << field;
+  }
+  for (auto [field, value] : {std::pair<const char*, json>{"qk_ln", true}, {"prefix_lm", true},
+                              {"alibi", false}, {"attn_type", "multiquery_attention"},
+                              {"clip_qkv", -1.0}, {"softmax_scale", "x"},
+                              {"alibi_bias_max", 0}}) {
+    json j = ok;
+    j["attn_config"][field] = value;
+    EXPECT_THAT(error_of(j), HasSubstr(std::string("attn_config.") + field)) << field;
+  }
+  json j = ok;
+  j["model_type"] = "gpt2";
+  EXPECT_THAT(error_of(j), HasSubstr("field model_type"));
+}
+
+// The written config loads back as the same family with the same values, and names the family
+// so transformers' Auto classes pick it.
+TEST(FamilyConfig, WritesBackTheFamily) {
+  for (const char* name : {"falcon-h6-l2", "mpt-h6-l2"}) {
+    absl::StatusOr<BloomConfig> c = parse_bloom_config(config_of(name), name);
+    ASSERT_TRUE(c.ok());
+    const json out = bloom_config_to_json(*c);
+    absl::StatusOr<BloomConfig> again = parse_bloom_config(out, name);
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->family, c->family);
+    EXPECT_EQ(again->hidden_size, c->hidden_size);
+    EXPECT_EQ(again->n_head, c->n_head);
+    EXPECT_EQ(again->softmax_scale, c->softmax_scale);
+    EXPECT_EQ(out["model_type"], family_name(c->family));
+  }
+}
+
+// MPT's slopes from its closed form, written out independently: P = 8 for 6 heads with
+// alibi_bias_max 8 gives 2^-1 .. 2^-8, reordered odd-first; alibi_bias_max 16 doubles every
+// exponent.
+TEST(FamilyConfig, MptSlopesClosedForm) {
+  const std::vector<float> s6 = mpt_alibi_slopes(6, 8.0);
+  const float want6[] = {0x1p-2f, 0x1p-4f, 0x1p-6f, 0x1p-8f, 0x1p-1f, 0x1p-3f};
+  ASSERT_EQ(s6.size(), 6u);
+  for (int h = 0; h < 6; ++h) EXPECT_EQ(s6[h], want6[h]) << h;
+  const std::vector<float> s4 = mpt_alibi_slopes(4, 16.0);  // 2^(-16k/4)
+  for (int k = 1; k <= 4; ++k) EXPECT_EQ(s4[k - 1], std::ldexp(1.0f, -4 * k)) << k;
+  const std::vector<float> s3 = mpt_alibi_slopes(3, 8.0);  // P = 4: 2^-2k, odd first
+  EXPECT_EQ(s3, (std::vector<float>{0x1p-4f, 0x1p-8f, 0x1p-2f}));
+}
+
+// The slope each head's score sees equals what transformers' ALiBi builders give.
+TEST(FamilyConfig, AttentionSlopesMatchTransformers) {
+  for (const char* name : kModels) {
+    absl::StatusOr<BloomConfig> c = parse_bloom_config(config_of(name), name);
+    ASSERT_TRUE(c.ok());
+    const Reference ref(name);
+    const std::vector<float> theirs = ref.get<float>("alibi_slopes");
+    const std::vector<float> ours = attention_slopes(*c);
+    ASSERT_EQ(ours.size(), theirs.size()) << name;
+    for (size_t h = 0; h < ours.size(); ++h) {
+      EXPECT_NEAR(ours[h], theirs[h], 1e-7 * std::abs(theirs[h])) << name << " head " << h;
+    }
+  }
+}
+
+// ---- loading and saving ----
+
+class FamilyModel : public ::testing::TestWithParam<const char*> {};
+
+// Every file tensor lands in the arena: as is, except MPT's fused QKV, whose arena row r holds
+// file row qkv_file_row(r).
+TEST_P(FamilyModel, LoadsTheValuesInItsFilesInTheArenaOrder) {
+  const fs::path dir = kFixtures / "models" / GetParam();
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::open(dir / "model.safetensors");
+  ASSERT_TRUE(file.ok());
+  const BloomConfig& c = model->config;
+  int64_t checked = 0;
+  bool permuted = false;
+  for (const SafetensorsTensorInfo& t : file->header().tensors) {
+    if (t.name == "lm_head.weight") continue;
+    absl::StatusOr<TensorView> view = model->arena.view(released(t.name));
+    ASSERT_TRUE(view.ok()) << view.status();
+    const float* in_file = reinterpret_cast<const float*>(file->tensor_data(t));
+    const float* in_arena = view->as<const float>();
+    const bool qkv = t.name.find("Wqkv") != std::string::npos ||
+                     t.name.find("query_key_value") != std::string::npos;
+    const int64_t rows = qkv ? 3 * c.hidden_size : 1;
+    const int64_t width = t.numel / rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t fr = qkv ? qkv_file_row(c, r) : r;
+      permuted = permuted || fr != r;
+      ASSERT_EQ(std::memcmp(in_arena + r * width, in_file + fr * width, width * sizeof(float)), 0)
+          << t.name << " row " << r;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, static_cast<int64_t>(model->arena.parameters().size()));
+  EXPECT_EQ(permuted, c.family == ModelFamily::kMpt);
+}
+
+// Saving writes the file's own row order back: the written tensors equal the fixture's bytes.
+TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
+  const fs::path dir = kFixtures / "models" / GetParam();
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const fs::path out = scratch_dir(GetParam());
+  ASSERT_TRUE(save_model_directory(*model, out, DType::kF32).ok());
+  absl::StatusOr<SafetensorsFile> original = SafetensorsFile::open(dir / "model.safetensors");
+  absl::StatusOr<SafetensorsFile> written = SafetensorsFile::open(out / "model.safetensors");
+  ASSERT_TRUE(original.ok() && written.ok());
+  int64_t compared = 0;
+  for (const SafetensorsTensorInfo& t : original->header().tensors) {
+    if (t.name == "lm_head.weight") continue;
+    const SafetensorsTensorInfo* w = written->header().find(released(t.name));
+    ASSERT_NE(w, nullptr) << t.name;
+    ASSERT_EQ(w->end - w->begin, t.end - t.begin);
+    EXPECT_EQ(std::memcmp(written->tensor_data(*w), original->tensor_data(t), t.end - t.begin), 0)
+        << t.name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, static_cast<int64_t>(written->header().tensors.size()));
+  absl::StatusOr<BloomModel> again = load_model_directory(out);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->config.family, model->config.family);
+  fs::remove_all(out);
+}
+
+// ---- forward ----
+
+TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
+  const std::string name = GetParam();
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref(name);
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  const int64_t L = model->config.n_layer, H = model->config.n_head;
+  for (const char* c : kCases) {
+    SCOPED_TRACE(name + " case " + c);
+    const CaseData d = load_case(ref, c);
+    ForwardInputs in = inputs_of(d);
+    in.want_logits = true, in.want_stats = true;
+    absl::StatusOr<ForwardResult> got = bloom_forward(*model, *backend, in);
+    ASSERT_TRUE(got.ok()) << got.status();
+    const std::vector<float> logits = ref.get<float>(std::string(c) + ".logits");
+    ASSERT_EQ(got->logits.size(), logits.size());
+    // Real positions only: transformers' values at padded positions differ per family (MPT's
+    // fully masked rows) and carry no meaning.
+    double worst = 0.0;
+    const int64_t V = model->config.vocab_size;
+    for (int64_t r = 0; r < d.batch * d.seq; ++r) {
+      if (d.mask[r] == 0) continue;
+      for (int64_t v = 0; v < V; ++v) {
+        worst = std::max(worst, std::abs(double{got->logits[r * V + v]} - logits[r * V + v]));
+      }
+    }
+    EXPECT_LE(worst, kLogitsTol) << "logits max abs error";
+    RecordProperty(std::string(c) + "_logits_max_abs_err", std::to_string(worst));
+    EXPECT_NEAR(got->loss, ref.get<float>(std::string(c) + ".loss")[0], kLossTol);
+    const char* stat_names[] = {"bos_mass", "entropy", "local_mass"};
+    const std::vector<double>* ours[] = {&got->stats.bos_mass, &got->stats.entropy,
+                                         &got->stats.local_mass};
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<float> want = ref.get<float>(std::string(c) + "." + stat_names[k]);
+      for (int64_t b = 0; b < d.batch; ++b) {
+        for (int64_t l = 0; l < L; ++l) {
+          for (int64_t h = 0; h < H; ++h) {
+            EXPECT_NEAR(got->stats.at(*ours[k], l, b, h), want[(b * L + l) * H + h], kStatsTol)
+                << stat_names[k] << " b=" << b << " l=" << l << " h=" << h;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Cached decoding gives the full forward's last-position logits.
+TEST_P(FamilyModel, DecodeStepsMatchTheFullForward) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / GetParam());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref(GetParam());
+  const CaseData d = load_case(ref, "single");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  ForwardInputs in;
+  in.batch = 1, in.seq = d.seq, in.ids = d.ids.data(), in.want_logits = true;
+  absl::StatusOr<ForwardResult> full = bloom_forward(*model, *backend, in);
+  ASSERT_TRUE(full.ok()) << full.status();
+  KvCache cache(model->config, d.seq);
+  const int64_t V = model->config.vocab_size;
+  absl::StatusOr<std::vector<float>> step = bloom_decode_step(*model, *backend, cache, d.ids.data(), 4);
+  ASSERT_TRUE(step.ok()) << step.status();
+  for (int64_t t = 4; t < d.seq; ++t) {
+    step = bloom_decode_step(*model, *backend, cache, d.ids.data() + t, 1);
+    ASSERT_TRUE(step.ok()) << step.status();
+    for (int64_t v = 0; v < V; ++v) {
+      ASSERT_NEAR((*step)[v], full->logits[t * V + v], 1e-5) << "t=" << t << " v=" << v;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) c = (c == '-') ? '_' : c;
+                           return n;
+                         });
+
+// ---- backward ----
+
+CompactGradients compact_for(const FrozenMask& mask) {
+  return CompactGradients(mask.words(), mask.elements());
+}
+
+std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
+  std::vector<float> out(static_cast<size_t>(elements), 0.0f);
+  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
+  return out;
+}
+
+// The reference gradient of an arena tensor in the arena's row order.
+std::vector<float> reference_grad(const Reference& ref, const BloomConfig& c,
+                                  const ParameterInfo& p) {
+  std::vector<float> file = ref.get<float>("right_pad.grad." + p.name);
+  const bool qkv = p.name.find("Wqkv") != std::string::npos;
+  if (!qkv) return file;
+  const int64_t rows = 3 * c.hidden_size, width = p.numel / rows;
+  std::vector<float> arena(file.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(file.data() + qkv_file_row(c, r) * width, width, arena.data() + r * width);
+  }
+  return arena;
+}
+
+class FamilyGradients : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(FamilyGradients, EveryParameterMatchesTransformers) {
+  const std::string name = GetParam();
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref(name);
+  const CaseData d = load_case(ref, "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
+  absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_NEAR(r->loss, ref.get<float>("right_pad.loss")[0], kLossTol);
+  const std::vector<float> g = to_arena(grads, model->arena.size_elements());
+  int checked = 0;
+  for (const ParameterInfo& p : model->arena.parameters()) {
+    const std::vector<float> want = reference_grad(ref, model->config, p);
+    ASSERT_EQ(static_cast<int64_t>(want.size()), p.numel) << p.name;
+    EXPECT_EQ(gradient_mismatches(p.name, g.data() + p.offset, want.data(), p.numel), 0);
+    ++checked;
+  }
+  EXPECT_EQ(checked, static_cast<int>(model->arena.parameters().size()));
+}
+
+// Activation recomputation (each block re-run from its input, the embedding's own segment with no
+// embedding LayerNorm) gives the kept-activations gradients bit for bit.
+TEST_P(FamilyGradients, RecomputeGivesBitIdenticalGradients) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / GetParam());
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CaseData d = load_case(Reference(GetParam()), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  const FrozenMask mask = FrozenMask::all_trainable(model->arena);
+  CompactGradients kept = compact_for(mask), recomputed = compact_for(mask);
+  absl::StatusOr<ForwardResult> a = bloom_forward_backward(*model, *backend, inputs_of(d), kept);
+  absl::StatusOr<ForwardResult> b =
+      bloom_forward_backward(*model, *backend, inputs_of(d), recomputed, 1.0, true);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(a->loss, b->loss);
+  ASSERT_EQ(kept.size(), recomputed.size());
+  EXPECT_EQ(std::memcmp(kept.data(), recomputed.data(), kept.size() * sizeof(float)), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyGradients, ::testing::ValuesIn(kGradModels),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) c = (c == '-') ? '_' : c;
+                           return n;
+                         });
+
+TEST(FamilyGradients, ClipQkvTrainingIsRefusedNamingTheField) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "mpt-h5-clip-l2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const Reference ref("mpt-h5-clip-l2");
+  const CaseData d = load_case(ref, "batch");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
+  absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("attn_config.clip_qkv"));
+}
+
+// ---- surgery head views ----
+
+// Re-initialising head h and zeroing its output columns, saved back to the checkpoint layout,
+// changes exactly: the head's D rows in each of Q, K and V (MPT: three blocks C apart; Falcon:
+// one run of 3D rows), its QKV bias rows where the family has a bias, and columns [hD, (h+1)D)
+// of the output projection; every other element of the file is bit-identical.
+class FamilySurgery : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(FamilySurgery, TouchesExactlyTheHeadsRowsAndColumnsInTheCheckpoint) {
+  const std::string name = GetParam();
+  const fs::path dir = kFixtures / "models" / name;
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const BloomConfig& c = model->config;
+  const int64_t C = c.hidden_size, D = c.head_dim(), head = 1, layer = 1;
+  SurgeryPlan plan;
+  plan.targets = {{layer, head}};
+  plan.qkv_weight = QkvWeightInit::kXavierUniform;
+  plan.qkv_bias = QkvBiasInit::kZero;
+  plan.dense_columns = DenseColumnsInit::kZero;
+  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, HeadGeometry::of(c), plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  const fs::path out = scratch_dir("surgery_" + name);
+  ASSERT_TRUE(save_model_directory(*model, out, DType::kF32).ok());
+  absl::StatusOr<SafetensorsFile> before = SafetensorsFile::open(dir / "model.safetensors");
+  absl::StatusOr<SafetensorsFile> after = SafetensorsFile::open(out / "model.safetensors");
+  ASSERT_TRUE(before.ok() && after.ok());
+  const bool mpt = c.family == ModelFamily::kMpt;
+  const std::string qkv_w = mpt ? "blocks.1.attn.Wqkv.weight"
+                                : "h.1.self_attention.query_key_value.weight";
+  const std::string qkv_b = mpt ? "" : "h.1.self_attention.query_key_value.bias";
+  const std::string dense = mpt ? "blocks.1.attn.out_proj.weight" : "h.1.self_attention.dense.weight";
+  auto head_row = [&](int64_t row) {  // a checkpoint row of the fused QKV belongs to the head
+    if (mpt) return (row % C) / D == head;
+    return row / (3 * D) == head;
+  };
+  int64_t changed_rows = 0, tensors = 0;
+  for (const SafetensorsTensorInfo& t : before->header().tensors) {
+    if (t.name == "lm_head.weight") continue;
+    const std::string n = released(t.name);
+    const SafetensorsTensorInfo* w = after->header().find(n);
+    ASSERT_NE(w, nullptr) << n;
+    const float* a = reinterpret_cast<const float*>(before->tensor_data(t));
+    const float* b = reinterpret_cast<const float*>(after->tensor_data(*w));
+    ++tensors;
+    for (int64_t i = 0; i < t.numel; ++i) {
+      bool may_change = false;
+      if (n == qkv_w) may_change = head_row(i / C);
+      if (n == qkv_b && !qkv_b.empty()) may_change = head_row(i);
+      if (n == dense) may_change = (i % C) / D == head;
+      if (!may_change) {
+        ASSERT_EQ(std::memcmp(a + i, b + i, sizeof(float)), 0) << n << " element " << i;
+      } else if (n == dense || n == qkv_b) {
+        ASSERT_EQ(b[i], 0.0f) << n << " element " << i;
+      } else if (i % C == 0) {
+        ++changed_rows;
+        ASSERT_NE(a[i], b[i]) << n << " element " << i;  // re-initialised (not kept)
+      }
+    }
+  }
+  EXPECT_EQ(changed_rows, 3 * D);
+  EXPECT_GT(tensors, 5);
+  // The mask marks the same elements (in arena order) and nothing else.
+  const int64_t per_head = 3 * D * C + (family_traits(c).linear_bias ? 3 * D : 0) + C * D;
+  EXPECT_EQ(mask->trainable_count(), per_head);
+  fs::remove_all(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamilySurgery,
+                         ::testing::Values("falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2",
+                                           "mpt-h6-l2"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n) c = (c == '-') ? '_' : c;
+                           return n;
+                         });
+
+// One masked SGD step after surgery ("keep" init, so the fixture's gradients apply): every
+// frozen element is bit-identical, every trainable one moved by -lr * the reference gradient.
+TEST_P(FamilySurgery, OneMaskedSgdStepLeavesFrozenElementsBitIdentical) {
+  const std::string name = GetParam();
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const BloomConfig& c = model->config;
+  const Reference ref(name);
+  const CaseData d = load_case(ref, "right_pad");
+  SurgeryPlan plan;
+  plan.targets = {{0, 1}, {1, c.n_head - 1}};
+  plan.qkv_weight = QkvWeightInit::kKeep;
+  plan.qkv_bias = QkvBiasInit::kKeep;
+  plan.dense_columns = DenseColumnsInit::kKeep;
+  absl::StatusOr<FrozenMask> mask = apply_surgery(model->arena, HeadGeometry::of(c), plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  const std::vector<float> before(reinterpret_cast<float*>(model->arena.base()),
+                                  reinterpret_cast<float*>(model->arena.base()) + model->arena.size_elements());
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients grads = compact_for(*mask);
+  ASSERT_TRUE(bloom_forward_backward(*model, *backend, inputs_of(d), grads).ok());
+  std::vector<int64_t> index(static_cast<size_t>(grads.size()));
+  grads.arena_indices(0, grads.size(), index.data());
+  constexpr float kLr = 0.5f;
+  MaskedAdamWParams p;
+  p.n = grads.size();
+  p.index = index.data();
+  p.params = model->arena.base();
+  p.grad = grads.data();
+  p.lr = kLr;
+  ASSERT_TRUE(backend->masked_sgd(p).ok());
+  const float* now = reinterpret_cast<const float*>(model->arena.base());
+  int64_t moved = 0;
+  for (const ParameterInfo& info : model->arena.parameters()) {
+    const std::vector<float> want = reference_grad(ref, c, info);
+    std::vector<float> got(static_cast<size_t>(info.numel)), masked(got.size(), 0.0f);
+    for (int64_t i = 0; i < info.numel; ++i) {
+      const int64_t k = info.offset + i;
+      if (!mask->trainable(k)) {
+        ASSERT_EQ(std::memcmp(&now[k], &before[k], sizeof(float)), 0) << info.name << " " << i;
+        continue;
+      }
+      got[i] = (before[k] - now[k]) / kLr;  // the applied gradient
+      masked[i] = want[i];
+      moved += now[k] != before[k] ? 1 : 0;
+    }
+    // The step's own rounding (w - lr g, |w| up to ~1) adds at most 2^-24 |w| / lr per element
+    // to the recovered gradient: within the 1e-5 max|ref| term for these weights.
+    EXPECT_EQ(gradient_mismatches(info.name, got.data(), masked.data(), info.numel), 0);
+  }
+  EXPECT_GT(moved, 0);
+}
+
+}  // namespace
+}  // namespace engine
