@@ -126,6 +126,7 @@ int run_train_dry_run() {
   shape.recompute = absl::GetFlag(FLAGS_recompute);
   shape.weight_bytes = sixteen ? 2 : 4;
   shape.activation_bytes = sixteen ? 2 : 4;
+  shape.device = cuda;
   absl::StatusOr<TrainingMemoryPlan> m =
       plan_surgery_training_memory(*config, plan ? &*plan : nullptr, shape);
   if (!m.ok()) {

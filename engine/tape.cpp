@@ -140,6 +140,12 @@ absl::StatusOr<const CompactGradients::Segments*> CompactGradients::segments(
   return &segments_.emplace(key, std::move(seg)).first->second;
 }
 
+int64_t CompactGradients::segment_table_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& [key, seg] : segments_) bytes += static_cast<int64_t>(seg.table.bytes());
+  return bytes;
+}
+
 absl::Status CompactGradients::accumulate(const TapeParameter& p, int64_t r0, int64_t c0,
                                           int64_t nr, int64_t nc, const float* g, int64_t ld) {
   if (!status_.ok()) return status_;

@@ -107,6 +107,8 @@ class CompactGradients {
   // cached.
   absl::Status accumulate(const TapeParameter& p, int64_t r0, int64_t c0, int64_t nr, int64_t nc,
                           const float* g, int64_t ld);
+  // Bytes of the cached segment tables (in the backend's memory).
+  int64_t segment_table_bytes() const;
 
  private:
   struct Regions {

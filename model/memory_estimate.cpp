@@ -107,6 +107,12 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
   if (s.weight_bytes < kF32) {
     out.lines.push_back({"fp32 master weights", out.trainable * kF32, "trainable elements only"});
   }
+  if (s.device) {
+    constexpr int64_t kUpdateChunk = int64_t{1} << 20;  // model/trainer.cpp
+    const int64_t chunk = std::min(out.trainable, kUpdateChunk);
+    out.lines.push_back({"update index", chunk * 8,
+                         absl::StrCat(chunk, " arena offsets of the update's chunk x 8 B")});
+  }
 
   // Activations.
   auto block_bytes = [&](bool ln2, bool gelu) {

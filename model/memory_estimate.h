@@ -6,7 +6,8 @@
 //   - weights: every parameter at the weight storage size;
 //   - trainable state: per trainable element the compact gradient (fp32), AdamW's two moments
 //     (fp32) and, when weights are stored in 16 bits, an fp32 master copy; plus the frozen-mask
-//     bit words (one bit per element, held by the compact gradient);
+//     bit words (one bit per element, held by the compact gradient, in host memory); on a
+//     device, the update's chunk of arena offsets;
 //   - kept activations: without recomputation every block from the lowest one holding a
 //     trainable element (layer 0 when the embedding trains), without the ln2 / GELU outputs of
 //     blocks whose MLP weights are frozen, plus one shared scratch block; with recomputation
@@ -35,6 +36,10 @@ struct TrainingMemoryShape {
   bool recompute = false;
   int64_t weight_bytes = 4;      // 4: fp32 (CPU); 2: bf16 weights + fp32 masters (CUDA plan)
   int64_t activation_bytes = 4;  // storage of kept activations
+  // A CUDA device: the masked update reads the arena offsets of its chunk of trainable elements
+  // from device memory (model/trainer.cpp: at most 2^20 of them, uploaded once when one chunk
+  // holds them all), an "update index" line of 8 B each.
+  bool device = false;
 };
 
 struct MemoryLine {
