@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's second command: installs dependencies, builds everything, runs every test.
 #   1. the googletest suite through CTest (the GPU tests, label gpu, only where a GPU is visible:
-#      step 4 runs them everywhere, under the CUDA emulator), after
+#      steps 4 and 5 run them everywhere, under the CUDA emulator), after
 #      the attention register-spill check when nvcc is present (scripts/check_attention_spills.sh)
 #      and the check that no linker-merged symbol of the AVX-512 kernels holds AVX-512 code
 #      (scripts/check_isa_objects.sh).
@@ -14,10 +14,12 @@
 #      Never the other way round: an AVX-512 core forced on a CPU without it dies on SIGILL.
 #   2. the installed package: an example program built with find_package(engine) and run
 #   3. a short libFuzzer smoke run of each fuzz target (when clang is available)
-#   4. scripts/sanitize.sh: under AddressSanitizer + UndefinedBehaviorSanitizer, with the CUDA
-#      backend built against the CUDA emulator (docs/CUDA.md), the GPU tests (ctest -L gpu), then
-#      the CPU suite again
-# ENGINE_SKIP_FUZZ=1 / ENGINE_SKIP_SANITIZE=1 leave out step 3 / step 4.
+#   4. scripts/emulate.sh: with the CUDA backend built against the CUDA emulator (docs/CUDA.md),
+#      Release, every GPU test (ctest -L gpu)
+#   5. scripts/sanitize.sh: under AddressSanitizer + UndefinedBehaviorSanitizer, with the CUDA
+#      backend built against the CUDA emulator, the kernel-level GPU tests, then the CPU suite
+#      again
+# ENGINE_SKIP_FUZZ=1 / ENGINE_SKIP_EMULATION=1 / ENGINE_SKIP_SANITIZE=1 leave out step 3 / 4 / 5.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${ENGINE_BUILD_DIR:-$root/build}"
@@ -32,8 +34,8 @@ done
 cpu_field() { "$build/engine" info --json | sed -n "s/.*\"$1\": \"\(.*\)\".*/\1/p"; }
 isa="$(cpu_field isa_detected)"
 echo "test: CPU suite with OpenBLAS core $(cpu_field blas_core) and the $isa kernels (this CPU's own)"
-# The GPU tests (label gpu) run here only where a GPU is visible; step 4 runs them everywhere,
-# under the CUDA emulator.
+# The GPU tests (label gpu) run here only where a GPU is visible; steps 4 and 5 run them
+# everywhere, under the CUDA emulator.
 gpu_label=(-LE gpu)
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then gpu_label=(); fi
 ctest --test-dir "$build" "${gpu_label[@]}" --output-on-failure -j "$(nproc)" --timeout 600
@@ -51,6 +53,9 @@ fi
 bash "$root/scripts/test_install.sh"
 if [ "${ENGINE_SKIP_FUZZ:-0}" != 1 ]; then
   bash "$root/scripts/fuzz_smoke.sh"
+fi
+if [ "${ENGINE_SKIP_EMULATION:-0}" != 1 ]; then
+  bash "$root/scripts/emulate.sh"
 fi
 if [ "${ENGINE_SKIP_SANITIZE:-0}" != 1 ]; then
   bash "$root/scripts/sanitize.sh"
