@@ -18,7 +18,7 @@
 # - forward time: the engine's own timer where it reports one, else the child's wall time around
 #   the command, transformers' around the forward calls; one untimed warm-up pass each.
 # Each implementation's bf16 is compared with its own fp32: the two implementations define the
-# statistics' averaging slightly differently (docs/DIAGNOSIS.md), so cross-implementation numbers
+# statistics' averaging slightly differently (docs/DIAGNOSE.md), so cross-implementation numbers
 # are printed only as a sanity line (mean NLL in fp32).
 #
 # Usage (from the repository root):

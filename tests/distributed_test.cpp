@@ -403,10 +403,12 @@ TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   std::vector<std::string> two = mpirun({}, {});
   for (const std::string& a : train_args("two", 1, kSteps)) two.push_back(a);
   two.push_back("--dist_checksum");
-  if (const char* device = std::getenv("ENGINE_TEST_DIST_DEVICE"); device != nullptr) {
-    single.push_back(absl::StrCat("--device=", device));
-    two.push_back(absl::StrCat("--device=", device));
-  }
+  // Always explicit: `auto` would put the one-process run on a visible GPU and the two-rank
+  // run on the CPU.
+  const char* asked = std::getenv("ENGINE_TEST_DIST_DEVICE");
+  const std::string device = asked != nullptr ? std::string(asked) : "cpu";
+  single.push_back(absl::StrCat("--device=", device));
+  two.push_back(absl::StrCat("--device=", device));
   ASSERT_EQ(run(single, "single.log"), 0) << read_bytes(dir_ / "single.log");
   // scripts/gpu-check.sh runs this test again over NCCL (one GPU per rank) when the machine has
   // two GPUs; the default is the MPI transport, which every CI machine has.
@@ -416,10 +418,8 @@ TEST_F(TwoRanks, SameWeightsAsOneProcessWithTheSameGlobalBatch) {
   ASSERT_EQ(run(two, "two.log"), 0) << read_bytes(dir_ / "two.log");
   const std::string log = read_bytes(dir_ / "two.log");
   EXPECT_NE(log.find("step 4/4"), std::string::npos) << log;
-  const char* on = std::getenv("ENGINE_TEST_DIST_DEVICE");
-  const std::string expected = on != nullptr ? std::string(on) : "cpu";
-  EXPECT_EQ(device("single"), expected);
-  EXPECT_EQ(device("two"), expected);
+  EXPECT_EQ(this->device("single"), device);
+  EXPECT_EQ(this->device("two"), device);
 
   absl::StatusOr<BloomModel> a = load_model_directory(dir_ / "single" / "final");
   absl::StatusOr<BloomModel> b = load_model_directory(dir_ / "two" / "final");
