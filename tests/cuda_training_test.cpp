@@ -292,26 +292,11 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
   Trainer on_cpu(*a, *cpu, *mask, opt), on_cuda(*b, *cuda, *mask, opt);
   // Micro-batches of 2 x 16 random tokens, the second of each step right-padded.
   std::mt19937 rng(5);
-  std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(c.vocab_size - 1));
   constexpr double kLr = 1e-3;
   constexpr int kSteps = 20;
   double worst_loss = 0.0, worst_norm = 0.0;
   for (int step = 0; step < kSteps; ++step) {
-    std::vector<MicroBatch> mbs(2);
-    for (int k = 0; k < 2; ++k) {
-      MicroBatch& mb = mbs[k];
-      mb.batch = 2, mb.seq = 16;
-      mb.ids.resize(32);
-      for (int32_t& t : mb.ids) t = id(rng);
-      mb.mask.assign(32, 1);
-      if (k == 1) std::fill(mb.mask.begin() + 16 + 11, mb.mask.end(), 0);
-      mb.targets.assign(32, -1);
-      for (int64_t r = 0; r < 2; ++r) {
-        for (int64_t t = 0; t + 1 < 16; ++t) {
-          if (mb.mask[r * 16 + t + 1] != 0) mb.targets[r * 16 + t] = mb.ids[r * 16 + t + 1];
-        }
-      }
-    }
+    const std::vector<MicroBatch> mbs = bf16_training::step_batches(rng, c.vocab_size);
     absl::StatusOr<StepResult> want = on_cpu.step(mbs, kLr);
     ASSERT_TRUE(want.ok()) << want.status();
     absl::StatusOr<StepResult> got = on_cuda.step(mbs, kLr);
