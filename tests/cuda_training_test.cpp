@@ -110,15 +110,8 @@ struct Case {
 class CudaTraining : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    BloomConfig c;
-    c.vocab_size = 311;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.hidden_size = 4 * 64;
-    absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
-    ASSERT_TRUE(m.ok()) << m.status();
-    ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
-    model_ = std::make_unique<BloomModel>(std::move(*m));
+    model_ = bf16_training::small_model();
+    ASSERT_NE(model_, nullptr);
     cpu_ = make_cpu_backend();
     cuda_ = cuda_backend();
     ASSERT_NE(cuda_, nullptr);
