@@ -26,6 +26,7 @@
 #include "model/model_directory.h"
 #include "model/safetensors.h"
 #include "surgery/head_surgery.h"
+#include "tests/fixture_checks.h"
 #include "tests/fixture_reference.h"
 
 namespace engine {
@@ -286,20 +287,7 @@ TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
     EXPECT_LE(worst, kLogitsTol) << "logits max abs error";
     RecordProperty(std::string(c) + "_logits_max_abs_err", std::to_string(worst));
     EXPECT_NEAR(got->loss, ref.get<float>(std::string(c) + ".loss")[0], kLossTol);
-    const char* stat_names[] = {"bos_mass", "entropy", "local_mass"};
-    const std::vector<double>* ours[] = {&got->stats.bos_mass, &got->stats.entropy,
-                                         &got->stats.local_mass};
-    for (int k = 0; k < 3; ++k) {
-      const std::vector<float> want = ref.get<float>(std::string(c) + "." + stat_names[k]);
-      for (int64_t b = 0; b < d.batch; ++b) {
-        for (int64_t l = 0; l < L; ++l) {
-          for (int64_t h = 0; h < H; ++h) {
-            EXPECT_NEAR(got->stats.at(*ours[k], l, b, h), want[(b * L + l) * H + h], kStatsTol)
-                << stat_names[k] << " b=" << b << " l=" << l << " h=" << h;
-          }
-        }
-      }
-    }
+    testing_fixtures::expect_stats_near(ref, c, got->stats, d.batch, L, H, kStatsTol);
   }
 }
 
