@@ -35,10 +35,13 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing_fixtures::CaseData;
+using testing_fixtures::compact_for;
 using testing_fixtures::gradient_mismatches;
+using testing_fixtures::inputs_of;
 using testing_fixtures::kFixtures;
 using testing_fixtures::load_case;
 using testing_fixtures::Reference;
+using testing_fixtures::to_arena;
 using ::testing::HasSubstr;
 
 constexpr double kLogitsTol = 1e-4;
@@ -70,14 +73,6 @@ std::string error_of(const json& j) {
   absl::StatusOr<BloomConfig> c = parse_bloom_config(j, "dir/config.json");
   EXPECT_FALSE(c.ok());
   return c.ok() ? "" : std::string(c.status().message());
-}
-
-ForwardInputs inputs_of(const CaseData& d) {
-  ForwardInputs in;
-  in.batch = d.batch, in.seq = d.seq;
-  in.ids = d.ids.data(), in.mask = d.mask.data(), in.targets = d.targets.data();
-  in.vocab_chunk = 96;
-  return in;
 }
 
 // ---- config ----
@@ -323,16 +318,6 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
                          });
 
 // ---- backward ----
-
-CompactGradients compact_for(const FrozenMask& mask) {
-  return CompactGradients(mask.words(), mask.elements());
-}
-
-std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
-  std::vector<float> out(static_cast<size_t>(elements), 0.0f);
-  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
-  return out;
-}
 
 // The reference gradient of an arena tensor in the arena's row order.
 std::vector<float> reference_grad(const Reference& ref, const BloomConfig& c,

@@ -7,11 +7,35 @@
 #include <string>
 #include <vector>
 
+#include "engine/frozen_mask.h"
+#include "engine/tape.h"
 #include "gtest/gtest.h"
 #include "model/bloom_forward.h"
 #include "tests/fixture_reference.h"
 
 namespace engine::testing_fixtures {
+
+// The inputs of a reference case for bloom_forward / bloom_forward_backward, the classifier in
+// chunks of 96 vocabulary rows.
+inline ForwardInputs inputs_of(const CaseData& d) {
+  ForwardInputs in;
+  in.batch = d.batch, in.seq = d.seq;
+  in.ids = d.ids.data(), in.mask = d.mask.data(), in.targets = d.targets.data();
+  in.vocab_chunk = 96;
+  return in;
+}
+
+// A compact gradient over the trainable elements of `mask`.
+inline CompactGradients compact_for(const FrozenMask& mask) {
+  return CompactGradients(mask.words(), mask.elements());
+}
+
+// The compact gradient scattered back to arena layout (frozen elements 0).
+inline std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
+  std::vector<float> out(static_cast<size_t>(elements), 0.0f);
+  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
+  return out;
+}
 
 // A forward's attention statistics against the reference's "<c>.bos_mass", "<c>.entropy" and
 // "<c>.local_mass": the reference's are (B, L, H), ours (L, B, H); |err| <= tol for every batch
