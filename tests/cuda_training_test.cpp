@@ -6,6 +6,8 @@
 // emulator (label gpu). Bound: docs/TOLERANCES.md, "Training on the CUDA backend".
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -575,7 +577,8 @@ TEST(CudaBf16Trainer, TwentyMaskedAdamWStepsMatchTheCpuTwin) {
 TEST(CudaBf16TrainRun, FrozenBitsSurviveAndResumeIsBitExact) {
   using namespace bf16_training;
   namespace fs = std::filesystem;
-  const fs::path root = fs::temp_directory_path() / "engine_cuda_bf16_train_run";
+  const fs::path root = fs::temp_directory_path() /
+                        ("engine_cuda_bf16_train_run." + std::to_string(::getpid()));
   fs::remove_all(root);
   fs::create_directories(root);
   std::unique_ptr<BloomModel> m = small_model();

@@ -5,6 +5,8 @@
 // wrote, surgery's head views per family, and one masked SGD step.
 // Tolerances: the BLOOM fixture tests' (docs/TOLERANCES.md): logits 1e-4 abs, loss 1e-5, each
 // statistic 1e-5 abs, gradients 1e-3 |ref| + 1e-5 max|ref| (testing_fixtures::gradient_mismatches).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -59,7 +61,8 @@ std::string released(const std::string& name) {
 }
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("engine_family_test_" + name);
+  const fs::path dir = fs::temp_directory_path() /
+                       ("engine_family_test_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
