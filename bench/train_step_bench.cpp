@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "bench/random_bloom_model.h"
 #include "engine/backend.h"
 #include "model/model_directory.h"
 #include "model/trainer.h"
@@ -18,27 +19,10 @@
 namespace {
 
 constexpr int64_t kLayers = 24, kHeads = 16, kHidden = 256, kVocab = 8192, kSeq = 256;
-constexpr double kInitStd = 0.02;  // BLOOM's initializer_range
-
-engine::BloomModel random_model() {
-  engine::BloomConfig c;
-  c.vocab_size = kVocab, c.hidden_size = kHidden, c.n_layer = kLayers, c.n_head = kHeads;
-  absl::StatusOr<engine::BloomModel> m = engine::allocate_bloom_model(c);
-  if (!m.ok()) std::abort();
-  std::mt19937 rng(3);
-  std::normal_distribution<float> normal(0.0f, static_cast<float>(kInitStd));
-  for (const engine::ParameterInfo& p : m->arena.parameters()) {
-    float* w = m->arena.view(p).as<float>();
-    const bool layernorm_weight =
-        p.name.find("layernorm.weight") != std::string::npos || p.name == "ln_f.weight";
-    for (int64_t i = 0; i < p.numel; ++i) w[i] = layernorm_weight ? 1.0f : normal(rng);
-  }
-  return std::move(*m);
-}
 
 // range(0): 0 = every parameter trainable, 1 = pass-1 plan; range(1): recompute.
 void BM_TrainStep(benchmark::State& state) {
-  engine::BloomModel model = random_model();
+  engine::BloomModel model = engine_bench::random_bloom_model(kVocab, kHidden, kLayers, kHeads);
   const bool surgical = state.range(0) != 0;
   std::optional<engine::FrozenMask> mask;
   if (surgical) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/random_bloom_model.h"
 #include "engine/device.h"
 #include "model/device_model.h"
 #include "model/model_directory.h"
@@ -36,27 +37,10 @@ struct Shape {
 };
 constexpr Shape kBloom560m{24, 16, 1024, 250880, 512, 5, 22, 9};
 constexpr Shape kTiny{2, 4, 256, 512, 64, 1, 1, 2};
-constexpr double kInitStd = 0.02;  // BLOOM's initializer_range
 
 bool tiny() {
   const char* s = std::getenv("ENGINE_BENCH_SHAPE");
   return s != nullptr && std::strcmp(s, "tiny") == 0;
-}
-
-engine::BloomModel random_model(const Shape& s) {
-  engine::BloomConfig c;
-  c.vocab_size = s.vocab, c.hidden_size = s.hidden, c.n_layer = s.layers, c.n_head = s.heads;
-  absl::StatusOr<engine::BloomModel> m = engine::allocate_bloom_model(c);
-  if (!m.ok()) std::abort();
-  std::mt19937 rng(3);
-  std::normal_distribution<float> normal(0.0f, static_cast<float>(kInitStd));
-  for (const engine::ParameterInfo& p : m->arena.parameters()) {
-    float* w = m->arena.view(p).as<float>();
-    const bool layernorm_weight =
-        p.name.find("layernorm.weight") != std::string::npos || p.name == "ln_f.weight";
-    for (int64_t i = 0; i < p.numel; ++i) w[i] = layernorm_weight ? 1.0f : normal(rng);
-  }
-  return std::move(*m);
 }
 
 // Model FLOPs of one token of a training step (see the file comment).
@@ -80,7 +64,8 @@ void BM_TrainStepCuda(benchmark::State& state) {
     state.SkipWithError(std::string(backend.status().message()).c_str());
     return;
   }
-  engine::BloomModel model = random_model(s);
+  engine::BloomModel model =
+      engine_bench::random_bloom_model(s.vocab, s.hidden, s.layers, s.heads);
   std::optional<engine::FrozenMask> mask;
   if (state.range(0) != 0) {
     engine::SurgeryPlan plan;

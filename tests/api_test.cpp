@@ -1,6 +1,7 @@
 // The public API (include/engine/engine.h), used as an embedding program would.
 #include <engine/engine.h>
 
+#include <string>
 #include <cmath>
 #include <atomic>
 #include <cstring>
@@ -116,7 +117,8 @@ TEST(PublicApi, PlanRoundTripAndSave) {
 
   auto model = api::Model::load(fixture_model_dir("bloom-h4-l2").string());
   ASSERT_TRUE(model.ok());
-  const auto dir = std::filesystem::temp_directory_path() / "engine_api_save";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("engine_api_save." + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   ASSERT_TRUE(model->save(dir.string(), "bf16").ok());
   auto reloaded = api::Model::load(dir.string());

@@ -20,37 +20,22 @@
 #include "model/model_directory.h"
 #include "engine/frozen_mask.h"
 #include "surgery/head_surgery.h"
+#include "tests/fixture_checks.h"
 #include "tests/fixture_reference.h"
 
 namespace engine {
 namespace {
 
 using testing_fixtures::CaseData;
+using testing_fixtures::compact_for;
 using testing_fixtures::gradient_mismatches;
+using testing_fixtures::inputs_of;
 using testing_fixtures::kFixtures;
 using testing_fixtures::load_case;
 using testing_fixtures::Reference;
+using testing_fixtures::to_arena;
 
 constexpr double kLossTol = 1e-5;
-
-CompactGradients compact_for(const FrozenMask& mask) {
-  return CompactGradients(mask.words(), mask.elements());
-}
-
-// The compact gradient scattered back to arena layout (frozen elements 0).
-std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
-  std::vector<float> out(static_cast<size_t>(elements), 0.0f);
-  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
-  return out;
-}
-
-ForwardInputs inputs_of(const CaseData& d) {
-  ForwardInputs in;
-  in.batch = d.batch, in.seq = d.seq;
-  in.ids = d.ids.data(), in.mask = d.mask.data(), in.targets = d.targets.data();
-  in.vocab_chunk = 96;  // several classifier chunks, the last one partial (V = 260)
-  return in;
-}
 
 struct GradCase {
   const char* model;

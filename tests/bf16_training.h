@@ -1,7 +1,8 @@
 // Shared pieces of the 16-bit training tests (tests/bf16_training_test.cpp on the CPU twin,
 // tests/cuda_training_test.cpp on the device): a model the tensor-core attention takes (2 layers,
-// 4 heads, head_dim 64), a surgery-style mask, the micro-batches of a step, and the check that a
-// resident 16-bit copy holds the host arena rounded to nearest even.
+// 4 heads, head_dim 64; its shape also serves tests/cuda_repair_test.cpp), a surgery-style mask,
+// the micro-batches of a step, and the check that a resident 16-bit copy holds the host arena
+// rounded to nearest even.
 #pragma once
 
 #include <algorithm>
@@ -23,9 +24,9 @@
 
 namespace engine::bf16_training {
 
-inline BloomConfig small_config() {
+inline BloomConfig small_config(int64_t vocab_size = 311) {
   BloomConfig c;
-  c.vocab_size = 311, c.n_layer = 2, c.n_head = 4, c.hidden_size = 4 * 64;
+  c.vocab_size = vocab_size, c.n_layer = 2, c.n_head = 4, c.hidden_size = 4 * 64;
   return c;
 }
 

@@ -6,6 +6,8 @@
 // nearest even; a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <cstdio>
@@ -126,7 +128,7 @@ class Bf16TrainRun : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_bf16_training_",
+            absl::StrCat("engine_bf16_training_", ::getpid(), "_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);

@@ -19,6 +19,7 @@
 #include "engine/backend.h"
 #include "gtest/gtest.h"
 #include "model/bloom_forward.h"
+#include "tests/fixture_checks.h"
 #include "tests/fixture_reference.h"
 #include "model/model_directory.h"
 #include "model/safetensors.h"
@@ -77,20 +78,7 @@ TEST_P(BloomForwardFixture, MatchesTransformersInEveryCase) {
     EXPECT_NEAR(got->loss, loss, kLossTol);
 
     // Reference statistics are (B, L, H); ours are (L, B, H).
-    const char* stat_names[] = {"bos_mass", "entropy", "local_mass"};
-    const std::vector<double>* ours[] = {&got->stats.bos_mass, &got->stats.entropy,
-                                         &got->stats.local_mass};
-    for (int k = 0; k < 3; ++k) {
-      const std::vector<float> want = ref.get<float>(std::string(c) + "." + stat_names[k]);
-      for (int64_t b = 0; b < d.batch; ++b) {
-        for (int64_t l = 0; l < L; ++l) {
-          for (int64_t h = 0; h < H; ++h) {
-            EXPECT_NEAR(got->stats.at(*ours[k], l, b, h), want[(b * L + l) * H + h], kStatsTol)
-                << stat_names[k] << " b=" << b << " l=" << l << " h=" << h;
-          }
-        }
-      }
-    }
+    testing_fixtures::expect_stats_near(ref, c, got->stats, d.batch, L, H, kStatsTol);
     (void)V;
   }
   EXPECT_GE(cases, 4);

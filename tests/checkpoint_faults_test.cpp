@@ -45,7 +45,7 @@ class CheckpointFaults : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_checkpoint_faults_",
+            absl::StrCat("engine_checkpoint_faults_", ::getpid(), "_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);

@@ -3,6 +3,8 @@
 // directory without a manifest (as Hugging Face ships them) still loads.
 #include "model/checkpoint_manifest.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -30,7 +32,7 @@ class Manifests : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_manifest_test_",
+            absl::StrCat("engine_manifest_test_", ::getpid(), "_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);

@@ -5,6 +5,8 @@
 // backend".
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -339,7 +341,8 @@ TEST(CudaModelApi, TrainOnTheDeviceThenSaveWritesTheTrainedWeights) {
   auto on_gpu = gpu->forward(probe);
   ASSERT_TRUE(on_gpu.ok()) << on_gpu.error();
   const std::filesystem::path out =
-      std::filesystem::temp_directory_path() / "engine_cuda_api_train_save";
+      std::filesystem::temp_directory_path() /
+      ("engine_cuda_api_train_save." + std::to_string(::getpid()));
   std::filesystem::remove_all(out);
   ASSERT_TRUE(gpu->save(out.string()).ok());
   auto reloaded = api::Model::load(out.string(), "cpu");

@@ -27,6 +27,7 @@
 #include "surgery/head_surgery.h"
 #include "surgery/plan.h"
 #include "surgery/repair.h"
+#include "tests/bf16_training.h"
 
 namespace engine {
 namespace {
@@ -54,12 +55,7 @@ class CudaRepair : public ::testing::Test {
     root_ = fs::temp_directory_path() / absl::StrCat("engine_cuda_repair_test_", getpid());
     fs::remove_all(root_);
     fs::create_directories(root_);
-    BloomConfig c;
-    c.vocab_size = 64;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.hidden_size = 4 * 64;
-    absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+    absl::StatusOr<BloomModel> m = allocate_bloom_model(bf16_training::small_config(64));
     ASSERT_TRUE(m.ok()) << m.status();
     ASSERT_TRUE(init_bloom_weights(*m, 23, 0.08).ok());
     ASSERT_TRUE(save_model_directory(*m, root_ / "model").ok());

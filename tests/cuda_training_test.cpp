@@ -6,6 +6,8 @@
 // emulator (label gpu). Bound: docs/TOLERANCES.md, "Training on the CUDA backend".
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -110,15 +112,8 @@ struct Case {
 class CudaTraining : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    BloomConfig c;
-    c.vocab_size = 311;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.hidden_size = 4 * 64;
-    absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
-    ASSERT_TRUE(m.ok()) << m.status();
-    ASSERT_TRUE(init_bloom_weights(*m, 17, 0.08).ok());
-    model_ = std::make_unique<BloomModel>(std::move(*m));
+    model_ = bf16_training::small_model();
+    ASSERT_NE(model_, nullptr);
     cpu_ = make_cpu_backend();
     cuda_ = cuda_backend();
     ASSERT_NE(cuda_, nullptr);
@@ -292,26 +287,11 @@ TEST(CudaTrainer, TwentyAdamWStepsMatchTheCpuAndFrozenElementsAreBitIdentical) {
   Trainer on_cpu(*a, *cpu, *mask, opt), on_cuda(*b, *cuda, *mask, opt);
   // Micro-batches of 2 x 16 random tokens, the second of each step right-padded.
   std::mt19937 rng(5);
-  std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(c.vocab_size - 1));
   constexpr double kLr = 1e-3;
   constexpr int kSteps = 20;
   double worst_loss = 0.0, worst_norm = 0.0;
   for (int step = 0; step < kSteps; ++step) {
-    std::vector<MicroBatch> mbs(2);
-    for (int k = 0; k < 2; ++k) {
-      MicroBatch& mb = mbs[k];
-      mb.batch = 2, mb.seq = 16;
-      mb.ids.resize(32);
-      for (int32_t& t : mb.ids) t = id(rng);
-      mb.mask.assign(32, 1);
-      if (k == 1) std::fill(mb.mask.begin() + 16 + 11, mb.mask.end(), 0);
-      mb.targets.assign(32, -1);
-      for (int64_t r = 0; r < 2; ++r) {
-        for (int64_t t = 0; t + 1 < 16; ++t) {
-          if (mb.mask[r * 16 + t + 1] != 0) mb.targets[r * 16 + t] = mb.ids[r * 16 + t + 1];
-        }
-      }
-    }
+    const std::vector<MicroBatch> mbs = bf16_training::step_batches(rng, c.vocab_size);
     absl::StatusOr<StepResult> want = on_cpu.step(mbs, kLr);
     ASSERT_TRUE(want.ok()) << want.status();
     absl::StatusOr<StepResult> got = on_cuda.step(mbs, kLr);
@@ -597,7 +577,8 @@ TEST(CudaBf16Trainer, TwentyMaskedAdamWStepsMatchTheCpuTwin) {
 TEST(CudaBf16TrainRun, FrozenBitsSurviveAndResumeIsBitExact) {
   using namespace bf16_training;
   namespace fs = std::filesystem;
-  const fs::path root = fs::temp_directory_path() / "engine_cuda_bf16_train_run";
+  const fs::path root = fs::temp_directory_path() /
+                        ("engine_cuda_bf16_train_run." + std::to_string(::getpid()));
   fs::remove_all(root);
   fs::create_directories(root);
   std::unique_ptr<BloomModel> m = small_model();

@@ -5,6 +5,8 @@
 // wrote, surgery's head views per family, and one masked SGD step.
 // Tolerances: the BLOOM fixture tests' (docs/TOLERANCES.md): logits 1e-4 abs, loss 1e-5, each
 // statistic 1e-5 abs, gradients 1e-3 |ref| + 1e-5 max|ref| (testing_fixtures::gradient_mismatches).
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -26,6 +28,7 @@
 #include "model/model_directory.h"
 #include "model/safetensors.h"
 #include "surgery/head_surgery.h"
+#include "tests/fixture_checks.h"
 #include "tests/fixture_reference.h"
 
 namespace engine {
@@ -34,10 +37,13 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using testing_fixtures::CaseData;
+using testing_fixtures::compact_for;
 using testing_fixtures::gradient_mismatches;
+using testing_fixtures::inputs_of;
 using testing_fixtures::kFixtures;
 using testing_fixtures::load_case;
 using testing_fixtures::Reference;
+using testing_fixtures::to_arena;
 using ::testing::HasSubstr;
 
 constexpr double kLogitsTol = 1e-4;
@@ -55,7 +61,8 @@ std::string released(const std::string& name) {
 }
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("engine_family_test_" + name);
+  const fs::path dir = fs::temp_directory_path() /
+                       ("engine_family_test_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
@@ -69,14 +76,6 @@ std::string error_of(const json& j) {
   absl::StatusOr<BloomConfig> c = parse_bloom_config(j, "dir/config.json");
   EXPECT_FALSE(c.ok());
   return c.ok() ? "" : std::string(c.status().message());
-}
-
-ForwardInputs inputs_of(const CaseData& d) {
-  ForwardInputs in;
-  in.batch = d.batch, in.seq = d.seq;
-  in.ids = d.ids.data(), in.mask = d.mask.data(), in.targets = d.targets.data();
-  in.vocab_chunk = 96;
-  return in;
 }
 
 // ---- config ----
@@ -286,20 +285,7 @@ TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
     EXPECT_LE(worst, kLogitsTol) << "logits max abs error";
     RecordProperty(std::string(c) + "_logits_max_abs_err", std::to_string(worst));
     EXPECT_NEAR(got->loss, ref.get<float>(std::string(c) + ".loss")[0], kLossTol);
-    const char* stat_names[] = {"bos_mass", "entropy", "local_mass"};
-    const std::vector<double>* ours[] = {&got->stats.bos_mass, &got->stats.entropy,
-                                         &got->stats.local_mass};
-    for (int k = 0; k < 3; ++k) {
-      const std::vector<float> want = ref.get<float>(std::string(c) + "." + stat_names[k]);
-      for (int64_t b = 0; b < d.batch; ++b) {
-        for (int64_t l = 0; l < L; ++l) {
-          for (int64_t h = 0; h < H; ++h) {
-            EXPECT_NEAR(got->stats.at(*ours[k], l, b, h), want[(b * L + l) * H + h], kStatsTol)
-                << stat_names[k] << " b=" << b << " l=" << l << " h=" << h;
-          }
-        }
-      }
-    }
+    testing_fixtures::expect_stats_near(ref, c, got->stats, d.batch, L, H, kStatsTol);
   }
 }
 
@@ -335,16 +321,6 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
                          });
 
 // ---- backward ----
-
-CompactGradients compact_for(const FrozenMask& mask) {
-  return CompactGradients(mask.words(), mask.elements());
-}
-
-std::vector<float> to_arena(const CompactGradients& g, int64_t elements) {
-  std::vector<float> out(static_cast<size_t>(elements), 0.0f);
-  for (int64_t i = 0; i < g.size(); ++i) out[g.arena_index(i)] = g.data()[i];
-  return out;
-}
 
 // The reference gradient of an arena tensor in the arena's row order.
 std::vector<float> reference_grad(const Reference& ref, const BloomConfig& c,

@@ -1,6 +1,8 @@
 // The transformers-made fixture models (tests/fixtures/models) load into the arena with the
 // values their files hold, survive save -> reload bit for bit (f32, and f16 -> f32 -> f16), and
 // give the ALiBi slopes transformers uses.
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -22,7 +24,8 @@ const fs::path kFixtures = fs::path(ENGINE_SOURCE_DIR) / "tests" / "fixtures";
 const char* const kModels[] = {"bloom-h4-l2", "bloom-h6-l3", "bloom-h3-d32-l4", "bloom-h4-l2-f16"};
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("engine_fixture_models_" + name);
+  const fs::path dir = fs::temp_directory_path() /
+                       ("engine_fixture_models_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

@@ -1,6 +1,9 @@
 // Report -> plan selection rules, and the `engine plan` command end to end.
 #include "surgery/plan_select.h"
 
+#include <unistd.h>
+
+#include <string>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -104,7 +107,8 @@ TEST(PlanSelect, EmptySelectionAndBadSpellingsAreErrors) {
 }
 
 TEST(PlanCommand, WritesAStrictPlanFromAReport) {
-  const auto dir = std::filesystem::temp_directory_path() / "engine_plan_cli_test";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("engine_plan_cli_test." + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   {
@@ -135,7 +139,8 @@ TEST(PlanCommand, WritesAStrictPlanFromAReport) {
 // line once showed but the parser refused), errors name the flag as --help spells it, and a value
 // that looks like a flag stays a value.
 TEST(PlanCommand, DashedAndUnderscoredFlagNamesAreOneFlag) {
-  const auto dir = std::filesystem::temp_directory_path() / "engine_plan_dashes_test";
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("engine_plan_dashes_test." + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   {

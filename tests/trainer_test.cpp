@@ -3,6 +3,8 @@
 // before any work.
 #include "model/trainer.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -225,7 +227,7 @@ class TrainRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
     root_ = fs::temp_directory_path() /
-            absl::StrCat("engine_trainer_test_",
+            absl::StrCat("engine_trainer_test_", ::getpid(), "_",
                          ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(root_);
     fs::create_directories(root_);

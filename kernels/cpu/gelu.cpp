@@ -11,7 +11,7 @@
 // with it). kernels/cuda/ops.cu computes the same way.
 #include <cmath>
 
-#include "absl/strings/str_cat.h"
+#include "kernels/cpu/gelu_check.h"
 #include "kernels/cpu/isa_kernels.h"
 #include "kernels/cpu/isa_region.h"
 #include "kernels/cpu/vector_math.h"
@@ -22,22 +22,10 @@ namespace {
 constexpr float kGeluC = 0.79788456f;
 constexpr float kGeluA = 0.044715f;
 
-absl::Status check(const GeluParams& p, const char* op, bool backward) {
-  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative n=", p.n));
-  if (p.x == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": x is required"));
-  if (!backward && p.y == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": y is required"));
-  }
-  if (backward && (p.dy == nullptr || p.dx == nullptr)) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": dy and dx are required"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status gelu_forward(const GeluParams& p) {
-  if (absl::Status s = check(p, "gelu_forward", false); !s.ok()) return s;
+  if (absl::Status s = check_gelu_params(p, "gelu_forward", false); !s.ok()) return s;
   const float* xs = static_cast<const float*>(p.x);
   float* ys = static_cast<float*>(p.y);
 #pragma omp parallel for simd schedule(static)
@@ -53,7 +41,7 @@ absl::Status gelu_forward(const GeluParams& p) {
 }
 
 absl::Status gelu_backward(const GeluParams& p) {
-  if (absl::Status s = check(p, "gelu_backward", true); !s.ok()) return s;
+  if (absl::Status s = check_gelu_params(p, "gelu_backward", true); !s.ok()) return s;
   constexpr float kThreeA = 3.0f * kGeluA;
   const float* xs = static_cast<const float*>(p.x);
   const float* dys = static_cast<const float*>(p.dy);

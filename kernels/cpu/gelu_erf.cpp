@@ -6,7 +6,7 @@
 // (1 + erf(x / sqrt 2) cancels there); std::erfc is within a few ulp in float.
 #include <cmath>
 
-#include "absl/strings/str_cat.h"
+#include "kernels/cpu/gelu_check.h"
 #include "kernels/cpu/ops.h"
 
 namespace engine::cpu {
@@ -15,22 +15,10 @@ namespace {
 constexpr float kInvSqrt2 = 0.70710678f;
 constexpr float kInvSqrt2Pi = 0.39894228f;
 
-absl::Status check(const GeluParams& p, const char* op, bool backward) {
-  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat(op, ": negative n=", p.n));
-  if (p.x == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": x is required"));
-  if (!backward && p.y == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": y is required"));
-  }
-  if (backward && (p.dy == nullptr || p.dx == nullptr)) {
-    return absl::InvalidArgumentError(absl::StrCat(op, ": dy and dx are required"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::Status gelu_erf_forward(const GeluParams& p) {
-  if (absl::Status s = check(p, "gelu_forward", false); !s.ok()) return s;
+  if (absl::Status s = check_gelu_params(p, "gelu_forward", false); !s.ok()) return s;
   const float* xs = static_cast<const float*>(p.x);
   float* ys = static_cast<float*>(p.y);
 #pragma omp parallel for schedule(static)
@@ -42,7 +30,7 @@ absl::Status gelu_erf_forward(const GeluParams& p) {
 }
 
 absl::Status gelu_erf_backward(const GeluParams& p) {
-  if (absl::Status s = check(p, "gelu_backward", true); !s.ok()) return s;
+  if (absl::Status s = check_gelu_params(p, "gelu_backward", true); !s.ok()) return s;
   const float* xs = static_cast<const float*>(p.x);
   const float* dys = static_cast<const float*>(p.dy);
   float* dxs = static_cast<float*>(p.dx);
