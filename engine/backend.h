@@ -97,7 +97,8 @@ struct HeadStatsAccumulator {
 };
 
 // Fused causal ALiBi attention over a fused QKV activation, flash-style (no (T, T) buffer).
-// s[i, j] = q_i . k_j * scale + slope_h * pos_j, j <= i, masked keys skipped.
+// s[i, j] = q_i . k_j * scale + slope_h * pos_j, j <= i, masked keys skipped (the bias term
+// rounded as Falcon's when bf16_bias_divisor is set).
 // Only query rows [query_begin, T) are computed (incremental decoding over a cache of fused QKV
 // rows); the backward requires query_begin = 0. Statistics are added (+=) to the accumulator;
 // stats.rows[b], when given, gains the number of real query rows of batch row b in this call.
@@ -125,6 +126,13 @@ struct AlibiAttentionParams {
   // docs/REPAIR.md). Its score gradient w_h * (A[t, j] - [j = first]) is added to dS; the caller
   // folds any mean over rows into w_h. Null = no auxiliary loss. On a device it is device memory.
   const float* sink_loss_weight = nullptr;  // (H) or null
+  // Falcon's ALiBi (transformers' build_alibi_tensor, then its division by sqrt(head_dim)): when
+  // positive, the bias of key j is bf16(slope_h * bf16(pos_j)) / bf16_bias_divisor instead of
+  // slope_h * pos_j: the position rounded to the nearest bfloat16 (ties to even; exact below
+  // 256), the fp32 product rounded the same way, then divided in fp32; `slopes` hold the
+  // unscaled (bfloat16-valued) slopes. Forward and backward. 0 = the exact fp32 product (BLOOM,
+  // MPT). CPU only; the CUDA backend refuses it.
+  float bf16_bias_divisor = 0.0f;
 };
 
 // Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the

@@ -91,7 +91,8 @@ struct GraphShape {
   float eps = 1e-5f;
   float scale = 0.0f;       // attention_scale (config.h)
   bool gelu_exact = false;  // FamilyTraits::gelu_exact
-  const float* slopes = nullptr;
+  const float* slopes = nullptr;   // kernel_slopes (config.h)
+  float bf16_bias_divisor = 0.0f;  // attention_bias_divisor (config.h)
   const int32_t* positions = nullptr;
   const uint8_t* mask = nullptr;
 };
@@ -114,6 +115,7 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   ap.scale = s.scale;
   ap.qkv = a.qkv.data();
   ap.slopes = s.slopes;
+  ap.bf16_bias_divisor = s.bf16_bias_divisor;
   ap.positions = s.positions;
   ap.mask = s.mask;
   ap.out = a.attn.data();
@@ -382,6 +384,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.scale = attention_scale(c);
   shape.gelu_exact = family_traits(c).gelu_exact;
   shape.slopes = act.slopes.data();
+  shape.bf16_bias_divisor = attention_bias_divisor(c);
   shape.positions = act.positions.data();
   shape.mask = act.mask.empty() ? nullptr : act.mask.data();
   const float loss_scale = static_cast<float>(gradient_scale / static_cast<double>(result->scored));

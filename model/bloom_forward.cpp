@@ -137,6 +137,7 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
   ap.scale = attention_scale(c);
   ap.qkv = call.qkv_store;
   ap.slopes = slopes;
+  ap.bf16_bias_divisor = attention_bias_divisor(c);
   ap.positions = call.positions;
   ap.mask = call.mask;
   ap.out = a.attn.data();
@@ -343,7 +344,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
       if (family_traits(c).key_index_positions) positions[b * T + t] = static_cast<int32_t>(t);
     }
   }
-  const std::vector<float> slopes = attention_slopes(c);
+  const std::vector<float> slopes = kernel_slopes(c);
   if (absl::Status s = upload<int32_t>(backend, act->positions, positions); !s.ok()) return s;
   if (absl::Status s = upload<float>(backend, act->slopes, slopes); !s.ok()) return s;
   if (absl::Status s = upload<int32_t>(backend, act->ids, {in.ids, static_cast<size_t>(rows)});
@@ -636,7 +637,7 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = upload<float>(backend, slopes, attention_slopes(c)); !s.ok()) return s;
+  if (absl::Status s = upload<float>(backend, slopes, kernel_slopes(c)); !s.ok()) return s;
   if (absl::Status s = embedded.resize(backend, count * C, st); !s.ok()) return s;
   if (absl::Status s = last.resize(backend, C, st); !s.ok()) return s;
   if (absl::Status s = logits.resize(backend, c.vocab_size); !s.ok()) return s;

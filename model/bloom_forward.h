@@ -121,7 +121,8 @@ struct BloomActivations {
   int64_t batch = 0, seq = 0;
   DeviceArray<int32_t> positions;     // (B, T) ALiBi key positions
   // The call's inputs in the backend's memory (what the backward reads again): ids (B, T),
-  // mask (B, T) (empty = all real), targets (B, T) (empty = none), ALiBi slopes (H).
+  // mask (B, T) (empty = all real), targets (B, T) (empty = none), ALiBi slopes (H) as the
+  // attention kernel takes them (kernel_slopes, config.h).
   DeviceArray<int32_t> ids, targets;
   DeviceArray<uint8_t> mask;
   DeviceArray<float> slopes;
@@ -197,8 +198,8 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
 // One block over full sequences (no cache), as bloom_forward runs it: reads x_in (B * T, C),
 // writes every intermediate into `a` (sized here) and the block output into x_out (B * T, C).
 // For activation recomputation in the backward. Every pointer is in the backend's memory
-// (slopes (H), positions (B, T), mask (B, T) or null); x_in, x_out and the weights hold
-// `storage` elements.
+// (slopes (H): kernel_slopes, positions (B, T), mask (B, T) or null); x_in, x_out and the
+// weights hold `storage` elements.
 absl::Status bloom_block_forward(const BloomConfig& config, const BloomBlockWeights& weights,
                                  DType storage, Backend& backend, int64_t batch, int64_t seq,
                                  const float* slopes, const int32_t* positions,

@@ -429,15 +429,18 @@ FamilyTraits family_traits(const BloomConfig& c) {
   switch (c.family) {
     case ModelFamily::kFalcon:
       return {.embedding_layernorm = false, .linear_bias = c.linear_bias, .layernorm_bias = true,
-              .gelu_exact = true, .qkv_blocks = false, .key_index_positions = false};
+              .gelu_exact = true, .qkv_blocks = false, .key_index_positions = false,
+              .alibi_bf16_product = true};
     case ModelFamily::kMpt:
       return {.embedding_layernorm = false, .linear_bias = false, .layernorm_bias = false,
-              .gelu_exact = true, .qkv_blocks = true, .key_index_positions = true};
+              .gelu_exact = true, .qkv_blocks = true, .key_index_positions = true,
+              .alibi_bf16_product = false};
     case ModelFamily::kBloom:
       break;
   }
   return {.embedding_layernorm = true, .linear_bias = true, .layernorm_bias = true,
-          .gelu_exact = false, .qkv_blocks = false, .key_index_positions = false};
+          .gelu_exact = false, .qkv_blocks = false, .key_index_positions = false,
+          .alibi_bf16_product = false};
 }
 
 std::vector<float> attention_slopes(const BloomConfig& c) {
@@ -454,6 +457,20 @@ std::vector<float> attention_slopes(const BloomConfig& c) {
       break;
   }
   return alibi_slopes(c.n_head);
+}
+
+std::vector<float> kernel_slopes(const BloomConfig& c) {
+  if (!family_traits(c).alibi_bf16_product) return attention_slopes(c);
+  std::vector<float> s = alibi_slopes(c.n_head);
+  for (float& v : s) v = round_to_bf16(v);
+  return s;
+}
+
+float attention_bias_divisor(const BloomConfig& c) {
+  if (!family_traits(c).alibi_bf16_product) return 0.0f;
+  // transformers divides its fp32 bias tensor by the Python float math.sqrt(D), which torch
+  // applies as the fp32 scalar it rounds to.
+  return static_cast<float>(std::sqrt(static_cast<double>(c.head_dim())));
 }
 
 float attention_scale(const BloomConfig& c) {

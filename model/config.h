@@ -69,6 +69,9 @@ struct FamilyTraits {
                              // (H, 3, D)); the arena always holds the per-head order
   bool key_index_positions;  // ALiBi distances from the key index (MPT), not the cumulative
                              // count of real tokens (BLOOM, Falcon)
+  bool alibi_bf16_product;   // the ALiBi bias is bf16(bf16(slope) * bf16(pos)) / sqrt(D): the
+                             // product taken in bfloat16 (Falcon, transformers'
+                             // build_alibi_tensor); else slope * pos in fp32 (BLOOM, MPT)
 };
 FamilyTraits family_traits(const BloomConfig& c);
 
@@ -76,7 +79,16 @@ FamilyTraits family_traits(const BloomConfig& c);
 // BLOOM: 1/sqrt(D) and alibi_slopes. Falcon adds its ALiBi before the 1/sqrt(D) scaling, with the
 // slopes rounded to bfloat16 (transformers' build_alibi_tensor): slopes bf16(slope) / sqrt(D).
 // MPT: softmax_scale (default 1/sqrt(D)) and mpt_alibi_slopes, unscaled.
+// These are the slopes every position's bias grows by (reports, statistics); for Falcon the
+// kernel gets the bias through kernel_slopes and attention_bias_divisor instead.
 std::vector<float> attention_slopes(const BloomConfig& c);
 float attention_scale(const BloomConfig& c);
+
+// What AlibiAttentionParams is given (engine/backend.h): `slopes` and `bf16_bias_divisor`.
+// BLOOM, MPT: attention_slopes and 0 (the fp32 product). Falcon (alibi_bf16_product): the
+// unscaled bf16(slope) and sqrt(D) as a float, so the kernel computes transformers' Falcon bias
+// bf16(bf16(slope) * bf16(pos)) / sqrt(D): the product in bfloat16 first, the division in fp32.
+std::vector<float> kernel_slopes(const BloomConfig& c);
+float attention_bias_divisor(const BloomConfig& c);
 
 }  // namespace engine

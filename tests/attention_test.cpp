@@ -5,11 +5,16 @@
 //     carries ~1e-5 absolute rounding that moves each probability by that relative amount;
 //   statistics (means over rows): abs error <= 1e-5;
 //   backward vs central finite differences of the double reference: abs error <= 2e-4 * max(1, |fd|).
+// Falcon's rounded bias (AlibiAttentionParams::bf16_bias_divisor) is checked with the same bounds
+// against a reference that rounds the product to bfloat16 independently (round_to_bf16 below);
+// its bias is at most ~75 there, so the kernel's fp32 division adds < 1e-5 to a score, inside them.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -42,7 +47,24 @@ struct Inputs {
   std::vector<float> qkv;      // (B, T, H, 3, D)
   std::vector<uint8_t> mask;   // (B, T)
   std::vector<float> slopes;   // (H)
+  float bias_divisor = 0.0f;   // AlibiAttentionParams::bf16_bias_divisor
 };
+
+// x rounded to 8 significant bits, ties to even (bfloat16 for normal finite x), in double.
+double round_to_bf16(double x) {
+  if (x == 0.0) return x;
+  int e = 0;
+  std::frexp(x, &e);  // |x| in [2^(e-1), 2^e)
+  return std::ldexp(std::nearbyint(std::ldexp(x, 8 - e)), e - 8);
+}
+
+// The bias of a key at `pos`: slope * pos, or Falcon's bf16(slope * bf16(pos)) / divisor (torch
+// multiplies bfloat16 slopes by integer positions in bfloat16: the position is rounded too).
+double key_bias(float slope, int64_t pos, float divisor) {
+  if (divisor == 0.0f) return static_cast<double>(slope) * static_cast<double>(pos);
+  return round_to_bf16(static_cast<double>(slope) * round_to_bf16(static_cast<double>(pos))) /
+         divisor;
+}
 
 Inputs make_inputs(const Case& c, uint32_t seed) {
   Inputs in{c, {}, {}, slopes_for(c.heads)};
@@ -72,7 +94,8 @@ struct Reference {
 // Naive attention in double: full probability rows, transformers' semantics including uniform
 // attention over all T keys for a query with no real key at or before it.
 Reference naive_attention(const Case& c, const std::vector<double>& qkv,
-                          const std::vector<uint8_t>& mask, const std::vector<float>& slopes) {
+                          const std::vector<uint8_t>& mask, const std::vector<float>& slopes,
+                          float bias_divisor = 0.0f) {
   const int64_t B = c.batch, T = c.seq, H = c.heads, D = c.head_dim;
   Reference ref;
   ref.out.assign(B * T * H * D, 0.0);
@@ -102,7 +125,7 @@ Reference naive_attention(const Case& c, const std::vector<double>& qkv,
           if (!mask[b * T + j]) continue;
           double dotp = 0.0;
           for (int64_t d = 0; d < D; ++d) dotp += at(b, i, h, 0, d) * at(b, j, h, 1, d);
-          s[j] = dotp * scale + static_cast<double>(slopes[h]) * pos[j];
+          s[j] = dotp * scale + key_bias(slopes[h], pos[j], bias_divisor);
           mx = std::max(mx, s[j]);
         }
         double lse;
@@ -163,6 +186,7 @@ KernelResult run_kernel(const Inputs& in, bool stats, int64_t query_begin = 0) {
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.qkv = in.qkv.data();
   p.slopes = in.slopes.data();
+  p.bf16_bias_divisor = in.bias_divisor;
   p.mask = in.mask.data();
   p.out = r.out.data();
   p.lse = r.lse.data();
@@ -296,6 +320,64 @@ TEST(AlibiAttentionForward, QueryBeginComputesTheTailRowsOnly) {
   }
 }
 
+// Falcon's inputs: 12 heads (four slopes not powers of two), slopes rounded to bfloat16 as
+// transformers' build_alibi_tensor does, divisor sqrt(D).
+Inputs falcon_inputs(const Case& c, uint32_t seed) {
+  Inputs in = make_inputs(c, seed);
+  for (float& s : in.slopes) s = static_cast<float>(round_to_bf16(s));
+  in.bias_divisor = std::sqrt(static_cast<float>(c.head_dim));
+  return in;
+}
+
+// Past 256 positions (where even power-of-two slopes' products round) with padding on both
+// sides; the reference without the rounding is far outside the bound, so the check tells them
+// apart.
+TEST(AlibiAttentionForward, RoundedFalconBiasMatchesNaiveReference) {
+  for (const Case& c : {Case{2, 300, 12, 8, Padding::kLeft}, Case{2, 270, 12, 16, Padding::kRight}}) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = falcon_inputs(c, 7);
+    const Reference ref = naive_attention(c, to_double(in.qkv), in.mask, in.slopes, in.bias_divisor);
+    std::vector<float> scaled(in.slopes);
+    for (float& s : scaled) s /= in.bias_divisor;
+    const Reference unrounded = naive_attention(c, to_double(in.qkv), in.mask, scaled);
+    const KernelResult got = run_kernel(in, /*stats=*/true);
+    double apart = 0.0;
+    for (size_t i = 0; i < ref.out.size(); ++i) {
+      ASSERT_NEAR(got.out[i], ref.out[i], 5e-5 * std::max(1.0, std::abs(ref.out[i]))) << "out " << i;
+      apart = std::max(apart, std::abs(unrounded.out[i] - ref.out[i]));
+    }
+    EXPECT_GT(apart, 100 * 5e-5) << "the rounding does not matter in this case";
+    for (size_t i = 0; i < ref.lse.size(); ++i) {
+      ASSERT_NEAR(got.lse[i], ref.lse[i], 5e-5 * std::max(1.0, std::abs(ref.lse[i]))) << "lse " << i;
+    }
+    for (int64_t b = 0; b < c.batch; ++b) {
+      const int64_t real = got.rows[b];
+      for (int64_t h = 0; h < c.heads; ++h) {
+        const int64_t bh = b * c.heads + h;
+        EXPECT_NEAR(got.bos[bh] / real, ref.bos[bh], 1e-5) << "bos b=" << b << " h=" << h;
+        EXPECT_NEAR(got.entropy[bh] / real, ref.entropy[bh], 1e-5) << "entropy b=" << b << " h=" << h;
+        EXPECT_NEAR(got.local[bh] / real, ref.local[bh], 1e-5) << "local b=" << b << " h=" << h;
+      }
+    }
+  }
+}
+
+TEST(AlibiAttentionForward, RejectsABadBiasDivisor) {
+  const Case c{1, 4, 1, 8, Padding::kNone};
+  Inputs in = make_inputs(c, 3);
+  for (float bad : {-1.0f, std::numeric_limits<float>::infinity(), std::nanf("")}) {
+    std::vector<float> out(c.seq * c.head_dim), lse(c.seq);
+    AlibiAttentionParams p;
+    p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+    p.scale = 1.0f, p.qkv = in.qkv.data(), p.slopes = in.slopes.data();
+    p.out = out.data(), p.lse = lse.data();
+    p.bf16_bias_divisor = bad;
+    const absl::Status s = cpu::alibi_attention_forward(p);
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(std::string(s.message()).find("bf16_bias_divisor"), std::string::npos) << s;
+  }
+}
+
 TEST(AlibiAttentionForward, RejectsBadShapes) {
   AlibiAttentionParams p;
   p.batch = 1, p.seq = 4, p.heads = 0, p.head_dim = 8;
@@ -327,8 +409,8 @@ TEST(AlibiAttentionForward, RefusesIntegerStorageByName) {
 // when dout = w.
 double weighted_output(const Case& c, const std::vector<double>& qkv,
                        const std::vector<uint8_t>& mask, const std::vector<float>& slopes,
-                       const std::vector<float>& w) {
-  const Reference ref = naive_attention(c, qkv, mask, slopes);
+                       const std::vector<float>& w, float bias_divisor = 0.0f) {
+  const Reference ref = naive_attention(c, qkv, mask, slopes, bias_divisor);
   double sum = 0.0;
   for (size_t i = 0; i < w.size(); ++i) sum += w[i] * ref.out[i];
   return sum;
@@ -352,6 +434,7 @@ void expect_backward_matches_fd(const Case& c, const Inputs& in, const std::vect
   p.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   p.qkv = in.qkv.data();
   p.slopes = in.slopes.data();
+  p.bf16_bias_divisor = in.bias_divisor;
   p.mask = in.mask.data();
   p.out = fwd.out.data();
   p.lse = fwd.lse.data();
@@ -397,6 +480,27 @@ TEST(AlibiAttentionBackward, MatchesFiniteDifferencesOfNaiveReference) {
     expect_backward_matches_fd(
         c, in, dout, nullptr, rng,
         [&](const std::vector<double>& x) { return weighted_output(c, x, in.mask, in.slopes, dout); },
+        &largest);
+    if (HasFatalFailure()) return;
+  }
+}
+
+// The backward with Falcon's rounded bias against finite differences of the rounded reference
+// (the rounding is constant in q, k and v, so the derivative sees it only through the scores).
+TEST(AlibiAttentionBackward, RoundedFalconBiasMatchesFiniteDifferences) {
+  for (const Case& c : {Case{2, 40, 12, 8, Padding::kLeft}, Case{1, 70, 12, 8, Padding::kNone}}) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = falcon_inputs(c, 31);
+    std::mt19937 rng(32);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> dout(c.batch * c.seq * c.heads * c.head_dim);
+    for (float& x : dout) x = normal(rng);
+    double largest = 0.0;
+    expect_backward_matches_fd(
+        c, in, dout, nullptr, rng,
+        [&](const std::vector<double>& x) {
+          return weighted_output(c, x, in.mask, in.slopes, dout, in.bias_divisor);
+        },
         &largest);
     if (HasFatalFailure()) return;
   }

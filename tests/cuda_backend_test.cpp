@@ -91,6 +91,20 @@ class CudaKernels : public ::testing::Test {
   std::unique_ptr<Backend> gpu_;
 };
 
+// Falcon's bf16-rounded ALiBi bias (AlibiAttentionParams::bf16_bias_divisor) is CPU only: the
+// CUDA backend refuses it, in one line naming the op, before it reads any buffer.
+TEST_F(CudaKernels, RefusesTheRoundedFalconBias) {
+  AlibiAttentionParams p;
+  p.batch = 1, p.seq = 4, p.heads = 2, p.head_dim = 8, p.scale = 0.35f;
+  p.bf16_bias_divisor = 2.0f;
+  for (bool backward : {false, true}) {
+    const absl::Status s =
+        backward ? gpu_->alibi_attention_backward(p) : gpu_->alibi_attention_forward(p);
+    EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
+    EXPECT_NE(std::string(s.message()).find("CPU only"), std::string::npos) << s;
+  }
+}
+
 TEST_F(CudaKernels, LayerNormForwardBackwardMatchCpu) {
   for (int64_t width : {64, 1000, 2048}) {
     const int64_t rows = 37;

@@ -2,7 +2,10 @@
 // config parsing and refusals, the slopes, loading (MPT's [Q; K; V] rows permuted into the arena's
 // per-head order and back on save), the forward (logits, loss, attention statistics) and the
 // backward (every parameter's gradient) on the fixtures tests/fixtures/make_family_fixtures.py
-// wrote, surgery's head views per family, and one masked SGD step.
+// wrote, surgery's head views per family, and one masked SGD step. falcon-h12-long-l2 (12 heads,
+// 272 tokens) is where Falcon's bfloat16 ALiBi product differs from the fp32 one: its forward,
+// decoding and gradients hold only because the kernel rounds the bias as transformers does
+// (AlibiAttentionParams::bf16_bias_divisor).
 // Tolerances: the BLOOM fixture tests' (docs/TOLERANCES.md): logits 1e-4 abs, loss 1e-5, each
 // statistic 1e-5 abs, gradients 1e-3 |ref| + 1e-5 max|ref| (testing_fixtures::gradient_mismatches).
 #include <unistd.h>
@@ -54,6 +57,8 @@ const char* const kModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt
                                "mpt-h5-clip-l2"};
 const char* const kGradModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2"};
 const char* const kCases[] = {"single", "batch", "right_pad", "left_pad"};
+// One 272-token sequence (its only case, gradients included).
+const char* const kLongFalcon = "falcon-h12-long-l2";
 
 std::string released(const std::string& name) {
   const std::string prefix = "transformer.";
@@ -177,7 +182,9 @@ TEST(FamilyConfig, MptSlopesClosedForm) {
 
 // The slope each head's score sees equals what transformers' ALiBi builders give.
 TEST(FamilyConfig, AttentionSlopesMatchTransformers) {
-  for (const char* name : kModels) {
+  std::vector<const char*> names(std::begin(kModels), std::end(kModels));
+  names.push_back(kLongFalcon);
+  for (const char* name : names) {
     absl::StatusOr<BloomConfig> c = parse_bloom_config(config_of(name), name);
     ASSERT_TRUE(c.ok());
     const Reference ref(name);
@@ -188,6 +195,34 @@ TEST(FamilyConfig, AttentionSlopesMatchTransformers) {
       EXPECT_NEAR(ours[h], theirs[h], 1e-7 * std::abs(theirs[h])) << name << " head " << h;
     }
   }
+}
+
+// What the attention kernel is given: BLOOM and MPT their slopes and the fp32 product (divisor
+// 0); Falcon the unscaled bfloat16 slopes and sqrt(D), which at position 1 give its
+// per-position slope (bf16(s * 1) = s).
+TEST(FamilyConfig, KernelBiasInputsPerFamily) {
+  for (const char* name : {"falcon-h6-l2", "mpt-h6-l2", "falcon-h12-long-l2"}) {
+    absl::StatusOr<BloomConfig> c = parse_bloom_config(config_of(name), name);
+    ASSERT_TRUE(c.ok());
+    const std::vector<float> kernel = kernel_slopes(*c);
+    const std::vector<float> effective = attention_slopes(*c);
+    const float divisor = attention_bias_divisor(*c);
+    ASSERT_EQ(kernel.size(), effective.size());
+    if (c->family != ModelFamily::kFalcon) {
+      EXPECT_EQ(divisor, 0.0f) << name;
+      EXPECT_EQ(kernel, effective) << name;
+      continue;
+    }
+    EXPECT_EQ(divisor, static_cast<float>(std::sqrt(static_cast<double>(c->head_dim())))) << name;
+    for (size_t h = 0; h < kernel.size(); ++h) {
+      EXPECT_EQ(bf16_to_f32(f32_to_bf16(kernel[h])), kernel[h]) << name << " head " << h;
+      EXPECT_NEAR(kernel[h] / divisor, effective[h], 1e-7 * effective[h]) << name << " head " << h;
+    }
+  }
+  BloomConfig bloom;
+  bloom.n_head = 12, bloom.hidden_size = 24;
+  EXPECT_EQ(attention_bias_divisor(bloom), 0.0f);
+  EXPECT_EQ(kernel_slopes(bloom), alibi_slopes(12));
 }
 
 // ---- loading and saving ----
@@ -256,14 +291,14 @@ TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
 
 // ---- forward ----
 
-TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
-  const std::string name = GetParam();
+// Logits (real positions), loss and the three statistics of each case against the reference.
+void expect_forward_matches(const std::string& name, const std::vector<const char*>& cases) {
   absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref(name);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   const int64_t L = model->config.n_layer, H = model->config.n_head;
-  for (const char* c : kCases) {
+  for (const char* c : cases) {
     SCOPED_TRACE(name + " case " + c);
     const CaseData d = load_case(ref, c);
     ForwardInputs in = inputs_of(d);
@@ -283,18 +318,27 @@ TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
       }
     }
     EXPECT_LE(worst, kLogitsTol) << "logits max abs error";
-    RecordProperty(std::string(c) + "_logits_max_abs_err", std::to_string(worst));
+    ::testing::Test::RecordProperty(std::string(c) + "_logits_max_abs_err", std::to_string(worst));
     EXPECT_NEAR(got->loss, ref.get<float>(std::string(c) + ".loss")[0], kLossTol);
     testing_fixtures::expect_stats_near(ref, c, got->stats, d.batch, L, H, kStatsTol);
   }
 }
 
-// Cached decoding gives the full forward's last-position logits.
-TEST_P(FamilyModel, DecodeStepsMatchTheFullForward) {
-  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / GetParam());
+TEST_P(FamilyModel, ForwardMatchesTransformersInEveryCase) {
+  expect_forward_matches(GetParam(), {std::begin(kCases), std::end(kCases)});
+}
+
+// Past 256 tokens with 12 heads: every bias the kernel adds is transformers' bf16 product.
+TEST(FamilyLongFalcon, ForwardMatchesTransformers) {
+  expect_forward_matches(kLongFalcon, {"long"});
+}
+
+// Cached decoding gives the full forward's logits from position 4 on.
+void expect_decode_matches_forward(const std::string& name, const char* case_name) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
   ASSERT_TRUE(model.ok()) << model.status();
-  const Reference ref(GetParam());
-  const CaseData d = load_case(ref, "single");
+  const Reference ref(name);
+  const CaseData d = load_case(ref, case_name);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   ForwardInputs in;
   in.batch = 1, in.seq = d.seq, in.ids = d.ids.data(), in.want_logits = true;
@@ -313,6 +357,14 @@ TEST_P(FamilyModel, DecodeStepsMatchTheFullForward) {
   }
 }
 
+TEST_P(FamilyModel, DecodeStepsMatchTheFullForward) {
+  expect_decode_matches_forward(GetParam(), "single");
+}
+
+TEST(FamilyLongFalcon, DecodeStepsMatchTheFullForward) {
+  expect_decode_matches_forward(kLongFalcon, "long");
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
                          [](const auto& info) {
                            std::string n = info.param;
@@ -324,8 +376,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
 
 // The reference gradient of an arena tensor in the arena's row order.
 std::vector<float> reference_grad(const Reference& ref, const BloomConfig& c,
-                                  const ParameterInfo& p) {
-  std::vector<float> file = ref.get<float>("right_pad.grad." + p.name);
+                                  const ParameterInfo& p, const std::string& case_name = "right_pad") {
+  std::vector<float> file = ref.get<float>(case_name + ".grad." + p.name);
   const bool qkv = p.name.find("Wqkv") != std::string::npos;
   if (!qkv) return file;
   const int64_t rows = 3 * c.hidden_size, width = p.numel / rows;
@@ -338,26 +390,34 @@ std::vector<float> reference_grad(const Reference& ref, const BloomConfig& c,
 
 class FamilyGradients : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(FamilyGradients, EveryParameterMatchesTransformers) {
-  const std::string name = GetParam();
+void expect_gradients_match(const std::string& name, const std::string& case_name) {
   absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
   ASSERT_TRUE(model.ok()) << model.status();
   const Reference ref(name);
-  const CaseData d = load_case(ref, "right_pad");
+  const CaseData d = load_case(ref, case_name);
   std::unique_ptr<Backend> backend = make_cpu_backend();
   CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
   absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_NEAR(r->loss, ref.get<float>("right_pad.loss")[0], kLossTol);
+  EXPECT_NEAR(r->loss, ref.get<float>(case_name + ".loss")[0], kLossTol);
   const std::vector<float> g = to_arena(grads, model->arena.size_elements());
   int checked = 0;
   for (const ParameterInfo& p : model->arena.parameters()) {
-    const std::vector<float> want = reference_grad(ref, model->config, p);
+    const std::vector<float> want = reference_grad(ref, model->config, p, case_name);
     ASSERT_EQ(static_cast<int64_t>(want.size()), p.numel) << p.name;
     EXPECT_EQ(gradient_mismatches(p.name, g.data() + p.offset, want.data(), p.numel), 0);
     ++checked;
   }
   EXPECT_EQ(checked, static_cast<int>(model->arena.parameters().size()));
+}
+
+TEST_P(FamilyGradients, EveryParameterMatchesTransformers) {
+  expect_gradients_match(GetParam(), "right_pad");
+}
+
+// The backward rounds the bias as the forward does: every gradient of the 272-token case.
+TEST(FamilyLongFalcon, EveryGradientMatchesTransformers) {
+  expect_gradients_match(kLongFalcon, "long");
 }
 
 // Activation recomputation (each block re-run from its input, the embedding's own segment with no

@@ -33,6 +33,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/attention_checks.h"
+#include "engine/dtype.h"
 #include "engine/large_pages.h"
 #include "kernels/cpu/isa_kernels.h"
 #include "kernels/cpu/isa_region.h"
@@ -68,11 +69,26 @@ struct RowLayout {
 };
 
 // The per-instruction-set kernel computes on fp32 storage; 16-bit storage is widened around it
-// (kernels/cpu/storage.h), so it only ever sees F32 here.
+// (kernels/cpu/storage.h), so it only ever sees F32 here. Also checks bf16_bias_divisor.
 absl::Status check_f32_storage(const AlibiAttentionParams& p, const char* op) {
+  if (!(p.bf16_bias_divisor >= 0.0f) || std::isinf(p.bf16_bias_divisor)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        op, ": bf16_bias_divisor must be 0 (off) or positive and finite, got ",
+        p.bf16_bias_divisor));
+  }
   if (p.storage == DType::kF32) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrCat(op, ": the CPU kernel takes F32 storage, got ",
                                                  dtype_name(p.storage)));
+}
+
+// The ALiBi term of one real key: slope * pos in fp32, or with p.bf16_bias_divisor set (Falcon)
+// bf16(slope * bf16(pos)) / divisor, as transformers' Falcon builds it (engine/backend.h): torch
+// multiplies its bfloat16 slopes by the integer positions in bfloat16, so a position past 256 is
+// rounded to 8 significant bits first, then the product. The BLOOM/MPT expression is kept
+// textually the same at every call site so their results stay bit-identical.
+float rounded_key_bias(float slope, int32_t pos, float divisor) {
+  const float bf16_pos = bf16_to_f32(f32_to_bf16(static_cast<float>(pos)));
+  return bf16_to_f32(f32_to_bf16(slope * bf16_pos)) / divisor;
 }
 
 // Positions from the mask when the caller gave none: pos_j = cumsum(mask)_j - 1 for real tokens
@@ -285,6 +301,7 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
     pos = derived.data();
   }
   const std::vector<RowLayout> layout = row_layouts(p, pos);
+  const bool rounded_bias = p.bf16_bias_divisor != 0.0f;
 
   const HeadStatsAccumulator& st = p.stats;
   const bool want_bos = st.bos_mass_sum != nullptr;
@@ -371,8 +388,16 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
         } else {
           gather_keys(b, h, j0, nk, sc.kt.data(), sc.v.data());
         }
-        for (int64_t c = 0; c < nk; ++c) {
-          sc.bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
+        if (rounded_bias) {
+          for (int64_t c = 0; c < nk; ++c) {
+            sc.bias[c] = row.real(j0 + c)
+                             ? rounded_key_bias(slope, row.pos[j0 + c], p.bf16_bias_divisor)
+                             : kNegInf;
+          }
+        } else {
+          for (int64_t c = 0; c < nk; ++c) {
+            sc.bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
+          }
         }
         // Query rows before j0 (only when a key tile starts inside the query tile) see none of
         // these keys and are left untouched.
@@ -481,6 +506,10 @@ absl::Status alibi_attention_forward(const AlibiAttentionParams& p) {
           if (i - j < kNearKeys) return sc.near_score[r * kNearKeys + (i - j)];
           const float* q = base + i * token_stride;
           const float* k = base + j * token_stride + D;
+          if (rounded_bias) {
+            return dot(q, k, D) * p.scale +
+                   rounded_key_bias(slope, row.pos[j], p.bf16_bias_divisor);
+          }
           return dot(q, k, D) * p.scale + slope * static_cast<float>(row.pos[j]);
         };
         // exp in float: score - lse is what the softmax itself exponentiated.
@@ -545,6 +574,7 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
     pos = derived.data();
   }
   const std::vector<RowLayout> layout = row_layouts(p, pos);
+  const bool rounded_bias = p.bf16_bias_divisor != 0.0f;
 
   // One task per (batch row, head): each owns its dQ rows and its dK/dV key tiles, so no two
   // threads write the same element. Per key tile, query tiles of kQueryTile rows go through
@@ -598,7 +628,13 @@ absl::Status alibi_attention_backward(const AlibiAttentionParams& p) {
             vt[d * kKeyTile + c] = kr[D + d];
           }
           std::copy_n(kr, D, k.data() + c * Dp);
-          bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
+          if (rounded_bias) {
+            bias[c] = row.real(j0 + c)
+                          ? rounded_key_bias(slope, row.pos[j0 + c], p.bf16_bias_divisor)
+                          : kNegInf;
+          } else {
+            bias[c] = row.real(j0 + c) ? slope * static_cast<float>(row.pos[j0 + c]) : kNegInf;
+          }
         }
         std::fill_n(dk.data(), nk * Dp, 0.0f);
         for (int64_t c = 0; c < nk; ++c) std::copy_n(uniform_dv.data(), Dp, dv.data() + c * Dp);

@@ -93,9 +93,17 @@ class CudaBackend final : public Backend {
     return cuda::embedding_backward(p, kStream);
   }
   absl::Status alibi_attention_forward(const AlibiAttentionParams& p) override {
+    if (p.bf16_bias_divisor != 0.0f) {
+      return absl::UnimplementedError(
+          "alibi_attention_forward: the bf16-rounded ALiBi bias (Falcon) is CPU only");
+    }
     return cuda::attention_forward(on_default_stream(p));
   }
   absl::Status alibi_attention_backward(const AlibiAttentionParams& p) override {
+    if (p.bf16_bias_divisor != 0.0f) {
+      return absl::UnimplementedError(
+          "alibi_attention_backward: the bf16-rounded ALiBi bias (Falcon) is CPU only");
+    }
     return cuda::attention_backward(on_default_stream(p));
   }
   absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
