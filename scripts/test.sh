@@ -12,6 +12,9 @@
 #      tests (CTest label `numerics`, tests/CMakeLists.txt) then run again with
 #      OPENBLAS_CORETYPE=Haswell and the engine's AVX2 kernels: what an AVX2-only CPU runs.
 #      Never the other way round: an AVX-512 core forced on a CPU without it dies on SIGILL.
+#      Last, the same numerics tests on an emulated AVX2-only CPU (scripts/test_avx2_cpu.sh:
+#      qemu's user mode, a Haswell CPU model, so CPUID itself has no AVX-512 and nothing is
+#      forced; a stray AVX-512 instruction would die there).
 #   2. the installed package: an example program built with find_package(engine) and run
 #   3. a short libFuzzer smoke run of each fuzz target (when clang is available)
 #   4. scripts/emulate.sh: with the CUDA backend built against the CUDA emulator (docs/CUDA.md),
@@ -49,6 +52,8 @@ if [ "$isa" = avx512 ]; then
     # Only OpenBLAS's DYNAMIC_ARCH builds (Debian's, for one) honour OPENBLAS_CORETYPE.
     echo "test: this OpenBLAS ignores OPENBLAS_CORETYPE (core $core): AVX2 BLAS kernels not run"
   fi
+  # Then once more on an emulated AVX2-only CPU, where both libraries choose from CPUID alone.
+  bash "$root/scripts/test_avx2_cpu.sh" "$build"
 fi
 bash "$root/scripts/test_install.sh"
 if [ "${ENGINE_SKIP_FUZZ:-0}" != 1 ]; then

@@ -5,6 +5,7 @@
 // tests/CMakeLists.txt); this file checks the switch itself.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -22,10 +23,15 @@ namespace {
 using ::testing::HasSubstr;
 
 // Runs the CLI with ENGINE_CPU_ISA set to `isa` (unset when empty): (exit status, output).
+// ENGINE_TEST_LAUNCHER, when set, prefixes the command: scripts/test.sh runs this suite under a
+// user-mode CPU emulator (an AVX2-only CPU), and the CLI must see the CPU the test sees.
 std::pair<int, std::string> run_cli(const std::string& isa, const std::string& args) {
-  const std::string env = isa.empty() ? "env -u ENGINE_CPU_ISA " : "ENGINE_CPU_ISA=" + isa + " ";
+  const std::string env = isa.empty() ? "env -u ENGINE_CPU_ISA " : "env ENGINE_CPU_ISA=" + isa + " ";
+  const char* launcher = std::getenv("ENGINE_TEST_LAUNCHER");
+  const std::string prefix =
+      launcher != nullptr && *launcher != '\0' ? std::string(launcher) + " " : "";
   std::string out;
-  FILE* p = popen((env + ENGINE_CLI_PATH + " " + args + " 2>&1").c_str(), "r");
+  FILE* p = popen((env + prefix + ENGINE_CLI_PATH + " " + args + " 2>&1").c_str(), "r");
   if (p == nullptr) return {-1, ""};
   char buf[4096];
   size_t n;
