@@ -223,6 +223,9 @@ struct TrainRunOptions {
   // trainable elements (Trainer's contract); on the CPU backend 16-bit is the storage twin.
   // Part of the recipe when not F32.
   DType storage = DType::kF32;
+  // Why `storage` was chosen, e.g. "auto: cuda, head_dim 64" (the CLI's --dtype rule): stated in
+  // the metrics start event and the start line; not part of the recipe. Empty: nothing said.
+  std::string storage_reason;
   // The checkpoints' weights (--checkpoint_dtype): F32 (the trained masters and the frozen
   // elements exactly), or the training storage type itself, whose safetensors hold every element
   // rounded to nearest even (what the 16-bit copy holds) and whose directory adds masters.bin,

@@ -480,12 +480,16 @@ absl::Status TrainingRun::start_trainer() {
                   {"trainable_elements", summary_["trainable_elements"]},
                   {"parameter_elements", summary_["parameter_elements"]},
                   {"optimizer_state_bytes", optimizer_bytes},
-                  {"parameter_bytes", static_cast<int64_t>(model_.arena.size_bytes())}});
+                  {"parameter_bytes", static_cast<int64_t>(model_.arena.size_bytes())},
+                  {"dtype", absl::AsciiStrToLower(dtype_name(o_.storage))},
+                  {"dtype_reason", o_.storage_reason}});
   log(absl::StrFormat(
       "train: %d steps, %d trainable of %d parameter elements (optimizer state "
-      "%.1f MiB), %s",
+      "%.1f MiB), %s weights%s, %s",
       total_, summary_["trainable_elements"].get<int64_t>(),
       summary_["parameter_elements"].get<int64_t>(), optimizer_bytes / (1024.0 * 1024.0),
+      absl::AsciiStrToLower(dtype_name(o_.storage)),
+      o_.storage_reason.empty() ? std::string() : absl::StrCat(" (", o_.storage_reason, ")"),
       resume_step_ >= 0 ? absl::StrCat("resumed at step ", resume_step_)
                         : std::string("from the start")));
   if (base_scan_.has_value()) {
