@@ -52,10 +52,13 @@ constexpr double kSinkThreshold = 0.2;
 // The class premise: every head's bos_mass at least this far from the sink threshold on the CPU.
 constexpr double kClassMargin = 1e-3;
 // bf16 weights: statistics per head of one model's bf16 weights, device vs twin, 8 u with
-// u = 2^-8 (TOLERANCES.md, "bf16 storage"); the class premise of the bf16 runs is that bound: no
-// twin head so close to the threshold that a diagnosis within it could classify it otherwise.
+// u = 2^-8 (TOLERANCES.md, "bf16 storage"). That bound cannot carry the class comparison of the
+// two runs: this fixture's heads all have bos_mass in [0.155, 0.254], so no threshold is 8 u from
+// every head with both classes present. As for f32, the class premise is asserted, not derived
+// (TOLERANCES.md, "Repair on the CUDA backend"): every twin head at least this far from the
+// threshold, 2.5x the largest device-vs-twin statistics difference measured on the same weights.
 constexpr double kBf16StatBound = 8.0 / 256.0;
-constexpr double kBf16ClassMargin = kBf16StatBound;
+constexpr double kBf16ClassMargin = kClassMargin;
 
 class CudaRepair : public ::testing::Test {
  protected:
