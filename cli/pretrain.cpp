@@ -94,6 +94,10 @@ int run_pretrain(const std::vector<std::string>& args) {
   }
   o.train.storage = storage->dtype;
   o.train.storage_reason = storage->reason;
+  if (o.train.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    o.train.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
   o.command = invocation_command_line();
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());

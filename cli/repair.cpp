@@ -159,6 +159,10 @@ int run_repair(const std::vector<std::string>& args) {
   if (!storage.ok()) return fail(std::string(storage.status().message()));
   t.storage = storage->dtype;
   t.storage_reason = storage->reason;
+  if (t.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    t.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   DataReadOptions read;

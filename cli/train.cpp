@@ -237,6 +237,10 @@ int run_train(const std::vector<std::string>& args) {
   if (!storage.ok()) return fail(std::string(storage.status().message()));
   o.storage = storage->dtype;
   o.storage_reason = storage->reason;
+  if (o.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    o.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   Tokenizer* tok = tokenizer->has_value() ? &**tokenizer : nullptr;
