@@ -248,6 +248,35 @@ with tempfile.TemporaryDirectory() as tmp:
         check(r.returncode == 0 and f"{dtype} ({reason})" in r.stdout,
               f"train --dry_run {name}: exit {r.returncode}: {r.stdout!r} {r.stderr!r}")
 
+    # repair with the default --dtype auto on the device: bf16 for head_dim 64, recorded in
+    # repair.json and the pass's training start event; train --dtype f16 logs its loss scale.
+    out = os.path.join(tmp, "repair64")
+    r = run("repair", "--model", model64, "--data", corpus, "--out", out, "--passes", "1",
+            "--heads", "1:0", "--steps", "1", "--warmup", "0", "--seq_len", "16", "--batch", "2",
+            "--grad_accum", "1", "--holdout", "0.01", "--max_seqs", "2", "--device", "cuda")
+    check(r.returncode == 0, f"repair auto on cuda: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "repair.json")) as f:
+            summary = json.load(f)
+        check(summary.get("dtype") == "bf16" and
+              summary.get("dtype_reason") == "auto: cuda, head_dim 64",
+              f"repair auto on cuda: repair.json dtype {summary.get('dtype')!r} "
+              f"{summary.get('dtype_reason')!r}")
+        with open(os.path.join(out, "pass_1", "train", "metrics.jsonl")) as f:
+            starts = [m for m in map(json.loads, f) if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("dtype") == "bf16",
+              f"repair auto on cuda: training start event {starts}")
+    out = os.path.join(tmp, "train-f16")
+    r = run("train", "--model", model64, "--data", data, "--out", out, "--seq_len", "16",
+            "--batch", "2", "--grad_accum", "1", "--steps", "1", "--lr", "1e-3",
+            "--device", "cuda", "--dtype", "f16")
+    check(r.returncode == 0, f"train --dtype f16 on cuda: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            steps = [m for m in map(json.loads, f) if m.get("event") == "step"]
+        check(len(steps) == 1 and steps[0].get("loss_scale") == 65536.0,
+              f"train --dtype f16 on cuda: step lines {steps}")
+
     # Errors: one line on stderr, exit 1, for a device that is not there, a malformed name, and
     # a storage type training does not take.
     for args, needle in [
