@@ -761,5 +761,58 @@ TEST(CudaBf16Pretrain, SmokeMatchesTheTwin) {
   fs::remove_all(root);
 }
 
+
+// Dynamic loss scaling with f16 weights on the device against the CPU's f16 twin, from a scale
+// of 2^30 that overflows (TOLERANCES.md, "Dynamic loss scaling for f16 weights"): the same steps
+// overflow, every step runs at the same scale, and the clean steps' losses are within twice the
+// f16 twin's loss bound R u (u = 2^-11). The overflow flags are compared as a premise, not by a
+// bound: a step overflows when its largest scaled gradient passes 65504, and the scale moves by
+// 2x between steps, so the two sides disagree only if that element sits within their relative
+// difference (about 1e-3) of the limit.
+TEST(CudaF16LossScaling, OverflowsAndScalesAsTheTwin) {
+  using namespace bf16_training;
+  std::unique_ptr<BloomModel> a = small_model(), b = small_model();
+  ASSERT_TRUE(a && b);
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*a, *cpu, DType::kF16).ok());
+  ASSERT_TRUE(make_resident(*b, *cuda, DType::kF16).ok());
+  const FrozenMask mask = three_head_mask(*a);
+  OptimizerOptions opt;
+  opt.loss_scaling = {std::ldexp(1.0, 30), /*dynamic=*/true, /*growth_interval=*/3};
+  Trainer twin(*a, *cpu, mask, opt), device(*b, *cuda, mask, opt);
+  constexpr double kU = 1.0 / 2048.0;  // f16 unit roundoff, 2^-11
+  constexpr double kRoundings = 18;
+  std::mt19937 rng(5);
+  int overflows = 0, clean = 0;
+  double worst_loss = 0.0;
+  for (int step = 0; step < 14; ++step) {
+    const std::vector<MicroBatch> mbs = step_batches(rng, a->config.vocab_size);
+    absl::StatusOr<StepResult> want = twin.step(mbs, 1e-3);
+    ASSERT_TRUE(want.ok()) << want.status();
+    absl::StatusOr<StepResult> got = device.step(mbs, 1e-3);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->loss_scale, want->loss_scale) << "step " << step;
+    EXPECT_EQ(got->overflow, want->overflow) << "step " << step;
+    EXPECT_EQ(device.loss_scale(), twin.loss_scale()) << "step " << step;
+    if (got->overflow) {
+      ++overflows;
+    } else {
+      ++clean;
+      const double dl = std::abs(got->loss - want->loss) / std::abs(want->loss);
+      worst_loss = std::max(worst_loss, dl);
+      EXPECT_LE(dl, 2 * kRoundings * kU) << "step " << step;
+    }
+  }
+  EXPECT_GE(overflows, 1);
+  EXPECT_GE(clean, 3);
+  ASSERT_TRUE(device.download_weights().ok());
+  EXPECT_EQ(copy_mismatches(*b, *cuda), 0);
+  std::printf("[ measured ] f16 loss scaling, device vs twin from 2^30: %d overflows, %d clean "
+              "steps, final scale 2^%d, worst clean-step loss %.3g (relative)\n",
+              overflows, clean, static_cast<int>(std::log2(device.loss_scale())), worst_loss);
+}
+
 }  // namespace
 }  // namespace engine
