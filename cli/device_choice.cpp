@@ -33,22 +33,50 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend(const std::string& comm
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& command,
-                                                          bool auto_may_pick_cuda,
-                                                          bool trains_16bit) {
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (!trains_16bit && dtype != "auto" && dtype != "f32") {
-    if (!float_dtype_from_flag(dtype).has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(command, ": --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
-    }
-    return absl::UnimplementedError(absl::StrCat(
-        command, ": --dtype ", dtype,
-        ": this command trains f32 weights (16-bit training: engine train --dtype); use --dtype f32"));
-  }
+                                                          bool auto_may_pick_cuda) {
   if (!auto_may_pick_cuda && absl::GetFlag(FLAGS_device) == "auto") {
     return command_backend(command, false);  // auto means cpu there
   }
   return command_backend(command, true);
+}
+
+absl::StatusOr<WeightStorage> weight_storage(const std::string& command, bool cuda,
+                                             int64_t head_dim) {
+  const std::string name = absl::GetFlag(FLAGS_dtype);
+  WeightStorage w;
+  if (name != "auto") {
+    const std::optional<DType> chosen = float_dtype_from_flag(name);
+    if (!chosen.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(command, ": --dtype '", name, "' is not auto, f32, bf16 or f16"));
+    }
+    w.dtype = *chosen;
+    w.reason = absl::StrCat("--dtype ", name);
+    return w;
+  }
+  if (!cuda) {
+    w.reason = "auto: cpu";
+  } else if (cuda_16bit_attention_supports(head_dim)) {
+    w.dtype = DType::kBF16;
+    w.reason = absl::StrCat("auto: cuda, head_dim ", head_dim);
+  } else {
+    w.reason = absl::StrCat("auto: head_dim ", head_dim, " has no tensor-core kernel");
+  }
+  return w;
+}
+
+absl::StatusOr<WeightStorage> training_storage(const std::string& command, const Backend& backend,
+                                               int64_t head_dim) {
+  const bool cuda = backend.kind() == DeviceKind::kCuda;
+  absl::StatusOr<WeightStorage> w = weight_storage(command, cuda, head_dim);
+  if (!w.ok()) return w;
+  if (w->dtype != DType::kF32 && cuda && !cuda_16bit_attention_supports(head_dim)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        command, ": --dtype ", absl::GetFlag(FLAGS_dtype),
+        ": the CUDA 16-bit attention takes head_dim 64, 80, 96 or 128, this model has ", head_dim,
+        "; use --dtype f32"));
+  }
+  return w;
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& command,
@@ -64,22 +92,10 @@ absl::StatusOr<std::unique_ptr<Backend>> command_backend_for(const std::string& 
   }
   absl::StatusOr<std::unique_ptr<Backend>> backend = command_backend(command, bloom);
   if (!backend.ok()) return backend;
-  const std::string name = absl::GetFlag(FLAGS_dtype);
-  // auto: bf16 on a CUDA device whose tensor-core attention takes the model's head dim (64, 80,
-  // 96 and 128: every released BLOOM), else f32.
-  DType storage = (*backend)->kind() == DeviceKind::kCuda &&
-                          cuda_16bit_attention_supports(model.config.head_dim())
-                      ? DType::kBF16
-                      : DType::kF32;
-  if (name != "auto") {
-    const std::optional<DType> chosen = float_dtype_from_flag(name);
-    if (!chosen.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(command, ": --dtype '", name, "' is not auto, f32, bf16 or f16"));
-    }
-    storage = *chosen;
-  }
-  if (absl::Status s = make_resident(model, **backend, storage); !s.ok()) {
+  absl::StatusOr<WeightStorage> storage =
+      weight_storage(command, (*backend)->kind() == DeviceKind::kCuda, model.config.head_dim());
+  if (!storage.ok()) return storage.status();
+  if (absl::Status s = make_resident(model, **backend, storage->dtype); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat(command, ": ", s.message()));
   }
   return backend;

@@ -12,9 +12,10 @@ ABSL_FLAG(int, seed, 1234, "random seed");
 ABSL_FLAG(std::string, device, "auto",
           "compute device: auto (cuda when a GPU is visible, else cpu), cpu, cuda or cuda:N");
 ABSL_FLAG(std::string, dtype, "auto",
-          "storage of the weights: eval/diagnose/generate compute in it (auto = bf16 on cuda, f32 "
-          "on cpu; bf16 on cpu is the bf16-storage twin); train trains in it (auto = f32; bf16 "
-          "and f16 with fp32 masters); export writes it (auto = f32)");
+          "storage of the weights: eval/diagnose/generate compute in it and train/repair/pretrain "
+          "train in it (auto = bf16 on cuda when its tensor-core attention takes the head dim "
+          "64/80/96/128, else f32; f32 on cpu; bf16 on cpu is the bf16-storage twin; training "
+          "keeps fp32 masters, f16 with dynamic loss scaling); export writes it (auto = f32)");
 ABSL_FLAG(std::string, checkpoint_dtype, "f32",
           "train: the checkpoints' weights: f32 (exact masters and frozen bits), or the --dtype "
           "of 16-bit training (rounded weights plus masters.bin)");

@@ -80,6 +80,24 @@ int run_pretrain(const std::vector<std::string>& args) {
     o.collapse = *std::move(heads);
   }
   o.collapse_weight = absl::GetFlag(FLAGS_collapse_weight);
+  // --dtype: as `engine train` (auto: bf16 on a CUDA device whose tensor-core attention takes
+  // the head dim). A shape that does not divide is refused by run_pretraining, naming it.
+  const int64_t head_dim =
+      o.n_head > 0 && o.hidden_size % o.n_head == 0 ? o.hidden_size / o.n_head : 0;
+  absl::StatusOr<WeightStorage> storage = training_storage("pretrain", *backend, head_dim);
+  if (!storage.ok()) return fail(std::string(storage.status().message()));
+  if (!o.collapse.empty() && storage->dtype != DType::kF32 &&
+      absl::GetFlag(FLAGS_dtype) == "auto") {
+    // The sink loss reads fp32 QKV and lse (16-bit weights refuse it): auto keeps f32 for it.
+    storage->dtype = DType::kF32;
+    storage->reason = "auto: --collapse (the sink loss) trains f32 weights";
+  }
+  o.train.storage = storage->dtype;
+  o.train.storage_reason = storage->reason;
+  if (o.train.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    o.train.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
   o.command = invocation_command_line();
   o.log = [](const std::string& line) {
     std::printf("%s\n", line.c_str());

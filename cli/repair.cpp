@@ -100,7 +100,8 @@ int run_repair(const std::vector<std::string>& args) {
   RepairOptions o;
   // The device first: asking for one this command cannot use is an error before any work. The
   // whole pipeline runs on it (the diagnoses, the perplexities and the training; surgery edits
-  // the host arena, which is then uploaded), f32 weights, one process.
+  // the host arena, which is then uploaded), one process, in the weight storage --dtype names
+  // (read once the model's head dim is known, below).
   absl::StatusOr<std::unique_ptr<Backend>> device = training_backend("repair");
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
@@ -151,6 +152,17 @@ int run_repair(const std::vector<std::string>& args) {
   // --- data ---------------------------------------------------------------------------------------
   absl::StatusOr<BloomConfig> config = load_bloom_config(o.model_dir / "config.json");
   if (!config.ok()) return fail(std::string(config.status().message()));
+  // --dtype: as `engine train` (auto: bf16 on a CUDA device whose tensor-core attention takes
+  // the head dim); 16-bit weights train with fp32 masters of the trainable elements, and every
+  // diagnosis and perplexity reads the 16-bit weights.
+  absl::StatusOr<WeightStorage> storage = training_storage("repair", *backend, config->head_dim());
+  if (!storage.ok()) return fail(std::string(storage.status().message()));
+  t.storage = storage->dtype;
+  t.storage_reason = storage->reason;
+  if (t.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    t.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));
   DataReadOptions read;

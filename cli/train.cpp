@@ -16,6 +16,7 @@
 
 #include "absl/flags/declare.h"
 #include "absl/flags/flag.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "cli/commands.h"
 #include "cli/distributed_launch.h"
@@ -110,16 +111,13 @@ int run_train_dry_run() {
     return fail(absl::StrCat("train --dry_run: --device ", device,
                              ": expected auto, cpu, cuda or cuda:N"));
   }
-  // On the device the plan follows --dtype as a run does (auto: f32 for training); the CPU's
+  // On the device the plan follows --dtype as a run does (weight_storage's rule); the CPU's
   // 16-bit twin is a reference path, planned as f32.
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  const std::optional<DType> chosen =
-      dtype == "auto" ? std::optional<DType>(DType::kF32) : float_dtype_from_flag(dtype);
-  if (!chosen.has_value()) {
-    return fail(absl::StrCat("train --dry_run: --dtype '", dtype,
-                             "' is not auto, f32, bf16 or f16"));
-  }
-  const bool sixteen = cuda && *chosen != DType::kF32;
+  absl::StatusOr<WeightStorage> storage =
+      weight_storage("train --dry_run", cuda, config->head_dim());
+  if (!storage.ok()) return fail(std::string(storage.status().message()));
+  const bool sixteen = cuda && storage->dtype != DType::kF32;
+  const std::string dtype = absl::AsciiStrToLower(dtype_name(storage->dtype));
   TrainingMemoryShape shape;
   shape.batch = absl::GetFlag(FLAGS_batch);
   shape.seq = absl::GetFlag(FLAGS_seq_len);
@@ -136,10 +134,11 @@ int run_train_dry_run() {
   std::printf("train --dry_run: %s, %s\n", dir.c_str(),
               plan ? absl::StrCat(plan->targets.size(), " target heads from ", plan_path).c_str()
                    : "every parameter trainable");
-  std::printf("device %s (%s), batch %lld x seq %lld, recompute %s\n", device.c_str(),
+  std::printf("device %s (%s; %s (%s)), batch %lld x seq %lld, recompute %s\n", device.c_str(),
               sixteen ? absl::StrCat(dtype, " weights and activations, fp32 masters, gradient and "
                                      "AdamW state").c_str()
                       : "fp32 throughout",
+              dtype.c_str(), storage->reason.c_str(),
               static_cast<long long>(shape.batch), static_cast<long long>(shape.seq),
               shape.recompute ? "on" : "off");
   std::printf("%s", m->table().c_str());
@@ -170,7 +169,7 @@ int run_train(const std::vector<std::string>& args) {
     absl::SetFlag(&FLAGS_device, own);
   }
   absl::StatusOr<std::unique_ptr<Backend>> device =
-      training_backend("train", (*comm)->world_size() == 1, /*trains_16bit=*/true);
+      training_backend("train", (*comm)->world_size() == 1);
   if (!device.ok()) return fail(std::string(device.status().message()));
   std::unique_ptr<Backend> backend = *std::move(device);
   SurgeryTrainOptions o;
@@ -212,16 +211,6 @@ int run_train(const std::vector<std::string>& args) {
   o.resume = absl::GetFlag(FLAGS_resume);
   o.recompute = absl::GetFlag(FLAGS_recompute);
   o.stop_after_step = absl::GetFlag(FLAGS_stop_after);
-  // --dtype: the weights' storage while training. auto is f32 for training (16-bit training
-  // has not run on hardware); bf16 / f16 keep fp32 masters of the trainable elements.
-  const std::string dtype = absl::GetFlag(FLAGS_dtype);
-  if (dtype != "auto") {
-    const std::optional<DType> chosen = float_dtype_from_flag(dtype);
-    if (!chosen.has_value()) {
-      return fail(absl::StrCat("train: --dtype '", dtype, "' is not auto, f32, bf16 or f16"));
-    }
-    o.storage = *chosen;
-  }
   const std::string checkpoint_dtype = absl::GetFlag(FLAGS_checkpoint_dtype);
   const std::optional<DType> saved = float_dtype_from_flag(checkpoint_dtype);
   if (!saved.has_value()) {
@@ -241,11 +230,16 @@ int run_train(const std::vector<std::string>& args) {
                              family_name(config->family),
                              " family runs on the CPU only; use --device cpu"));
   }
-  if (o.storage != DType::kF32 && backend->kind() == DeviceKind::kCuda &&
-      !cuda_16bit_attention_supports(config->head_dim())) {
-    return fail(absl::StrCat("train: --dtype ", dtype, ": the CUDA 16-bit attention takes head_dim "
-                             "64, 80, 96 or 128, this model has ", config->head_dim(),
-                             "; use --dtype f32"));
+  // --dtype: the weights' storage while training (weight_storage's rule; auto: bf16 on a CUDA
+  // device whose tensor-core attention takes the head dim); bf16 / f16 keep fp32 masters of the
+  // trainable elements.
+  absl::StatusOr<WeightStorage> storage = training_storage("train", *backend, config->head_dim());
+  if (!storage.ok()) return fail(std::string(storage.status().message()));
+  o.storage = storage->dtype;
+  o.storage_reason = storage->reason;
+  if (o.storage == DType::kF16) {
+    // f16 (5 exponent bits) trains with dynamic loss scaling (model/trainer.h, LossScaling).
+    o.optimizer.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
   }
   absl::StatusOr<std::optional<Tokenizer>> tokenizer = optional_tokenizer(o.model_dir.string());
   if (!tokenizer.ok()) return fail(std::string(tokenizer.status().message()));

@@ -25,6 +25,17 @@ Trainer::Trainer(BloomModel& model, Backend& backend, const FrozenMask& mask,
   }
   init_ = grads_.status();
   if (!init_.ok()) return;
+  loss_scale_ = options_.loss_scaling.scale;
+  int exponent = 0;
+  if (!(std::isfinite(loss_scale_) && loss_scale_ > 0.0 &&
+        std::frexp(loss_scale_, &exponent) == 0.5) ||
+      options_.loss_scaling.growth_interval < 1) {
+    init_ = absl::InvalidArgumentError(absl::StrCat(
+        "train: loss scale ", loss_scale_, " (growth interval ",
+        options_.loss_scaling.growth_interval,
+        "): the scale must be a positive power of two and the interval at least 1"));
+    return;
+  }
   const bool resident = model_.device != nullptr && model_.device->backend == &backend_;
   storage_ = resident ? model_.device->storage : DType::kF32;
   if (on_device() && !resident) {
@@ -134,6 +145,9 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   if (fault_hook_.before_forward) fault_hook_.before_forward(r.step, model_);
   if (absl::Status s = grads_.zero(); !s.ok()) return s;
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
+  // Loss scaling: the backward's gradients carry the factor, exactly (a power of two).
+  const double loss_scale = loss_scale_;
+  r.loss_scale = loss_scale;
   double loss_sum = 0.0, sink_sum = 0.0;
   SinkLoss sink;
   sink.weight = sink_weight_;
@@ -144,7 +158,7 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     in.mask = mb.mask.empty() ? nullptr : mb.mask.data();
     in.targets = mb.targets.data();
     absl::StatusOr<ForwardResult> f =
-        bloom_forward_backward(model_, backend_, in, grads_, scale, recompute_,
+        bloom_forward_backward(model_, backend_, in, grads_, scale * loss_scale, recompute_,
                                sink.weight.empty() ? nullptr : &sink);
     if (!f.ok()) {
       return absl::Status(f.status().code(),
@@ -174,13 +188,24 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   }
   absl::StatusOr<double> norm = backend_.gradient_norm(grads_.data(), grads_.size());
   if (!norm.ok()) return norm.status();
-  r.grad_norm = *norm;
+  r.grad_norm = *norm / loss_scale;
   r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (comm_ != nullptr && comm_->world_size() > 1) {
     absl::StatusOr<bool> all =
         agree_all(*comm_, r.finite, absl::StrCat("finite-step agreement at step ", r.step));
     if (!all.ok()) return all.status();
     r.finite = *all;
+  }
+  if (!r.finite && options_.loss_scaling.dynamic && std::isfinite(r.loss)) {
+    // Dynamic loss scaling: an overflow of the scaled gradient, not a fault. Nothing is
+    // updated; the next step runs at half the scale.
+    r.overflow = true;
+    r.nonfinite = absl::StrCat("gradient overflow at loss scale ", loss_scale,
+                               ": step skipped, scale halved");
+    loss_scale_ = loss_scale / 2.0;
+    clean_steps_ = 0;
+    ++step_;
+    return r;
   }
   if (!r.finite) {
     // On a device the scans read host copies (the weights are refreshed on the host).
@@ -207,9 +232,11 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
   }
   // torch.nn.utils.clip_grad_norm_: scale by clip / (norm + 1e-6) when that is below 1.
   constexpr double kClipEpsilon = 1e-6;
-  float grad_scale = 1.0f;
+  // The update unscales the gradient (exact: 1 / a power of two) with the clip factor.
+  float grad_scale = static_cast<float>(1.0 / loss_scale);
   if (options_.clip > 0.0 && r.grad_norm > options_.clip) {
-    grad_scale = static_cast<float>(options_.clip / (r.grad_norm + kClipEpsilon));
+    grad_scale =
+        static_cast<float>(options_.clip / (r.grad_norm + kClipEpsilon) * (1.0 / loss_scale));
   }
   // The update is elementwise, so it runs over the compact buffer in chunks, each with its
   // slice of arena offsets (CompactGradients keeps runs, not one offset per element).
@@ -264,6 +291,10 @@ absl::StatusOr<StepResult> Trainer::step(std::span<const MicroBatch> micro_batch
     if (!s.ok()) return s;
   }
   ++step_;
+  if (options_.loss_scaling.dynamic && ++clean_steps_ >= options_.loss_scaling.growth_interval) {
+    loss_scale_ = loss_scale * 2.0;
+    clean_steps_ = 0;
+  }
   return r;
 }
 

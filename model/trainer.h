@@ -74,11 +74,27 @@ namespace engine {
 
 enum class OptimizerKind { kAdamW, kSgd };
 
+// Loss scaling (for F16 weights, whose activation gradients underflow below 2^-24; the CLI turns
+// it on for --dtype f16, docs/TRAINING.md). The backward runs on `scale` x the loss (a power of
+// two, so scaling and unscaling are exact), the gradient norm and the update are unscaled. With
+// `dynamic`, a step whose compact gradient holds an inf or NaN (its norm is not finite: the one
+// device reduction the step takes anyway) while the loss is finite is an overflow: skipped (it
+// counts as a step, as with skip_nonfinite) and the scale halved; after `growth_interval` clean
+// steps in a row the scale doubles. Without `dynamic` the scale is fixed (1: no scaling).
+struct LossScaling {
+  double scale = 1.0;
+  bool dynamic = false;
+  int64_t growth_interval = 2000;  // clean steps before doubling (torch.cuda.amp.GradScaler's)
+};
+// The initial scale of --dtype f16 (GradScaler's 2^16).
+inline constexpr double kF16InitialLossScale = 65536.0;
+
 struct OptimizerOptions {
   OptimizerKind kind = OptimizerKind::kAdamW;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.0;  // METHOD.md section 4
   double clip = 1.0;  // global-norm clip over trainable elements; 0 disables
   bool skip_nonfinite = false;
+  LossScaling loss_scaling;
 };
 
 struct MicroBatch {
@@ -99,6 +115,8 @@ struct StepResult {
   // Controlled collapse only (Trainer::set_sink_loss_weight): mean of the micro-batches'
   // auxiliary sink losses, which the step also minimised; `loss` does not include it.
   double sink_loss = 0.0;
+  double loss_scale = 1.0;  // the loss scale this step's backward ran with (LossScaling)
+  bool overflow = false;    // dynamic loss scaling: the gradient overflowed, the step skipped
 };
 
 // Test hook for injecting numerical faults into a step; both members are empty in production.
@@ -124,6 +142,13 @@ class Trainer {
   std::vector<float>& first_moment() { return m_; }
   std::vector<float>& second_moment() { return v_; }
   void set_step_count(int64_t step) { step_ = step; }
+  // Loss scaling state (LossScaling), for checkpoints: the current scale and the clean steps
+  // since it last changed.
+  double loss_scale() const { return loss_scale_; }
+  int64_t clean_steps() const { return clean_steps_; }
+  void set_loss_scale_state(double scale, int64_t clean_steps) {
+    loss_scale_ = scale, clean_steps_ = clean_steps;
+  }
   // Device backends and 16-bit weights (contract above); no-ops on the CPU in f32, where the host
   // memory is the state.
   absl::Status download_weights();
@@ -161,6 +186,8 @@ class Trainer {
   bool index_cached_ = false;
   absl::Status init_;
   int64_t step_ = 0;
+  double loss_scale_ = 1.0;
+  int64_t clean_steps_ = 0;
   bool recompute_ = false;
   Communicator* comm_ = nullptr;
   // The gradient all-reduce over comm_; on a device through staging_ when the transport cannot
@@ -223,6 +250,9 @@ struct TrainRunOptions {
   // trainable elements (Trainer's contract); on the CPU backend 16-bit is the storage twin.
   // Part of the recipe when not F32.
   DType storage = DType::kF32;
+  // Why `storage` was chosen, e.g. "auto: cuda, head_dim 64" (the CLI's --dtype rule): stated in
+  // the metrics start event and the start line; not part of the recipe. Empty: nothing said.
+  std::string storage_reason;
   // The checkpoints' weights (--checkpoint_dtype): F32 (the trained masters and the frozen
   // elements exactly), or the training storage type itself, whose safetensors hold every element
   // rounded to nearest even (what the 16-bit copy holds) and whose directory adds masters.bin,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/ascii.h"
@@ -106,6 +107,11 @@ nlohmann::json recipe_json(const TrainRunOptions& o, int64_t total, int64_t warm
   // before.
   if (!o.sink_loss_weight.empty()) r["sink_loss_weight"] = o.sink_loss_weight;
   if (o.storage != DType::kF32) r["dtype"] = dtype_name(o.storage);
+  const LossScaling& ls = o.optimizer.loss_scaling;
+  if (ls.dynamic || ls.scale != 1.0) {
+    r["loss_scaling"] = {{"scale", ls.scale}, {"dynamic", ls.dynamic},
+                         {"growth_interval", ls.growth_interval}};
+  }
   if (o.checkpoint_storage != DType::kF32) {
     r["checkpoint_dtype"] = dtype_name(o.checkpoint_storage);
   }
@@ -189,6 +195,8 @@ class TrainingRun {
   const double startup_timeout_;
 
   int64_t resume_step_ = -1;
+  // Dynamic loss scaling: the scale and clean-step count a resumed checkpoint recorded.
+  std::optional<std::pair<double, int64_t>> resumed_loss_scale_;
   std::string base_weights_sha256_;  // the base weights (before any change), for resume
   nlohmann::json config_json_;
   std::optional<nlohmann::json> base_scan_;  // the reference of the later scans
@@ -397,6 +405,10 @@ absl::Status TrainingRun::resume_from_checkpoint(const BloomModel& base) {
     best_step_ = (*state)["best"]["step"].get<int64_t>();
   }
   last_loss_ = state->is_object() ? state->value("loss", 0.0) : 0.0;
+  if (state->contains("loss_scale") && (*state)["loss_scale"].is_object()) {
+    const nlohmann::json& ls = (*state)["loss_scale"];
+    resumed_loss_scale_ = {ls.value("scale", 1.0), ls.value("clean_steps", int64_t{0})};
+  }
   last_good_ = dir.string();
   return absl::OkStatus();
 }
@@ -463,6 +475,9 @@ absl::Status TrainingRun::start_trainer() {
       return s;
     }
     if (absl::Status s = trainer_->upload_optimizer_state(); !s.ok()) return s;
+    if (resumed_loss_scale_.has_value()) {
+      trainer_->set_loss_scale_state(resumed_loss_scale_->first, resumed_loss_scale_->second);
+    }
   }
   if (writer_) {  // other ranks' metrics writes go nowhere
     if (absl::Status s = metrics_.open(o_.out_dir / kMetricsFile, resume_step_); !s.ok()) return s;
@@ -480,12 +495,16 @@ absl::Status TrainingRun::start_trainer() {
                   {"trainable_elements", summary_["trainable_elements"]},
                   {"parameter_elements", summary_["parameter_elements"]},
                   {"optimizer_state_bytes", optimizer_bytes},
-                  {"parameter_bytes", static_cast<int64_t>(model_.arena.size_bytes())}});
+                  {"parameter_bytes", static_cast<int64_t>(model_.arena.size_bytes())},
+                  {"dtype", absl::AsciiStrToLower(dtype_name(o_.storage))},
+                  {"dtype_reason", o_.storage_reason}});
   log(absl::StrFormat(
       "train: %d steps, %d trainable of %d parameter elements (optimizer state "
-      "%.1f MiB), %s",
+      "%.1f MiB), %s weights%s, %s",
       total_, summary_["trainable_elements"].get<int64_t>(),
       summary_["parameter_elements"].get<int64_t>(), optimizer_bytes / (1024.0 * 1024.0),
+      absl::AsciiStrToLower(dtype_name(o_.storage)),
+      o_.storage_reason.empty() ? std::string() : absl::StrCat(" (", o_.storage_reason, ")"),
       resume_step_ >= 0 ? absl::StrCat("resumed at step ", resume_step_)
                         : std::string("from the start")));
   if (base_scan_.has_value()) {
@@ -501,7 +520,7 @@ absl::Status TrainingRun::start_trainer() {
 nlohmann::json TrainingRun::state_for(int64_t step, double loss) const {
   nlohmann::json best = nlohmann::json();
   if (best_ppl_.has_value()) best = {{"ppl", *best_ppl_}, {"step", best_step_}};
-  return nlohmann::json{{"format", "engine-train-state"},
+  nlohmann::json state{{"format", "engine-train-state"},
                         {"version", kStateVersion},
                         {"step", step},
                         {"chunks_consumed", step * o_.batch * o_.grad_accum * world_},
@@ -513,6 +532,11 @@ nlohmann::json TrainingRun::state_for(int64_t step, double loss) const {
                         {"base_weights_sha256", base_weights_sha256_},
                         {"mask", summary_},
                         {"best", best}};
+  if (o_.optimizer.loss_scaling.dynamic && trainer_.has_value()) {
+    state["loss_scale"] = {{"scale", trainer_->loss_scale()},
+                           {"clean_steps", trainer_->clean_steps()}};
+  }
+  return state;
 }
 
 absl::Status TrainingRun::scan(int64_t step) {
@@ -630,6 +654,9 @@ absl::StatusOr<bool> TrainingRun::optimizer_step(int64_t step) {
                          {"tokens", r->tokens},
                          {"tokens_per_s", tokens_per_s}};
   if (!o_.sink_loss_weight.empty()) line["sink_loss"] = r->sink_loss;
+  const LossScaling& scaling = o_.optimizer.loss_scaling;
+  if (scaling.dynamic || scaling.scale != 1.0) line["loss_scale"] = r->loss_scale;
+  if (r->overflow) line["overflow"] = true;
   if (!r->finite) {
     line["skipped_nonfinite"] = true;
     line["nonfinite"] = r->nonfinite;
@@ -641,7 +668,10 @@ absl::StatusOr<bool> TrainingRun::optimizer_step(int64_t step) {
                       o_.sink_loss_weight.empty()
                           ? ""
                           : absl::StrFormat("  sink_loss %.4f", r->sink_loss),
-                      r->finite ? "" : "  (non-finite, skipped)"));
+                      r->finite     ? ""
+                      : r->overflow ? absl::StrFormat("  (gradient overflow at loss scale %g, "
+                                                      "skipped)", r->loss_scale)
+                                    : "  (non-finite, skipped)"));
   if (o_.progress) o_.progress(step, total_);
   const bool last = step == total_;
   if ((o_.eval_every > 0 && step % o_.eval_every == 0) || last) {

@@ -7,6 +7,7 @@
 #include <map>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/io.h"
@@ -67,13 +68,16 @@ nlohmann::json optional_json(const std::optional<double>& v) {
   return v.has_value() ? nlohmann::json(*v) : nlohmann::json();
 }
 
-// A model read from disk, with its weights resident on `backend` when that is a device (f32: the
-// diagnoses and perplexities of a repair compare with the training, which keeps f32 weights).
-absl::StatusOr<BloomModel> load_on(const fs::path& dir, Backend& backend) {
+// A model read from disk, with its weights resident on `backend` in the training's storage when
+// that is a device or 16-bit (the CPU's twin): the diagnoses and perplexities of a repair read
+// the weights its training computes with. A checkpoint holds the trained fp32 masters (or their
+// 16-bit rounding), so its 16-bit resident copy is the refreshed 16-bit copy the training ended
+// with: RNE of each master, and the frozen elements as loaded.
+absl::StatusOr<BloomModel> load_on(const fs::path& dir, Backend& backend, DType storage) {
   absl::StatusOr<BloomModel> model = load_model_directory(dir);
   if (!model.ok()) return model.status();
-  if (backend.kind() != DeviceKind::kCpu) {
-    if (absl::Status s = make_resident(*model, backend); !s.ok()) return s;
+  if (backend.kind() != DeviceKind::kCpu || storage != DType::kF32) {
+    if (absl::Status s = make_resident(*model, backend, storage); !s.ok()) return s;
   }
   return model;
 }
@@ -304,7 +308,7 @@ absl::StatusOr<RepairPassView> RepairRun::read_finished_pass(const fs::path& dir
 absl::StatusOr<DiagnosisReport> RepairRun::diagnose_before(const fs::path& dir,
                                                            const std::string& tag,
                                                            PassSummary& summary) {
-  absl::StatusOr<BloomModel> model = load_on(current_, backend_);
+  absl::StatusOr<BloomModel> model = load_on(current_, backend_, options_.train.storage);
   if (!model.ok()) return model.status();
   log(absl::StrCat(tag, ": diagnosing ", current_.string(), " on ", data_.scan_sequences.size(),
                    " held-out sequences"));
@@ -401,7 +405,7 @@ absl::StatusOr<DiagnosisReport> RepairRun::diagnose_after(const fs::path& dir,
   summary.steps = run.steps;
   summary.chosen_checkpoint = fs::exists(dir / kTrainDir / "best", ec) ? "best" : "final";
   const fs::path chosen = dir / kTrainDir / summary.chosen_checkpoint;
-  absl::StatusOr<BloomModel> repaired = load_on(chosen, backend_);
+  absl::StatusOr<BloomModel> repaired = load_on(chosen, backend_, options_.train.storage);
   if (!repaired.ok()) return repaired.status();
   absl::StatusOr<DiagnosisReport> after =
       diagnose_sequences(*repaired, backend_, data_.scan_sequences, diagnose_);
@@ -509,6 +513,8 @@ absl::Status RepairRun::write_outputs() {
                                   {"device", std::string(backend_.name())},
                                   {"stop_reason", result_.stop_reason},
                                   {"final", result_.final_dir.string()}};
+  summary["dtype"] = absl::AsciiStrToLower(dtype_name(options.train.storage));
+  if (!options.train.storage_reason.empty()) summary["dtype_reason"] = options.train.storage_reason;
   if (!options.subject.is_null()) summary["subject"] = options.subject;
   if (absl::Status s = write_json_file(options.out_dir / kSummaryFile, summary); !s.ok()) return s;
   RepairReportHeader header;

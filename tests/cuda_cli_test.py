@@ -218,6 +218,65 @@ with tempfile.TemporaryDirectory() as tmp:
             ok = key in a and key in b and abs(a[key] - b[key]) <= bound * abs(a[key])
             check(ok, f"pretrain --collapse step 1: {key} {a.get(key)} vs {b.get(key)}")
 
+    # --dtype auto (the default) for train: bf16 weights on the device when the tensor-core
+    # attention takes the head dim (64: a 2 x 4 x 64 model pretrained for one step on the cpu),
+    # f32 for head_dim 16 (bloom-h4-l2) and on the cpu; the metrics start event, the start line
+    # and --dry_run say which and why.
+    model64 = os.path.join(tmp, "model64")
+    r = run("pretrain", "--data", corpus, "--out", model64, "--n_layer", "2", "--n_head", "4",
+            "--hidden_size", "256", "--steps", "1", "--warmup", "0", "--eval_every", "0",
+            "--seq_len", "16", "--batch", "2", "--holdout", "0.02", "--device", "cpu")
+    check(r.returncode == 0, f"pretrain 2 x 4 x 64: exit {r.returncode}: {r.stderr}")
+    model16 = os.path.join(source, "tests/fixtures/models/bloom-h4-l2")
+    for name, m, device, dtype, reason in [
+            ("auto-64-cuda", model64, "cuda", "bf16", "auto: cuda, head_dim 64"),
+            ("auto-16-cuda", model16, "cuda", "f32", "auto: head_dim 16 has no tensor-core kernel"),
+            ("auto-64-cpu", model64, "cpu", "f32", "auto: cpu")]:
+        out = os.path.join(tmp, f"train-{name}")
+        r = run("train", "--model", m, "--data", data, "--out", out, "--seq_len", "16",
+                "--batch", "2", "--grad_accum", "1", "--steps", "1", "--lr", "1e-3",
+                "--device", device)
+        check(r.returncode == 0, f"train {name}: exit {r.returncode}: {r.stderr}")
+        if r.returncode != 0:
+            continue
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            starts = [m for m in map(json.loads, f) if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("dtype") == dtype and
+              starts[0].get("dtype_reason") == reason, f"train {name}: start event {starts}")
+        check(f"{dtype} weights ({reason})" in r.stdout, f"train {name}: stdout {r.stdout!r}")
+        r = run("train", "--dry_run", "--model", m, "--device", device, "--seq_len", "16")
+        check(r.returncode == 0 and f"{dtype} ({reason})" in r.stdout,
+              f"train --dry_run {name}: exit {r.returncode}: {r.stdout!r} {r.stderr!r}")
+
+    # repair with the default --dtype auto on the device: bf16 for head_dim 64, recorded in
+    # repair.json and the pass's training start event; train --dtype f16 logs its loss scale.
+    out = os.path.join(tmp, "repair64")
+    r = run("repair", "--model", model64, "--data", corpus, "--out", out, "--passes", "1",
+            "--heads", "1:0", "--steps", "1", "--warmup", "0", "--seq_len", "16", "--batch", "2",
+            "--grad_accum", "1", "--holdout", "0.01", "--max_seqs", "2", "--device", "cuda")
+    check(r.returncode == 0, f"repair auto on cuda: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "repair.json")) as f:
+            summary = json.load(f)
+        check(summary.get("dtype") == "bf16" and
+              summary.get("dtype_reason") == "auto: cuda, head_dim 64",
+              f"repair auto on cuda: repair.json dtype {summary.get('dtype')!r} "
+              f"{summary.get('dtype_reason')!r}")
+        with open(os.path.join(out, "pass_1", "train", "metrics.jsonl")) as f:
+            starts = [m for m in map(json.loads, f) if m.get("event") == "start"]
+        check(len(starts) == 1 and starts[0].get("dtype") == "bf16",
+              f"repair auto on cuda: training start event {starts}")
+    out = os.path.join(tmp, "train-f16")
+    r = run("train", "--model", model64, "--data", data, "--out", out, "--seq_len", "16",
+            "--batch", "2", "--grad_accum", "1", "--steps", "1", "--lr", "1e-3",
+            "--device", "cuda", "--dtype", "f16")
+    check(r.returncode == 0, f"train --dtype f16 on cuda: exit {r.returncode}: {r.stderr}")
+    if r.returncode == 0:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            steps = [m for m in map(json.loads, f) if m.get("event") == "step"]
+        check(len(steps) == 1 and steps[0].get("loss_scale") == 65536.0,
+              f"train --dtype f16 on cuda: step lines {steps}")
+
     # Errors: one line on stderr, exit 1, for a device that is not there, a malformed name, and
     # a storage type training does not take.
     for args, needle in [
@@ -228,12 +287,15 @@ with tempfile.TemporaryDirectory() as tmp:
         # above; asking for bf16 on the device is refused naming the head dim.
         (("eval", "--model", model, "--data", data, "--device", "cuda", "--dtype", "bf16"),
          "head_dim"),
-        # repair and pretrain train f32 weights on every device: 16-bit storage is refused before
-        # any work (train takes --dtype bf16|f16).
+        # repair and pretrain take --dtype as train does: bf16 on the device for a head dim the
+        # tensor-core attention does not take (8 here; pretrain's default shape has 16) is
+        # refused before any work, naming it, and so is a storage type that is not one.
         (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
-          "--device", "cuda", "--dtype", "bf16"), "--dtype bf16: this command trains f32 weights"),
+          "--device", "cuda", "--dtype", "bf16"), "this model has 8"),
+        (("repair", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),
+          "--device", "cuda", "--dtype", "f8"), "'f8'"),
         (("pretrain", "--data", data, "--out", os.path.join(tmp, "t"), "--device", "cuda",
-          "--dtype", "bf16"), "--dtype bf16: this command trains f32 weights"),
+          "--dtype", "bf16"), "this model has 16"),
         # train: a storage type that is not one, and bf16 training on the device for a head dim
         # the tensor-core attention does not take, both before any work.
         (("train", "--model", model, "--data", data, "--out", os.path.join(tmp, "t"),

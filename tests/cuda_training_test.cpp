@@ -28,12 +28,14 @@
 #include "model/bloom_init.h"
 #include "model/device_model.h"
 #include "model/head_geometry.h"
+#include "model/pretrain.h"
 #include "model/trainer.h"
 #include "surgery/head_surgery.h"
 #include "surgery/plan.h"
 #include "surgery/surgery_training.h"
 #include "tests/bf16_training.h"
 #include "tests/training_data.h"
+#include "nlohmann/json.hpp"
 
 namespace engine {
 namespace {
@@ -657,6 +659,159 @@ TEST(CudaBf16TrainRun, FrozenBitsSurviveAndResumeIsBitExact) {
   for (int64_t e = 0; e < mask.elements(); ++e) moved += mask.trainable(e) && b[e] != t[e];
   EXPECT_GT(moved, mask.trainable_count() / 2);
   fs::remove_all(root);
+}
+
+
+// `run_pretraining` with bf16 weights (what `engine pretrain --dtype bf16`, or auto on a CUDA
+// device for head_dim 64, runs) on the device against the CPU twin: both record bf16 in the
+// start event, every step's loss and gradient norm within the device-vs-twin bounds of
+// TwentyMaskedAdamWStepsMatchTheCpuTwin (every element trains here), and the final fp32
+// masters within AdamW's worst case 2 x steps x lr of each other.
+TEST(CudaBf16Pretrain, SmokeMatchesTheTwin) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::temp_directory_path() /
+                        ("engine_cuda_bf16_pretrain." + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  {
+    std::ofstream corpus(root / "corpus.txt");
+    const char* words[] = {"the", "fox", "jumps", "over", "a", "lazy", "dog", "and"};
+    uint32_t state = 7;
+    for (int d = 0; d < 60; ++d) {
+      for (int w = 0; w < 8 + d % 5; ++w) {
+        state = state * 1103515245u + 12345u;
+        corpus << words[(state >> 16) % 8] << ' ';
+      }
+      corpus << "number " << d << ".\n\n";
+    }
+  }
+  constexpr double kU = 1.0 / 256.0;  // bf16 unit roundoff, 2^-8
+  constexpr double kRoundings = 18;   // bf16 stores from the embedding to the loss (2 layers)
+  constexpr double kLr = 1e-3;
+  constexpr int64_t kSteps = 8;
+  auto options = [&](const std::string& out) {
+    PretrainOptions o;
+    o.data = root / "corpus.txt";
+    o.out_dir = root / out;
+    o.n_layer = 2, o.n_head = 4, o.hidden_size = 4 * 64;
+    o.holdout = 0.05;
+    o.train = default_pretrain_recipe();
+    o.train.seq_len = 16, o.train.batch = 2, o.train.grad_accum = 1;
+    o.train.steps = kSteps, o.train.lr = kLr, o.train.warmup = 0;
+    o.train.schedule = ScheduleKind::kConstant;
+    o.train.eval_every = 0;
+    o.train.storage = DType::kBF16;
+    return o;
+  };
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  absl::StatusOr<PretrainResult> twin = run_pretraining(options("twin"), *cpu);
+  ASSERT_TRUE(twin.ok()) << twin.status();
+  absl::StatusOr<PretrainResult> device = run_pretraining(options("cuda"), *cuda);
+  ASSERT_TRUE(device.ok()) << device.status();
+  auto events = [&](const std::string& out, const std::string& event) {
+    std::ifstream in(root / out / "train" / "metrics.jsonl");
+    std::vector<nlohmann::json> lines;
+    std::string line;
+    while (std::getline(in, line)) {
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("event", "") == event) lines.push_back(j);
+    }
+    return lines;
+  };
+  for (const char* out : {"twin", "cuda"}) {
+    const std::vector<nlohmann::json> starts = events(out, "start");
+    ASSERT_EQ(starts.size(), 1u) << out;
+    EXPECT_EQ(starts[0].value("dtype", ""), "bf16") << out;
+  }
+  const std::vector<nlohmann::json> a = events("twin", "step"), b = events("cuda", "step");
+  ASSERT_EQ(a.size(), static_cast<size_t>(kSteps));
+  ASSERT_EQ(b.size(), a.size());
+  double worst_loss = 0.0, worst_norm = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double la = a[i]["loss"].get<double>(), lb = b[i]["loss"].get<double>();
+    const double na = a[i]["grad_norm"].get<double>(), nb = b[i]["grad_norm"].get<double>();
+    const double dl = std::abs(lb - la) / std::abs(la), dn = std::abs(nb - na) / na;
+    worst_loss = std::max(worst_loss, dl), worst_norm = std::max(worst_norm, dn);
+    EXPECT_LE(dl, 2 * kRoundings * kU) << "step " << i + 1;
+    EXPECT_LE(dn, 2 * 2 * kRoundings * kU) << "step " << i + 1;
+  }
+  // Premise: the run learns, so stale 16-bit weights would show in the losses.
+  EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>());
+  absl::StatusOr<BloomModel> ma = load_model_directory(root / "twin");
+  absl::StatusOr<BloomModel> mb = load_model_directory(root / "cuda");
+  absl::StatusOr<BloomModel> init = load_model_directory(root / "cuda" / "init");
+  ASSERT_TRUE(ma.ok() && mb.ok() && init.ok()) << ma.status() << mb.status() << init.status();
+  const std::vector<float> wa = bf16_training::snapshot(*ma), wb = bf16_training::snapshot(*mb),
+                           w0 = bf16_training::snapshot(*init);
+  ASSERT_EQ(wa.size(), wb.size());
+  double worst_w = 0.0;
+  int64_t moved = 0;
+  for (size_t e = 0; e < wa.size(); ++e) {
+    worst_w = std::max(worst_w, std::abs(static_cast<double>(wa[e]) - wb[e]));
+    moved += wb[e] != w0[e] ? 1 : 0;
+  }
+  EXPECT_LE(worst_w, 2 * kSteps * kLr);
+  EXPECT_GT(moved, static_cast<int64_t>(wb.size() / 2));
+  std::printf("[ measured ] bf16 pretrain, device vs CPU twin, %lld steps: worst loss %.3g, norm "
+              "%.3g (relative); masters worst %.3g (bound %.3g); loss %.4f -> %.4f\n",
+              static_cast<long long>(kSteps), worst_loss, worst_norm, worst_w, 2 * kSteps * kLr,
+              a.front()["loss"].get<double>(), a.back()["loss"].get<double>());
+  fs::remove_all(root);
+}
+
+
+// Dynamic loss scaling with f16 weights on the device against the CPU's f16 twin, from a scale
+// of 2^30 that overflows (TOLERANCES.md, "Dynamic loss scaling for f16 weights"): the same steps
+// overflow, every step runs at the same scale, and the clean steps' losses are within twice the
+// f16 twin's loss bound R u (u = 2^-11). The overflow flags are compared as a premise, not by a
+// bound: a step overflows when its largest scaled gradient passes 65504, and the scale moves by
+// 2x between steps, so the two sides disagree only if that element sits within their relative
+// difference (about 1e-3) of the limit.
+TEST(CudaF16LossScaling, OverflowsAndScalesAsTheTwin) {
+  using namespace bf16_training;
+  std::unique_ptr<BloomModel> a = small_model(), b = small_model();
+  ASSERT_TRUE(a && b);
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> cuda = cuda_backend();
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(make_resident(*a, *cpu, DType::kF16).ok());
+  ASSERT_TRUE(make_resident(*b, *cuda, DType::kF16).ok());
+  const FrozenMask mask = three_head_mask(*a);
+  OptimizerOptions opt;
+  opt.loss_scaling = {std::ldexp(1.0, 30), /*dynamic=*/true, /*growth_interval=*/3};
+  Trainer twin(*a, *cpu, mask, opt), device(*b, *cuda, mask, opt);
+  constexpr double kU = 1.0 / 2048.0;  // f16 unit roundoff, 2^-11
+  constexpr double kRoundings = 18;
+  std::mt19937 rng(5);
+  int overflows = 0, clean = 0;
+  double worst_loss = 0.0;
+  for (int step = 0; step < 14; ++step) {
+    const std::vector<MicroBatch> mbs = step_batches(rng, a->config.vocab_size);
+    absl::StatusOr<StepResult> want = twin.step(mbs, 1e-3);
+    ASSERT_TRUE(want.ok()) << want.status();
+    absl::StatusOr<StepResult> got = device.step(mbs, 1e-3);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->loss_scale, want->loss_scale) << "step " << step;
+    EXPECT_EQ(got->overflow, want->overflow) << "step " << step;
+    EXPECT_EQ(device.loss_scale(), twin.loss_scale()) << "step " << step;
+    if (got->overflow) {
+      ++overflows;
+    } else {
+      ++clean;
+      const double dl = std::abs(got->loss - want->loss) / std::abs(want->loss);
+      worst_loss = std::max(worst_loss, dl);
+      EXPECT_LE(dl, 2 * kRoundings * kU) << "step " << step;
+    }
+  }
+  EXPECT_GE(overflows, 1);
+  EXPECT_GE(clean, 3);
+  ASSERT_TRUE(device.download_weights().ok());
+  EXPECT_EQ(copy_mismatches(*b, *cuda), 0);
+  std::printf("[ measured ] f16 loss scaling, device vs twin from 2^30: %d overflows, %d clean "
+              "steps, final scale 2^%d, worst clean-step loss %.3g (relative)\n",
+              overflows, clean, static_cast<int>(std::log2(device.loss_scale())), worst_loss);
 }
 
 }  // namespace
