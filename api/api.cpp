@@ -79,6 +79,7 @@ std::string Plan::to_json() const { return plan_to_json(impl_->plan).dump(2); }
 struct Model::Impl {
   BloomModel model;
   std::unique_ptr<Backend> backend;
+  StorageChoice storage;           // the weights' storage on the backend (load's dtype)
   std::optional<FrozenMask> mask;  // set by apply_plan
 };
 
@@ -87,15 +88,24 @@ Model::Model(Model&&) noexcept = default;
 Model& Model::operator=(Model&&) noexcept = default;
 Model::~Model() = default;
 
-Result<Model> Model::load(const std::string& directory, const std::string& device) {
+Result<Model> Model::load(const std::string& directory, const std::string& device,
+                          const std::string& dtype) {
   absl::StatusOr<std::unique_ptr<Backend>> backend = make_backend(device);
   if (!backend.ok()) return fail<Model>(backend.status());
   auto m = load_model_directory(directory);
   if (!m.ok()) return fail<Model>(m.status());
+  const bool cuda = (*backend)->kind() == DeviceKind::kCuda;
+  absl::StatusOr<StorageChoice> storage = choose_storage(dtype, cuda, m->config.head_dim());
+  if (!storage.ok()) {
+    return Result<Model>::failure(absl::StrCat("load: dtype ", storage.status().message()));
+  }
   auto impl = std::make_unique<Impl>();
   impl->model = *std::move(m);
   impl->backend = *std::move(backend);
-  if (absl::Status s = make_resident(impl->model, *impl->backend); !s.ok()) return fail<Model>(s);
+  impl->storage = *std::move(storage);
+  if (absl::Status s = make_resident(impl->model, *impl->backend, impl->storage.dtype); !s.ok()) {
+    return Result<Model>::failure(absl::StrCat("load: ", s.message()));
+  }
   return Model(std::move(impl));
 }
 
@@ -104,6 +114,8 @@ ModelInfo Model::info() const {
   ModelInfo i;
   i.vocab_size = c.vocab_size;
   i.device = std::string(impl_->backend->name());
+  i.dtype = std::string(dtype_name(impl_->storage.dtype));
+  i.dtype_reason = impl_->storage.reason;
   i.hidden_size = c.hidden_size;
   i.n_layer = c.n_layer;
   i.n_head = c.n_head;
@@ -228,6 +240,10 @@ Result<TrainSummary> Model::train(const std::vector<std::vector<int32_t>>& docum
   opt.beta2 = options.beta2;
   opt.weight_decay = options.weight_decay;
   opt.clip = options.clip;
+  // f16 weights: dynamic loss scaling, as the CLI's --dtype f16 (model/trainer.h, LossScaling).
+  if (impl_->storage.dtype == DType::kF16) {
+    opt.loss_scaling = {kF16InitialLossScale, /*dynamic=*/true};
+  }
 
   Corpus corpus;
   for (const auto& doc : documents) {
@@ -295,8 +311,10 @@ Result<SurgerySummary> Model::apply_plan(const Plan& plan) {
   if (auto s = validate_plan(plan.impl_->plan, g, "plan"); !s.ok()) return fail<SurgerySummary>(s);
   auto mask = apply_surgery(impl_->model.arena, g, plan.impl_->plan);
   if (!mask.ok()) return fail<SurgerySummary>(mask.status());
-  // The surgery edited the host arena; a device computes on its own copy, refreshed here.
-  if (absl::Status s = make_resident(impl_->model, *impl_->backend); !s.ok()) {
+  // The surgery edited the host arena; a device (or the 16-bit twin) computes on its own copy,
+  // refreshed here in the storage load chose.
+  if (absl::Status s = make_resident(impl_->model, *impl_->backend, impl_->storage.dtype);
+      !s.ok()) {
     return fail<SurgerySummary>(s);
   }
   SurgerySummary summary;

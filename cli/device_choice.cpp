@@ -43,25 +43,13 @@ absl::StatusOr<std::unique_ptr<Backend>> training_backend(const std::string& com
 absl::StatusOr<WeightStorage> weight_storage(const std::string& command, bool cuda,
                                              int64_t head_dim) {
   const std::string name = absl::GetFlag(FLAGS_dtype);
+  absl::StatusOr<StorageChoice> c = choose_storage(name, cuda, head_dim);  // the one rule
+  if (!c.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(command, ": --dtype ", c.status().message()));
+  }
   WeightStorage w;
-  if (name != "auto") {
-    const std::optional<DType> chosen = float_dtype_from_flag(name);
-    if (!chosen.has_value()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(command, ": --dtype '", name, "' is not auto, f32, bf16 or f16"));
-    }
-    w.dtype = *chosen;
-    w.reason = absl::StrCat("--dtype ", name);
-    return w;
-  }
-  if (!cuda) {
-    w.reason = "auto: cpu";
-  } else if (cuda_16bit_attention_supports(head_dim)) {
-    w.dtype = DType::kBF16;
-    w.reason = absl::StrCat("auto: cuda, head_dim ", head_dim);
-  } else {
-    w.reason = absl::StrCat("auto: head_dim ", head_dim, " has no tensor-core kernel");
-  }
+  w.dtype = c->dtype;
+  w.reason = name == "auto" ? c->reason : absl::StrCat("--dtype ", name);
   return w;
 }
 

@@ -39,10 +39,10 @@ struct WeightStorage {
   std::string reason;  // e.g. "auto: cuda, head_dim 64", "--dtype bf16"
 };
 // The one --dtype rule of every command that runs a model (eval, diagnose, generate, train,
-// repair, pretrain): auto is bf16 on a CUDA device (`cuda`) whose tensor-core attention takes
-// `head_dim` (64, 80, 96 and 128: every released BLOOM), else f32 (on the cpu always: its
-// arithmetic is the fp32 reference); f32, bf16 and f16 are taken as given. Another value is a
-// one-line error naming it.
+// repair, pretrain), model/device_model.h's choose_storage (the public API's too): auto is bf16
+// on a CUDA device (`cuda`) whose tensor-core attention takes `head_dim` (64, 80, 96 and 128:
+// every released BLOOM), else f32 (on the cpu always: its arithmetic is the fp32 reference);
+// f32, bf16 and f16 are taken as given. Another value is a one-line error naming it.
 absl::StatusOr<WeightStorage> weight_storage(const std::string& command, bool cuda,
                                              int64_t head_dim);
 // weight_storage for a training command on `backend`; an explicit 16-bit --dtype on a CUDA

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/device.h"
 
 namespace engine {
 namespace {
@@ -72,6 +73,27 @@ absl::StatusOr<const std::byte*> arena_on(const BloomModel& model, const Backend
 
 DType storage_on(const BloomModel& model, const Backend& backend) {
   return resident_on(model, backend) ? model.device->storage : DType::kF32;
+}
+
+absl::StatusOr<StorageChoice> choose_storage(std::string_view name, bool cuda, int64_t head_dim) {
+  StorageChoice c;
+  if (name != "auto") {
+    const std::optional<DType> chosen = float_dtype_from_flag(name);
+    if (!chosen.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", name, "' is not auto, f32, bf16 or f16"));
+    }
+    c.dtype = *chosen;
+    c.reason = std::string(name);
+  } else if (!cuda) {
+    c.reason = "auto: cpu";
+  } else if (cuda_16bit_attention_supports(head_dim)) {
+    c.dtype = DType::kBF16;
+    c.reason = absl::StrCat("auto: cuda, head_dim ", head_dim);
+  } else {
+    c.reason = absl::StrCat("auto: head_dim ", head_dim, " has no tensor-core kernel");
+  }
+  return c;
 }
 
 }  // namespace engine

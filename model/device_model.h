@@ -12,9 +12,17 @@
 // - arena_on(model, backend) is where the backend's ops read the weights: the resident copy when
 //   there is one for that backend, else the host arena for the CPU; FailedPrecondition for a
 //   device the model is not resident on. storage_on(model, backend) is its element type.
+// - choose_storage(name, cuda, head_dim) is the one rule for the storage a caller names (the
+//   CLI's --dtype, the public API's dtype): "auto" is bf16 on a CUDA device whose tensor-core
+//   attention takes `head_dim` (64, 80, 96 and 128: every released BLOOM), else f32 (the CPU
+//   always: its arithmetic is the fp32 reference); "f32", "bf16" and "f16" are taken as given.
+//   The reason says which case applied. Another name is InvalidArgument naming it.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -35,5 +43,11 @@ absl::Status make_resident(BloomModel& model, Backend& backend, DType storage = 
 
 absl::StatusOr<const std::byte*> arena_on(const BloomModel& model, const Backend& backend);
 DType storage_on(const BloomModel& model, const Backend& backend);
+
+struct StorageChoice {
+  DType dtype = DType::kF32;
+  std::string reason;  // e.g. "auto: cuda, head_dim 64", "auto: cpu", "bf16"
+};
+absl::StatusOr<StorageChoice> choose_storage(std::string_view name, bool cuda, int64_t head_dim);
 
 }  // namespace engine

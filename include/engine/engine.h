@@ -69,6 +69,8 @@ struct ModelInfo {
   int64_t parameters = 0;           // total parameter count
   std::vector<float> alibi_slopes;  // (n_head)
   std::string device;               // the backend the model computes on: "cpu" or "cuda"
+  std::string dtype;                // the weights' storage there: "f32", "bf16" or "f16"
+  std::string dtype_reason;         // why: "auto: cpu", "auto: cuda, head_dim 64", "bf16", ...
 };
 
 // Per-head attention statistics (METHOD.md section 2), means over a sequence's real query rows.
@@ -192,9 +194,15 @@ class Model {
  public:
   // Loads an HF model directory (config.json + safetensors) onto `device`: "cpu", "cuda",
   // "cuda:N" or "auto" (cuda when a GPU is visible, else cpu), as the CLI's --device. On a CUDA
-  // device forward, perplexity, diagnose and (fp32) train run there; the default stays "cpu"
-  // rather than "auto" until the device path has run on hardware.
-  static Result<Model> load(const std::string& directory, const std::string& device = "cpu");
+  // device forward, perplexity, diagnose and train run there; the default stays "cpu" rather
+  // than "auto" until the device path has run on hardware. `dtype` is the weights' storage, as
+  // the CLI's --dtype: "auto" (bf16 on a CUDA device whose tensor-core attention takes the
+  // model's head dim, else f32; f32 on the cpu), "f32", "bf16" or "f16" (on the cpu: the bf16 /
+  // f16 storage twin, values rounded on every store, fp32 arithmetic). With 16-bit weights train
+  // keeps fp32 masters of the trainable elements (f16 with dynamic loss scaling) and save()
+  // writes the masters and the loaded values of the frozen elements.
+  static Result<Model> load(const std::string& directory, const std::string& device = "cpu",
+                            const std::string& dtype = "auto");
 
   ModelInfo info() const;
 
