@@ -306,7 +306,7 @@ absl::StatusOr<LoadPlan> plan_model_directory(const fs::path& dir) {
       }
       std::string name = t.name;
       if (name.rfind(kCausalLmPrefix, 0) == 0) name.erase(0, std::strlen(kCausalLmPrefix));
-      if (name == kTiedHeadName) {
+      if (name == kTiedHeadName && plan.config.tie_word_embeddings) {
         plan.tied_heads.push_back({name, file_index, i});
         continue;
       }

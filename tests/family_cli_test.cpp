@@ -129,7 +129,7 @@ TEST_P(FamilyCli, RepairRunsEndToEndAndLeavesFrozenElementsBitIdentical) {
   EXPECT_GT(trainable_changed, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyCli, ::testing::Values("falcon-h4-l2", "mpt-h6-l2"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyCli, ::testing::Values("falcon-h4-l2", "mpt-h6-l2", "mpt-h4-clip-l2"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;
