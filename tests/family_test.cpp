@@ -63,10 +63,11 @@ constexpr double kClipFdMaxStep = 1e-2;
 constexpr double kClipFdMinStep = 1e-3;
 
 const char* const kModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2",
-                               "mpt-h5-clip-l2", "mpt-h4-clip-l2"};
+                               "mpt-h5-clip-l2", "mpt-h4-clip-l2", "falcon-h4-untied-l2"};
 // mpt-h4-clip-l2: clip_qkv clamps about 40% of its QKV values (make_family_fixtures.py).
+// falcon-h4-untied-l2: tie_word_embeddings false, lm_head.weight its own parameter.
 const char* const kGradModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2",
-                                   "mpt-h4-clip-l2"};
+                                   "mpt-h4-clip-l2", "falcon-h4-untied-l2"};
 const char* const kCases[] = {"single", "batch", "right_pad", "left_pad"};
 // One 272-token sequence (its only case, gradients included).
 const char* const kLongFalcon = "falcon-h12-long-l2";
@@ -252,7 +253,8 @@ TEST_P(FamilyModel, LoadsTheValuesInItsFilesInTheArenaOrder) {
   int64_t checked = 0;
   bool permuted = false;
   for (const SafetensorsTensorInfo& t : file->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    // A tied model's files hold no lm_head.weight; an untied one's is a parameter like any other.
+    if (t.name == "lm_head.weight" && c.tie_word_embeddings) continue;
     absl::StatusOr<TensorView> view = model->arena.view(released(t.name));
     ASSERT_TRUE(view.ok()) << view.status();
     const float* in_file = reinterpret_cast<const float*>(file->tensor_data(t));
@@ -285,7 +287,7 @@ TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
   ASSERT_TRUE(original.ok() && written.ok());
   int64_t compared = 0;
   for (const SafetensorsTensorInfo& t : original->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    if (t.name == "lm_head.weight" && model->config.tie_word_embeddings) continue;
     const SafetensorsTensorInfo* w = written->header().find(released(t.name));
     ASSERT_NE(w, nullptr) << t.name;
     ASSERT_EQ(w->end - w->begin, t.end - t.begin);
@@ -297,6 +299,7 @@ TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
   absl::StatusOr<BloomModel> again = load_model_directory(out);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->config.family, model->config.family);
+  EXPECT_EQ(again->config.tie_word_embeddings, model->config.tie_word_embeddings);
   fs::remove_all(out);
 }
 
@@ -382,6 +385,36 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
                            for (char& c : n) c = (c == '-') ? '_' : c;
                            return n;
                          });
+
+// An untied head is required and loaded as it is (it need not equal the embedding); without it
+// the load names the missing tensor.
+TEST(FamilyUntiedHead, LoadsItsOwnHeadAndRequiresIt) {
+  const fs::path dir = kFixtures / "models" / "falcon-h4-untied-l2";
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE(model->config.tie_word_embeddings);
+  absl::StatusOr<TensorView> head = model->arena.view("lm_head.weight");
+  absl::StatusOr<TensorView> embedding = model->arena.view("word_embeddings.weight");
+  ASSERT_TRUE(head.ok() && embedding.ok());
+  EXPECT_EQ(head->shape, embedding->shape);
+  EXPECT_NE(std::memcmp(head->data, embedding->data, head->numel() * sizeof(float)), 0);
+  // The same directory without lm_head.weight.
+  const fs::path out = scratch_dir("untied_missing");
+  fs::copy_file(dir / "config.json", out / "config.json");
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::open(dir / "model.safetensors");
+  ASSERT_TRUE(file.ok());
+  std::vector<SafetensorsWriteEntry> entries;
+  for (const SafetensorsTensorInfo& t : file->header().tensors) {
+    if (t.name == "lm_head.weight") continue;
+    entries.push_back({t.name, t.shape, DType::kF32, DType::kF32,
+                       file->tensor_data(t)});
+  }
+  ASSERT_TRUE(write_safetensors(out / "model.safetensors", entries).ok());
+  absl::StatusOr<BloomModel> missing = load_model_directory(out);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("tensor lm_head.weight"));
+  fs::remove_all(out);
+}
 
 // ---- backward ----
 
@@ -575,7 +608,7 @@ TEST_P(FamilySurgery, TouchesExactlyTheHeadsRowsAndColumnsInTheCheckpoint) {
   };
   int64_t changed_rows = 0, tensors = 0;
   for (const SafetensorsTensorInfo& t : before->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    if (t.name == "lm_head.weight" && c.tie_word_embeddings) continue;
     const std::string n = released(t.name);
     const SafetensorsTensorInfo* w = after->header().find(n);
     ASSERT_NE(w, nullptr) << n;
@@ -607,7 +640,7 @@ TEST_P(FamilySurgery, TouchesExactlyTheHeadsRowsAndColumnsInTheCheckpoint) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamilySurgery,
                          ::testing::Values("falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2",
-                                           "mpt-h6-l2", "mpt-h4-clip-l2"),
+                                           "mpt-h6-l2", "mpt-h4-clip-l2", "falcon-h4-untied-l2"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;
