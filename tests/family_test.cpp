@@ -89,6 +89,10 @@ json config_of(const std::string& model) {
   return json::parse(testing_fixtures::read_bytes(kFixtures / "models" / model / "config.json"));
 }
 
+json config_of_dir(const fs::path& dir) {
+  return json::parse(testing_fixtures::read_bytes(dir / "config.json"));
+}
+
 std::string error_of(const json& j) {
   absl::StatusOr<BloomConfig> c = parse_bloom_config(j, "dir/config.json");
   EXPECT_FALSE(c.ok());
@@ -413,6 +417,52 @@ TEST(FamilyUntiedHead, LoadsItsOwnHeadAndRequiresIt) {
   absl::StatusOr<BloomModel> missing = load_model_directory(out);
   ASSERT_FALSE(missing.ok());
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("tensor lm_head.weight"));
+  fs::remove_all(out);
+}
+
+// BLOOM with tie_word_embeddings false (BloomForCausalLM then keeps lm_head.weight apart): a copy
+// of bloom-h4-l2 whose untied head equals the embedding gives the tied model's logits bit for bit;
+// changing only the head changes them; saving and loading keeps the head and the config's flag.
+TEST(FamilyUntiedHead, BloomReadsSavesAndLoadsItsUntiedHead) {
+  absl::StatusOr<BloomModel> tied = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  ASSERT_TRUE(tied.ok()) << tied.status();
+  BloomConfig c = tied->config;
+  c.tie_word_embeddings = false;
+  c.raw["tie_word_embeddings"] = false;
+  absl::StatusOr<BloomModel> untied = allocate_bloom_model(c);
+  ASSERT_TRUE(untied.ok()) << untied.status();
+  for (const ParameterInfo& p : tied->arena.parameters()) {
+    absl::StatusOr<TensorView> to = untied->arena.view(p.name);
+    ASSERT_TRUE(to.ok()) << to.status();
+    std::memcpy(to->data, tied->arena.view(p).data, p.numel * sizeof(float));
+  }
+  absl::StatusOr<TensorView> head = untied->arena.view("lm_head.weight");
+  ASSERT_TRUE(head.ok()) << head.status();
+  std::memcpy(head->data, tied->arena.view("word_embeddings.weight")->data,
+              head->numel() * sizeof(float));
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  ForwardInputs in = inputs_of(d);
+  in.want_logits = true;
+  absl::StatusOr<ForwardResult> a = bloom_forward(*tied, *backend, in);
+  absl::StatusOr<ForwardResult> b = bloom_forward(*untied, *backend, in);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->logits.size(), b->logits.size());
+  EXPECT_EQ(std::memcmp(a->logits.data(), b->logits.data(), a->logits.size() * sizeof(float)), 0);
+  float* h = head->as<float>();
+  for (int64_t i = 0; i < head->numel(); ++i) h[i] *= 2.0f;
+  absl::StatusOr<ForwardResult> doubled = bloom_forward(*untied, *backend, in);
+  ASSERT_TRUE(doubled.ok());
+  EXPECT_NE(doubled->loss, b->loss);
+  const fs::path out = scratch_dir("bloom_untied");
+  ASSERT_TRUE(save_model_directory(*untied, out, DType::kF32).ok());
+  EXPECT_EQ(config_of_dir(out).value("tie_word_embeddings", true), false);
+  absl::StatusOr<BloomModel> again = load_model_directory(out);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->config.tie_word_embeddings);
+  absl::StatusOr<TensorView> loaded = again->arena.view("lm_head.weight");
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(std::memcmp(loaded->data, head->data, head->numel() * sizeof(float)), 0);
   fs::remove_all(out);
 }
 
