@@ -530,7 +530,7 @@ absl::Status Tape::Backward::op(const TapeClamp& e) {
   float* dx = static_cast<float*>(target);
   const float lo = e.lo, hi = e.hi;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < e.n; ++i) dx[i] = (x[i] >= lo && x[i] <= hi) ? g[i] : 0.0f;
+  for (int64_t i = 0; i < e.n; ++i) dx[i] = (x[i] > lo && x[i] < hi) ? g[i] : 0.0f;
   TAPE_RETURN_IF_ERROR(finish_overwrite(e.x));
   return release(e.y);
 }

@@ -185,9 +185,10 @@ struct TapeGelu {
   int x = -1, y = -1;
   bool exact = false;  // GeluParams::exact
 };
-// y = clamp(x, lo, hi) elementwise (MPT's clip_qkv). Its gradient passes where lo <= x <= hi
-// (both bounds included, as torch.clamp's backward) and is zero elsewhere, so x must be the
-// pre-clamp values. The backward is a host loop: CPU backend and F32 storage only.
+// y = clamp(x, lo, hi) elementwise (MPT's clip_qkv). Its gradient passes where lo < x < hi and
+// is zero elsewhere, at the bounds too: what torch 2.15's backward of clamp with scalar bounds
+// (MPT's `clamp(min=-clip, max=clip)`) gives, checked on exact values (x == hi gets 0). So x must
+// be the pre-clamp values. The backward is a host loop: CPU backend and F32 storage only.
 struct TapeClamp {
   int64_t n = 0;
   float lo = 0.0f, hi = 0.0f;

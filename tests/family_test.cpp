@@ -606,6 +606,28 @@ TEST(FamilyGradients, ClipQkvGradientMatchesFiniteDifferences) {
   EXPECT_GT(passing_rows, 3);
 }
 
+// The clamp's gradient at its bounds, as torch 2.15 gives it for clamp with scalar bounds
+// (x.clamp(-0.5, 0.5) on [-0.5, 0.25, 0.5, 0.75] -> gradients [0, 1, 0, 0]): zero at the bounds
+// themselves, passed strictly inside.
+TEST(FamilyGradients, ClampGradientIsZeroAtTheBoundsAsTorchs) {
+  const std::vector<float> x = {-0.75f, -0.5f, 0.25f, 0.5f, 0.75f, -0.25f};
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = std::clamp(x[i], -0.5f, 0.5f);
+  const std::vector<float> seed = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
+  Tape tape;
+  const int in = tape.add_value(x.data(), static_cast<int64_t>(x.size()), true);
+  const int out = tape.add_value(y.data(), static_cast<int64_t>(y.size()));
+  tape.record(TapeClamp{static_cast<int64_t>(x.size()), -0.5f, 0.5f, in, out});
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients none(std::vector<uint64_t>{}, 0);
+  ASSERT_TRUE(tape.backward_from(*backend, none, out, seed.data()).ok());
+  const DeviceArray<std::byte>& g = tape.grad(in);
+  ASSERT_EQ(g.size(), static_cast<int64_t>(x.size() * sizeof(float)));
+  std::vector<float> dx(x.size());
+  std::memcpy(dx.data(), g.data(), g.size());
+  EXPECT_EQ(dx, (std::vector<float>{0.0f, 0.0f, 3.0f, 0.0f, 0.0f, 6.0f}));
+}
+
 // clip_qkv is defined on fp32 projections only: with 16-bit weights (the CPU's bf16 storage
 // twin) the forward, and so training, is refused naming the field.
 TEST(FamilyGradients, ClipQkvWith16BitWeightsIsRefusedNamingTheField) {
