@@ -64,6 +64,9 @@ TEST_P(FamilyCli, EveryCommandRuns) {
   const bool untied = std::string(GetParam()).find("untied") != std::string::npos;
   EXPECT_EQ(log("info.log").find("lm head (untied)") != std::string::npos, untied)
       << log("info.log");
+  ASSERT_EQ(run("info --json --model " + m, "info.json"), 0) << log("info.json");
+  EXPECT_EQ(log("info.json").find("\"lm_head\": ") != std::string::npos, untied)
+      << log("info.json");
   ASSERT_EQ(run("eval --device cpu --seq_len 16 --model " + m + " --data " + d, "eval.log"), 0)
       << log("eval.log");
   // CPU only for now: an explicit CUDA device is refused in one line naming the family.
