@@ -32,6 +32,7 @@ struct ParameterCounts {
   int64_t mlp = 0;
   int64_t layernorms = 0;           // input + post-attention LNs of all layers
   int64_t final_layernorm = 0;
+  int64_t lm_head = 0;              // an untied LM head (0 when tied to the embedding)
   int64_t total = 0;
 };
 
@@ -58,6 +59,9 @@ ParameterCounts count_parameters(const BloomConfig& c) {
         break;
       case BloomParameterGroup::kFinalLayerNorm:
         n.final_layernorm += numel;
+        break;
+      case BloomParameterGroup::kLmHead:
+        n.lm_head += numel;
         break;
     }
     n.total += numel;
@@ -158,8 +162,10 @@ int run_info(const std::vector<std::string>& args) {
                        {"mlp_per_layer", n.mlp / layers},
                        {"layernorms", n.layernorms},
                        {"layernorms_per_layer", n.layernorms / layers},
-                       {"final_layernorm", n.final_layernorm},
-                       {"total", n.total}};
+                       {"final_layernorm", n.final_layernorm}};
+    // Only an untied model has the key, so tied models' output is what it always was.
+    if (!c.tie_word_embeddings) j["parameters"]["lm_head"] = n.lm_head;
+    j["parameters"]["total"] = n.total;
     j["alibi_slopes"] = slopes;
     nlohmann::ordered_json files = nlohmann::ordered_json::array();
     for (const auto& [path, size] : info->files) {
@@ -198,6 +204,7 @@ int run_info(const std::vector<std::string>& args) {
   row("mlp", n.mlp, n.mlp / layers);
   row("layer layernorms", n.layernorms, n.layernorms / layers);
   row("final layernorm", n.final_layernorm, -1);
+  if (!c.tie_word_embeddings) row("lm head (untied)", n.lm_head, -1);
   row("total", n.total, -1);
   // The slope each head's score sees per position (Falcon's already divided by sqrt(head_dim)).
   std::printf("alibi slopes:\n");

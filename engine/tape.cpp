@@ -171,7 +171,7 @@ void Tape::record(TapeEntry entry) {
         using E = std::decay_t<decltype(e)>;
         if constexpr (std::is_same_v<E, TapeEmbedding>) values_[e.out].producer = index;
         if constexpr (std::is_same_v<E, TapeLayerNorm> || std::is_same_v<E, TapeLinear> ||
-                      std::is_same_v<E, TapeGelu>) {
+                      std::is_same_v<E, TapeGelu> || std::is_same_v<E, TapeClamp>) {
           values_[e.y].producer = index;
         }
         if constexpr (std::is_same_v<E, TapeAttention>) values_[e.out].producer = index;
@@ -203,6 +203,7 @@ class Tape::Backward {
   absl::Status op(const TapeLinear& e);
   absl::Status op(const TapeAttention& e);
   absl::Status op(const TapeGelu& e);
+  absl::Status op(const TapeClamp& e);
 
   // The gradient of value `out`, or null when nobody needed it.
   const void* output_grad(int out) const {
@@ -512,6 +513,24 @@ absl::Status Tape::Backward::op(const TapeGelu& e) {
   TAPE_ASSIGN_OR_RETURN(dx, overwrite_target(e.x));
   p.dx = dx;
   TAPE_RETURN_IF_ERROR(backend_.gelu_backward(p));
+  TAPE_RETURN_IF_ERROR(finish_overwrite(e.x));
+  return release(e.y);
+}
+
+absl::Status Tape::Backward::op(const TapeClamp& e) {
+  const void* dy = output_grad(e.y);
+  if (dy == nullptr) return absl::OkStatus();
+  if (!needs(e.x)) return absl::OkStatus();
+  if (st_ != DType::kF32 || backend_.kind() != DeviceKind::kCpu) {
+    return absl::UnimplementedError("clamp backward: runs on the CPU with f32 storage only");
+  }
+  TAPE_ASSIGN_OR_RETURN(target, overwrite_target(e.x));
+  const float* x = static_cast<const float*>(tape_.values_[e.x].data);
+  const float* g = static_cast<const float*>(dy);
+  float* dx = static_cast<float*>(target);
+  const float lo = e.lo, hi = e.hi;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < e.n; ++i) dx[i] = (x[i] > lo && x[i] < hi) ? g[i] : 0.0f;
   TAPE_RETURN_IF_ERROR(finish_overwrite(e.x));
   return release(e.y);
 }

@@ -1,5 +1,5 @@
 // Tape autograd for a fixed, small set of ops (embedding, LayerNorm, linear with optional fused
-// residual, fused ALiBi attention, GELU, tied classifier + cross-entropy). It knows nothing of any
+// residual, fused ALiBi attention, GELU, clamp, classifier + cross-entropy). It knows nothing of any
 // model: a caller registers activation buffers as values and records one entry per op in forward
 // order, with what that op's backward needs (attention keeps its row log-sum-exp, never
 // probabilities). `backward` walks the entries in reverse.
@@ -185,6 +185,15 @@ struct TapeGelu {
   int x = -1, y = -1;
   bool exact = false;  // GeluParams::exact
 };
+// y = clamp(x, lo, hi) elementwise (MPT's clip_qkv). Its gradient passes where lo < x < hi and
+// is zero elsewhere, at the bounds too: what torch 2.15's backward of clamp with scalar bounds
+// (MPT's `clamp(min=-clip, max=clip)`) gives, checked on exact values (x == hi gets 0). So x must
+// be the pre-clamp values. The backward is a host loop: CPU backend and F32 storage only.
+struct TapeClamp {
+  int64_t n = 0;
+  float lo = 0.0f, hi = 0.0f;
+  int x = -1, y = -1;
+};
 // The loss root: gradient of loss_scale * (sum of scored row losses).
 struct TapeClassifier {
   ClassifierParams forward;  // rows, width, vocab, chunk, hidden, embedding, targets
@@ -196,7 +205,8 @@ struct TapeClassifier {
   const void* dhidden = nullptr;
 };
 using TapeEntry =
-    std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClassifier>;
+    std::variant<TapeEmbedding, TapeLayerNorm, TapeLinear, TapeAttention, TapeGelu, TapeClamp,
+                 TapeClassifier>;
 
 // A tape may also hold one segment of a larger graph (activation recomputation): its inputs are
 // external values that may require a gradient (then every entry of the segment counts as having

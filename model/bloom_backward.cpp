@@ -35,6 +35,7 @@ struct BlockParams {
 
 struct GraphParams {
   TapeParameter embedding, emb_ln_w, emb_ln_b, lnf_w, lnf_b;
+  TapeParameter lm_head;  // the classifier's weights: the embedding when tied
   std::vector<BlockParams> blocks;
   bool embedding_layernorm = true;
   std::vector<float> zeros;  // (C): what absent LayerNorm biases point at
@@ -72,6 +73,7 @@ absl::StatusOr<GraphParams> graph_params(const BloomModel& model, const Backend&
   g.emb_ln_b = role(R::kEmbLnBias);
   g.lnf_w = role(R::kLnfWeight);
   g.lnf_b = role(R::kLnfBias);
+  g.lm_head = c.tie_word_embeddings ? g.embedding : role(R::kLmHead);
   g.embedding_layernorm = family_traits(c).embedding_layernorm;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     g.blocks.push_back(BlockParams{
@@ -91,6 +93,7 @@ struct GraphShape {
   float eps = 1e-5f;
   float scale = 0.0f;       // attention_scale (config.h)
   bool gelu_exact = false;  // FamilyTraits::gelu_exact
+  float clip_qkv = 0.0f;    // MPT's attn_config.clip_qkv (0 = no clamp)
   const float* slopes = nullptr;   // kernel_slopes (config.h)
   float bf16_bias_divisor = 0.0f;  // attention_bias_divisor (config.h)
   const int32_t* positions = nullptr;
@@ -106,7 +109,14 @@ int record_block(Tape& tape, const GraphShape& s, const BlockParams& p, BlockAct
   tape.record(TapeLayerNorm{rows, C, s.eps, a.ln1_mean.f32(), a.ln1_rstd.f32(), p.ln1_w, p.ln1_b,
                             x, ln1});
   const int qkv = tape.add_value(a.qkv.data(), rows * 3 * C);
-  tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, qkv});
+  if (s.clip_qkv > 0.0f) {
+    // MPT's clip_qkv: the projection (qkv_pre), then its clamp into the attention's input.
+    const int pre = tape.add_value(a.qkv_pre.data(), rows * 3 * C);
+    tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, pre});
+    tape.record(TapeClamp{rows * 3 * C, -s.clip_qkv, s.clip_qkv, pre, qkv});
+  } else {
+    tape.record(TapeLinear{rows, C, 3 * C, p.qkv_w, p.qkv_b, ln1, -1, qkv});
+  }
   const int attn = tape.add_value(a.attn.data(), rows * C);
   TapeAttention at;
   AlibiAttentionParams& ap = at.forward;
@@ -152,9 +162,9 @@ void record_head(Tape& tape, const GraphShape& s, const GraphParams& p, BloomAct
   cl.forward.rows = rows, cl.forward.width = C, cl.forward.vocab = vocab;
   cl.forward.vocab_chunk = in.vocab_chunk;
   cl.forward.hidden = act.lnf.data();
-  cl.forward.embedding = p.embedding.data;
+  cl.forward.embedding = p.lm_head.data;
   cl.forward.targets = act.targets.data();
-  cl.embedding = p.embedding;
+  cl.embedding = p.lm_head;
   cl.hidden = lnf;
   cl.dhidden = dhidden;
   tape.record(cl);
@@ -325,10 +335,6 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         "the attention sink loss (controlled collapse) is not implemented with ",
         dtype_name(storage), " weights (run it in f32)"));
   }
-  if (c.clip_qkv > 0.0) {
-    return absl::UnimplementedError(
-        "training: attn_config.clip_qkv is set; the engine has no backward for the clamp");
-  }
   if (sink_loss != nullptr) sink_loss->value = 0.0;
   absl::StatusOr<GraphParams> params = graph_params(model, backend);
   if (!params.ok()) return params.status();
@@ -353,13 +359,13 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     fwd.keep_ln2[l] = grads.any_trainable(params->blocks[l].fc1_w) ? 1 : 0;
     fwd.keep_gelu[l] = grads.any_trainable(params->blocks[l].fc2_w) ? 1 : 0;
   }
-  // With a frozen embedding (every surgery plan) the classifier's input gradient comes out of
+  // With a frozen LM head (every surgery plan) the classifier's input gradient comes out of
   // the forward's pass over the vocabulary: the backward then never recomputes the logits, which
   // for BLOOM's 250,880-entry vocabulary are a large share of a step's work.
   int64_t scored = 0;
   for (int64_t r = 0; r < in.batch * in.seq; ++r) scored += in.targets[r] >= 0 ? 1 : 0;
   ActivationBuffer head_dhidden;
-  if (scored > 0 && !grads.any_trainable(params->embedding)) {
+  if (scored > 0 && !grads.any_trainable(params->lm_head)) {
     if (absl::Status s = head_dhidden.resize(backend, in.batch * in.seq * c.hidden_size, storage);
         !s.ok()) {
       return s;
@@ -383,6 +389,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
   shape.eps = static_cast<float>(c.layer_norm_epsilon);
   shape.scale = attention_scale(c);
   shape.gelu_exact = family_traits(c).gelu_exact;
+  shape.clip_qkv = static_cast<float>(c.clip_qkv);
   shape.slopes = act.slopes.data();
   shape.bf16_bias_divisor = attention_bias_divisor(c);
   shape.positions = act.positions.data();

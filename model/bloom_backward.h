@@ -4,7 +4,7 @@
 // - bloom_forward_backward runs bloom_forward with keep_activations, records one tape entry per
 //   op of the graph over the kept intermediates (embedding, word_embeddings_layernorm, per
 //   block: LN1, QKV linear, fused ALiBi attention, dense linear + residual, LN2, dense_h_to_4h,
-//   GELU, dense_4h_to_h + residual; ln_f; tied classifier + cross-entropy) and walks it back.
+//   GELU, dense_4h_to_h + residual; ln_f; classifier (the tied embedding or an untied lm_head) + cross-entropy) and walks it back.
 // - The loss is the forward's: mean over scored positions (targets >= 0) of -log p(target).
 //   `gradient_scale` multiplies its gradient (1 / grad_accum for accumulation), and the result
 //   is ADDED to `grads`, which also decides what is computed (only trainable elements; see

@@ -63,7 +63,8 @@ absl::Status size_block(Backend& backend, DType storage, BlockActivations& a, in
   const std::tuple<ActivationBuffer*, int64_t, DType> sizes[] = {
       {&a.x, rows * C, storage},           {&a.ln1, rows * C, storage},
       {&a.ln1_mean, rows, f32},            {&a.ln1_rstd, rows, f32},
-      {&a.qkv, rows * 3 * C, storage},     {&a.attn, rows * C, storage},
+      {&a.qkv, rows * 3 * C, storage},     {&a.qkv_pre, c.clip_qkv > 0.0 ? rows * 3 * C : 0, storage},
+      {&a.attn, rows * C, storage},
       {&a.lse, batch * c.n_head * seq, f32}, {&a.x_mid, rows * C, storage},
       {&a.ln2, ln2 ? rows * C : 0, storage}, {&a.ln2_mean, rows, f32},
       {&a.ln2_rstd, rows, f32},            {&a.fc1, rows * 4 * C, storage},
@@ -116,19 +117,23 @@ absl::Status run_block(Backend& backend, const BloomConfig& c, const BloomBlockW
       !s.ok()) {
     return s;
   }
-  if (absl::Status s =
-          linear(backend, st, a.ln1.data(), rows, C, w.qkv_weight, w.qkv_bias, 3 * C, qkv);
+  const bool clip = c.clip_qkv > 0.0;
+  if (clip && (st != DType::kF32 || backend.kind() != DeviceKind::kCpu)) {
+    return absl::UnimplementedError("forward: attn_config.clip_qkv needs f32 on the CPU");
+  }
+  // With clip_qkv the projection lands in qkv_pre (kept for the clamp's backward) and its
+  // clamped copy in qkv.
+  if (absl::Status s = linear(backend, st, a.ln1.data(), rows, C, w.qkv_weight, w.qkv_bias,
+                              3 * C, clip ? a.qkv_pre.data() : qkv);
       !s.ok()) {
     return s;
   }
-  if (c.clip_qkv > 0.0) {
+  if (clip) {
     // MPT's clip_qkv: the fused projection clamped to [-clip, clip] (CPU, f32 storage only).
-    if (st != DType::kF32 || backend.kind() != DeviceKind::kCpu) {
-      return absl::UnimplementedError("forward: attn_config.clip_qkv needs f32 on the CPU");
-    }
-    const float clip = static_cast<float>(c.clip_qkv);
+    const float bound = static_cast<float>(c.clip_qkv);
+    const float* pre = a.qkv_pre.f32();
     float* v = static_cast<float*>(qkv);
-    for (int64_t i = 0; i < rows * 3 * C; ++i) v[i] = std::clamp(v[i], -clip, clip);
+    for (int64_t i = 0; i < rows * 3 * C; ++i) v[i] = std::clamp(pre[i], -bound, bound);
   }
   AlibiAttentionParams ap;
   ap.storage = st;
@@ -255,6 +260,10 @@ absl::StatusOr<BloomWeights> weights_at(const BloomModel& model, const std::byte
     for (BloomBlockWeights& b : w.blocks) b.ln1_bias = b.ln2_bias = w.zeros.data();
     w.lnf_bias = w.zeros.data();
   }
+  w.lm_head = w.embedding;
+  if (const std::string head = parameter_name(c, R::kLmHead); !head.empty()) {
+    if (absl::Status s = get(head, &w.lm_head); !s.ok()) return s;
+  }
   return w;
 }
 
@@ -307,7 +316,7 @@ std::vector<int32_t> next_token_targets(const int32_t* ids, const uint8_t* mask,
 
 int64_t activation_bytes(const BlockActivations& a) {
   return bytes_of(a.x) + bytes_of(a.ln1) + bytes_of(a.ln1_mean) + bytes_of(a.ln1_rstd) +
-         bytes_of(a.qkv) + bytes_of(a.attn) + bytes_of(a.lse) + bytes_of(a.x_mid) +
+         bytes_of(a.qkv) + bytes_of(a.qkv_pre) + bytes_of(a.attn) + bytes_of(a.lse) + bytes_of(a.x_mid) +
          bytes_of(a.ln2) + bytes_of(a.ln2_mean) + bytes_of(a.ln2_rstd) + bytes_of(a.fc1) +
          bytes_of(a.gelu);
 }
@@ -535,7 +544,7 @@ absl::StatusOr<ForwardResult> bloom_forward(const BloomModel& model, Backend& ba
     cp.storage = st;
     cp.rows = rows, cp.width = C, cp.vocab = c.vocab_size, cp.vocab_chunk = in.vocab_chunk;
     cp.hidden = act->lnf.data();
-    cp.embedding = weights->embedding;
+    cp.embedding = weights->lm_head;
     cp.targets = targets;
     cp.logits = !in.want_logits ? nullptr : host ? result.logits.data() : logits.data();
     cp.row_loss = host ? result.row_loss.data() : row_loss.data();
@@ -681,7 +690,7 @@ absl::StatusOr<std::vector<float>> bloom_decode_step(const BloomModel& model, Ba
   ClassifierParams cp;
   cp.storage = st;
   cp.rows = 1, cp.width = C, cp.vocab = c.vocab_size;
-  cp.hidden = last.data(), cp.embedding = weights->embedding;
+  cp.hidden = last.data(), cp.embedding = weights->lm_head;
   cp.logits = logits.data(), cp.row_loss = row_loss.data();
   if (absl::Status s = backend.classifier_cross_entropy(cp); !s.ok()) return s;
   std::vector<float> host_logits;

@@ -1,5 +1,6 @@
 // The BLOOM forward pass over the Backend ops, as transformers computes it (METHOD.md section 1):
-// embedding -> word_embeddings_layernorm -> blocks -> ln_f -> tied LM head + cross-entropy.
+// embedding -> word_embeddings_layernorm -> blocks -> ln_f -> LM head (the embedding when tied,
+// else lm_head.weight) + cross-entropy.
 // Contract:
 // - One Backend op call per graph node (layernorm, linear = bias broadcast + gemm, fused ALiBi
 //   attention, gelu, classifier); every intermediate lives in a BloomActivations workspace, one
@@ -50,7 +51,8 @@ struct BloomWeights {
   // absent LayerNorm bias points at `zeros` (C zero elements in any storage); an absent embedding
   // LayerNorm leaves emb_ln_weight null and the embedding feeds the first block directly.
   std::vector<float> zeros;
-  const void* embedding;                          // (V, C), also the LM head
+  const void* embedding;                          // (V, C)
+  const void* lm_head;                            // (V, C): the embedding when tied
   const void* emb_ln_weight; const void* emb_ln_bias;  // (C)
   std::vector<BloomBlockWeights> blocks;           // (L)
   const void* lnf_weight; const void* lnf_bias;  // (C)
@@ -109,6 +111,8 @@ struct BlockActivations {
   ActivationBuffer x;           // (rows, C) block input (residual stream)
   ActivationBuffer ln1, ln1_mean, ln1_rstd;  // (rows, C), (rows), (rows)
   ActivationBuffer qkv;         // (rows, 3C) = (B, T, H, 3, D)
+  ActivationBuffer qkv_pre;     // (rows, 3C) the projection before MPT's clip_qkv clamp (the
+                                // clamp's backward reads it); empty when clip_qkv is not set
   ActivationBuffer attn;        // (rows, C) attention output before `dense`
   ActivationBuffer lse;         // (B, H, T)
   ActivationBuffer x_mid;       // (rows, C) residual after attention

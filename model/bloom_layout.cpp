@@ -21,6 +21,8 @@ std::string parameter_name(const BloomConfig& c, ParamRole role, int64_t layer) 
   if (bias_role && !t.linear_bias) return "";
   if (ln_bias_role && !t.layernorm_bias) return "";
   if ((role == R::kEmbLnWeight || role == R::kEmbLnBias) && !t.embedding_layernorm) return "";
+  // transformers' *ForCausalLM name, outside the "transformer." body, in every family.
+  if (role == R::kLmHead) return c.tie_word_embeddings ? "" : "lm_head.weight";
   if (c.family == ModelFamily::kMpt) {
     const std::string b = absl::StrCat("blocks.", layer, ".");
     switch (role) {
@@ -55,6 +57,7 @@ std::string parameter_name(const BloomConfig& c, ParamRole role, int64_t layer) 
     case R::kFc2Bias: return h + "mlp.dense_4h_to_h.bias";
     case R::kLnfWeight: return "ln_f.weight";
     case R::kLnfBias: return "ln_f.bias";
+    case R::kLmHead: return "";  // handled above
   }
   return "";
 }
@@ -95,6 +98,7 @@ std::vector<BloomParameterSpec> bloom_parameter_specs(const BloomConfig& c) {
   }
   add(R::kLnfWeight, {C}, G::kFinalLayerNorm, -1);
   add(R::kLnfBias, {C}, G::kFinalLayerNorm, -1);
+  add(R::kLmHead, {V, C}, G::kLmHead, -1);
   return specs;
 }
 

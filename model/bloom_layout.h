@@ -2,9 +2,10 @@
 // checkpoint, by its released name (no "transformer." prefix) and shape, in the order the arena
 // stores them.
 // Contract: the order is embedding, embedding LayerNorm (BLOOM only), then per layer input LN,
-// QKV, dense, post-attention LN, MLP, and finally the final LN; weights before biases; tensors the
-// family does not have (MPT's biases, Falcon's with bias: false) are left out. It never includes
-// lm_head.weight (tied to the embedding). C = hidden_size, V = vocab_size.
+// QKV, dense, post-attention LN, MLP, the final LN, and last lm_head.weight (V, C) when the config
+// unties it (tie_word_embeddings false); weights before biases; tensors the family does not have
+// (MPT's biases, Falcon's with bias: false, a tied head) are left out. C = hidden_size,
+// V = vocab_size.
 // The arena holds every fused QKV weight and bias with rows interleaved per head, (H, 3, D), for
 // every family; a family whose checkpoint stores [Q; K; V] blocks (MPT) is permuted on load and
 // on save (qkv_file_row). Names per family: docs/FORMATS.md, "Model families".
@@ -27,7 +28,8 @@ enum class BloomParameterGroup {
   kAttention,
   kMlp,
   kLayerNorm,
-  kFinalLayerNorm
+  kFinalLayerNorm,
+  kLmHead  // an untied LM head (tie_word_embeddings false)
 };
 
 struct BloomParameterSpec {
@@ -42,7 +44,8 @@ enum class ParamRole {
   kEmbedding, kEmbLnWeight, kEmbLnBias,
   kLn1Weight, kLn1Bias, kQkvWeight, kQkvBias, kDenseWeight, kDenseBias,
   kLn2Weight, kLn2Bias, kFc1Weight, kFc1Bias, kFc2Weight, kFc2Bias,
-  kLnfWeight, kLnfBias
+  kLnfWeight, kLnfBias,
+  kLmHead  // "lm_head.weight" when the config unties it, else none (the embedding serves)
 };
 
 // The released name (no prefix) of the role's tensor in block `layer` (ignored outside the

@@ -171,21 +171,20 @@ absl::Status require_tied_head(const json& j, const std::string& source, const c
 // FalconConfig (transformers' modeling_falcon.py): only the Falcon-RW shape, i.e. ALiBi, one K/V
 // per head, the old decoder, sequential attention and MLP, GELU, 4C MLP.
 absl::StatusOr<BloomConfig> parse_bloom_family(const json& j, const std::string& source_name) {
-  // The engine's block graph implements only BLOOM's released layout: pre-LayerNorm residuals and
-  // an LM head tied to the embedding. Configs asking for anything else are refused, not ignored.
+  // The engine's block graph implements only BLOOM's released layout with pre-LayerNorm
+  // residuals; the LM head is the embedding unless tie_word_embeddings is false (then
+  // BloomForCausalLM keeps a separate lm_head.weight, and so does the engine).
   if (const auto it = j.find("apply_residual_connection_post_layernorm");
       it != j.end() && *it != false) {
     return field_error(source_name, "apply_residual_connection_post_layernorm",
                        absl::StrCat("is ", it->dump(), "; only false is supported"));
   }
-  if (const auto it = j.find("tie_word_embeddings"); it != j.end() && *it != true) {
-    return field_error(
-        source_name, "tie_word_embeddings",
-        absl::StrCat("is ", it->dump(), "; BLOOM ties the LM head to the embedding"));
-  }
+  absl::StatusOr<bool> tied = read_bool(j, source_name, "tie_word_embeddings", true);
+  if (!tied.ok()) return tied.status();
 
   BloomConfig c;
   c.family = ModelFamily::kBloom;
+  c.tie_word_embeddings = *tied;
   if (absl::Status s = read_shape(j, source_name, kBloomFields, c); !s.ok()) return s;
   c.raw = j;
   return c;
@@ -215,7 +214,9 @@ absl::StatusOr<BloomConfig> parse_falcon_family(const json& j, const std::string
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = require_tied_head(j, source, "Falcon"); !s.ok()) return s;
+  // tie_word_embeddings false: FalconForCausalLM's lm_head.weight is a parameter of its own.
+  absl::StatusOr<bool> tied = read_bool(j, source, "tie_word_embeddings", true);
+  if (!tied.ok()) return tied.status();
   if (const auto it = j.find("activation"); it != j.end() && !it->is_null() && *it != "gelu") {
     return field_error(source, "activation",
                        absl::StrCat("is ", it->dump(), "; only \"gelu\" is supported"));
@@ -238,6 +239,7 @@ absl::StatusOr<BloomConfig> parse_falcon_family(const json& j, const std::string
   absl::StatusOr<bool> bias = read_bool(j, source, "bias", false);
   if (!bias.ok()) return bias.status();
   c.linear_bias = *bias;
+  c.tie_word_embeddings = *tied;
   c.raw = j;
   return c;
 }
@@ -376,6 +378,8 @@ json bloom_config_to_json(const BloomConfig& c) {
     out["bias"] = c.linear_bias;
   }
   if (c.family == ModelFamily::kMpt) out["max_seq_len"] = c.max_seq_len;
+  // transformers' default is true: an untied model must say so, or its lm_head would be dropped.
+  if (!c.tie_word_embeddings) out["tie_word_embeddings"] = false;
   return out;
 }
 

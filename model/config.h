@@ -41,6 +41,9 @@ struct BloomConfig {
   double softmax_scale = 0.0;
   double alibi_bias_max = 8.0;
   int64_t max_seq_len = 0;
+  // tie_word_embeddings: true = the LM head is the embedding matrix (every released BLOOM, MPT);
+  // false = a separate lm_head.weight (V, C) parameter (Falcon, BLOOM configs that say so).
+  bool tie_word_embeddings = true;
 
   int64_t head_dim() const { return hidden_size / n_head; }
   nlohmann::json raw;  // the full original object, unknown keys kept

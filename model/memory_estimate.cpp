@@ -116,7 +116,11 @@ absl::StatusOr<TrainingMemoryPlan> plan_training_memory(const BloomConfig& c,
 
   // Activations.
   auto block_bytes = [&](bool ln2, bool gelu) {
-    const int64_t widths = 1 + 1 + 3 + 1 + 1 + (ln2 ? 1 : 0) + 4 + (gelu ? 4 : 0);
+    // x, ln1, qkv (3), attn, x_mid, ln2, fc1 (4), gelu (4); with clip_qkv also the
+    // pre-clamp projection (3) the clamp's backward reads.
+    const int64_t clip_widths = c.clip_qkv > 0.0 ? 3 : 0;
+    const int64_t widths =
+        1 + 1 + 3 + clip_widths + 1 + 1 + (ln2 ? 1 : 0) + 4 + (gelu ? 4 : 0);
     return rows * C * widths * ab + rows * 4 * kF32 + s.batch * H * s.seq * kF32;
   };
   const int64_t full_block = block_bytes(true, true);

@@ -12,7 +12,8 @@
 //     trainable element (layer 0 when the embedding trains), without the ln2 / GELU outputs of
 //     blocks whose MLP weights are frozen, plus one shared scratch block; with recomputation
 //     every block's input plus two blocks' intermediates (the forward's and the backward's);
-//     plus the embedding, ln_f and final residual rows;
+//     plus the embedding, ln_f and final residual rows; with MPT's clip_qkv each block also
+//     keeps its pre-clamp QKV projection (3 hidden widths);
 //   - the classifier's input gradient (rows x hidden, fp32) when the embedding is frozen;
 //   - the backward's transient gradients: the largest live set inside one block (about 14 hidden
 //     widths per row) plus the largest dense weight-gradient block of a trainable slice.

@@ -128,7 +128,8 @@ bool is_float_weight(const SafetensorsTensorInfo& t) {
   return t.dtype == DType::kF32 || t.dtype == DType::kF16 || t.dtype == DType::kBF16;
 }
 
-// Verifies that a lm_head.weight tensor equals the (already loaded) embedding bit for bit.
+// With a tied head: verifies that a lm_head.weight tensor equals the (already loaded) embedding
+// bit for bit (an untied config loads it as a parameter instead).
 absl::Status check_tied_head(const SafetensorsFile& file, const SafetensorsTensorInfo& head,
                              const TensorView& embedding, const BloomConfig& config) {
   const std::string kEmbeddingName = parameter_name(config, ParamRole::kEmbedding);
@@ -154,7 +155,8 @@ absl::Status check_tied_head(const SafetensorsFile& file, const SafetensorsTenso
     if (std::memcmp(converted.data(), emb + start, count * sizeof(float)) != 0) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, "differs from ", kEmbeddingName,
-                       "; ", family, " ties the two and the engine cannot load an untied LM head"));
+                       "; config.json ties the two (tie_word_embeddings is not false), so ",
+                       family, "'s LM head is the embedding and a different one would be dropped"));
     }
   }
   return absl::OkStatus();
@@ -306,7 +308,7 @@ absl::StatusOr<LoadPlan> plan_model_directory(const fs::path& dir) {
       }
       std::string name = t.name;
       if (name.rfind(kCausalLmPrefix, 0) == 0) name.erase(0, std::strlen(kCausalLmPrefix));
-      if (name == kTiedHeadName) {
+      if (name == kTiedHeadName && plan.config.tie_word_embeddings) {
         plan.tied_heads.push_back({name, file_index, i});
         continue;
       }

@@ -3,9 +3,10 @@
 //  - load_model_directory reads config.json and the weights (model.safetensors, or the shards a
 //    model.safetensors.index.json lists) into one f32 ParameterArena laid out by
 //    declare_bloom_parameters, converting f16/bf16 exactly. Tensor names may carry the
-//    "transformer." prefix transformers' BloomForCausalLM writes. A lm_head.weight tensor is
-//    accepted only if it equals word_embeddings.weight bit for bit after conversion (BLOOM ties
-//    them; the engine has no separate head). Missing, unexpected, duplicated, mis-shaped or
+//    "transformer." prefix transformers' BloomForCausalLM writes. With a tied head (the default)
+//    a lm_head.weight tensor is accepted only if it equals word_embeddings.weight bit for bit
+//    after conversion; with tie_word_embeddings false it is a parameter like any other (required,
+//    loaded, saved under that name). Missing, unexpected, duplicated, mis-shaped or
 //    non-float tensors are errors naming the file and tensor. A directory holding only
 //    pytorch_model.bin is refused with a pointer to scripts/convert_pytorch_bin.py: the engine
 //    never unpickles.

@@ -125,8 +125,8 @@ TEST(BloomConfig, ErrorsNameFieldAndSource) {
   j["model_type"] = "gpt2";
   EXPECT_THAT(error_of(j), HasSubstr("field model_type is \"gpt2\", expected \"bloom\""));
   j = released_style();
-  j["tie_word_embeddings"] = false;
-  EXPECT_THAT(error_of(j), HasSubstr("field tie_word_embeddings is false"));
+  j["tie_word_embeddings"] = "no";
+  EXPECT_THAT(error_of(j), HasSubstr("field tie_word_embeddings must be true or false"));
   j = released_style();
   j["apply_residual_connection_post_layernorm"] = true;
   EXPECT_THAT(error_of(j), HasSubstr("field apply_residual_connection_post_layernorm is true"));

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "engine/device.h"
+#include "engine/frozen_mask.h"
 #include "include/engine/engine.h"
 #include "model/bloom_backward.h"
 #include "model/bloom_forward.h"
@@ -293,6 +294,78 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaModel,
                          ::testing::Values(Shape{"l2_h4_d64", 2, 4, 64},
                                            Shape{"l3_h5_d80", 3, 5, 80}),
                          [](const auto& info) { return std::string(info.param.name); });
+
+// A BLOOM with tie_word_embeddings false: the device's classifier reads the resident copy of
+// lm_head.weight (its own arena tensor), so logits and losses match the CPU within the fp32
+// bounds above, and differ from those of the same weights with the head tied.
+TEST(CudaModelUntied, LogitsReadTheUntiedHeadAsTheCpuDoes) {
+  BloomConfig c;
+  c.vocab_size = 97, c.n_layer = 2, c.n_head = 4, c.hidden_size = 32;
+  c.tie_word_embeddings = false;
+  absl::StatusOr<BloomModel> m = allocate_bloom_model(c);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(init_bloom_weights(*m, 23, 0.08).ok());
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  ASSERT_TRUE(make_resident(*m, **cuda).ok());
+  std::vector<int32_t> ids(12);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 37 + 5) % 97);
+  const std::vector<int32_t> targets = next_token_targets(ids.data(), nullptr, 1, 12);
+  ForwardInputs in;
+  in.batch = 1, in.seq = 12, in.ids = ids.data(), in.targets = targets.data();
+  in.want_logits = true;
+  absl::StatusOr<ForwardResult> a = bloom_forward(*m, *cpu, in);
+  absl::StatusOr<ForwardResult> b = bloom_forward(*m, **cuda, in);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  ASSERT_EQ(a->logits.size(), b->logits.size());
+  for (size_t i = 0; i < a->logits.size(); ++i) {
+    ASSERT_NEAR(b->logits[i], a->logits[i], kLogitBound) << "logit " << i;
+  }
+  EXPECT_NEAR(b->loss, a->loss, kNllBound);
+  // The same weights with the head tied give other logits: the untied head is what was read.
+  BloomConfig tied_config = c;
+  tied_config.tie_word_embeddings = true;
+  absl::StatusOr<BloomModel> tied = allocate_bloom_model(tied_config);
+  ASSERT_TRUE(tied.ok()) << tied.status();
+  for (const ParameterInfo& p : tied->arena.parameters()) {
+    std::copy_n(m->arena.view(p.name)->as<const float>(), p.numel,
+                tied->arena.view(p).as<float>());
+  }
+  absl::StatusOr<ForwardResult> t = bloom_forward(*tied, *cpu, in);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_GT(std::abs(t->loss - a->loss), 1e-3);
+  // Training every element: the untied head's gradient on the device matches the CPU's within
+  // the fp32 gradient bound (TOLERANCES.md: 1e-3 |ref| + 1e-5 max |ref|; only the summation
+  // order differs), and the embedding's too (its gradient now comes from the lookup alone).
+  constexpr double kRel = 1e-3, kAbs = 1e-5;
+  const FrozenMask all = FrozenMask::all_trainable(m->arena);
+  CompactGradients want(all.words(), all.elements());
+  CompactGradients got(all.words(), all.elements(), **cuda);
+  ASSERT_TRUE(got.status().ok()) << got.status();
+  ForwardInputs train = in;
+  train.want_logits = false;
+  ASSERT_TRUE(bloom_forward_backward(*m, *cpu, train, want).ok());
+  ASSERT_TRUE(bloom_forward_backward(*m, **cuda, train, got).ok());
+  std::vector<float> w, g;
+  ASSERT_TRUE(want.download(w).ok());
+  ASSERT_TRUE(got.download(g).ok());
+  for (const char* name : {"lm_head.weight", "word_embeddings.weight"}) {
+    absl::StatusOr<TensorView> v = m->arena.view(name);
+    ASSERT_TRUE(v.ok());
+    double max_ref = 0.0;
+    for (int64_t i = 0; i < v->numel(); ++i) {
+      max_ref = std::max(max_ref, static_cast<double>(std::abs(w[v->arena_offset + i])));
+    }
+    EXPECT_GT(max_ref, 0.0) << name;
+    for (int64_t i = 0; i < v->numel(); ++i) {
+      const double ref = w[v->arena_offset + i];
+      ASSERT_LE(std::abs(g[v->arena_offset + i] - ref), kRel * std::abs(ref) + kAbs * max_ref)
+          << name << " element " << i;
+    }
+  }
+}
 
 TEST(CudaModelErrors, DevicesAndResidencyAreCheckedWithOneLineErrors) {
   BloomConfig c;

@@ -60,6 +60,13 @@ TEST_P(FamilyCli, EveryCommandRuns) {
   EXPECT_NE(log("info.log").find(mpt ? "architecture: MPT" : "architecture: Falcon"),
             std::string::npos)
       << log("info.log");
+  // An untied LM head is its own line, V x C parameters (falcon-h4-untied-l2: 256 x 32).
+  const bool untied = std::string(GetParam()).find("untied") != std::string::npos;
+  EXPECT_EQ(log("info.log").find("lm head (untied)") != std::string::npos, untied)
+      << log("info.log");
+  ASSERT_EQ(run("info --json --model " + m, "info.json"), 0) << log("info.json");
+  EXPECT_EQ(log("info.json").find("\"lm_head\": ") != std::string::npos, untied)
+      << log("info.json");
   ASSERT_EQ(run("eval --device cpu --seq_len 16 --model " + m + " --data " + d, "eval.log"), 0)
       << log("eval.log");
   // CPU only for now: an explicit CUDA device is refused in one line naming the family.
@@ -129,7 +136,8 @@ TEST_P(FamilyCli, RepairRunsEndToEndAndLeavesFrozenElementsBitIdentical) {
   EXPECT_GT(trainable_changed, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyCli, ::testing::Values("falcon-h4-l2", "mpt-h6-l2"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyCli, ::testing::Values("falcon-h4-l2", "mpt-h6-l2", "mpt-h4-clip-l2",
+                                                             "falcon-h4-untied-l2"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;

@@ -28,6 +28,7 @@
 #include "model/bloom_forward.h"
 #include "model/bloom_layout.h"
 #include "model/config.h"
+#include "model/device_model.h"
 #include "model/model_directory.h"
 #include "model/safetensors.h"
 #include "surgery/head_surgery.h"
@@ -52,10 +53,21 @@ using ::testing::HasSubstr;
 constexpr double kLogitsTol = 1e-4;
 constexpr double kLossTol = 1e-5;
 constexpr double kStatsTol = 1e-5;
+// clip_qkv finite differences (docs/TOLERANCES.md, "clip_qkv finite differences"): the loss is
+// a mean of fp32 row losses of size ~5.5, each evaluation off by at most ~kClipFdLossNoise, so a
+// central difference errs by kClipFdLossNoise / step, plus a relative kClipFdRel for the
+// curvature over the step.
+constexpr double kClipFdLossNoise = 4e-6;
+constexpr double kClipFdRel = 1e-2;
+constexpr double kClipFdMaxStep = 1e-2;
+constexpr double kClipFdMinStep = 1e-3;
 
 const char* const kModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2",
-                               "mpt-h5-clip-l2"};
-const char* const kGradModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2"};
+                               "mpt-h5-clip-l2", "mpt-h4-clip-l2", "falcon-h4-untied-l2"};
+// mpt-h4-clip-l2: clip_qkv clamps about 40% of its QKV values (make_family_fixtures.py).
+// falcon-h4-untied-l2: tie_word_embeddings false, lm_head.weight its own parameter.
+const char* const kGradModels[] = {"falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2", "mpt-h6-l2",
+                                   "mpt-h4-clip-l2", "falcon-h4-untied-l2"};
 const char* const kCases[] = {"single", "batch", "right_pad", "left_pad"};
 // One 272-token sequence (its only case, gradients included).
 const char* const kLongFalcon = "falcon-h12-long-l2";
@@ -75,6 +87,10 @@ fs::path scratch_dir(const std::string& name) {
 
 json config_of(const std::string& model) {
   return json::parse(testing_fixtures::read_bytes(kFixtures / "models" / model / "config.json"));
+}
+
+json config_of_dir(const fs::path& dir) {
+  return json::parse(testing_fixtures::read_bytes(dir / "config.json"));
 }
 
 std::string error_of(const json& j) {
@@ -115,7 +131,7 @@ TEST(FamilyConfig, RefusesFalconVariantsNamingTheField) {
   for (const Case& c : {Case{"alibi", false}, Case{"multi_query", true},
                         Case{"new_decoder_architecture", true}, Case{"parallel_attn", true},
                         Case{"activation", "relu"}, Case{"ffn_hidden_size", 100},
-                        Case{"num_kv_heads", 1}, Case{"tie_word_embeddings", false}}) {
+                        Case{"num_kv_heads", 1}, Case{"tie_word_embeddings", "no"}}) {
     json j = ok;
     j[c.field] = c.value;
     EXPECT_THAT(error_of(j), HasSubstr(std::string("field ") + c.field)) << c.field;
@@ -241,7 +257,8 @@ TEST_P(FamilyModel, LoadsTheValuesInItsFilesInTheArenaOrder) {
   int64_t checked = 0;
   bool permuted = false;
   for (const SafetensorsTensorInfo& t : file->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    // A tied model's files hold no lm_head.weight; an untied one's is a parameter like any other.
+    if (t.name == "lm_head.weight" && c.tie_word_embeddings) continue;
     absl::StatusOr<TensorView> view = model->arena.view(released(t.name));
     ASSERT_TRUE(view.ok()) << view.status();
     const float* in_file = reinterpret_cast<const float*>(file->tensor_data(t));
@@ -274,7 +291,7 @@ TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
   ASSERT_TRUE(original.ok() && written.ok());
   int64_t compared = 0;
   for (const SafetensorsTensorInfo& t : original->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    if (t.name == "lm_head.weight" && model->config.tie_word_embeddings) continue;
     const SafetensorsTensorInfo* w = written->header().find(released(t.name));
     ASSERT_NE(w, nullptr) << t.name;
     ASSERT_EQ(w->end - w->begin, t.end - t.begin);
@@ -286,6 +303,7 @@ TEST_P(FamilyModel, SaveWritesTheCheckpointBytesBack) {
   absl::StatusOr<BloomModel> again = load_model_directory(out);
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(again->config.family, model->config.family);
+  EXPECT_EQ(again->config.tie_word_embeddings, model->config.tie_word_embeddings);
   fs::remove_all(out);
 }
 
@@ -372,6 +390,82 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyModel, ::testing::ValuesIn(kModels),
                            return n;
                          });
 
+// An untied head is required and loaded as it is (it need not equal the embedding); without it
+// the load names the missing tensor.
+TEST(FamilyUntiedHead, LoadsItsOwnHeadAndRequiresIt) {
+  const fs::path dir = kFixtures / "models" / "falcon-h4-untied-l2";
+  absl::StatusOr<BloomModel> model = load_model_directory(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_FALSE(model->config.tie_word_embeddings);
+  absl::StatusOr<TensorView> head = model->arena.view("lm_head.weight");
+  absl::StatusOr<TensorView> embedding = model->arena.view("word_embeddings.weight");
+  ASSERT_TRUE(head.ok() && embedding.ok());
+  EXPECT_EQ(head->shape, embedding->shape);
+  EXPECT_NE(std::memcmp(head->data, embedding->data, head->numel() * sizeof(float)), 0);
+  // The same directory without lm_head.weight.
+  const fs::path out = scratch_dir("untied_missing");
+  fs::copy_file(dir / "config.json", out / "config.json");
+  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::open(dir / "model.safetensors");
+  ASSERT_TRUE(file.ok());
+  std::vector<SafetensorsWriteEntry> entries;
+  for (const SafetensorsTensorInfo& t : file->header().tensors) {
+    if (t.name == "lm_head.weight") continue;
+    entries.push_back({t.name, t.shape, DType::kF32, DType::kF32,
+                       file->tensor_data(t)});
+  }
+  ASSERT_TRUE(write_safetensors(out / "model.safetensors", entries).ok());
+  absl::StatusOr<BloomModel> missing = load_model_directory(out);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("tensor lm_head.weight"));
+  fs::remove_all(out);
+}
+
+// BLOOM with tie_word_embeddings false (BloomForCausalLM then keeps lm_head.weight apart): a copy
+// of bloom-h4-l2 whose untied head equals the embedding gives the tied model's logits bit for bit;
+// changing only the head changes them; saving and loading keeps the head and the config's flag.
+TEST(FamilyUntiedHead, BloomReadsSavesAndLoadsItsUntiedHead) {
+  absl::StatusOr<BloomModel> tied = load_model_directory(kFixtures / "models" / "bloom-h4-l2");
+  ASSERT_TRUE(tied.ok()) << tied.status();
+  BloomConfig c = tied->config;
+  c.tie_word_embeddings = false;
+  c.raw["tie_word_embeddings"] = false;
+  absl::StatusOr<BloomModel> untied = allocate_bloom_model(c);
+  ASSERT_TRUE(untied.ok()) << untied.status();
+  for (const ParameterInfo& p : tied->arena.parameters()) {
+    absl::StatusOr<TensorView> to = untied->arena.view(p.name);
+    ASSERT_TRUE(to.ok()) << to.status();
+    std::memcpy(to->data, tied->arena.view(p).data, p.numel * sizeof(float));
+  }
+  absl::StatusOr<TensorView> head = untied->arena.view("lm_head.weight");
+  ASSERT_TRUE(head.ok()) << head.status();
+  std::memcpy(head->data, tied->arena.view("word_embeddings.weight")->data,
+              head->numel() * sizeof(float));
+  const CaseData d = load_case(Reference("bloom-h4-l2"), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  ForwardInputs in = inputs_of(d);
+  in.want_logits = true;
+  absl::StatusOr<ForwardResult> a = bloom_forward(*tied, *backend, in);
+  absl::StatusOr<ForwardResult> b = bloom_forward(*untied, *backend, in);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->logits.size(), b->logits.size());
+  EXPECT_EQ(std::memcmp(a->logits.data(), b->logits.data(), a->logits.size() * sizeof(float)), 0);
+  float* h = head->as<float>();
+  for (int64_t i = 0; i < head->numel(); ++i) h[i] *= 2.0f;
+  absl::StatusOr<ForwardResult> doubled = bloom_forward(*untied, *backend, in);
+  ASSERT_TRUE(doubled.ok());
+  EXPECT_NE(doubled->loss, b->loss);
+  const fs::path out = scratch_dir("bloom_untied");
+  ASSERT_TRUE(save_model_directory(*untied, out, DType::kF32).ok());
+  EXPECT_EQ(config_of_dir(out).value("tie_word_embeddings", true), false);
+  absl::StatusOr<BloomModel> again = load_model_directory(out);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->config.tie_word_embeddings);
+  absl::StatusOr<TensorView> loaded = again->arena.view("lm_head.weight");
+  ASSERT_TRUE(loaded.ok());
+  EXPECT_EQ(std::memcmp(loaded->data, head->data, head->numel() * sizeof(float)), 0);
+  fs::remove_all(out);
+}
+
 // ---- backward ----
 
 // The reference gradient of an arena tensor in the arena's row order.
@@ -446,16 +540,106 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, FamilyGradients, ::testing::ValuesIn(kGradMod
                            return n;
                          });
 
-TEST(FamilyGradients, ClipQkvTrainingIsRefusedNamingTheField) {
-  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "mpt-h5-clip-l2");
+// clip_qkv's clamp by central differences of the fp32 loss, for one QKV weight element per
+// sampled row (column row % C) of both layers. W[row, col] moves the pre-clamp values of column
+// `row` by step * ln1[t, col]: the step is chosen so that no value crosses the bound
+// (step * max_t |ln1[t, col]| <= half the row's least distance from it), which keeps the loss
+// smooth on [w - step, w + step]. In rows clamped at many positions a backward that passed the
+// gradient everywhere would add those positions' terms.
+TEST(FamilyGradients, ClipQkvGradientMatchesFiniteDifferences) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "mpt-h4-clip-l2");
   ASSERT_TRUE(model.ok()) << model.status();
-  const Reference ref("mpt-h5-clip-l2");
-  const CaseData d = load_case(ref, "batch");
+  const Reference ref("mpt-h4-clip-l2");
+  const CaseData d = load_case(ref, "right_pad");
   std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
+  ForwardInputs in = inputs_of(d);
+  absl::StatusOr<ForwardResult> base = bloom_forward_backward(*model, *backend, in, grads);
+  ASSERT_TRUE(base.ok()) << base.status();
+  const std::vector<float> g = to_arena(grads, model->arena.size_elements());
+  ForwardInputs keep = in;
+  keep.keep_activations = true;
+  absl::StatusOr<ForwardResult> kept = bloom_forward(*model, *backend, keep);
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  auto loss_at = [&]() {
+    absl::StatusOr<ForwardResult> r = bloom_forward(*model, *backend, in);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->loss : 0.0;
+  };
+  const BloomConfig& c = model->config;
+  const int64_t C = c.hidden_size, rows = d.batch * d.seq;
+  const double clip = c.clip_qkv;
+  int checked = 0, clamped_rows = 0, passing_rows = 0;
+  for (int64_t layer = 0; layer < c.n_layer; ++layer) {
+    const BlockActivations& a = kept->activations->blocks[layer];
+    absl::StatusOr<TensorView> w = model->arena.view(parameter_name(c, ParamRole::kQkvWeight, layer));
+    ASSERT_TRUE(w.ok());
+    float* data = w->as<float>();
+    for (int64_t row = 0; row < 3 * C; row += 3) {
+      const int64_t col = row % C, i = row * C + col;
+      double margin = 1e30, reach = 0.0;
+      int64_t clamped = 0;
+      for (int64_t t = 0; t < rows; ++t) {
+        const double pre = a.qkv_pre.f32()[t * 3 * C + row];
+        margin = std::min(margin, std::abs(std::abs(pre) - clip));
+        clamped += std::abs(pre) > clip ? 1 : 0;
+        reach = std::max(reach, static_cast<double>(std::abs(a.ln1.f32()[t * C + col])));
+      }
+      const float step = static_cast<float>(std::min(kClipFdMaxStep, 0.5 * margin / reach));
+      if (step < kClipFdMinStep) continue;
+      const float analytic = g[static_cast<size_t>(w->arena_offset + i)];
+      const float saved = data[i];
+      data[i] = saved + step;
+      const double up = loss_at();
+      data[i] = saved - step;
+      const double down = loss_at();
+      data[i] = saved;
+      const double numeric = (up - down) / (2.0 * static_cast<double>(step));
+      const double tol = kClipFdLossNoise / step + kClipFdRel * std::abs(analytic);
+      EXPECT_NEAR(numeric, analytic, tol) << "layer " << layer << " row " << row << " step " << step;
+      ++checked;
+      // Rows clamped at a third or more of the positions: where ignoring the clamp shows.
+      (3 * clamped >= rows ? clamped_rows : passing_rows) += 1;
+    }
+  }
+  EXPECT_GT(clamped_rows, 3);
+  EXPECT_GT(passing_rows, 3);
+}
+
+// The clamp's gradient at its bounds, as torch 2.15 gives it for clamp with scalar bounds
+// (x.clamp(-0.5, 0.5) on [-0.5, 0.25, 0.5, 0.75] -> gradients [0, 1, 0, 0]): zero at the bounds
+// themselves, passed strictly inside.
+TEST(FamilyGradients, ClampGradientIsZeroAtTheBoundsAsTorchs) {
+  const std::vector<float> x = {-0.75f, -0.5f, 0.25f, 0.5f, 0.75f, -0.25f};
+  std::vector<float> y(x.size());
+  for (size_t i = 0; i < x.size(); ++i) y[i] = std::clamp(x[i], -0.5f, 0.5f);
+  const std::vector<float> seed = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
+  Tape tape;
+  const int in = tape.add_value(x.data(), static_cast<int64_t>(x.size()), true);
+  const int out = tape.add_value(y.data(), static_cast<int64_t>(y.size()));
+  tape.record(TapeClamp{static_cast<int64_t>(x.size()), -0.5f, 0.5f, in, out});
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  CompactGradients none(std::vector<uint64_t>{}, 0);
+  ASSERT_TRUE(tape.backward_from(*backend, none, out, seed.data()).ok());
+  const DeviceArray<std::byte>& g = tape.grad(in);
+  ASSERT_EQ(g.size(), static_cast<int64_t>(x.size() * sizeof(float)));
+  std::vector<float> dx(x.size());
+  std::memcpy(dx.data(), g.data(), g.size());
+  EXPECT_EQ(dx, (std::vector<float>{0.0f, 0.0f, 3.0f, 0.0f, 0.0f, 6.0f}));
+}
+
+// clip_qkv is defined on fp32 projections only: with 16-bit weights (the CPU's bf16 storage
+// twin) the forward, and so training, is refused naming the field.
+TEST(FamilyGradients, ClipQkvWith16BitWeightsIsRefusedNamingTheField) {
+  absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / "mpt-h4-clip-l2");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const CaseData d = load_case(Reference("mpt-h4-clip-l2"), "right_pad");
+  std::unique_ptr<Backend> backend = make_cpu_backend();
+  ASSERT_TRUE(make_resident(*model, *backend, DType::kBF16).ok());
   CompactGradients grads = compact_for(FrozenMask::all_trainable(model->arena));
   absl::StatusOr<ForwardResult> r = bloom_forward_backward(*model, *backend, inputs_of(d), grads);
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(std::string(r.status().message()), HasSubstr("attn_config.clip_qkv"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("attn_config.clip_qkv needs f32"));
 }
 
 // ---- surgery head views ----
@@ -496,7 +680,7 @@ TEST_P(FamilySurgery, TouchesExactlyTheHeadsRowsAndColumnsInTheCheckpoint) {
   };
   int64_t changed_rows = 0, tensors = 0;
   for (const SafetensorsTensorInfo& t : before->header().tensors) {
-    if (t.name == "lm_head.weight") continue;
+    if (t.name == "lm_head.weight" && c.tie_word_embeddings) continue;
     const std::string n = released(t.name);
     const SafetensorsTensorInfo* w = after->header().find(n);
     ASSERT_NE(w, nullptr) << n;
@@ -528,7 +712,7 @@ TEST_P(FamilySurgery, TouchesExactlyTheHeadsRowsAndColumnsInTheCheckpoint) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, FamilySurgery,
                          ::testing::Values("falcon-h4-l2", "falcon-h6-l2", "mpt-h4-l2",
-                                           "mpt-h6-l2"),
+                                           "mpt-h6-l2", "mpt-h4-clip-l2", "falcon-h4-untied-l2"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n) c = (c == '-') ? '_' : c;

@@ -5,6 +5,7 @@
 #include "model/memory_estimate.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -93,6 +94,39 @@ TEST(MemoryEstimate, MatchesWhatTheCpuTrainerHolds) {
     EXPECT_EQ(line_bytes(*m, "AdamW moments"), 8 * mask->trainable_count());
     EXPECT_EQ(line_bytes(*m, "activations (blocks)") + line_bytes(*m, "activations (ends)"),
               kept_bytes(*model, *mask, batch, seq, k.recompute));
+  }
+}
+
+// The same for the families' training variants: MPT's clip_qkv keeps each block's pre-clamp
+// projection (3 hidden widths per row), and an untied LM head adds V x C parameters.
+TEST(MemoryEstimate, CountsTheClampAndTheUntiedHead) {
+  for (const char* name : {"mpt-h4-clip-l2", "falcon-h4-untied-l2"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<BloomModel> model = load_model_directory(kFixtures / "models" / name);
+    ASSERT_TRUE(model.ok()) << model.status();
+    const BloomConfig& c = model->config;
+    const HeadGeometry g = HeadGeometry::of(c);
+    const int64_t batch = 2, seq = 12;
+    for (const auto& [targets, recompute] :
+         {std::pair{std::vector<HeadTarget>{{1, 1}}, false},
+          std::pair{std::vector<HeadTarget>{{0, 2}, {1, 0}}, true},
+          std::pair{std::vector<HeadTarget>{}, false}, std::pair{std::vector<HeadTarget>{}, true}}) {
+      const SurgeryPlan plan = plan_of(targets);
+      const bool full = targets.empty();
+      absl::StatusOr<FrozenMask> mask = full ? absl::StatusOr<FrozenMask>(
+                                                   FrozenMask::all_trainable(model->arena))
+                                             : surgery_mask(model->arena, g, plan);
+      ASSERT_TRUE(mask.ok()) << mask.status();
+      TrainingMemoryShape shape;
+      shape.batch = batch, shape.seq = seq, shape.recompute = recompute;
+      absl::StatusOr<TrainingMemoryPlan> m =
+          plan_surgery_training_memory(c, full ? nullptr : &plan, shape);
+      ASSERT_TRUE(m.ok()) << m.status();
+      EXPECT_EQ(m->parameters, model->arena.parameter_elements());
+      EXPECT_EQ(m->trainable, mask->trainable_count());
+      EXPECT_EQ(line_bytes(*m, "activations (blocks)") + line_bytes(*m, "activations (ends)"),
+                kept_bytes(*model, *mask, batch, seq, recompute));
+    }
   }
 }
 
