@@ -114,7 +114,10 @@ ModelInfo Model::info() const {
   ModelInfo i;
   i.vocab_size = c.vocab_size;
   i.device = std::string(impl_->backend->name());
-  i.dtype = std::string(dtype_name(impl_->storage.dtype));
+  // The spelling of load's dtype ("f32", "bf16", "f16"), not the safetensors one.
+  i.dtype = impl_->storage.dtype == DType::kBF16  ? "bf16"
+            : impl_->storage.dtype == DType::kF16 ? "f16"
+                                                  : "f32";
   i.dtype_reason = impl_->storage.reason;
   i.hidden_size = c.hidden_size;
   i.n_layer = c.n_layer;

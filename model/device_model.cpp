@@ -81,7 +81,7 @@ absl::StatusOr<StorageChoice> choose_storage(std::string_view name, bool cuda, i
     const std::optional<DType> chosen = float_dtype_from_flag(name);
     if (!chosen.has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat("'", name, "' is not auto, f32, bf16 or f16"));
+          absl::StrCat("'", std::string(name), "' is not auto, f32, bf16 or f16"));
     }
     c.dtype = *chosen;
     c.reason = std::string(name);

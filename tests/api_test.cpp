@@ -247,9 +247,9 @@ TEST(PublicApi, Bf16WeightsTrainWithFp32Masters) {
   opt.lr = 1e-2;
   double first_loss[2] = {0, 0};
   int i = 0;
-  for (api::Model* m : {&*f32, &*bf16}) {
+  for (api::Model* m : {&f32.value(), &bf16.value()}) {
     ASSERT_TRUE(m->apply_plan(api::Plan::for_targets({{1, 2}}, 3)).ok());
-    if (m == &*bf16) ASSERT_TRUE(m->save((root / "before").string()).ok());
+    if (m == &bf16.value()) ASSERT_TRUE(m->save((root / "before").string()).ok());
     auto trained = m->train(toy_documents(), opt);
     ASSERT_TRUE(trained.ok()) << trained.error();
     first_loss[i++] = trained->first_loss;

@@ -139,6 +139,50 @@ BloomModel model_at(const fs::path& dir) {
   return *std::move(m);
 }
 
+// Both runs of a pass planned the same heads; appends the plan's trainable elements to
+// `trained` (what the final comparison treats as trainable).
+void expect_same_plans(const fs::path& cpu_dir, const fs::path& cuda_dir, const BloomModel& input,
+                       const HeadGeometry& geometry, std::vector<int64_t>& trained) {
+  absl::StatusOr<SurgeryPlan> cpu_plan = load_plan((cpu_dir / "plan.json").string());
+  absl::StatusOr<SurgeryPlan> cuda_plan = load_plan((cuda_dir / "plan.json").string());
+  ASSERT_TRUE(cpu_plan.ok() && cuda_plan.ok());
+  ASSERT_EQ(cpu_plan->targets, cuda_plan->targets);
+  ASSERT_FALSE(cuda_plan->targets.empty());
+  absl::StatusOr<FrozenMask> mask = surgery_mask(input.arena, geometry, *cuda_plan);
+  ASSERT_TRUE(mask.ok()) << mask.status();
+  for (int64_t e : mask->trainable_indices()) trained.push_back(e);
+}
+
+// The two final models against the input: every element trainable in neither pass is
+// bit-identical to the input on both sides, some trainable one moved (on both sides), and the
+// trainable ones lie within `bound` of each other. Returns the largest difference.
+double compare_final_models(const BloomModel& input, const BloomModel& final_a,
+                            const BloomModel& final_b, const std::set<int64_t>& trainable,
+                            double bound) {
+  const auto* in = reinterpret_cast<const float*>(input.arena.base());
+  const auto* a = reinterpret_cast<const float*>(final_a.arena.base());
+  const auto* b = reinterpret_cast<const float*>(final_b.arena.base());
+  int64_t frozen_changed = 0, moved_a = 0, moved_b = 0;
+  double worst = 0.0;
+  for (int64_t e = 0; e < input.arena.size_elements(); ++e) {
+    if (trainable.count(e) == 0) {
+      frozen_changed += std::memcmp(&in[e], &b[e], sizeof(float)) != 0 ||
+                                std::memcmp(&in[e], &a[e], sizeof(float)) != 0
+                            ? 1
+                            : 0;
+    } else {
+      worst = std::max(worst, std::abs(static_cast<double>(a[e]) - b[e]));
+      moved_a += a[e] != in[e] ? 1 : 0;
+      moved_b += b[e] != in[e] ? 1 : 0;
+    }
+  }
+  EXPECT_EQ(frozen_changed, 0);
+  EXPECT_GT(moved_a, 0);
+  EXPECT_GT(moved_b, 0);
+  EXPECT_LE(worst, bound);
+  return worst;
+}
+
 TEST_F(CudaRepair, TwoPassRepairMatchesTheCpu) {
   std::unique_ptr<Backend> cpu = make_cpu_backend();
   absl::StatusOr<std::unique_ptr<Backend>> cuda = make_backend("cuda");
@@ -202,14 +246,7 @@ TEST_F(CudaRepair, TwoPassRepairMatchesTheCpu) {
                   static_cast<long long>(on_device.counts.collapsed()), on_device.heads.size());
     }
     // Both runs planned the same heads (same classes, same seed).
-    absl::StatusOr<SurgeryPlan> cpu_plan = load_plan((cpu_dir / "plan.json").string());
-    absl::StatusOr<SurgeryPlan> cuda_plan = load_plan((cuda_dir / "plan.json").string());
-    ASSERT_TRUE(cpu_plan.ok() && cuda_plan.ok());
-    ASSERT_EQ(cpu_plan->targets, cuda_plan->targets);
-    ASSERT_FALSE(cuda_plan->targets.empty());
-    absl::StatusOr<FrozenMask> mask = surgery_mask(input.arena, geometry, *cuda_plan);
-    ASSERT_TRUE(mask.ok()) << mask.status();
-    for (int64_t e : mask->trainable_indices()) trained.push_back(e);
+    ASSERT_NO_FATAL_FAILURE(expect_same_plans(cpu_dir, cuda_dir, input, geometry, trained));
   }
 
   // The final models: frozen elements (trainable in neither pass) bit-identical to the input on
@@ -217,26 +254,8 @@ TEST_F(CudaRepair, TwoPassRepairMatchesTheCpu) {
   const BloomModel final_cpu = model_at(on_cpu->final_dir);
   const BloomModel final_cuda = model_at(on_cuda->final_dir);
   const std::set<int64_t> trainable(trained.begin(), trained.end());
-  const auto* in = reinterpret_cast<const float*>(input.arena.base());
-  const auto* a = reinterpret_cast<const float*>(final_cpu.arena.base());
-  const auto* b = reinterpret_cast<const float*>(final_cuda.arena.base());
   const double bound = kWeightFractionOfWorstCase * 2.0 * 2.0 * kSteps * kLr;
-  int64_t frozen_changed = 0, moved = 0;
-  double worst = 0.0;
-  for (int64_t e = 0; e < input.arena.size_elements(); ++e) {
-    if (trainable.count(e) == 0) {
-      frozen_changed += std::memcmp(&in[e], &b[e], sizeof(float)) != 0 ||
-                                std::memcmp(&in[e], &a[e], sizeof(float)) != 0
-                            ? 1
-                            : 0;
-    } else {
-      worst = std::max(worst, std::abs(static_cast<double>(a[e]) - b[e]));
-      moved += a[e] != in[e] ? 1 : 0;
-    }
-  }
-  EXPECT_EQ(frozen_changed, 0);
-  EXPECT_GT(moved, 0);
-  EXPECT_LE(worst, bound);
+  const double worst = compare_final_models(input, final_cpu, final_cuda, trainable, bound);
   std::printf("cuda repair: %zu trainable elements, largest cpu/cuda weight difference %.3g "
               "(bound %.3g); statistics %.3g from the CPU's on the same weights (bound %.3g); "
               "closest bos_mass to the threshold %.3g\n",
@@ -349,14 +368,7 @@ TEST_F(CudaRepair, TwoPassRepairInBf16MatchesTheTwin) {
       }
       EXPECT_EQ(on_device.counts.collapsed(), twin_run.counts.collapsed());
     }
-    absl::StatusOr<SurgeryPlan> cpu_plan = load_plan((cpu_dir / "plan.json").string());
-    absl::StatusOr<SurgeryPlan> cuda_plan = load_plan((cuda_dir / "plan.json").string());
-    ASSERT_TRUE(cpu_plan.ok() && cuda_plan.ok());
-    ASSERT_EQ(cpu_plan->targets, cuda_plan->targets);
-    ASSERT_FALSE(cuda_plan->targets.empty());
-    absl::StatusOr<FrozenMask> mask = surgery_mask(input.arena, geometry, *cuda_plan);
-    ASSERT_TRUE(mask.ok()) << mask.status();
-    for (int64_t e : mask->trainable_indices()) trained.push_back(e);
+    ASSERT_NO_FATAL_FAILURE(expect_same_plans(cpu_dir, cuda_dir, input, geometry, trained));
   }
 
   // Frozen elements (trainable in neither pass) bit-identical to the input on both sides; the
@@ -364,26 +376,8 @@ TEST_F(CudaRepair, TwoPassRepairInBf16MatchesTheTwin) {
   const BloomModel final_cpu = model_at(on_cpu->final_dir);
   const BloomModel final_cuda = model_at(on_cuda->final_dir);
   const std::set<int64_t> trainable(trained.begin(), trained.end());
-  const auto* in = reinterpret_cast<const float*>(input.arena.base());
-  const auto* a = reinterpret_cast<const float*>(final_cpu.arena.base());
-  const auto* b = reinterpret_cast<const float*>(final_cuda.arena.base());
   const double bound = 2.0 * 2.0 * kSteps * kLr;
-  int64_t frozen_changed = 0, moved = 0;
-  double worst = 0.0;
-  for (int64_t e = 0; e < input.arena.size_elements(); ++e) {
-    if (trainable.count(e) == 0) {
-      frozen_changed += std::memcmp(&in[e], &b[e], sizeof(float)) != 0 ||
-                                std::memcmp(&in[e], &a[e], sizeof(float)) != 0
-                            ? 1
-                            : 0;
-    } else {
-      worst = std::max(worst, std::abs(static_cast<double>(a[e]) - b[e]));
-      moved += b[e] != in[e] ? 1 : 0;
-    }
-  }
-  EXPECT_EQ(frozen_changed, 0);
-  EXPECT_GT(moved, 0);
-  EXPECT_LE(worst, bound);
+  const double worst = compare_final_models(input, final_cpu, final_cuda, trainable, bound);
   std::printf("cuda repair bf16: %zu trainable elements, largest device/twin master difference "
               "%.3g (bound %.3g); statistics %.3g from the twin's on the same weights (bound "
               "%.3g); closest twin bos_mass to the threshold %.3g (margin %.3g)\n",
