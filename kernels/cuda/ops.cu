@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
@@ -364,6 +365,44 @@ __global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const floa
   }
   const double total = block_sum(sum, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// The attention-sink loss's row sums: one block per head; sequence by sequence, thread 0 finds
+// the first real key, then each thread takes every kThreads-th real query row, its q . k_first
+// accumulated in double over d in order (each product of two floats is exact in double, so the
+// row's dot is the CPU's bits), the row's lse - scale dot added to the thread's double partial;
+// the block's fixed tree sums the partials. Order differs from the CPU's only in the row sum.
+__global__ void __launch_bounds__(kThreads) attention_sink_sums_kernel(AttentionSinkParams p,
+                                                                       double scale,
+                                                                       double* sums) {
+  __shared__ double scratch[kThreads];
+  __shared__ int64_t first_key;
+  const int64_t T = p.seq, H = p.heads, D = p.head_dim, h = blockIdx.x;
+  const int64_t token_stride = 3 * H * D;
+  double sum = 0.0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const uint8_t* mask = p.mask == nullptr ? nullptr : p.mask + b * T;
+    if (threadIdx.x == 0) {
+      int64_t first = 0;
+      while (first < T && mask != nullptr && mask[first] == 0) ++first;
+      first_key = first;
+    }
+    __syncthreads();
+    const int64_t first = first_key;
+    __syncthreads();  // first_key is rewritten for the next sequence
+    if (first == T) continue;
+    const float* base = p.qkv + b * T * token_stride + h * 3 * D;
+    const float* k_first = base + first * token_stride + D;
+    for (int64_t t = first + threadIdx.x; t < T; t += kThreads) {
+      if (mask != nullptr && mask[t] == 0) continue;
+      const float* q = base + t * token_stride;
+      double dot = 0.0;
+      for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k_first[d];
+      sum += static_cast<double>(p.lse[(b * H + h) * T + t]) - dot * scale;
+    }
+  }
+  const double total = block_sum(sum, scratch);
+  if (threadIdx.x == 0) sums[h] = total;
 }
 
 __global__ void sum_partials_kernel(const double* partial, int count, double* out) {
@@ -718,6 +757,32 @@ absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream
                                     cudaMemcpyDeviceToHost, stream));
   ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return std::sqrt(sum);
+}
+
+absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p,
+                                                        cudaStream_t stream) {
+  const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
+  if (B < 0 || T < 0 || H < 0 || D <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda attention_sink_sums: shape B=", B,
+                                                   " T=", T, " H=", H, " D=", D));
+  }
+  std::vector<double> sums(static_cast<size_t>(H), 0.0);
+  if (B * T * H == 0) return sums;
+  if (p.qkv == nullptr || p.lse == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda attention_sink_sums: null ",
+                                                   p.qkv == nullptr ? "qkv" : "lse"));
+  }
+  StreamScratch scratch(stream);
+  double* device_sums = nullptr;
+  if (absl::Status s = scratch.allocate(&device_sums, H); !s.ok()) return s;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));  // the CPU's, computed once
+  launch_kernel<attention_sink_sums_kernel>(static_cast<unsigned>(H), kThreads, 0, stream, p,
+                                            scale, device_sums);
+  ENGINE_CUDA_LAUNCH_CHECK(attention_sink_sums_kernel);
+  ENGINE_CUDA_CHECK(cudaMemcpyAsync(sums.data(), device_sums, sums.size() * sizeof(double),
+                                    cudaMemcpyDeviceToHost, stream));
+  ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return sums;
 }
 
 absl::Status add(float* y, const float* x, int64_t n, cudaStream_t stream) {
