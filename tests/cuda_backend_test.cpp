@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/device.h"
@@ -606,6 +607,18 @@ TEST_F(CudaKernels, AttentionSinkSumsMatchCpu) {
           << "head " << h << " got " << (*got)[h] << " want " << (*want)[h];
     }
   }
+  // Bad shapes and null inputs are one-line errors naming the value, before any launch.
+  AttentionSinkParams bad;
+  bad.batch = 1, bad.seq = 4, bad.heads = 2, bad.head_dim = 0;
+  absl::StatusOr<std::vector<double>> refused = gpu_->attention_sink_sums(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("D=0"), std::string::npos)
+      << refused.status();
+  bad.head_dim = 8;
+  refused = gpu_->attention_sink_sums(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("null qkv"), std::string::npos)
+      << refused.status();
 }
 
 // The naive bf16 computation a framework does without a fused kernel: inputs in bf16, scores

@@ -367,8 +367,25 @@ __global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const floa
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
 }
 
-// The attention-sink loss's row sums: one block per head; sequence by sequence, thread 0 finds
-// the first real key, then each thread takes every kThreads-th real query row, its q . k_first
+// Block-wide minimum (blockDim.x == kThreads); every thread gets it.
+__device__ int64_t block_min(int64_t v, int64_t* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const int64_t other = scratch[threadIdx.x + stride];
+      if (other < scratch[threadIdx.x]) scratch[threadIdx.x] = other;
+    }
+    __syncthreads();
+  }
+  const int64_t m = scratch[0];
+  __syncthreads();
+  return m;
+}
+
+// The attention-sink loss's row sums: one block per head; sequence by sequence, the block finds
+// the first real key (each thread its first real position, then the block's minimum), then each
+// thread takes every kThreads-th real query row, its q . k_first
 // accumulated in double over d in order (each product of two floats is exact in double, so the
 // row's dot is the CPU's bits), the row's lse - scale dot added to the thread's double partial;
 // the block's fixed tree sums the partials. Order differs from the CPU's only in the row sum.
@@ -376,20 +393,20 @@ __global__ void __launch_bounds__(kThreads) attention_sink_sums_kernel(Attention
                                                                        double scale,
                                                                        double* sums) {
   __shared__ double scratch[kThreads];
-  __shared__ int64_t first_key;
+  __shared__ int64_t first_scratch[kThreads];
   const int64_t T = p.seq, H = p.heads, D = p.head_dim, h = blockIdx.x;
   const int64_t token_stride = 3 * H * D;
   double sum = 0.0;
   for (int64_t b = 0; b < p.batch; ++b) {
     const uint8_t* mask = p.mask == nullptr ? nullptr : p.mask + b * T;
-    if (threadIdx.x == 0) {
-      int64_t first = 0;
-      while (first < T && mask != nullptr && mask[first] == 0) ++first;
-      first_key = first;
+    int64_t mine = mask == nullptr ? 0 : T;  // this thread's first real position (T: none)
+    for (int64_t t = threadIdx.x; mask != nullptr && t < T; t += kThreads) {
+      if (mask[t] != 0) {
+        mine = t;
+        break;
+      }
     }
-    __syncthreads();
-    const int64_t first = first_key;
-    __syncthreads();  // first_key is rewritten for the next sequence
+    const int64_t first = block_min(mine, first_scratch);
     if (first == T) continue;
     const float* base = p.qkv + b * T * token_stride + h * 3 * D;
     const float* k_first = base + first * token_stride + D;
