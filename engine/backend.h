@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -135,6 +136,20 @@ struct AlibiAttentionParams {
   float bf16_bias_divisor = 0.0f;
 };
 
+// The attention-sink loss's per-head row sums for one layer (controlled collapse; the loss is in
+// model/bloom_backward.h): sums[h] = sum over sequences b and the real query rows t of b of
+// lse[b, h, t] - scale * q_t . k_first(b), scale = 1 / sqrt(head_dim) in double, first(b) = the
+// first real key of sequence b (0 without a mask; a sequence with no real token adds nothing).
+// That is -log A[t, first] summed over rows, since the first real key's ALiBi position is 0.
+// qkv and lse are the attention forward's (fp32 only: 16-bit qkv is refused), all pointers in the
+// backend's memory; the H sums come back to the host, accumulated in double.
+struct AttentionSinkParams {
+  int64_t batch = 0, seq = 0, heads = 0, head_dim = 0;
+  const float* qkv = nullptr;     // (B, T, H, 3, D): BLOOM's per-head interleaved Q, K, V
+  const float* lse = nullptr;     // (B, H, T) row log-sum-exp of the forward
+  const uint8_t* mask = nullptr;  // (B, T) 1 = real token, 0 = padding; null = all real
+};
+
 // Tied LM head + log-softmax + mean next-token cross-entropy, in vocabulary chunks so the
 // (rows, V) logits are never held at once. Storage: hidden, embedding, dhidden; logits,
 // row_loss and dembedding are fp32.
@@ -226,6 +241,9 @@ class Backend {
   virtual absl::Status embedding_backward(const EmbeddingParams& p) = 0;
   virtual absl::Status alibi_attention_forward(const AlibiAttentionParams& p) = 0;
   virtual absl::Status alibi_attention_backward(const AlibiAttentionParams& p) = 0;
+  // AttentionSinkParams: the H per-head sums, read back to the host (statistics out).
+  virtual absl::StatusOr<std::vector<double>> attention_sink_sums(
+      const AttentionSinkParams& p) = 0;
   virtual absl::Status classifier_cross_entropy(const ClassifierParams& p) = 0;
   virtual absl::Status masked_adamw(const MaskedAdamWParams& p) = 0;
   // p[index[i]] -= lr * grad_scale * grad[i] over the compact trainable state (no optimizer

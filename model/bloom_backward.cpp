@@ -240,60 +240,27 @@ SinkWeights sink_weights(const SinkLoss* sink, int64_t L, int64_t H, const Forwa
 
 // sum over the heads of layer l of W_h * mean over real rows t of -log A[t, first] from the
 // block's saved lse and fused QKV: -log A[t, first] = lse_t - s[t, first] with
-// s[t, first] = q_t . k_first * scale (the first real key's ALiBi position is 0).
-// `qkv`, `lse` and `mask` are host memory.
-double sink_loss_of_layer(const SinkLoss& sink, int64_t l, const GraphShape& s,
-                          const float* qkv, const float* lse, const uint8_t* host_mask,
-                          int64_t real_rows) {
-  const int64_t B = s.batch, T = s.seq, H = s.heads, D = s.head_dim;
-  const int64_t token_stride = 3 * H * D;
-  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  double total = 0.0;
-  for (int64_t h = 0; h < H; ++h) {
-    const double weight = sink.weight[l * H + h];
-    if (weight == 0.0) continue;
-    double sum = 0.0;
-    for (int64_t b = 0; b < B; ++b) {
-      const uint8_t* mask = host_mask == nullptr ? nullptr : host_mask + b * T;
-      int64_t first = 0;
-      while (first < T && mask != nullptr && mask[first] == 0) ++first;
-      if (first == T) continue;
-      const float* base = qkv + b * T * token_stride + h * 3 * D;
-      const float* k_first = base + first * token_stride + D;
-      for (int64_t t = first; t < T; ++t) {
-        if (mask != nullptr && mask[t] == 0) continue;
-        const float* q = base + t * token_stride;
-        double dot = 0.0;
-        for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k_first[d];
-        sum += static_cast<double>(lse[(b * H + h) * T + t]) - dot * scale;
-      }
-    }
-    total += weight * sum / static_cast<double>(real_rows);
-  }
-  return total;
-}
-
-// sink_loss_of_layer on the block's saved activations: read in place on the CPU; on a device its
-// fused QKV and lse are copied to the host first (the value is a diagnostic, computed in double
-// in the CPU's order; the kernel term of the gradient stays on the device) and the mask is the
-// caller's host copy.
+// s[t, first] = q_t . k_first * scale (the first real key's ALiBi position is 0). The per-head row
+// sums are a backend op (attention_sink_sums) reading the QKV, lse and mask where the backend
+// keeps them; only the H sums come back to the host (statistics out), in double. On the CPU it is
+// the loop this function ran before it was an op, so the value keeps its bits.
 absl::StatusOr<double> sink_loss_on(Backend& backend, const SinkLoss& sink, int64_t l,
                                     const GraphShape& s, const BlockActivations& a,
-                                    const uint8_t* host_mask, int64_t real_rows) {
-  if (backend.kind() == DeviceKind::kCpu) {
-    return sink_loss_of_layer(sink, l, s, a.qkv.f32(), a.lse.f32(), s.mask, real_rows);
+                                    int64_t real_rows) {
+  AttentionSinkParams p;
+  p.batch = s.batch, p.seq = s.seq, p.heads = s.heads, p.head_dim = s.head_dim;
+  p.qkv = a.qkv.f32();
+  p.lse = a.lse.f32();
+  p.mask = s.mask;
+  absl::StatusOr<std::vector<double>> sums = backend.attention_sink_sums(p);
+  if (!sums.ok()) return sums.status();
+  double total = 0.0;
+  for (int64_t h = 0; h < s.heads; ++h) {
+    const double weight = sink.weight[l * s.heads + h];
+    if (weight == 0.0) continue;
+    total += weight * (*sums)[static_cast<size_t>(h)] / static_cast<double>(real_rows);
   }
-  std::vector<float> qkv(static_cast<size_t>(a.qkv.size()));
-  std::vector<float> lse(static_cast<size_t>(s.batch * s.heads * s.seq));
-  if (absl::Status st = backend.copy_to_host(qkv.data(), a.qkv.f32(), qkv.size() * sizeof(float));
-      !st.ok()) {
-    return st;
-  }
-  if (absl::Status st = backend.copy_to_host(lse.data(), a.lse.f32(), lse.size() * sizeof(float));
-      !st.ok()) {
-    return st;
-  }
-  return sink_loss_of_layer(sink, l, s, qkv.data(), lse.data(), host_mask, real_rows);
+  return total;
 }
 
 bool block_trainable(CompactGradients& grads, const BlockParams& b) {
@@ -330,7 +297,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
         " entries, expected n_layer * n_head = ", c.n_layer * c.n_head));
   }
   if (sink_loss != nullptr && !sink_loss->weight.empty() && storage != DType::kF32) {
-    // The sink loss's value is read from the block's fp32 QKV and lse (sink_loss_on).
+    // The sink loss's value is read from the block's fp32 QKV and lse (attention_sink_sums).
     return absl::UnimplementedError(absl::StrCat(
         "the attention sink loss (controlled collapse) is not implemented with ",
         dtype_name(storage), " weights (run it in f32)"));
@@ -412,7 +379,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
       x = record_block(tape, shape, params->blocks[l], act.blocks[l], x, out, sink.layer(l));
       if (sink.layer(l) != nullptr) {
         absl::StatusOr<double> v =
-            sink_loss_on(backend, *sink_loss, l, shape, act.blocks[l], in.mask, sink.real_rows);
+            sink_loss_on(backend, *sink_loss, l, shape, act.blocks[l], sink.real_rows);
         if (!v.ok()) return v.status();
         sink_loss->value += *v;
       }
@@ -462,7 +429,7 @@ absl::StatusOr<ForwardResult> bloom_forward_backward(const BloomModel& model, Ba
     const int y = record_block(tape, shape, params->blocks[l], a, x, out.data(), sink.layer(l));
     if (sink.layer(l) != nullptr) {
       absl::StatusOr<double> v =
-          sink_loss_on(backend, *sink_loss, l, shape, a, in.mask, sink.real_rows);
+          sink_loss_on(backend, *sink_loss, l, shape, a, sink.real_rows);
       if (!v.ok()) return v.status();
       sink_loss->value += *v;
     }

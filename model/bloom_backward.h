@@ -23,8 +23,9 @@
 //   FailedPrecondition. Storage: the weights' (storage_on): with BF16 / F16 weights (a device, or
 //   the CPU's storage twin) the tape runs in that type, activations and activation gradients
 //   16-bit, parameter gradients fp32 (engine/tape.h). A sink loss runs on a device too: its
-//   kernel term in the device's attention backward, its value from the block's QKV and lse
-//   copied to the host (in double, in the CPU's order); with 16-bit weights it is Unimplemented.
+//   kernel term in the device's attention backward, its value from the backend op
+//   attention_sink_sums over the block's QKV and lse where they are (only H per-head sums in
+//   double come back per layer); with 16-bit weights it is Unimplemented (the op reads fp32).
 // - Errors are the forward's (bad ids, targets, mask) or a kernel's, one line each.
 #pragma once
 

@@ -549,6 +549,47 @@ double sink_objective(const Case& c, const std::vector<double>& qkv,
   return total;
 }
 
+// The sink loss's value (cpu::attention_sink_sums: per head, the sum over real query rows of
+// lse - scale q_t . k_first, on the kernel's fp32 lse) against sink_objective's full score rows in
+// double, one head at a time, with left padding that moves the first real key per sequence. The
+// op's own arithmetic is double; the difference is the kernel lse's error, at most
+// 5e-5 max(1, |lse|) per row (the bound above), summed over the rows.
+TEST(AttentionSinkSums, MatchesNaiveSinkObjective) {
+  const Case cases[] = {{3, 40, 2, 32, Padding::kLeft}, {2, 17, 3, 16, Padding::kNone}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const Inputs in = make_inputs(c, 61);
+    const KernelResult k = run_kernel(in, false);
+    AttentionSinkParams p;
+    p.batch = c.batch, p.seq = c.seq, p.heads = c.heads, p.head_dim = c.head_dim;
+    p.qkv = in.qkv.data(), p.lse = k.lse.data(), p.mask = in.mask.data();
+    absl::StatusOr<std::vector<double>> sums = cpu::attention_sink_sums(p);
+    ASSERT_TRUE(sums.ok()) << sums.status();
+    ASSERT_EQ(sums->size(), static_cast<size_t>(c.heads));
+    const std::vector<double> qkv = to_double(in.qkv);
+    const Reference ref = naive_attention(c, qkv, in.mask, in.slopes);
+    for (int64_t h = 0; h < c.heads; ++h) {
+      std::vector<float> one_head(c.heads, 0.0f);
+      one_head[h] = 1.0f;
+      const double want = sink_objective(c, qkv, in.mask, in.slopes, one_head);
+      double bound = 0.0;
+      for (int64_t b = 0; b < c.batch; ++b) {
+        for (int64_t t = 0; t < c.seq; ++t) {
+          if (in.mask[b * c.seq + t] == 0) continue;
+          bound += 5e-5 * std::max(1.0, std::abs(ref.lse[(b * c.heads + h) * c.seq + t]));
+        }
+      }
+      EXPECT_LE(std::abs((*sums)[h] - want), bound) << "head " << h;
+    }
+  }
+  AttentionSinkParams bad;
+  bad.batch = 1, bad.seq = 4, bad.heads = 2, bad.head_dim = 0;
+  absl::StatusOr<std::vector<double>> refused = cpu::attention_sink_sums(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("D=0"), std::string::npos)
+      << refused.status();
+}
+
 // The sink-loss term of the backward (AlibiAttentionParams::sink_loss_weight) against central
 // finite differences of sum(dout * out) + sink_objective, with and without the dout term, and
 // with a zero weight on one head (that head's gradient must be the plain backward's).

@@ -105,6 +105,9 @@ class CountingBackend : public Backend {
     return cpu_->compact_scatter_add(p);
   }
   absl::Status gemm(const GemmParams& p) override { return cpu_->gemm(p); }
+  absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p) override {
+    return cpu_->attention_sink_sums(p);
+  }
   absl::Status layernorm_forward(const LayerNormParams& p) override {
     return cpu_->layernorm_forward(p);
   }

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/device.h"
@@ -541,6 +542,83 @@ TEST_F(CudaKernels, AttentionBackwardWithSinkLossMatchesCpu) {
     const float moved = max_abs_diff(plain.dqkv, want.dqkv);
     EXPECT_GT(moved, (f32 ? 1e-3f : 4e-2f) * max_abs(want.dqkv)) << "the sink term is too small to test";
   }
+}
+
+// The sink loss's value (Backend::attention_sink_sums, the per-head sums over real query rows of
+// lse - scale q_t . k_first) on the device against the CPU op, through the backends, on the
+// forward's own lse. Masks move the first real key per sequence: left padding of 5 and of 2 (the
+// latter also padded in the middle), none, and a fully padded sequence (adds nothing). Both sum
+// in double and each row's dot is the same bits (products of floats are exact in double); the
+// row value may round once more (a fused multiply-add) and the rows are summed in another order,
+// so per head |cuda - cpu| <= 2 (n + 1) u S, u = 2^-53, n the real rows, S the sum over them of
+// |lse| + scale |q . k_first| (docs/TOLERANCES.md).
+TEST_F(CudaKernels, AttentionSinkSumsMatchCpu) {
+  struct SinkSumsCase {
+    int64_t batch, seq, heads, head_dim;
+    bool masked;
+  };
+  for (const SinkSumsCase& k : {SinkSumsCase{4, 70, 3, 32, true}, SinkSumsCase{4, 300, 2, 64, true},
+                                SinkSumsCase{2, 33, 4, 16, false}}) {
+    SCOPED_TRACE(testing::Message() << "B=" << k.batch << " T=" << k.seq << " H=" << k.heads
+                                    << " D=" << k.head_dim << " masked=" << k.masked);
+    const AttentionCase c{k.batch, k.seq, k.heads, k.head_dim, false, 0};
+    AttentionInputs in = make_inputs(c, 51);
+    const int64_t T = k.seq, H = k.heads, D = k.head_dim;
+    if (k.masked) {
+      in.mask.assign(k.batch * T, 1);
+      for (int64_t j = 0; j < 5; ++j) in.mask[j] = 0;
+      for (int64_t j = 0; j < 2; ++j) in.mask[T + j] = 0;
+      for (int64_t j = 10; j < 13; ++j) in.mask[T + j] = 0;
+      for (int64_t j = 0; j < T; ++j) in.mask[3 * T + j] = 0;
+    }
+    const std::vector<float> lse = cpu_attention(c, in, false).lse;
+    AttentionSinkParams p;
+    p.batch = k.batch, p.seq = T, p.heads = H, p.head_dim = D;
+    p.qkv = in.qkv.data(), p.lse = lse.data();
+    p.mask = in.mask.empty() ? nullptr : in.mask.data();
+    absl::StatusOr<std::vector<double>> want = cpu::attention_sink_sums(p);
+    ASSERT_TRUE(want.ok()) << want.status();
+    Device<float> qkv(in.qkv), device_lse(lse);
+    Device<uint8_t> mask(in.mask);
+    p.qkv = qkv.ptr, p.lse = device_lse.ptr;
+    p.mask = in.mask.empty() ? nullptr : mask.ptr;
+    absl::StatusOr<std::vector<double>> got = gpu_->attention_sink_sums(p);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), static_cast<size_t>(H));
+    const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t n = 0;
+      double magnitude = 0.0;  // S
+      for (int64_t b = 0; b < k.batch; ++b) {
+        int64_t first = 0;
+        while (first < T && !in.mask.empty() && in.mask[b * T + first] == 0) ++first;
+        for (int64_t t = first; t < T; ++t) {
+          if (!in.mask.empty() && in.mask[b * T + t] == 0) continue;
+          const float* q = in.qkv.data() + (b * T + t) * 3 * H * D + h * 3 * D;
+          const float* key = in.qkv.data() + (b * T + first) * 3 * H * D + h * 3 * D + D;
+          double dot = 0.0;
+          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * key[d];
+          magnitude += std::fabs(lse[(b * H + h) * T + t]) + scale * std::fabs(dot);
+          ++n;
+        }
+      }
+      const double bound = 2.0 * static_cast<double>(n + 1) * std::ldexp(1.0, -53) * magnitude;
+      EXPECT_LE(std::abs((*got)[h] - (*want)[h]), bound)
+          << "head " << h << " got " << (*got)[h] << " want " << (*want)[h];
+    }
+  }
+  // Bad shapes and null inputs are one-line errors naming the value, before any launch.
+  AttentionSinkParams bad;
+  bad.batch = 1, bad.seq = 4, bad.heads = 2, bad.head_dim = 0;
+  absl::StatusOr<std::vector<double>> refused = gpu_->attention_sink_sums(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("D=0"), std::string::npos)
+      << refused.status();
+  bad.head_dim = 8;
+  refused = gpu_->attention_sink_sums(bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("null qkv"), std::string::npos)
+      << refused.status();
 }
 
 // The naive bf16 computation a framework does without a fused kernel: inputs in bf16, scores

@@ -70,6 +70,9 @@ class CpuBackend final : public Backend {
   absl::Status alibi_attention_backward(const AlibiAttentionParams& p) override {
     return cpu::alibi_attention_backward(p);
   }
+  absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p) override {
+    return cpu::attention_sink_sums(p);
+  }
   absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
     return cpu::classifier_cross_entropy(p);
   }

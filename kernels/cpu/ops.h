@@ -5,7 +5,10 @@
 // file.
 #pragma once
 
+#include <vector>
+
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "engine/backend.h"
 
 namespace engine::cpu {
@@ -22,6 +25,8 @@ absl::Status embedding_forward(const EmbeddingParams& p);
 absl::Status embedding_backward(const EmbeddingParams& p);
 absl::Status alibi_attention_forward(const AlibiAttentionParams& p);
 absl::Status alibi_attention_backward(const AlibiAttentionParams& p);
+// The attention-sink loss's per-head row sums (attention_sink.cpp), in double in a fixed order.
+absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p);
 absl::Status classifier_cross_entropy(const ClassifierParams& p);
 
 }  // namespace engine::cpu

@@ -106,6 +106,9 @@ class CudaBackend final : public Backend {
     }
     return cuda::attention_backward(on_default_stream(p));
   }
+  absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p) override {
+    return cuda::attention_sink_sums(p, kStream);
+  }
   absl::Status classifier_cross_entropy(const ClassifierParams& p) override {
     return cuda::classifier_cross_entropy(p, cublas_, kStream);
   }

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_check.h"
@@ -364,6 +365,61 @@ __global__ void __launch_bounds__(kThreads) square_sum_partial_kernel(const floa
   }
   const double total = block_sum(sum, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+// Block-wide minimum (blockDim.x == kThreads); every thread gets it.
+__device__ int64_t block_min(int64_t v, int64_t* scratch) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const int64_t other = scratch[threadIdx.x + stride];
+      if (other < scratch[threadIdx.x]) scratch[threadIdx.x] = other;
+    }
+    __syncthreads();
+  }
+  const int64_t m = scratch[0];
+  __syncthreads();
+  return m;
+}
+
+// The attention-sink loss's row sums: one block per head; sequence by sequence, the block finds
+// the first real key (each thread its first real position, then the block's minimum), then each
+// thread takes every kThreads-th real query row, its q . k_first
+// accumulated in double over d in order (each product of two floats is exact in double, so the
+// row's dot is the CPU's bits), the row's lse - scale dot added to the thread's double partial;
+// the block's fixed tree sums the partials. Order differs from the CPU's only in the row sum.
+__global__ void __launch_bounds__(kThreads) attention_sink_sums_kernel(AttentionSinkParams p,
+                                                                       double scale,
+                                                                       double* sums) {
+  __shared__ double scratch[kThreads];
+  __shared__ int64_t first_scratch[kThreads];
+  const int64_t T = p.seq, H = p.heads, D = p.head_dim, h = blockIdx.x;
+  const int64_t token_stride = 3 * H * D;
+  double sum = 0.0;
+  for (int64_t b = 0; b < p.batch; ++b) {
+    const uint8_t* mask = p.mask == nullptr ? nullptr : p.mask + b * T;
+    int64_t mine = mask == nullptr ? 0 : T;  // this thread's first real position (T: none)
+    for (int64_t t = threadIdx.x; mask != nullptr && t < T; t += kThreads) {
+      if (mask[t] != 0) {
+        mine = t;
+        break;
+      }
+    }
+    const int64_t first = block_min(mine, first_scratch);
+    if (first == T) continue;
+    const float* base = p.qkv + b * T * token_stride + h * 3 * D;
+    const float* k_first = base + first * token_stride + D;
+    for (int64_t t = first + threadIdx.x; t < T; t += kThreads) {
+      if (mask != nullptr && mask[t] == 0) continue;
+      const float* q = base + t * token_stride;
+      double dot = 0.0;
+      for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k_first[d];
+      sum += static_cast<double>(p.lse[(b * H + h) * T + t]) - dot * scale;
+    }
+  }
+  const double total = block_sum(sum, scratch);
+  if (threadIdx.x == 0) sums[h] = total;
 }
 
 __global__ void sum_partials_kernel(const double* partial, int count, double* out) {
@@ -718,6 +774,32 @@ absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream
                                     cudaMemcpyDeviceToHost, stream));
   ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
   return std::sqrt(sum);
+}
+
+absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p,
+                                                        cudaStream_t stream) {
+  const int64_t B = p.batch, T = p.seq, H = p.heads, D = p.head_dim;
+  if (B < 0 || T < 0 || H < 0 || D <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda attention_sink_sums: shape B=", B,
+                                                   " T=", T, " H=", H, " D=", D));
+  }
+  std::vector<double> sums(static_cast<size_t>(H), 0.0);
+  if (B * T * H == 0) return sums;
+  if (p.qkv == nullptr || p.lse == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("cuda attention_sink_sums: null ",
+                                                   p.qkv == nullptr ? "qkv" : "lse"));
+  }
+  StreamScratch scratch(stream);
+  double* device_sums = nullptr;
+  if (absl::Status s = scratch.allocate(&device_sums, H); !s.ok()) return s;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));  // the CPU's, computed once
+  launch_kernel<attention_sink_sums_kernel>(static_cast<unsigned>(H), kThreads, 0, stream, p,
+                                            scale, device_sums);
+  ENGINE_CUDA_LAUNCH_CHECK(attention_sink_sums_kernel);
+  ENGINE_CUDA_CHECK(cudaMemcpyAsync(sums.data(), device_sums, sums.size() * sizeof(double),
+                                    cudaMemcpyDeviceToHost, stream));
+  ENGINE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return sums;
 }
 
 absl::Status add(float* y, const float* x, int64_t n, cudaStream_t stream) {

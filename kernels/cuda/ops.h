@@ -11,6 +11,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -73,6 +74,13 @@ absl::Status masked_sgd(const MaskedAdamWParams& p, cudaStream_t stream);
 // sqrt(sum grad[i]^2) in double over n fp32 values (the compact trainable gradient), for
 // clipping. Reads the result back (synchronises the stream).
 absl::StatusOr<double> global_grad_norm(const float* grad, int64_t n, cudaStream_t stream);
+
+// The attention-sink loss's per-head row sums (engine/backend.h AttentionSinkParams; fp32 qkv):
+// one block per head, each row's dot in double in the CPU's order, rows summed in double by a
+// fixed tree (docs/TOLERANCES.md bounds the difference from the CPU's row order). Reads the H
+// sums back (synchronises the stream).
+absl::StatusOr<std::vector<double>> attention_sink_sums(const AttentionSinkParams& p,
+                                                        cudaStream_t stream);
 
 // The tape's gradient bookkeeping (engine/backend.h): y += x; column sums in double in row order
 // (one thread per column, the CPU's order, so the same bits); the compact scatter-add (one block
