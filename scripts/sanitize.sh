@@ -24,7 +24,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 # The kernel-level GPU tests. The model-level ones (whole models, training, repair, the CLI,
 # two ranks) run once in scripts/emulate.sh's Release build instead: under AddressSanitizer the
 # emulator runs them about a hundred times slower (hours, and past the per-test timeout).
-model_level='^(CudaTrainer|CudaBf16Trainer|CudaBf16TrainRun|CudaBf16Training|CudaRepair|CudaModelApi|CudaTraining|Surgery/CudaTraining|Storage/CudaMemoryPlan)\.|^Shapes/CudaModel\.Bf16Storage|^cuda_cli$|_two_ranks_device_emulated$'
+model_level='^(CudaTrainer|CudaBf16Trainer|CudaBf16TrainRun|CudaBf16Training|CudaBf16Pretrain|CudaF16LossScaling|CudaRepair|CudaModelApi|CudaTraining|Surgery/CudaTraining|Storage/CudaMemoryPlan)\.|^Shapes/CudaModel\.Bf16Storage|^cuda_cli$|_two_ranks_device_emulated$'
 echo "sanitize: kernel-level GPU tests under the CUDA emulator"
 ctest --test-dir "$build" -L gpu -E "$model_level" --output-on-failure -j "$(nproc)" --timeout 900
 echo "sanitize: CPU tests"
